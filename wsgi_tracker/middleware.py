@@ -1,0 +1,112 @@
+"""The WSGI shell: routes tracker paths to the core, hands everything else on untouched."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .addresses import pack_ip
+from .config import TrackerConfig
+from .errors import TrackerError
+from .http_protocol import (
+    encode_announce,
+    encode_failure,
+    encode_scrape,
+    parse_announce,
+    parse_scrape,
+)
+from .tracker import TrackerCore
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+_HEADERS_PLAIN = "text/plain"
+
+
+def not_found(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """The standalone app's answer to anything that is not a tracker path."""
+    body = b"wsgi-tracker: nothing here; announce and scrape are the tracker's paths\n"
+    start_response(
+        "404 Not Found",
+        [("Content-Type", _HEADERS_PLAIN), ("Content-Length", str(len(body)))],
+    )
+    return [body]
+
+
+class TrackerMiddleware:
+    """Serve the tracker's paths; pass every other request to ``app`` unchanged.
+
+    Paths are matched against PATH_INFO, so the middleware works the same when
+    the whole site is mounted under a SCRIPT_NAME prefix. ``/announce/<passkey>``
+    is recognised as a private-tracker announce.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp | None = None,
+        config: TrackerConfig | None = None,
+        *,
+        core: TrackerCore | None = None,
+    ) -> None:
+        self.app = app or not_found
+        self.config = config or (core.config if core else TrackerConfig.load())
+        self.core = core or TrackerCore(self.config)
+        self._announce = self.config.announce_path.rstrip("/")
+        self._announce_prefix = self._announce + "/"
+        self._scrape = self.config.scrape_path.rstrip("/")
+        self._scrape_prefix = self._scrape + "/"
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        path: str = environ.get("PATH_INFO") or "/"
+        if path == self._announce:
+            body = self.announce(environ, None)
+        elif path.startswith(self._announce_prefix):
+            body = self.announce(environ, path[len(self._announce_prefix) :])
+        elif path == self._scrape or path.startswith(self._scrape_prefix):
+            body = self.scrape(environ)
+        else:
+            return self.app(environ, start_response)
+        start_response(
+            "200 OK", [("Content-Type", _HEADERS_PLAIN), ("Content-Length", str(len(body)))]
+        )
+        return [body]
+
+    def client_ip(self, environ: Environ) -> bytes:
+        return pack_ip(environ.get("REMOTE_ADDR") or "0.0.0.0")
+
+    def _query(self, environ: Environ) -> bytes:
+        query: str = environ.get("QUERY_STRING", "")
+        if len(query) > self.config.max_query_bytes:
+            raise TrackerError(
+                f"request too long: query of {len(query)} bytes, at most "
+                f"{self.config.max_query_bytes}"
+            )
+        # PEP 3333 hands the raw query over as latin-1 text; this gets the bytes back.
+        return query.encode("latin-1", "replace")
+
+    def announce(self, environ: Environ, passkey: str | None) -> bytes:
+        try:
+            parsed = parse_announce(self._query(environ), passkey)
+            client = self.client_ip(environ)
+            with self.core.lock:
+                result = self.core.announce(
+                    parsed.announce, client, with_ids=not parsed.compact and not parsed.no_peer_id
+                )
+        except TrackerError as exc:
+            return encode_failure(str(exc))
+        return encode_announce(result, parsed.compact, parsed.no_peer_id)
+
+    def scrape(self, environ: Environ) -> bytes:
+        try:
+            hashes = parse_scrape(self._query(environ), self.config.max_scrape_hashes)
+            with self.core.lock:
+                entries = self.core.scrape(hashes) if hashes else self.core.full_scrape()
+        except TrackerError as exc:
+            return encode_failure(str(exc))
+        return encode_scrape(entries)
+
+
+def make_app(config: TrackerConfig | None = None) -> TrackerMiddleware:
+    """The tracker as a standalone WSGI application."""
+    return TrackerMiddleware(None, config)

@@ -1,0 +1,363 @@
+"""SwarmStore: one process's replica of every swarm.
+
+Layout, chosen for the benchmark targets (<= 200 B/peer, O(numwant) replies):
+
+* Torrents live in a ``cachetools.TTLCache`` keyed by info_hash: a torrent that
+  nobody announces to for ``peer_ttl`` disappears by itself, and past
+  ``max_torrents`` the stalest one is evicted.
+* Inside a torrent, each address family has a ``PeerList``: the peers' compact
+  endpoints (6 or 18 bytes) packed back to back in one ``bytearray``, with the
+  peer ids and expiry times in parallel arrays and a dict peer_id -> slot.
+  Seeders occupy the slots before ``seeders``, leechers the rest, so the counts
+  are read, never recomputed, and a reply is one or two slices of the packed
+  bytes: the compact peer string is built without touching each peer.
+* A peer expires individually: each list is swept at most every
+  ``sweep_every`` seconds when it is announced to, and sampling skips nothing,
+  so a peer may outlive its TTL by at most that sweep period.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from array import array
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from cachetools import TTLCache
+
+# Announce events; the numbers are BEP 15's, so UDP needs no translation.
+EVENT_NONE = 0
+EVENT_COMPLETED = 1
+EVENT_STARTED = 2
+EVENT_STOPPED = 3
+
+IPV4_WIDTH = 6  # 4-byte address + 2-byte port
+IPV6_WIDTH = 18  # 16-byte address + 2-byte port
+
+
+class SwarmFull(Exception):
+    """A new peer was refused because its torrent already holds the maximum."""
+
+
+class PeerList:
+    """The peers of one address family in one torrent, seeders first."""
+
+    __slots__ = ("addrs", "expires", "ids", "index", "seeders", "sweep_at", "width")
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.addrs = bytearray()
+        self.ids: list[bytes] = []
+        self.expires = array("I")
+        self.index: dict[bytes, int] = {}
+        self.seeders = 0
+        self.sweep_at = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _swap(self, i: int, j: int) -> None:
+        if i == j:
+            return
+        w = self.width
+        a, ids, exp = self.addrs, self.ids, self.expires
+        a[i * w : i * w + w], a[j * w : j * w + w] = a[j * w : j * w + w], a[i * w : i * w + w]
+        ids[i], ids[j] = ids[j], ids[i]
+        exp[i], exp[j] = exp[j], exp[i]
+        self.index[ids[i]] = i
+        self.index[ids[j]] = j
+
+    def upsert(self, peer_id: bytes, endpoint: bytes, seeder: bool, expires: int) -> int:
+        """Add or refresh a peer; returns its slot. The caller checks capacity first."""
+        slot = self.index.get(peer_id)
+        w = self.width
+        if slot is None:
+            slot = len(self.ids)
+            self.index[peer_id] = slot
+            self.ids.append(peer_id)
+            self.addrs += endpoint
+            self.expires.append(expires)
+            if seeder:
+                self._swap(slot, self.seeders)
+                slot = self.seeders
+                self.seeders += 1
+            return slot
+        self.addrs[slot * w : slot * w + w] = endpoint
+        self.expires[slot] = expires
+        if seeder and slot >= self.seeders:
+            self._swap(slot, self.seeders)
+            slot = self.seeders
+            self.seeders += 1
+        elif not seeder and slot < self.seeders:
+            self.seeders -= 1
+            self._swap(slot, self.seeders)
+            slot = self.seeders
+        return slot
+
+    def remove_slot(self, slot: int) -> None:
+        if slot < self.seeders:
+            self.seeders -= 1
+            self._swap(slot, self.seeders)
+            slot = self.seeders
+        last = len(self.ids) - 1
+        self._swap(slot, last)
+        del self.index[self.ids[last]]
+        self.ids.pop()
+        self.expires.pop()
+        del self.addrs[last * self.width :]
+
+    def remove(self, peer_id: bytes) -> bool:
+        slot = self.index.get(peer_id)
+        if slot is None:
+            return False
+        self.remove_slot(slot)
+        return True
+
+    def is_seeder(self, peer_id: bytes) -> bool:
+        slot = self.index.get(peer_id)
+        return slot is not None and slot < self.seeders
+
+    def sweep(self, now: int) -> int:
+        """Drop expired peers; walking backwards keeps every swapped-in peer checked."""
+        exp = self.expires
+        dropped = 0
+        for slot in range(len(exp) - 1, -1, -1):
+            if exp[slot] <= now:
+                self.remove_slot(slot)
+                dropped += 1
+        return dropped
+
+    def sample(
+        self, want: int, for_seeder: bool, exclude: int, rng: random.Random
+    ) -> list[tuple[int, int]]:
+        """Slot runs [a, b) holding up to ``want`` peers, never ``exclude``.
+
+        A seeder gets leechers only; a leecher gets seeders first, then
+        leechers. Within a partition the peers are in no particular order, so a
+        contiguous window from a random start is a fair sample, and costs
+        O(want) rather than O(swarm).
+        """
+        n = len(self.ids)
+        runs: list[tuple[int, int]] = []
+        if for_seeder:
+            parts = ((self.seeders, n),)
+        else:
+            parts = ((0, self.seeders), (self.seeders, n))
+        for lo, hi in parts:
+            if want <= 0:
+                break
+            size = hi - lo
+            if lo <= exclude < hi:
+                size -= 1
+            if size <= 0:
+                continue
+            if size <= want:
+                runs.extend(_cut(((lo, hi),), exclude))
+                want -= size
+                continue
+            start = lo + int(rng.random() * (hi - lo))
+            take = want + 1 if lo <= exclude < hi else want
+            window = ((start, min(hi, start + take)),)
+            if start + take > hi:
+                window += ((lo, lo + start + take - hi),)
+            got = _cut(window, exclude)
+            # The window held one extra slot in case it covered ``exclude``; trim it.
+            total = sum(b - a for a, b in got)
+            if total > want:
+                a, b = got[-1]
+                got[-1] = (a, b - (total - want))
+                if got[-1][0] == got[-1][1]:
+                    got.pop()
+            runs.extend(got)
+            want = 0
+        return runs
+
+    def compact(self, runs: list[tuple[int, int]]) -> bytes:
+        w = self.width
+        if len(runs) == 1:
+            a, b = runs[0]
+            return bytes(self.addrs[a * w : b * w])
+        return b"".join(self.addrs[a * w : b * w] for a, b in runs)
+
+    def peer_ids(self, runs: list[tuple[int, int]]) -> list[bytes]:
+        out: list[bytes] = []
+        for a, b in runs:
+            out.extend(self.ids[a:b])
+        return out
+
+
+def _cut(runs: tuple[tuple[int, int], ...], exclude: int) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in runs:
+        if a <= exclude < b:
+            if a < exclude:
+                out.append((a, exclude))
+            if exclude + 1 < b:
+                out.append((exclude + 1, b))
+        else:
+            out.append((a, b))
+    return out
+
+
+class Swarm:
+    """One torrent: its peers by family and its completed-download counter."""
+
+    __slots__ = ("downloaded", "v4", "v6")
+
+    def __init__(self) -> None:
+        self.v4: PeerList | None = None
+        self.v6: PeerList | None = None
+        self.downloaded = 0
+
+    def lists(self) -> Iterator[PeerList]:
+        if self.v4 is not None:
+            yield self.v4
+        if self.v6 is not None:
+            yield self.v6
+
+    @property
+    def complete(self) -> int:
+        return sum(pl.seeders for pl in self.lists())
+
+    @property
+    def incomplete(self) -> int:
+        return sum(len(pl) - pl.seeders for pl in self.lists())
+
+    def __len__(self) -> int:
+        return sum(len(pl) for pl in self.lists())
+
+    def family(self, width: int, create: bool) -> PeerList | None:
+        if width == IPV4_WIDTH:
+            if self.v4 is None and create:
+                self.v4 = PeerList(IPV4_WIDTH)
+            return self.v4
+        if self.v6 is None and create:
+            self.v6 = PeerList(IPV6_WIDTH)
+        return self.v6
+
+
+@dataclass(frozen=True, slots=True)
+class PeerChange:
+    """What one announce did to the store; also the unit of sync (a delta)."""
+
+    info_hash: bytes
+    peer_id: bytes
+    endpoint: bytes
+    seeder: bool
+    event: int
+    timestamp: float
+
+
+class SwarmStore:
+    """This process's replica of every swarm. Single-threaded: call from one greenlet."""
+
+    def __init__(
+        self,
+        *,
+        peer_ttl: int = 3900,
+        max_torrents: int = 1_000_000,
+        max_peers_per_torrent: int = 200_000,
+        sweep_every: int = 60,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.peer_ttl = peer_ttl
+        self.max_peers_per_torrent = max_peers_per_torrent
+        self.sweep_every = sweep_every
+        self.clock = clock
+        self.torrents: TTLCache[bytes, Swarm] = TTLCache(
+            maxsize=max_torrents, ttl=peer_ttl, timer=clock
+        )
+
+    def __len__(self) -> int:
+        return len(self.torrents)
+
+    def get(self, info_hash: bytes) -> Swarm | None:
+        return self.torrents.get(info_hash)
+
+    def apply(self, change: PeerChange) -> tuple[Swarm | None, int, bool]:
+        """Apply one announce (local or replicated).
+
+        Returns (swarm, slot of the peer or -1, whether it counted a download).
+        Idempotent except for the download counter, which sync handles.
+        Raises SwarmFull for a new peer in a full torrent; nothing changes then.
+        """
+        ih = change.info_hash
+        swarm = self.torrents.get(ih)
+        width = len(change.endpoint)
+        if change.event == EVENT_STOPPED:
+            if swarm is not None:
+                for pl in swarm.lists():
+                    pl.remove(change.peer_id)
+            return swarm, -1, False
+        if swarm is None:
+            swarm = Swarm()
+        pl = swarm.family(width, create=True)
+        assert pl is not None
+        if change.peer_id not in pl.index and len(swarm) >= self.max_peers_per_torrent:
+            raise SwarmFull(f"torrent {ih.hex()} already has {len(swarm)} peers")
+        counted = False
+        if change.event == EVENT_COMPLETED and not any(
+            p.is_seeder(change.peer_id) for p in swarm.lists()
+        ):
+            swarm.downloaded += 1
+            counted = True
+        expires = int(change.timestamp) + self.peer_ttl
+        slot = pl.upsert(change.peer_id, change.endpoint, change.seeder, expires)
+        # Re-inserting refreshes the torrent's TTL and its place in the LRU order.
+        self.torrents[ih] = swarm
+        now = int(self.clock())
+        if now >= pl.sweep_at:
+            pl.sweep_at = now + self.sweep_every
+            if pl.sweep(now):
+                slot = pl.index.get(change.peer_id, -1)
+        return swarm, slot, counted
+
+    def scrape(self, info_hash: bytes) -> tuple[int, int, int]:
+        """(complete, downloaded, incomplete) as BEP 48 orders them."""
+        swarm = self.torrents.get(info_hash)
+        if swarm is None:
+            return 0, 0, 0
+        return swarm.complete, swarm.downloaded, swarm.incomplete
+
+    def set_downloaded(self, info_hash: bytes, total: int) -> None:
+        """Adopt the hub's authoritative completed count (counters are summed, not merged)."""
+        swarm = self.torrents.get(info_hash)
+        if swarm is None:
+            swarm = Swarm()
+            self.torrents[info_hash] = swarm
+        swarm.downloaded = total
+
+    def expire(self) -> None:
+        """Drop expired torrents and peers everywhere (the periodic housekeeping)."""
+        self.torrents.expire()
+        now = int(self.clock())
+        for swarm in list(self.torrents.values()):
+            for pl in swarm.lists():
+                pl.sweep(now)
+                pl.sweep_at = now + self.sweep_every
+
+    def peers(self) -> Iterator[PeerChange]:
+        """Every live peer as a change, with the time it was last seen (for snapshots)."""
+        ttl = self.peer_ttl
+        for ih, swarm in list(self.torrents.items()):
+            for pl in swarm.lists():
+                w = pl.width
+                for slot, pid in enumerate(pl.ids):
+                    yield PeerChange(
+                        ih,
+                        pid,
+                        bytes(pl.addrs[slot * w : slot * w + w]),
+                        slot < pl.seeders,
+                        EVENT_NONE,
+                        float(pl.expires[slot] - ttl),
+                    )
+
+    def totals(self) -> tuple[int, int, int]:
+        """(torrents, seeders, leechers) across the replica."""
+        seeders = leechers = 0
+        for swarm in self.torrents.values():
+            s = swarm.complete
+            seeders += s
+            leechers += len(swarm) - s
+        return len(self.torrents), seeders, leechers

@@ -1,0 +1,166 @@
+"""The protocol-neutral tracker: announce and scrape policy, written once.
+
+HTTP (``middleware``) and UDP (``udp_sidecar``) parse their own wire formats
+into ``Announce`` and call ``TrackerCore.announce`` / ``TrackerCore.scrape``; every
+rule (numwant clamp, seeders get leechers, intervals, events, counters,
+bounds) lives here, so the two protocols cannot disagree.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from .addresses import endpoint, pack_ip
+from .config import TrackerConfig
+from .errors import TrackerError
+from .swarm import (
+    EVENT_STOPPED,
+    IPV4_WIDTH,
+    PeerChange,
+    PeerList,
+    SwarmFull,
+    SwarmStore,
+)
+
+
+@dataclass(slots=True)
+class Announce:
+    """One announce, whatever protocol carried it."""
+
+    info_hash: bytes
+    peer_id: bytes
+    port: int
+    uploaded: int = 0
+    downloaded: int = 0
+    left: int = 0
+    event: int = 0
+    numwant: int | None = None  # None: the configured default
+    ip: str | None = None  # the client's claimed address; used only if allowed
+    key: bytes | None = None
+    passkey: str | None = None
+
+
+@dataclass(slots=True)
+class AnnounceResult:
+    interval: int
+    min_interval: int
+    complete: int
+    incomplete: int
+    peers: bytes = b""  # compact IPv4 entries, 6 bytes each
+    peers6: bytes = b""  # compact IPv6 entries, 18 bytes each
+    peer_ids: list[bytes] | None = None  # parallel to ``peers`` when asked for
+    peer_ids6: list[bytes] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScrapeEntry:
+    info_hash: bytes
+    complete: int
+    downloaded: int
+    incomplete: int
+
+
+ChangeListener = Callable[[PeerChange], None]
+
+
+@dataclass
+class TrackerCore:
+    """Announce/scrape policy over one ``SwarmStore``.
+
+    ``listeners`` are told every change this process makes (sync sends them to
+    the hub); changes that arrive from the hub go straight to ``store.apply``.
+    """
+
+    config: TrackerConfig = field(default_factory=TrackerConfig)
+    store: SwarmStore | None = None
+    clock: Callable[[], float] = time.time
+    rng: random.Random = field(default_factory=random.Random)
+    listeners: list[ChangeListener] = field(default_factory=list)
+    # Serialises the store for threaded WSGI servers; uncontended under gevent.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.store is None:
+            self.store = SwarmStore(
+                peer_ttl=self.config.peer_ttl,
+                max_torrents=self.config.max_torrents,
+                max_peers_per_torrent=self.config.max_peers_per_torrent,
+                clock=self.clock,
+            )
+
+    def announce(
+        self, req: Announce, client_ip: bytes, *, both_families: bool = True, with_ids: bool = False
+    ) -> AnnounceResult:
+        """Record the announce and pick its peers.
+
+        ``client_ip`` is the packed address the request came from. UDP passes
+        ``both_families=False``: a datagram reply carries one family only.
+        """
+        cfg = self.config
+        store = self.store
+        assert store is not None
+        if cfg.allow_ip_param and req.ip:
+            client_ip = pack_ip(req.ip)
+        ep = endpoint(client_ip, req.port)
+        seeder = req.left == 0
+        change = PeerChange(
+            req.info_hash, req.peer_id, ep, seeder, req.event, self.clock()
+        )
+        try:
+            swarm, slot, _ = store.apply(change)
+        except SwarmFull:
+            raise TrackerError("swarm is full: this torrent has the most peers allowed") from None
+        for listener in self.listeners:
+            listener(change)
+
+        interval = cfg.interval + (
+            int(self.rng.random() * (cfg.interval_jitter + 1)) if cfg.interval_jitter else 0
+        )
+        if swarm is None:
+            return AnnounceResult(interval, cfg.min_interval, 0, 0)
+        result = AnnounceResult(interval, cfg.min_interval, swarm.complete, swarm.incomplete)
+        if req.event == EVENT_STOPPED:
+            return result
+        want = cfg.numwant_default if req.numwant is None else min(req.numwant, cfg.numwant_max)
+        if want <= 0:
+            return result
+        own_width = len(ep)
+        for pl in swarm.lists():
+            own = pl.width == own_width
+            if not (own or both_families):
+                continue
+            runs = pl.sample(want, seeder, slot if own else -1, self.rng)
+            self._fill(result, pl, runs, with_ids)
+        return result
+
+    @staticmethod
+    def _fill(
+        result: AnnounceResult, pl: PeerList, runs: list[tuple[int, int]], with_ids: bool
+    ) -> None:
+        if not runs:
+            return
+        if pl.width == IPV4_WIDTH:
+            result.peers = pl.compact(runs)
+            if with_ids:
+                result.peer_ids = pl.peer_ids(runs)
+        else:
+            result.peers6 = pl.compact(runs)
+            if with_ids:
+                result.peer_ids6 = pl.peer_ids(runs)
+
+    def scrape(self, info_hashes: Iterable[bytes]) -> list[ScrapeEntry]:
+        """Counts per torrent; unknown torrents count zero (BEP 48 lists them anyway)."""
+        store = self.store
+        assert store is not None
+        return [ScrapeEntry(ih, *store.scrape(ih)) for ih in info_hashes]
+
+    def full_scrape(self) -> list[ScrapeEntry]:
+        if not self.config.full_scrape:
+            raise TrackerError("full scrape is disabled: give at least one info_hash")
+        store = self.store
+        assert store is not None
+        return self.scrape(list(store.torrents.keys()))

@@ -1,0 +1,9 @@
+"""``wsgi_tracker.wsgi:app``: the standalone tracker for any WSGI server.
+
+Configured from ``WSGI_TRACKER_CONFIG`` (a TOML file) and ``WSGI_TRACKER_*``.
+"""
+
+from .config import TrackerConfig
+from .middleware import make_app
+
+app = make_app(TrackerConfig.load())
