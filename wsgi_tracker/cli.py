@@ -20,7 +20,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wsgi-tracker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the HTTP tracker under gunicorn, plus udp-sidecar")
-    serve.add_argument("--bind", default="0.0.0.0:6969", help="HTTP HOST:PORT (default %(default)s)")
+    serve.add_argument(
+        "--bind", default="0.0.0.0:6969", help="HTTP HOST:PORT (default %(default)s)"
+    )
     serve.add_argument("--workers", type=int, default=None, help="gevent workers (default: cores)")
     serve.add_argument("--config", help="TOML config file")
     serve.add_argument(

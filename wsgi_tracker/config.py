@@ -23,10 +23,8 @@ class ConfigError(ValueError):
     """A setting is missing, malformed or out of range; the message names it."""
 
 
-def _setting(default: Any, doc: str, **kw: Any) -> Any:
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, **kw})
-    return field(default=default, metadata={"doc": doc, **kw})
+def _setting(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
 
 
 def default_sync_socket() -> str:
@@ -54,8 +52,9 @@ class TrackerConfig:
     numwant_default: int = _setting(50, "Peers handed out when the client does not say.")
     numwant_max: int = _setting(200, "Most peers handed out in one reply.")
     allow_ip_param: bool = _setting(
-        False, "Believe the announce 'ip' parameter / UDP ip field (off: clients could aim "
-        "the swarm at third parties)."
+        False,
+        "Believe the announce 'ip' parameter / UDP ip field (off: clients could aim "
+        "the swarm at third parties).",
     )
     # --- bounds ------------------------------------------------------------------------
     max_torrents: int = _setting(
@@ -68,12 +67,12 @@ class TrackerConfig:
     full_scrape: bool = _setting(False, "Answer a scrape without info_hash with every torrent.")
     max_query_bytes: int = _setting(2048, "Longest HTTP query string accepted.")
     # --- reverse proxy -----------------------------------------------------------------
-    trusted_proxies: list[str] = _setting(
-        [], "Addresses or networks of reverse proxies whose X-Forwarded-For is believed."
+    trusted_proxies: tuple[str, ...] = _setting(
+        (), "Addresses or networks of reverse proxies whose X-Forwarded-For is believed."
     )
     # --- UDP ---------------------------------------------------------------------------
     udp_port: int = _setting(6969, "UDP port of udp-sidecar.")
-    udp_bind: list[str] = _setting(["0.0.0.0", "::"], "Addresses udp-sidecar binds.")
+    udp_bind: tuple[str, ...] = _setting(("0.0.0.0", "::"), "Addresses udp-sidecar binds.")
     connection_id_ttl: int = _setting(
         120, "Seconds a UDP connection id stays valid (BEP 15 says two minutes)."
     )
@@ -113,8 +112,7 @@ class TrackerConfig:
             )
         if self.numwant_default > self.numwant_max:
             raise ConfigError(
-                f"numwant_default ({self.numwant_default}) exceeds numwant_max "
-                f"({self.numwant_max})"
+                f"numwant_default ({self.numwant_default}) exceeds numwant_max ({self.numwant_max})"
             )
         if not 1 <= self.udp_port <= 65535:
             raise ConfigError(f"udp_port must be 1-65535, got {self.udp_port}")
@@ -197,8 +195,8 @@ def _from_text(f: dataclasses.Field[Any], raw: str) -> Any:
             return int(raw)
         except ValueError:
             raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if kind == "list":
-        return [part.strip() for part in raw.split(",") if part.strip()]
+    if kind == "tuple":
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
     return raw
 
 
@@ -208,19 +206,17 @@ def _check_type(f: dataclasses.Field[Any], value: Any) -> Any:
         "bool": lambda v: isinstance(v, bool),
         "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
         "str": lambda v: isinstance(v, str),
-        "list": lambda v: isinstance(v, list | tuple) and all(isinstance(x, str) for x in v),
+        "tuple": lambda v: isinstance(v, list | tuple) and all(isinstance(x, str) for x in v),
     }[kind]
     if not ok(value):
         raise ConfigError(f"{f.name} must be of type {f.type}, got {value!r}")
-    return list(value) if kind == "list" else value
+    return tuple(value) if kind == "tuple" else value
 
 
 def describe() -> str:
     """The documented list of settings (docs/CONFIG.md is generated from it)."""
     lines = ["| setting | env | default | meaning |", "|---|---|---|---|"]
     for f in dataclasses.fields(TrackerConfig):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        lines.append(
-            f"| `{f.name}` | `{ENV_PREFIX}{f.name.upper()}` | `{default!r}` | {f.metadata['doc']} |"
-        )
+        env = ENV_PREFIX + f.name.upper()
+        lines.append(f"| `{f.name}` | `{env}` | `{f.default!r}` | {f.metadata['doc']} |")
     return "\n".join(lines)

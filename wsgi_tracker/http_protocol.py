@@ -194,7 +194,11 @@ def _peer_dicts(
 
 def encode_scrape(entries: Sequence[ScrapeEntry]) -> bytes:
     files = {
-        e.info_hash: {b"complete": e.complete, b"downloaded": e.downloaded, b"incomplete": e.incomplete}
+        e.info_hash: {
+            b"complete": e.complete,
+            b"downloaded": e.downloaded,
+            b"incomplete": e.incomplete,
+        }
         for e in entries
     }
     return bencodepy.encode({b"files": files})

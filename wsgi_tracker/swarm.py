@@ -140,10 +140,7 @@ class PeerList:
         """
         n = len(self.ids)
         runs: list[tuple[int, int]] = []
-        if for_seeder:
-            parts = ((self.seeders, n),)
-        else:
-            parts = ((0, self.seeders), (self.seeders, n))
+        parts = ((self.seeders, n),) if for_seeder else ((0, self.seeders), (self.seeders, n))
         for lo, hi in parts:
             if want <= 0:
                 break

@@ -107,9 +107,7 @@ class TrackerCore:
             client_ip = pack_ip(req.ip)
         ep = endpoint(client_ip, req.port)
         seeder = req.left == 0
-        change = PeerChange(
-            req.info_hash, req.peer_id, ep, seeder, req.event, self.clock()
-        )
+        change = PeerChange(req.info_hash, req.peer_id, ep, seeder, req.event, self.clock())
         try:
             swarm, slot, _ = store.apply(change)
         except SwarmFull:
