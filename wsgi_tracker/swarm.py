@@ -272,11 +272,15 @@ class SwarmStore:
     def get(self, info_hash: bytes) -> Swarm | None:
         return self.torrents.get(info_hash)
 
-    def apply(self, change: PeerChange) -> tuple[Swarm | None, int, bool]:
+    def apply(
+        self, change: PeerChange, count_download: bool = True
+    ) -> tuple[Swarm | None, int, bool]:
         """Apply one announce (local or replicated).
 
         Returns (swarm, slot of the peer or -1, whether it counted a download).
-        Idempotent except for the download counter, which sync handles.
+        Idempotent but for the download counter: only the process that received
+        the announce counts it (``count_download``); replicas learn the count
+        from sync's counter increments (``add_downloaded``).
         Raises SwarmFull for a new peer in a full torrent; nothing changes then.
         """
         ih = change.info_hash
@@ -294,7 +298,7 @@ class SwarmStore:
         if change.peer_id not in pl.index and len(swarm) >= self.max_peers_per_torrent:
             raise SwarmFull(f"torrent {ih.hex()} already has {len(swarm)} peers")
         counted = False
-        if change.event == EVENT_COMPLETED and not any(
+        if count_download and change.event == EVENT_COMPLETED and not any(
             p.is_seeder(change.peer_id) for p in swarm.lists()
         ):
             swarm.downloaded += 1
@@ -316,6 +320,14 @@ class SwarmStore:
         if swarm is None:
             return 0, 0, 0
         return swarm.complete, swarm.downloaded, swarm.incomplete
+
+    def add_downloaded(self, info_hash: bytes, count: int) -> None:
+        """A download counted by another process (a sync counter increment)."""
+        swarm = self.torrents.get(info_hash)
+        if swarm is None:
+            swarm = Swarm()
+            self.torrents[info_hash] = swarm
+        swarm.downloaded += count
 
     def set_downloaded(self, info_hash: bytes, total: int) -> None:
         """Adopt the hub's authoritative completed count (counters are summed, not merged)."""
