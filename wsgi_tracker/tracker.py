@@ -64,7 +64,8 @@ class ScrapeEntry:
     incomplete: int
 
 
-ChangeListener = Callable[[PeerChange], None]
+# Told every change this process makes, and whether it counted a download.
+ChangeListener = Callable[[PeerChange, bool], None]
 
 
 @dataclass
@@ -109,11 +110,11 @@ class TrackerCore:
         seeder = req.left == 0
         change = PeerChange(req.info_hash, req.peer_id, ep, seeder, req.event, self.clock())
         try:
-            swarm, slot, _ = store.apply(change)
+            swarm, slot, counted = store.apply(change)
         except SwarmFull:
             raise TrackerError("swarm is full: this torrent has the most peers allowed") from None
         for listener in self.listeners:
-            listener(change)
+            listener(change, counted)
 
         interval = cfg.interval + (
             int(self.rng.random() * (cfg.interval_jitter + 1)) if cfg.interval_jitter else 0
