@@ -1,0 +1,230 @@
+"""The sidecar's snapshot file: exact round trip, atomic writes, damage never crashes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+
+import pytest
+
+from udp_sidecar import snapshot
+from udp_sidecar.snapshot import Snapshot, SnapshotError, decode, encode
+from wsgi_tracker.swarm import EVENT_COMPLETED, EVENT_NONE, EVENT_STARTED, PeerChange, SwarmStore
+
+NOW = 1_800_000_000.0
+TTL = 3900
+
+
+def ih(n: int) -> bytes:
+    return n.to_bytes(20, "big")
+
+
+def pid(n: int) -> bytes:
+    return b"-XX0001-" + n.to_bytes(12, "big")
+
+
+def v4(n: int) -> bytes:
+    return bytes([10, 0, n >> 8 & 255, n & 255]) + (6881 + n % 1000).to_bytes(2, "big")
+
+
+def v6(n: int) -> bytes:
+    return b"\x20\x01\x0d\xb8" + bytes(10) + n.to_bytes(2, "big") + (51413).to_bytes(2, "big")
+
+
+def make_store(clock: float = NOW) -> SwarmStore:
+    return SwarmStore(peer_ttl=TTL, clock=lambda: clock)
+
+
+def populated_store() -> SwarmStore:
+    store = make_store()
+    for t in range(5):
+        for p in range(40):
+            ep = v4(p) if p % 3 else v6(p)
+            event = EVENT_COMPLETED if p % 7 == 0 else EVENT_STARTED
+            store.apply(PeerChange(ih(t), pid(p), ep, p % 2 == 0, event, NOW - p * 60))
+    store.set_downloaded(ih(99), 12345)  # a torrent that has a count and no live peers
+    return store
+
+
+def state(store: SwarmStore) -> tuple[dict, set]:
+    counters = {h: s.downloaded for h, s in store.torrents.items() if s.downloaded}
+    peers = {(p.info_hash, p.peer_id, p.endpoint, p.seeder, p.timestamp) for p in store.peers()}
+    return counters, peers
+
+
+def test_encode_decode_round_trip_keeps_every_field():
+    snap = snapshot.capture(populated_store(), NOW)
+    back = decode(encode(snap))
+    assert back.saved_at == NOW
+    assert back.downloaded == snap.downloaded
+    assert sorted(back.peers, key=repr) == sorted(snap.peers, key=repr)
+    assert {len(p.endpoint) for p in back.peers} == {6, 18}
+
+
+def test_empty_snapshot_round_trips():
+    assert decode(encode(Snapshot(NOW))) == Snapshot(NOW)
+
+
+def test_every_truncation_is_reported_not_raised_otherwise():
+    data = encode(snapshot.capture(populated_store(), NOW))
+    for cut in range(len(data)):
+        with pytest.raises(SnapshotError):
+            decode(data[:cut])
+
+
+def test_every_flipped_byte_is_detected():
+    data = encode(snapshot.capture(populated_store(), NOW))
+    for at in range(len(data)):
+        damaged = bytearray(data)
+        damaged[at] ^= 0x41
+        with pytest.raises(SnapshotError):
+            decode(bytes(damaged))
+
+
+def test_other_version_and_foreign_files_are_refused_by_name():
+    data = bytearray(encode(Snapshot(NOW)))
+    data[4] = 99
+    with pytest.raises(SnapshotError, match="version 99"):
+        decode(bytes(data))
+    with pytest.raises(SnapshotError, match="not a wsgi-tracker snapshot"):
+        decode(b"\x80\x04\x95" + bytes(40))  # a pickle header, for instance
+
+
+def test_lying_length_header_cannot_balloon_memory():
+    body = encode(Snapshot(NOW, {ih(1): 5}))[snapshot.HEADER.size :]
+    with pytest.raises(SnapshotError, match="inflate"):
+        decode(framed(body, 2**40))
+
+
+def framed(body: bytes, raw_length: int) -> bytes:
+    """A header with a valid checksum around ``body``: damage the checksum cannot see."""
+    fields = (b"WTSN", 1, NOW, len(body), raw_length)
+    crc = zlib.crc32(body, zlib.crc32(snapshot.HEADER.pack(*fields, 0)))
+    return snapshot.HEADER.pack(*fields, crc) + body
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (struct.pack(">I", 10**9), "counters: 1000000000 records"),
+        (struct.pack(">I", 0), "IPv4 peers: missing record count"),
+        (struct.pack(">III", 0, 0, 0) + b"x", "stray bytes"),
+        (
+            struct.pack(">III", 0, 1, 0)[:8]
+            + snapshot.PEER4.pack(ih(1), pid(1), 7, v4(1), NOW)
+            + struct.pack(">I", 0),
+            "seeder flag 7",
+        ),
+    ],
+)
+def test_well_checksummed_nonsense_is_refused_by_section(raw, problem):
+    with pytest.raises(SnapshotError, match=problem):
+        decode(framed(zlib.compress(raw), len(raw)))
+
+
+def test_save_then_load_restores_counters_and_peers_exactly(tmp_path):
+    store = populated_store()
+    path = tmp_path / "swarms.snap"
+    snapshot.save(store, path, now=NOW)
+    fresh = make_store()
+    report = snapshot.load(path, fresh, now=NOW)
+    assert report is not None and report.expired == 0 and report.refused == 0
+    assert state(fresh) == state(store)
+    assert fresh.scrape(ih(99)) == (0, 12345, 0)
+    for t in range(5):
+        assert fresh.scrape(ih(t)) == store.scrape(ih(t))
+
+
+def test_load_drops_peers_whose_ttl_ran_out_while_down(tmp_path):
+    store = make_store()
+    store.apply(PeerChange(ih(1), pid(1), v4(1), False, EVENT_STARTED, NOW - 3000))
+    store.apply(PeerChange(ih(1), pid(2), v4(2), True, EVENT_COMPLETED, NOW - 100))
+    path = tmp_path / "s.snap"
+    snapshot.save(store, path, now=NOW)
+    later = NOW + 1000  # peer 1 was last seen 4000 s ago (> TTL), peer 2 1100 s ago
+    fresh = make_store(later)
+    report = snapshot.load(path, fresh, now=later)
+    assert report is not None and (report.peers, report.expired) == (1, 1)
+    assert [p.peer_id for p in fresh.peers()] == [pid(2)]
+    assert fresh.scrape(ih(1)) == (1, 1, 0)
+
+
+def test_restored_peers_expire_from_their_original_time(tmp_path):
+    store = make_store()
+    store.apply(PeerChange(ih(1), pid(1), v4(1), False, EVENT_NONE, NOW - 3000))
+    path = tmp_path / "s.snap"
+    snapshot.save(store, path, now=NOW)
+    fresh = make_store()
+    snapshot.load(path, fresh, now=NOW)
+    (peer,) = fresh.peers()
+    assert peer.timestamp == NOW - 3000
+
+
+def test_load_respects_the_peer_limit_of_the_new_store(tmp_path):
+    store = populated_store()
+    path = tmp_path / "s.snap"
+    snapshot.save(store, path, now=NOW)
+    small = SwarmStore(peer_ttl=TTL, max_peers_per_torrent=10, clock=lambda: NOW)
+    report = snapshot.load(path, small, now=NOW)
+    assert report is not None and report.refused == 5 * 30
+    assert all(len(s) == 10 for h, s in small.torrents.items() if h != ih(99))
+
+
+def test_missing_file_starts_empty_quietly(tmp_path, caplog):
+    store = make_store()
+    with caplog.at_level(logging.INFO, logger="udp_sidecar.snapshot"):
+        assert snapshot.load(tmp_path / "absent.snap", store, now=NOW) is None
+    assert len(store) == 0
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"garbage", b"WTSN", b"WTSN\x01" + bytes(200)],
+    ids=["empty", "garbage", "magic-only", "zeros"],
+)
+def test_corrupt_file_is_one_warning_and_an_empty_start(tmp_path, caplog, content):
+    path = tmp_path / "s.snap"
+    path.write_bytes(content)
+    store = make_store()
+    with caplog.at_level(logging.WARNING, logger="udp_sidecar.snapshot"):
+        assert snapshot.load(path, store, now=NOW) is None
+    assert len(store) == 0
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING and str(path) in record.getMessage()
+
+
+def test_truncated_real_snapshot_is_ignored(tmp_path, caplog):
+    path = tmp_path / "s.snap"
+    snapshot.save(populated_store(), path, now=NOW)
+    path.write_bytes(path.read_bytes()[:-7])
+    store = make_store()
+    with caplog.at_level(logging.WARNING, logger="udp_sidecar.snapshot"):
+        assert snapshot.load(path, store, now=NOW) is None
+    assert len(store) == 0
+    assert "truncated" in caplog.records[0].getMessage()
+
+
+def test_save_replaces_atomically_and_leaves_no_temp_files(tmp_path):
+    path = tmp_path / "s.snap"
+    snapshot.save(populated_store(), path, now=NOW)
+    first = path.read_bytes()
+    snapshot.save(make_store(), path, now=NOW + 1)
+    assert path.read_bytes() != first
+    assert os.listdir(tmp_path) == ["s.snap"]
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+
+
+def test_failed_save_keeps_the_previous_snapshot(tmp_path):
+    path = tmp_path / "s.snap"
+    snapshot.save(populated_store(), path, now=NOW)
+    before = path.read_bytes()
+    bad = make_store()
+    # A peer id too long for its record: encoding fails before any file is touched.
+    bad.apply(PeerChange(ih(1), b"x" * 21, v4(1), False, EVENT_STARTED, NOW))
+    with pytest.raises(SnapshotError):
+        snapshot.save(bad, path, now=NOW)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["s.snap"]
