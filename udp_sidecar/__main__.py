@@ -1,0 +1,120 @@
+"""``udp-sidecar``: the BEP 15 UDP tracker, and (with sync) the hub of every tracker process."""
+
+# Patch before anything imports socket, threading or time-based waits.
+from gevent import monkey
+
+monkey.patch_all()
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+import gevent  # noqa: E402
+from gevent.event import Event  # noqa: E402
+
+from wsgi_tracker.config import ConfigError, TrackerConfig  # noqa: E402
+from wsgi_tracker.tracker import TrackerCore  # noqa: E402
+
+from .server import BindError, UdpServer  # noqa: E402
+
+log = logging.getLogger("udp_sidecar")
+PROG = "udp-sidecar"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    parser.add_argument(
+        "--bind",
+        action="append",
+        metavar="ADDR",
+        help="address to listen on (repeatable; default: the config's udp_bind, 0.0.0.0 and ::)",
+    )
+    parser.add_argument(
+        "--port", type=_port, help="UDP port (default: the config's udp_port, 6969)"
+    )
+    parser.add_argument("--config", metavar="FILE", help="TOML config file")
+    parser.add_argument(
+        "--sync-socket",
+        metavar="PATH",
+        help="Unix socket of the sync hub (default: the config's sync_socket)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="default %(default)s",
+    )
+    return parser.parse_args(argv)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is outside 0-65535")
+    return port
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = TrackerConfig.load(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    binds = args.bind or _usable(config.udp_bind)
+    port = config.udp_port if args.port is None else args.port
+    sync_socket = args.sync_socket or config.sync_socket_path
+    return run(config, binds, port, sync_socket)
+
+
+def run(config: TrackerConfig, binds: Sequence[str], port: int, sync_socket: str | None) -> int:
+    """Serve until SIGTERM or SIGINT, then stop everything and return the exit status.
+
+    ``sync_socket`` is where the sync hub will listen (None: sync off); the
+    hub is started and stopped here, next to the UDP server, on the same core.
+    """
+    core = TrackerCore(config)
+    server = UdpServer(core, binds, port)
+    try:
+        server.start()
+    except BindError as exc:
+        return _fail(str(exc))
+    stopping = Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stopping.set)
+    log.info(
+        "udp-sidecar listening on %s",
+        ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in server.addresses),
+    )
+    stopping.wait()
+    log.info("udp-sidecar stopping")
+    server.stop()
+    return 0
+
+
+def _usable(binds: Sequence[str]) -> list[str]:
+    """The configured binds, less the IPv6 ones on a host without IPv6 (with a warning)."""
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close()
+    except OSError:
+        log.warning("no IPv6 on this host: serving IPv4 only")
+        return [b for b in binds if ":" not in b]
+    return list(binds)
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

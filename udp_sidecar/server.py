@@ -1,0 +1,239 @@
+"""The gevent shell around the sans-IO protocol: sockets in, ``TrackerCore`` calls, sockets out.
+
+``DatagramHandler`` turns one datagram into its reply (or None) and touches no
+socket, so it is tested directly. ``UdpServer`` owns the sockets: one per bind
+address, each drained by one greenlet.
+
+Why not gevent's DatagramServer: it spawns a greenlet per datagram, which in a
+probe here served ~16k announces/s against ~25k for a plain loop. Here one
+greenlet per socket reads the non-blocking socket until it is empty and only
+then waits for readability on the hub, so a burst costs one hub switch, not
+one per packet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+
+import gevent
+from gevent import monkey
+from gevent.hub import get_hub
+
+from wsgi_tracker.errors import TrackerError
+from wsgi_tracker.tracker import TrackerCore
+
+from .protocol import (
+    MAX_PEERS_IPV4,
+    MAX_PEERS_IPV6,
+    MAX_SCRAPE_IPV4,
+    MAX_SCRAPE_IPV6,
+    AnnounceRequest,
+    ConnectionIds,
+    ConnectRequest,
+    PacketError,
+    build_announce,
+    build_connect,
+    build_error,
+    build_scrape,
+    parse_request,
+    to_announce,
+)
+
+log = logging.getLogger("udp_sidecar")
+
+# Larger than any request we accept (a scrape of 122 hashes is 2456 bytes);
+# the kernel cuts a longer datagram here and the parser then rejects the rest.
+RECV_BYTES = 4096
+# Datagrams handled back to back before letting other greenlets (the other
+# socket, the sync hub) run; one switch per batch costs well under 1%.
+BATCH = 64
+RCVBUF = 4 << 20  # absorbs bursts; the kernel caps it at net.core.rmem_max
+
+# The real socket class even after monkey-patching: gevent's cooperative
+# socket wraps every recvfrom in Python-level retry code, which the loop below
+# does not need because it waits for readability itself.
+_RealSocket = monkey.get_original("socket", "socket")
+
+_NOT_CONNECTED = "connection id expired or unknown: send a connect request first"
+
+
+class DatagramHandler:
+    """One socket's request -> reply logic over a shared core; no I/O."""
+
+    def __init__(
+        self,
+        core: TrackerCore,
+        ids: ConnectionIds,
+        ipv6: bool,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.core = core
+        self.ids = ids
+        self.ipv6 = ipv6
+        self.clock = clock
+        self.family = socket.AF_INET6 if ipv6 else socket.AF_INET
+        self.max_peers = MAX_PEERS_IPV6 if ipv6 else MAX_PEERS_IPV4
+        self.max_scrape = MAX_SCRAPE_IPV6 if ipv6 else MAX_SCRAPE_IPV4
+
+    def handle(self, data: bytes, addr: tuple) -> bytes | None:
+        """The reply to send back to ``addr``, or None to drop the datagram."""
+        try:
+            packed_ip = socket.inet_pton(self.family, addr[0])
+        except OSError:  # a link-local IPv6 sender comes with a %scope suffix
+            packed_ip = socket.inet_pton(self.family, addr[0].partition("%")[0])
+        endpoint = packed_ip + addr[1].to_bytes(2, "big")
+        now = self.clock()
+        try:
+            req = parse_request(data, self.max_scrape)
+        except PacketError as exc:
+            if exc.transaction_id is None:
+                return None
+            proven = exc.connection_id is not None and self.ids.valid(
+                exc.connection_id, endpoint, now
+            )
+            return build_error(exc.transaction_id, str(exc), None if proven else len(data))
+        if type(req) is ConnectRequest:
+            return build_connect(req.transaction_id, self.ids.issue(endpoint, now))
+        if not self.ids.valid(req.connection_id, endpoint, now):
+            return build_error(req.transaction_id, _NOT_CONNECTED, len(data))
+        if type(req) is AnnounceRequest:
+            return self._announce(req, packed_ip)
+        with self.core.lock:
+            entries = self.core.scrape(req.info_hashes)
+        return build_scrape(req.transaction_id, entries)
+
+    def _announce(self, req: AnnounceRequest, packed_ip: bytes) -> bytes:
+        core = self.core
+        announce = to_announce(req, core.config, self.max_peers, ip_field=not self.ipv6)
+        try:
+            with core.lock:
+                result = core.announce(announce, packed_ip, both_families=False)
+        except TrackerError as exc:
+            return build_error(req.transaction_id, str(exc))
+        return build_announce(
+            req.transaction_id,
+            result.interval,
+            result.incomplete,
+            result.complete,
+            result.peers6 if self.ipv6 else result.peers,
+        )
+
+
+class BindError(Exception):
+    """A bind address is invalid or cannot be bound; the message names it and why."""
+
+
+class UdpServer:
+    """The UDP tracker on one or more addresses sharing one ``TrackerCore``.
+
+    IPv4 and IPv6 get separate sockets (IPV6_V6ONLY on the IPv6 one), so a
+    reply always carries the peer entries of its socket's family.
+    """
+
+    def __init__(
+        self,
+        core: TrackerCore,
+        binds: Sequence[str],
+        port: int,
+        *,
+        key: bytes | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.core = core
+        self.binds = list(binds)
+        self.port = port
+        self.clock = clock
+        self.ids = ConnectionIds(key or os.urandom(32), core.config.connection_id_ttl)
+        self.sockets: list[socket.socket] = []
+        self._loops: list[gevent.Greenlet] = []
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound (host, port) pairs, with the real port when 0 was asked for."""
+        return [s.getsockname()[:2] for s in self.sockets]
+
+    def start(self) -> None:
+        """Bind every address, then serve; binds all or none (raises BindError)."""
+        try:
+            for host in self.binds:
+                self.sockets.append(self._bind(host))
+        except BindError:
+            self._close()
+            raise
+        for sock in self.sockets:
+            handler = DatagramHandler(
+                self.core, self.ids, sock.family == socket.AF_INET6, self.clock
+            )
+            self._loops.append(gevent.spawn(self._serve, sock, handler))
+
+    def _bind(self, host: str) -> socket.socket:
+        try:
+            ipv6 = ipaddress.ip_address(host.split("%", 1)[0]).version == 6
+        except ValueError:
+            raise BindError(f"invalid bind address {host!r}: not an IPv4 or IPv6 address") from None
+        sock = _RealSocket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            if ipv6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            with contextlib.suppress(OSError):  # only a hint
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            sock.bind((host, self.port))
+        except OSError as exc:
+            sock.close()
+            shown = f"[{host}]" if ipv6 else host
+            reason = (exc.strerror or str(exc)).lower()
+            raise BindError(f"cannot bind {shown}:{self.port}: {reason}") from None
+        sock.setblocking(False)
+        return sock
+
+    def _serve(self, sock: socket.socket, handler: DatagramHandler) -> None:
+        recvfrom = sock.recvfrom
+        sendto = sock.sendto
+        handle = handler.handle
+        hub = get_hub()
+        readable = hub.loop.io(sock.fileno(), 1)
+        served = 0
+        try:
+            while True:
+                try:
+                    data, addr = recvfrom(RECV_BYTES)
+                except BlockingIOError:
+                    served = 0
+                    hub.wait(readable)
+                    continue
+                except OSError:
+                    continue  # e.g. an ICMP error queued on the socket; nothing to answer
+                try:
+                    reply = handle(data, addr)
+                except Exception:
+                    log.exception("bug: datagram from %s raised; dropped", addr[0])
+                    continue
+                if reply is not None:
+                    # try/except, not contextlib.suppress: no object per packet here.
+                    try:  # noqa: SIM105
+                        sendto(reply, addr)
+                    except OSError:
+                        pass  # full send buffer or unroutable: UDP may drop, and so do we
+                served += 1
+                if served >= BATCH:
+                    served = 0
+                    gevent.sleep(0)
+        finally:
+            readable.close()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop every loop, then close the sockets (never a watched fd while it is watched)."""
+        gevent.killall(self._loops, timeout=timeout)
+        self._loops.clear()
+        self._close()
+
+    def _close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+        self.sockets.clear()
