@@ -127,13 +127,17 @@ class TrackerCore:
         want = cfg.numwant_default if req.numwant is None else min(req.numwant, cfg.numwant_max)
         if want <= 0:
             return result
-        own_width = len(ep)
-        for pl in swarm.lists():
-            own = pl.width == own_width
-            if not (own or both_families):
+        # numwant bounds the whole reply; the requester's own family is served first.
+        # A dual-stack client may sit in the other family's list too: never hand it itself.
+        own, other = (swarm.v4, swarm.v6) if len(ep) == IPV4_WIDTH else (swarm.v6, swarm.v4)
+        for pl, exclude in ((own, slot), (other if both_families else None, None)):
+            if pl is None or want <= 0:
                 continue
-            runs = pl.sample(want, seeder, slot if own else -1, self.rng)
+            if exclude is None:
+                exclude = pl.index.get(req.peer_id, -1)
+            runs = pl.sample(want, seeder, exclude, self.rng)
             self._fill(result, pl, runs, with_ids)
+            want -= sum(b - a for a, b in runs)
         return result
 
     @staticmethod

@@ -1,0 +1,199 @@
+"""TrackerCore: the announce/scrape policy both protocols share."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from wsgi_tracker.addresses import pack_ip
+from wsgi_tracker.config import TrackerConfig
+from wsgi_tracker.errors import TrackerError
+from wsgi_tracker.swarm import EVENT_COMPLETED, EVENT_NONE, EVENT_STARTED, EVENT_STOPPED
+from wsgi_tracker.tracker import Announce, ScrapeEntry, TrackerCore
+
+IH = b"t" * 20
+V4_CLIENT = pack_ip("127.0.0.1")
+V6_CLIENT = pack_ip("::1")
+
+
+def pid(n: int) -> bytes:
+    return b"-CORE--%013d" % n
+
+
+def v4ip(n: int) -> bytes:
+    return bytes([10, 1, n >> 8 & 255, n & 255])
+
+
+def v6ip(n: int) -> bytes:
+    return b"\xfd" + bytes(13) + n.to_bytes(2, "big")
+
+
+@pytest.fixture
+def core(clock) -> TrackerCore:
+    return TrackerCore(TrackerConfig(), clock=clock, rng=random.Random(7))
+
+
+def join(core, n, ip=None, *, left=1, event=EVENT_NONE, numwant=None, ih=IH, **kw):
+    req = Announce(
+        ih, pid(n), 6881, left=left, event=event, numwant=numwant, ip=kw.pop("ip_param", None)
+    )
+    return core.announce(req, ip or v4ip(n), **kw)
+
+
+def entries(packed: bytes, width: int) -> list[bytes]:
+    return [packed[i : i + width] for i in range(0, len(packed), width)]
+
+
+def ports_of(packed: bytes, width: int) -> set[bytes]:
+    return {e[:-2] for e in entries(packed, width)}
+
+
+def test_numwant_defaults_to_50_and_is_capped_at_200(core):
+    for n in range(300):
+        join(core, n)
+    assert len(join(core, 1000).peers) == 50 * 6
+    assert len(join(core, 1000, numwant=1000).peers) == 200 * 6
+    assert len(join(core, 1000, numwant=7).peers) == 7 * 6
+    assert join(core, 1000, numwant=0).peers == b""
+
+
+def test_reply_carries_both_families_within_numwant(core):
+    for n in range(40):
+        join(core, n, v4ip(n))
+        join(core, 100 + n, v6ip(n))
+    result = join(core, 1000, v4ip(999), numwant=60)
+    assert result.peers and result.peers6
+    assert len(result.peers) // 6 + len(result.peers6) // 18 == 60
+    assert len(result.peers) // 6 == 40, "the requester's own family comes first"
+    assert (result.complete, result.incomplete) == (0, 81)
+
+
+def test_udp_reply_carries_only_the_requesters_family(core):
+    join(core, 1, v4ip(1))
+    join(core, 2, v6ip(2))
+    result = join(core, 3, v6ip(3), both_families=False)
+    assert result.peers == b""
+    assert entries(result.peers6, 18) == [v6ip(2) + (6881).to_bytes(2, "big")]
+
+
+def test_peer_is_never_handed_itself_in_either_family(core):
+    join(core, 1, v4ip(1))
+    join(core, 1, v6ip(1))  # the same client, dual-stack
+    result = join(core, 1, v4ip(1))
+    assert (result.peers, result.peers6) == (b"", b"")
+    join(core, 2, v4ip(2))
+    result = join(core, 1, v6ip(1))
+    assert ports_of(result.peers, 6) == {v4ip(2)} and result.peers6 == b""
+
+
+def test_seeder_gets_leechers_only(core):
+    for n in range(5):
+        join(core, n, left=0)
+    for n in range(5, 8):
+        join(core, n)
+    result = join(core, 99, left=0)
+    assert ports_of(result.peers, 6) == {v4ip(n) for n in range(5, 8)}
+
+
+def test_leecher_gets_seeders_first(core):
+    for n in range(10):
+        join(core, n, left=0)
+    for n in range(10, 100):
+        join(core, n)
+    result = join(core, 500, numwant=15)
+    got = ports_of(result.peers, 6)
+    assert {v4ip(n) for n in range(10)} <= got
+    assert len(got) == 15
+
+
+def test_peer_ids_come_with_the_peers_when_asked(core):
+    for n in range(5):
+        join(core, n)
+    result = join(core, 9, with_ids=True)
+    assert len(result.peer_ids) == 5
+    by_ip = dict(zip(entries(result.peers, 6), result.peer_ids, strict=True))
+    assert all(by_ip[v4ip(n) + (6881).to_bytes(2, "big")] == pid(n) for n in range(5))
+    assert join(core, 9).peer_ids is None
+
+
+def test_stopped_gets_counts_but_no_peers(core):
+    join(core, 1, left=0)
+    join(core, 2)
+    result = join(core, 2, event=EVENT_STOPPED)
+    assert (result.peers, result.peers6, result.complete, result.incomplete) == (b"", b"", 1, 0)
+
+
+def test_interval_jitter_stays_within_its_bounds(clock):
+    core = TrackerCore(
+        TrackerConfig(interval=1000, interval_jitter=50, min_interval=500), clock=clock
+    )
+    seen = {join(core, n % 5).interval for n in range(2000)}
+    assert min(seen) >= 1000 and max(seen) <= 1050
+    assert len(seen) > 25, "the jitter should spread intervals out"
+    result = join(core, 1)
+    assert result.min_interval == 500
+    steady = TrackerCore(TrackerConfig(interval_jitter=0), clock=clock)
+    assert {join(steady, n).interval for n in range(20)} == {1800}
+
+
+def test_completed_counts_once_and_listeners_hear_it(core):
+    heard = []
+    core.listeners.append(lambda change, counted: heard.append((change.event, counted)))
+    join(core, 1, event=EVENT_STARTED)
+    join(core, 1, left=0, event=EVENT_COMPLETED)
+    join(core, 1, left=0, event=EVENT_COMPLETED)
+    assert heard == [(EVENT_STARTED, False), (EVENT_COMPLETED, True), (EVENT_COMPLETED, False)]
+    assert core.scrape([IH, b"u" * 20]) == [
+        ScrapeEntry(IH, 1, 1, 0),
+        ScrapeEntry(b"u" * 20, 0, 0, 0),
+    ]
+
+
+def test_ip_parameter_is_ignored_unless_allowed(clock):
+    strict = TrackerCore(TrackerConfig(), clock=clock)
+    join(strict, 1, v4ip(1), ip_param="192.0.2.7")
+    assert ports_of(join(strict, 2).peers, 6) == {v4ip(1)}
+    trusting = TrackerCore(TrackerConfig(allow_ip_param=True), clock=clock)
+    join(trusting, 1, v4ip(1), ip_param="192.0.2.7")
+    assert ports_of(join(trusting, 2).peers, 6) == {pack_ip("192.0.2.7")}
+    with pytest.raises(TrackerError, match="invalid ip"):
+        join(trusting, 3, ip_param="not-an-ip")
+
+
+def test_full_swarm_is_a_clean_tracker_error(clock):
+    core = TrackerCore(TrackerConfig(max_peers_per_torrent=2), clock=clock)
+    join(core, 1)
+    join(core, 2)
+    with pytest.raises(TrackerError, match="swarm is full"):
+        join(core, 3)
+    assert join(core, 1).incomplete == 2
+
+
+def test_full_scrape_only_when_enabled(clock):
+    core = TrackerCore(TrackerConfig(), clock=clock)
+    join(core, 1)
+    with pytest.raises(TrackerError, match="full scrape is disabled"):
+        core.full_scrape()
+    core = TrackerCore(TrackerConfig(full_scrape=True), clock=clock)
+    join(core, 1, ih=b"a" * 20)
+    join(core, 2, ih=b"b" * 20, left=0)
+    assert sorted(core.full_scrape(), key=lambda e: e.info_hash) == [
+        ScrapeEntry(b"a" * 20, 0, 0, 1),
+        ScrapeEntry(b"b" * 20, 1, 0, 0),
+    ]
+
+
+def test_peers_expire_after_the_configured_ttl(clock):
+    core = TrackerCore(TrackerConfig(interval=100, min_interval=50, peer_ttl=250), clock=clock)
+    join(core, 1)
+    clock.advance(249)
+    assert len(join(core, 2).peers) == 6
+    clock.advance(100)  # peer 1 last seen 349 s ago, peer 2 100 s ago
+    core.store.expire()
+    assert ports_of(join(core, 3).peers, 6) == {v4ip(2)}
+
+
+def test_ipv6_client_is_stored_as_ipv6(core):
+    join(core, 1, V6_CLIENT)
+    assert core.store.get(IH).v6 is not None and core.store.get(IH).v4 is None
