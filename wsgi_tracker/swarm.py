@@ -348,19 +348,31 @@ class SwarmStore:
 
     def peers(self) -> Iterator[PeerChange]:
         """Every live peer as a change, with the time it was last seen (for snapshots)."""
+        for ih in list(self.torrents.keys()):
+            yield from self.swarm_peers(ih)
+
+    def swarm_peers(self, info_hash: bytes) -> list[PeerChange]:
+        """One torrent's peers, taken in one go: sync sends a swarm between other work."""
+        swarm = self.torrents.get(info_hash)
+        if swarm is None:
+            return []
         ttl = self.peer_ttl
-        for ih, swarm in list(self.torrents.items()):
-            for pl in swarm.lists():
-                w = pl.width
-                for slot, pid in enumerate(pl.ids):
-                    yield PeerChange(
-                        ih,
+        out: list[PeerChange] = []
+        for pl in swarm.lists():
+            w = pl.width
+            addrs, expires, seeders = pl.addrs, pl.expires, pl.seeders
+            for slot, pid in enumerate(pl.ids):
+                out.append(
+                    PeerChange(
+                        info_hash,
                         pid,
-                        bytes(pl.addrs[slot * w : slot * w + w]),
-                        slot < pl.seeders,
+                        bytes(addrs[slot * w : slot * w + w]),
+                        slot < seeders,
                         EVENT_NONE,
-                        float(pl.expires[slot] - ttl),
+                        float(expires[slot] - ttl),
                     )
+                )
+        return out
 
     def totals(self) -> tuple[int, int, int]:
         """(torrents, seeders, leechers) across the replica."""
