@@ -11,7 +11,8 @@ import os
 
 bind = os.environ.get("WSGI_TRACKER_BIND", "0.0.0.0:6969")
 workers = int(os.environ.get("WSGI_TRACKER_WORKERS", multiprocessing.cpu_count()))
-worker_class = "gevent"
+# Our lean HTTP/1.1 loop on gunicorn's gevent worker (see wsgi_tracker/worker.py for why).
+worker_class = "wsgi_tracker.worker.TrackerWorker"
 worker_connections = 2000
 keepalive = 30
 # Announces are tiny: refuse oversized request lines and headers early.
