@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .access import Authenticator
 from .addresses import pack_ip
 from .config import TrackerConfig
 from .errors import TrackerError
+from .hooks import OnAnnounce
 from .http_protocol import (
     encode_announce,
     encode_failure,
@@ -15,6 +17,9 @@ from .http_protocol import (
     parse_announce,
     parse_scrape,
 )
+from .proxy import ClientAddress
+from .stats import TrackerStats
+from .stats_http import stats_routes
 from .tracker import TrackerCore
 
 Environ = dict[str, Any]
@@ -40,6 +45,10 @@ class TrackerMiddleware:
     Paths are matched against PATH_INFO, so the middleware works the same when
     the whole site is mounted under a SCRIPT_NAME prefix. ``/announce/<passkey>``
     is recognised as a private-tracker announce.
+
+    ``authenticate(passkey)`` and ``on_announce(events)`` are the host app's
+    passkey check and announce hook (docs/ACCESS.md); ``stats`` is what the
+    statistics endpoints show (default: this process's own numbers).
     """
 
     def __init__(
@@ -48,14 +57,25 @@ class TrackerMiddleware:
         config: TrackerConfig | None = None,
         *,
         core: TrackerCore | None = None,
+        authenticate: Authenticator | None = None,
+        on_announce: OnAnnounce | None = None,
+        stats: TrackerStats | None = None,
     ) -> None:
         self.app = app or not_found
         self.config = config or (core.config if core else TrackerConfig.load())
-        self.core = core or TrackerCore(self.config)
+        self.core = core or TrackerCore(
+            self.config, authenticate=authenticate, on_announce=on_announce
+        )
+        self.stats = stats or TrackerStats(self.core)
+        self._stats_routes = stats_routes(self.stats, self.config)
         self._announce = self.config.announce_path.rstrip("/")
         self._announce_prefix = self._announce + "/"
         self._scrape = self.config.scrape_path.rstrip("/")
         self._scrape_prefix = self._scrape + "/"
+        if self.config.trusted_proxies:
+            # Swapped in only when proxies are listed: the direct case stays one lookup.
+            self._forwarded = ClientAddress(self.config.trusted_proxies)
+            self.client_ip = self._forwarded_client_ip  # type: ignore[method-assign]
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path: str = environ.get("PATH_INFO") or "/"
@@ -63,8 +83,12 @@ class TrackerMiddleware:
             body = self.announce(environ, None)
         elif path.startswith(self._announce_prefix):
             body = self.announce(environ, path[len(self._announce_prefix) :])
-        elif path == self._scrape or path.startswith(self._scrape_prefix):
-            body = self.scrape(environ)
+        elif path == self._scrape:
+            body = self.scrape(environ, None)
+        elif path.startswith(self._scrape_prefix):
+            body = self.scrape(environ, path[len(self._scrape_prefix) :])
+        elif path in self._stats_routes:
+            return self._stats_routes[path](environ, start_response)
         else:
             return self.app(environ, start_response)
         start_response(
@@ -74,6 +98,11 @@ class TrackerMiddleware:
 
     def client_ip(self, environ: Environ) -> bytes:
         return pack_ip(environ.get("REMOTE_ADDR") or "0.0.0.0")
+
+    def _forwarded_client_ip(self, environ: Environ) -> bytes:
+        """The client behind a trusted proxy (see ``proxy.ClientAddress``)."""
+        remote = environ.get("REMOTE_ADDR") or ""
+        return pack_ip(self._forwarded(remote, environ.get("HTTP_X_FORWARDED_FOR")) or "0.0.0.0")
 
     def _query(self, environ: Environ) -> bytes:
         query: str = environ.get("QUERY_STRING", "")
@@ -88,6 +117,10 @@ class TrackerMiddleware:
     def announce(self, environ: Environ, passkey: str | None) -> bytes:
         try:
             parsed = parse_announce(self._query(environ), passkey)
+        except TrackerError as exc:
+            self.core.counters.error("http", "malformed")
+            return encode_failure(str(exc))
+        try:
             client = self.client_ip(environ)
             with self.core.lock:
                 result = self.core.announce(
@@ -97,11 +130,19 @@ class TrackerMiddleware:
             return encode_failure(str(exc))
         return encode_announce(result, parsed.compact, parsed.no_peer_id)
 
-    def scrape(self, environ: Environ) -> bytes:
+    def scrape(self, environ: Environ, passkey: str | None) -> bytes:
+        """``/scrape/<passkey>`` is the scrape URL clients derive from ``/announce/<passkey>``."""
         try:
             hashes = parse_scrape(self._query(environ), self.config.max_scrape_hashes)
+        except TrackerError as exc:
+            self.core.counters.error("http", "malformed")
+            return encode_failure(str(exc))
+        try:
             with self.core.lock:
-                entries = self.core.scrape(hashes) if hashes else self.core.full_scrape()
+                if hashes:
+                    entries = self.core.scrape(hashes, passkey=passkey)
+                else:
+                    entries = self.core.full_scrape(passkey=passkey)
         except TrackerError as exc:
             return encode_failure(str(exc))
         return encode_scrape(entries)
