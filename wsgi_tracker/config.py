@@ -82,6 +82,43 @@ class TrackerConfig:
     )
     snapshot_path: str = _setting("", "File the sidecar saves the swarms to; empty: no snapshot.")
     snapshot_interval: int = _setting(60, "Seconds between snapshots.")
+    # --- access (docs/ACCESS.md) -------------------------------------------------------
+    access_mode: str = _setting(
+        "public", "Which torrents are served: 'public' (any), 'whitelist' or 'blacklist'."
+    )
+    access_list_file: str = _setting(
+        "",
+        "File of info_hashes (40 hex or 32 base32 chars per line) for whitelist/blacklist; "
+        "re-read when it changes and on SIGHUP.",
+    )
+    private: bool = _setting(
+        False, "Private tracker: announce only to /announce/<passkey> with a known passkey."
+    )
+    passkeys_file: str = _setting(
+        "", "File of 'passkey [user]' lines for private mode; re-read like access_list_file."
+    )
+    authenticate: str = _setting(
+        "",
+        "Passkey check as 'module:callable' (passkey -> bool or user id), so the UDP "
+        "sidecar can use the host app's check too.",
+    )
+    passkey_cache_ttl: int = _setting(
+        60, "Seconds the answers of the authenticate callable are cached; 0: ask every time."
+    )
+    announce_hook: str = _setting(
+        "", "Announce hook as 'module:callable', given lists of AnnounceEvent (docs/ACCESS.md)."
+    )
+    hook_queue_size: int = _setting(
+        10_000, "Announce events held for the hook; past it new events are dropped and counted."
+    )
+    # --- statistics (docs/STATS.md) ----------------------------------------------------
+    stats_path: str = _setting(
+        "", "Path of the /stats JSON (and of <path>.html, the live page); empty: off."
+    )
+    metrics_path: str = _setting("", "Path of the Prometheus /metrics text; empty: off.")
+    stats_token: str = _setting(
+        "", "If set, stats and metrics need ?token=<it> or 'Authorization: Bearer <it>'."
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -95,10 +132,11 @@ class TrackerConfig:
             "max_query_bytes",
             "connection_id_ttl",
             "snapshot_interval",
+            "hook_queue_size",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("interval_jitter", "numwant_default"):
+        for name in ("interval_jitter", "numwant_default", "passkey_cache_ttl"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.min_interval > self.interval:
@@ -119,6 +157,16 @@ class TrackerConfig:
         for name in ("announce_path", "scrape_path"):
             if not getattr(self, name).startswith("/"):
                 raise ConfigError(f"{name} must start with '/', got {getattr(self, name)!r}")
+        for name in ("stats_path", "metrics_path"):
+            value = getattr(self, name)
+            if value and (not value.startswith("/") or value.endswith("/")):
+                raise ConfigError(f"{name} must start and not end with '/', got {value!r}")
+        if self.access_mode not in ("public", "whitelist", "blacklist"):
+            raise ConfigError(
+                f"access_mode must be public, whitelist or blacklist, got {self.access_mode!r}"
+            )
+        if self.access_mode != "public" and not self.access_list_file:
+            raise ConfigError(f"access_mode {self.access_mode!r} needs access_list_file")
 
     # --- loading -----------------------------------------------------------------------
     @property

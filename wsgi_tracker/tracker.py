@@ -14,9 +14,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from .access import AccessDenied, AccessPolicy, Authenticator
 from .addresses import endpoint, pack_ip
 from .config import TrackerConfig
 from .errors import TrackerError
+from .hooks import AnnounceEvent, AnnounceHook, OnAnnounce
+from .stats import Counters
 from .swarm import (
     EVENT_STOPPED,
     IPV4_WIDTH,
@@ -83,8 +86,15 @@ class TrackerCore:
     listeners: list[ChangeListener] = field(default_factory=list)
     # Serialises the store for threaded WSGI servers; uncontended under gevent.
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Host-app callables (else config.authenticate / config.announce_hook); docs/ACCESS.md.
+    authenticate: Authenticator | None = None
+    on_announce: OnAnnounce | None = None
+    counters: Counters = field(default_factory=Counters)
 
     def __post_init__(self) -> None:
+        # None when public and hookless: the hot path then pays one ``is None`` test each.
+        self.access = AccessPolicy.from_config(self.config, self.authenticate)
+        self.hook = AnnounceHook.from_config(self.config, self.on_announce)
         if self.store is None:
             self.store = SwarmStore(
                 peer_ttl=self.config.peer_ttl,
@@ -94,27 +104,57 @@ class TrackerCore:
             )
 
     def announce(
-        self, req: Announce, client_ip: bytes, *, both_families: bool = True, with_ids: bool = False
+        self,
+        req: Announce,
+        client_ip: bytes,
+        *,
+        both_families: bool = True,
+        with_ids: bool = False,
+        protocol: str = "http",
     ) -> AnnounceResult:
         """Record the announce and pick its peers.
 
         ``client_ip`` is the packed address the request came from. UDP passes
         ``both_families=False``: a datagram reply carries one family only.
+        ``protocol`` ("http" or "udp") is for the statistics.
         """
         cfg = self.config
         store = self.store
         assert store is not None
+        now = self.clock()
+        user = req.passkey
+        if self.access is not None:
+            try:
+                user = self.access.admit(req.info_hash, req.passkey, now)
+            except AccessDenied as exc:
+                self.counters.error(protocol, exc.kind)
+                raise
         if cfg.allow_ip_param and req.ip:
             client_ip = pack_ip(req.ip)
         ep = endpoint(client_ip, req.port)
         seeder = req.left == 0
-        change = PeerChange(req.info_hash, req.peer_id, ep, seeder, req.event, self.clock())
+        change = PeerChange(req.info_hash, req.peer_id, ep, seeder, req.event, now)
         try:
             swarm, slot, counted = store.apply(change)
         except SwarmFull:
+            self.counters.error(protocol, "swarm_full")
             raise TrackerError("swarm is full: this torrent has the most peers allowed") from None
+        self.counters.announces[protocol] += 1
         for listener in self.listeners:
             listener(change, counted)
+        if self.hook is not None:
+            self.hook.put(
+                AnnounceEvent(
+                    user,
+                    req.info_hash,
+                    req.peer_id,
+                    req.uploaded,
+                    req.downloaded,
+                    req.left,
+                    req.event,
+                    now,
+                )
+            )
 
         interval = cfg.interval + (
             int(self.rng.random() * (cfg.interval_jitter + 1)) if cfg.interval_jitter else 0
@@ -155,15 +195,42 @@ class TrackerCore:
             if with_ids:
                 result.peer_ids6 = pl.peer_ids(runs)
 
-    def scrape(self, info_hashes: Iterable[bytes]) -> list[ScrapeEntry]:
-        """Counts per torrent; unknown torrents count zero (BEP 48 lists them anyway)."""
+    def scrape(
+        self, info_hashes: Iterable[bytes], *, passkey: str | None = None, protocol: str = "http"
+    ) -> list[ScrapeEntry]:
+        """Counts per torrent; unknown torrents count zero (BEP 48 lists them anyway).
+
+        A torrent the access list refuses also counts zero, so a scrape never
+        tells more than an announce would; a private tracker wants a passkey.
+        """
         store = self.store
         assert store is not None
-        return [ScrapeEntry(ih, *store.scrape(ih)) for ih in info_hashes]
+        access = self.access
+        allowed = None
+        if access is not None:
+            try:
+                access.admit_scrape(passkey, self.clock())
+            except AccessDenied as exc:
+                self.counters.error(protocol, exc.kind)
+                raise
+            if access.torrents is not None:
+                allowed = access.torrent_allowed
+        self.counters.scrapes[protocol] += 1
+        return [
+            ScrapeEntry(ih, *store.scrape(ih))
+            if allowed is None or allowed(ih)
+            else ScrapeEntry(ih, 0, 0, 0)
+            for ih in info_hashes
+        ]
 
-    def full_scrape(self) -> list[ScrapeEntry]:
+    def full_scrape(
+        self, *, passkey: str | None = None, protocol: str = "http"
+    ) -> list[ScrapeEntry]:
         if not self.config.full_scrape:
+            self.counters.error(protocol, "full_scrape_disabled")
             raise TrackerError("full scrape is disabled: give at least one info_hash")
         store = self.store
         assert store is not None
-        return self.scrape(list(store.torrents.keys()))
+        allowed = self.access.torrent_allowed if self.access and self.access.torrents else None
+        hashes = [ih for ih in store.torrents if allowed is None or allowed(ih)]
+        return self.scrape(hashes, passkey=passkey, protocol=protocol)

@@ -1,0 +1,267 @@
+"""Statistics for the whole tracker: counters, rates, and their three renderings.
+
+Each process counts its own requests in ``Counters`` (plain ints bumped under
+``TrackerCore.lock``: no clock, no extra lock on the hot path). A *report* is
+one process's counters plus its recent rates, as JSON bytes: this is what the
+process publishes to the sync hub, and the hub hands every process the latest
+report of every other, so any worker can answer for the whole tracker by
+summing them. Torrent and peer counts come from the local replica, which sync
+keeps equal to everyone else's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from .tracker import TrackerCore
+
+PROTOCOLS = ("http", "udp")
+RATE_WINDOW = 10.0  # seconds over which "per second" is averaged
+TOTALS_MAX_AGE = 2.0  # a replica walk costs O(torrents): reuse it this long
+
+
+class Counters:
+    """One process's request counters, by protocol; errors by (protocol, kind)."""
+
+    __slots__ = ("announces", "errors", "scrapes")
+
+    def __init__(self) -> None:
+        self.announces = dict.fromkeys(PROTOCOLS, 0)
+        self.scrapes = dict.fromkeys(PROTOCOLS, 0)
+        self.errors: dict[tuple[str, str], int] = {}
+
+    def error(self, protocol: str, kind: str) -> None:
+        key = (protocol, kind)
+        self.errors[key] = self.errors.get(key, 0) + 1
+
+
+@dataclass
+class RateMeter:
+    """Requests per second over the last RATE_WINDOW, from samples taken when asked."""
+
+    clock: Callable[[], float] = time.monotonic
+    samples: deque[tuple[float, dict[str, int], dict[str, int]]] = field(default_factory=deque)
+
+    def rates(self, counters: Counters) -> tuple[dict[str, float], dict[str, float]]:
+        now = self.clock()
+        samples = self.samples
+        if not samples or now - samples[-1][0] >= 1.0:
+            samples.append((now, dict(counters.announces), dict(counters.scrapes)))
+        while len(samples) > 2 and now - samples[1][0] >= RATE_WINDOW:
+            samples.popleft()
+        then, announces, scrapes = samples[0]
+        span = now - then
+        if span < 0.5:
+            zero = dict.fromkeys(PROTOCOLS, 0.0)
+            return zero, dict(zero)
+        return (
+            {p: (counters.announces[p] - announces[p]) / span for p in PROTOCOLS},
+            {p: (counters.scrapes[p] - scrapes[p]) / span for p in PROTOCOLS},
+        )
+
+
+def process_report(core: TrackerCore, meter: RateMeter, role: str) -> dict[str, Any]:
+    """This process's counters and rates, as published to the other processes."""
+    c = core.counters
+    announce_rate, scrape_rate = meter.rates(c)
+    report: dict[str, Any] = {
+        "id": f"{role}:{os.getpid()}",
+        "announces": dict(c.announces),
+        "scrapes": dict(c.scrapes),
+        "errors": [[p, k, n] for (p, k), n in c.errors.items()],
+        "announce_rate": announce_rate,
+        "scrape_rate": scrape_rate,
+    }
+    if core.hook is not None:
+        h = core.hook
+        report["hook"] = {
+            "delivered": h.delivered,
+            "dropped": h.dropped,
+            "failed_batches": h.failed_batches,
+        }
+    return report
+
+
+def encode_report(report: dict[str, Any]) -> bytes:
+    return json.dumps(report, separators=(",", ":")).encode()
+
+
+def decode_report(payload: bytes) -> dict[str, Any] | None:
+    """A peer's report, or None if it is not one (never trust a payload's shape)."""
+    try:
+        report = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    ok = (
+        isinstance(report, dict)
+        and isinstance(report.get("id"), str)
+        and all(isinstance(report.get(k), dict) for k in ("announces", "scrapes"))
+        and isinstance(report.get("errors"), list)
+    )
+    return report if ok else None
+
+
+def merge_reports(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Sum the counters and rates of several processes' reports."""
+    total: dict[str, Any] = {
+        "processes": 0,
+        "announces": dict.fromkeys(PROTOCOLS, 0),
+        "scrapes": dict.fromkeys(PROTOCOLS, 0),
+        "announce_rate": dict.fromkeys(PROTOCOLS, 0.0),
+        "scrape_rate": dict.fromkeys(PROTOCOLS, 0.0),
+        "errors": {p: {} for p in PROTOCOLS},
+    }
+    hook: dict[str, int] = {}
+    for r in reports:
+        total["processes"] += 1
+        for key in ("announces", "scrapes", "announce_rate", "scrape_rate"):
+            for p in PROTOCOLS:
+                total[key][p] += r.get(key, {}).get(p, 0)
+        for entry in r["errors"]:
+            if len(entry) == 3 and entry[0] in PROTOCOLS and isinstance(entry[2], int):
+                kinds = total["errors"][entry[0]]
+                kinds[entry[1]] = kinds.get(entry[1], 0) + entry[2]
+        for key, n in r.get("hook", {}).items():
+            hook[key] = hook.get(key, 0) + n
+    for key in ("announce_rate", "scrape_rate"):
+        total[key] = {p: round(v, 2) for p, v in total[key].items()}
+    for key in ("announces", "scrapes", "announce_rate", "scrape_rate"):
+        total[key]["total"] = round(sum(total[key][p] for p in PROTOCOLS), 2)
+    if hook:
+        total["hook"] = hook
+    return total
+
+
+class TrackerStats:
+    """Everything /stats, /metrics and /stats.html show, for one process to serve.
+
+    ``peer_reports`` returns the latest reports of the *other* processes (from
+    sync); ``sync_status`` whatever the sync layer says about itself (lag,
+    connection). Both are optional: without them the numbers are this
+    process's alone, and ``scope`` says so.
+    """
+
+    def __init__(
+        self,
+        core: TrackerCore,
+        role: str = "http",
+        peer_reports: Callable[[], Iterable[bytes]] | None = None,
+        sync_status: Callable[[], dict[str, Any] | None] | None = None,
+    ) -> None:
+        self.core = core
+        self.role = role
+        self.peer_reports = peer_reports
+        self.sync_status = sync_status
+        self.meter = RateMeter()
+        self._totals: tuple[float, tuple[int, int, int]] = (-TOTALS_MAX_AGE, (0, 0, 0))
+
+    def report(self) -> dict[str, Any]:
+        with self.core.lock:
+            return process_report(self.core, self.meter, self.role)
+
+    def payload(self) -> bytes:
+        """This process's report as sync's opaque STATS payload."""
+        return encode_report(self.report())
+
+    def _replica_totals(self) -> tuple[int, int, int]:
+        now = time.monotonic()
+        at, totals = self._totals
+        if now - at >= TOTALS_MAX_AGE:
+            with self.core.lock:
+                store = self.core.store
+                assert store is not None
+                totals = store.totals()
+            self._totals = (now, totals)
+        return totals
+
+    def snapshot(self) -> dict[str, Any]:
+        """The /stats document."""
+        own = self.report()
+        reports = [own]
+        if self.peer_reports is not None:
+            for payload in self.peer_reports():
+                r = decode_report(payload)
+                if r is not None and r["id"] != own["id"]:
+                    reports.append(r)
+        merged = merge_reports(reports)
+        torrents, seeders, leechers = self._replica_totals()
+        sync = self.sync_status() if self.sync_status is not None else None
+        return {
+            "scope": "tracker" if self.peer_reports is not None else "process",
+            "time": round(time.time(), 3),
+            "torrents": torrents,
+            "peers": seeders + leechers,
+            "seeders": seeders,
+            "leechers": leechers,
+            **merged,
+            "sync": sync,
+        }
+
+
+# --- renderings ----------------------------------------------------------------------------
+
+
+def render_json(snapshot: dict[str, Any]) -> bytes:
+    return json.dumps(snapshot, separators=(",", ":"), sort_keys=True).encode()
+
+
+class _SnapshotCollector:
+    def __init__(self, snapshot: dict[str, Any]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterable[Any]:
+        s = self.snapshot
+        for name, doc in (
+            ("announces", "Announces answered, by protocol."),
+            ("scrapes", "Scrapes answered, by protocol."),
+        ):
+            family = CounterMetricFamily(f"wsgi_tracker_{name}", doc, labels=["protocol"])
+            for p in PROTOCOLS:
+                family.add_metric([p], s[name][p])
+            yield family
+        errors = CounterMetricFamily(
+            "wsgi_tracker_errors", "Requests refused, by protocol and kind.", ["protocol", "kind"]
+        )
+        for p in PROTOCOLS:
+            for kind, n in sorted(s["errors"][p].items()):
+                errors.add_metric([p, kind], n)
+        yield errors
+        for name, doc in (
+            ("torrents", "Torrents with live peers."),
+            ("peers", "Live peers."),
+            ("seeders", "Live seeders."),
+            ("leechers", "Live leechers."),
+            ("processes", "Processes whose counters are included."),
+        ):
+            yield GaugeMetricFamily(f"wsgi_tracker_{name}", doc, value=s[name])
+        if s.get("hook"):
+            hook = CounterMetricFamily(
+                "wsgi_tracker_hook_events", "Announce-hook events, by outcome.", labels=["outcome"]
+            )
+            hook.add_metric(["delivered"], s["hook"].get("delivered", 0))
+            hook.add_metric(["dropped"], s["hook"].get("dropped", 0))
+            yield hook
+        lag = (s.get("sync") or {}).get("lag_seconds")
+        if isinstance(lag, int | float):
+            yield GaugeMetricFamily(
+                "wsgi_tracker_sync_lag_seconds", "Age of the newest sync data received.", lag
+            )
+
+
+def render_prometheus(snapshot: dict[str, Any]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SnapshotCollector(snapshot))  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
