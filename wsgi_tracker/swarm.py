@@ -22,7 +22,7 @@ import random
 import time
 from array import array
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cachetools import TTLCache
 
@@ -234,9 +234,12 @@ class Swarm:
         return self.v6
 
 
-@dataclass(frozen=True, slots=True)
-class PeerChange:
-    """What one announce did to the store; also the unit of sync (a delta)."""
+class PeerChange(NamedTuple):
+    """What one announce did to the store; also the unit of sync (a delta).
+
+    A NamedTuple rather than a frozen dataclass: one is built per announce,
+    and a frozen dataclass costs ~4x as much to construct.
+    """
 
     info_hash: bytes
     peer_id: bytes
