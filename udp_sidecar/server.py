@@ -92,6 +92,7 @@ class DatagramHandler:
         try:
             req = parse_request(data, self.max_scrape)
         except PacketError as exc:
+            self.core.counters.error("udp", "malformed")
             if exc.transaction_id is None:
                 return None
             proven = exc.connection_id is not None and self.ids.valid(
@@ -101,11 +102,15 @@ class DatagramHandler:
         if type(req) is ConnectRequest:
             return build_connect(req.transaction_id, self.ids.issue(endpoint, now))
         if not self.ids.valid(req.connection_id, endpoint, now):
+            self.core.counters.error("udp", "connection_id")
             return build_error(req.transaction_id, _NOT_CONNECTED, len(data))
         if type(req) is AnnounceRequest:
             return self._announce(req, packed_ip)
-        with self.core.lock:
-            entries = self.core.scrape(req.info_hashes)
+        try:
+            with self.core.lock:
+                entries = self.core.scrape(req.info_hashes, protocol="udp")
+        except TrackerError as exc:
+            return build_error(req.transaction_id, str(exc))
         return build_scrape(req.transaction_id, entries)
 
     def _announce(self, req: AnnounceRequest, packed_ip: bytes) -> bytes:
@@ -113,7 +118,7 @@ class DatagramHandler:
         announce = to_announce(req, core.config, self.max_peers, ip_field=not self.ipv6)
         try:
             with core.lock:
-                result = core.announce(announce, packed_ip, both_families=False)
+                result = core.announce(announce, packed_ip, both_families=False, protocol="udp")
         except TrackerError as exc:
             return build_error(req.transaction_id, str(exc))
         return build_announce(
