@@ -11,6 +11,7 @@ announce replies prove the store holds exactly what the valid requests made.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 from collections.abc import Iterator
@@ -355,7 +356,8 @@ def exchange(server: Server, data: bytes) -> tuple[int | None, bytes]:
     """
     with socket.create_connection((server.host, server.port), timeout=10) as sock:
         sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):  # the server may have closed already
+            sock.shutdown(socket.SHUT_WR)
         chunks = []
         for _ in range(10_000):  # bounded: a reply is a few hundred bytes
             chunk = sock.recv(65536)
@@ -477,7 +479,7 @@ def test_megabyte_url_is_cut_off_and_the_server_keeps_serving(server):
     """Reading stops at a limit: a 414 (line) or 431 (head), or a reset if the rest is unread."""
     try:
         status, _ = get(server, b"/announce?" + b"x" * 2**20)
-    except (ConnectionResetError, BrokenPipeError):
+    except OSError:  # reset, broken pipe: it stopped reading
         status = None
     assert status in (None, 431 if is_lean(server) else 414)
     assert announce(server, IH_B, 4, 7004, 5)[b"incomplete"] == 1
