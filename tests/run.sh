@@ -10,6 +10,7 @@ py=$(command -v python3.11 || command -v python3)
 if [ "$(id -u)" = 0 ]; then
   need=()
   command -v nginx >/dev/null || need+=(nginx)
+  [ -e /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
   command -v chromium >/dev/null || need+=(chromium)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
