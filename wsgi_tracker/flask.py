@@ -6,7 +6,9 @@ from typing import Any
 
 from flask import Flask
 
+from .access import Authenticator
 from .config import TrackerConfig
+from .hooks import OnAnnounce
 from .middleware import TrackerMiddleware
 
 
@@ -17,18 +19,31 @@ class Tracker:
     announces skip Flask's request machinery (a tracker answers thousands of
     them a second) while every other path reaches Flask untouched. Settings come
     from ``config``, else from ``app.config["TRACKER"]`` (a dict of
-    TrackerConfig fields), else from the environment.
+    TrackerConfig fields), else from the environment. ``authenticate`` and
+    ``on_announce`` let the site check passkeys against its own users and keep
+    ratio accounts (docs/ACCESS.md).
     """
 
-    def __init__(self, app: Flask | None = None, config: TrackerConfig | None = None) -> None:
+    def __init__(
+        self,
+        app: Flask | None = None,
+        config: TrackerConfig | None = None,
+        *,
+        authenticate: Authenticator | None = None,
+        on_announce: OnAnnounce | None = None,
+    ) -> None:
         self.config = config
+        self.authenticate = authenticate
+        self.on_announce = on_announce
         self.middleware: TrackerMiddleware | None = None
         if app is not None:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
         config = self.config or TrackerConfig.load(**_settings(app))
-        self.middleware = TrackerMiddleware(app.wsgi_app, config)
+        self.middleware = TrackerMiddleware(
+            app.wsgi_app, config, authenticate=self.authenticate, on_announce=self.on_announce
+        )
         app.wsgi_app = self.middleware  # type: ignore[method-assign]
         app.extensions["wsgi_tracker"] = self
 

@@ -198,6 +198,7 @@ class TrackerStats:
         sync = self.sync_status() if self.sync_status is not None else None
         return {
             "scope": "tracker" if self.peer_reports is not None else "process",
+            "served_by": own["id"],
             "time": round(time.time(), 3),
             "torrents": torrents,
             "peers": seeders + leechers,
