@@ -136,7 +136,7 @@ def gunicorn(
     app: str = "wsgi_tracker.wsgi:app",
     *,
     workers: int = 1,
-    worker_class: str = "gevent",
+    worker_class: str = "wsgi_tracker.worker.TrackerWorker",
     env: Mapping[str, str] | None = None,
     config_file: str | None = None,
     bind_host: str = "127.0.0.1",

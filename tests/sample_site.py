@@ -1,0 +1,38 @@
+"""A WSGI site exercising what a host site needs from the tracker's worker.
+
+Served by gunicorn in tests/test_worker.py; the tracker is mounted in front.
+"""
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from wsgi_tracker import TrackerConfig, TrackerMiddleware
+
+
+def site(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    path = environ["PATH_INFO"]
+    if path == "/echo":
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+    if path == "/lines":
+        lines = list(environ["wsgi.input"])
+        body = b"%d" % len(lines)
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+    if path == "/stream":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _stream()
+    if path == "/fail":
+        raise RuntimeError("the site failed on purpose")
+    body = f"site {path} {environ['QUERY_STRING']}".encode()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _stream() -> Iterator[bytes]:
+    for n in range(3):
+        yield b"part%d;" % n
+
+
+app = TrackerMiddleware(site, TrackerConfig(sync_socket="off"))

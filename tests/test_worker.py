@@ -1,0 +1,123 @@
+"""TrackerWorker under a real gunicorn: a complete WSGI server for the host site too."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import bencodepy
+import pytest
+from servers import Server, announce_url, gunicorn, http_get
+
+pytestmark = pytest.mark.integration
+TESTS_DIR = str(Path(__file__).parent)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    with gunicorn("sample_site:app", extra_args=("--pythonpath", TESTS_DIR)) as srv:
+        yield srv
+
+
+def exchange(srv: Server, raw: bytes, timeout: float = 5) -> bytes:
+    """Send raw bytes on one connection and read until the server closes it.
+
+    The last request of each test says ``Connection: close`` (or is refused), so
+    the server's close marks the end of the exchange.
+    """
+    data = b""
+    with socket.create_connection((srv.host, srv.port), timeout=timeout) as sock:
+        sock.sendall(raw)
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+CLOSE = b"Connection: close\r\n"
+
+
+def test_site_pages_pass_through_untouched(server: Server) -> None:
+    status, body = http_get(server.url + "/hello?a=1")
+    assert (status, body) == (200, b"site /hello a=1")
+
+
+def test_announce_is_answered_by_the_tracker(server: Server) -> None:
+    url = announce_url(server.url + "/announce", os.urandom(20), os.urandom(20), 6881, 0)
+    status, body = http_get(url)
+    assert status == 200
+    assert bencodepy.decode(body)[b"interval"] >= 1800
+
+
+def test_pipelined_requests_on_one_connection_all_answered(server: Server) -> None:
+    raw = b"".join(b"GET /p%d HTTP/1.1\r\nHost: t\r\n\r\n" % n for n in range(4))
+    data = exchange(server, raw + b"GET /p4 HTTP/1.1\r\n" + CLOSE + b"\r\n")
+    assert [b"site /p%d " % n in data for n in range(5)] == [True] * 5
+
+
+def test_request_body_is_read_by_content_length(server: Server) -> None:
+    raw = b"POST /echo HTTP/1.1\r\n" + CLOSE + b"Content-Length: 11\r\n\r\nhello world"
+    assert exchange(server, raw).endswith(b"\r\n\r\nhello world")
+
+
+def test_body_iterates_by_lines(server: Server) -> None:
+    raw = b"POST /lines HTTP/1.1\r\n" + CLOSE + b"Content-Length: 6\r\n\r\na\nb\nc\n"
+    assert exchange(server, raw).endswith(b"\r\n\r\n3")
+
+
+def test_expect_continue_gets_an_interim_reply(server: Server) -> None:
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n"
+        )
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(b"ok")
+        assert sock.recv(1000).endswith(b"\r\n\r\nok")
+
+
+def test_unread_body_is_skipped_before_the_next_request(server: Server) -> None:
+    raw = (
+        b"POST /ignored HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nxxxxx"
+        b"GET /after HTTP/1.1\r\n" + CLOSE + b"\r\n"
+    )
+    assert b"site /after" in exchange(server, raw)
+
+
+def test_response_without_length_is_chunked(server: Server) -> None:
+    data = exchange(server, b"GET /stream HTTP/1.1\r\n" + CLOSE + b"\r\n")
+    assert b"Transfer-Encoding: chunked" in data
+    assert data.endswith(b"6\r\npart0;\r\n6\r\npart1;\r\n6\r\npart2;\r\n0\r\n\r\n")
+
+
+def test_http10_without_length_is_closed_after_the_body(server: Server) -> None:
+    data = exchange(server, b"GET /stream HTTP/1.0\r\n\r\n")
+    assert b"Connection: close" in data and data.endswith(b"part0;part1;part2;")
+
+
+def test_head_request_gets_no_body(server: Server) -> None:
+    raw = b"HEAD /x HTTP/1.1\r\nHost: t\r\n\r\nGET /y HTTP/1.1\r\n" + CLOSE + b"\r\n"
+    data = exchange(server, raw)
+    assert b"Content-Length: 8\r\n" in data and b"site /x" not in data and b"site /y" in data
+
+
+def test_app_error_gets_500_and_the_worker_lives_on(server: Server) -> None:
+    data = exchange(server, b"GET /fail HTTP/1.1\r\nHost: t\r\n\r\n")  # 500 closes
+    assert data.startswith(b"HTTP/1.1 500 ")
+    assert http_get(server.url + "/still")[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", b"400"),
+        (b"GET / HTTP/3.0\r\n\r\n", b"505"),
+        (b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", b"411"),
+        (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n", b"414"),
+    ],
+)
+def test_malformed_requests_get_a_status_and_a_close(
+    server: Server, raw: bytes, status: bytes
+) -> None:
+    data = exchange(server, raw)
+    assert data.startswith(b"HTTP/1.1 " + status) and b"Connection: close" in data
