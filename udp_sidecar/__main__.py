@@ -16,6 +16,7 @@ import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
 from wsgi_tracker.config import ConfigError, TrackerConfig  # noqa: E402
+from wsgi_tracker.sync.hub import HubError, SyncHub  # noqa: E402
 from wsgi_tracker.tracker import TrackerCore  # noqa: E402
 
 from .server import BindError, UdpServer  # noqa: E402
@@ -88,6 +89,13 @@ def run(config: TrackerConfig, binds: Sequence[str], port: int, sync_socket: str
         server.start()
     except BindError as exc:
         return _fail(str(exc))
+    hub = SyncHub(core, sync_socket) if sync_socket else None
+    if hub is not None:
+        try:
+            hub.start()
+        except HubError as exc:
+            server.stop()
+            return _fail(str(exc))
     stopping = Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stopping.set)
@@ -98,6 +106,8 @@ def run(config: TrackerConfig, binds: Sequence[str], port: int, sync_socket: str
     stopping.wait()
     log.info("udp-sidecar stopping")
     server.stop()
+    if hub is not None:
+        hub.stop()
     return 0
 
 

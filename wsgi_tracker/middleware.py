@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -20,6 +21,7 @@ from .http_protocol import (
 from .proxy import ClientAddress
 from .stats import TrackerStats
 from .stats_http import stats_routes
+from .sync import SyncClient
 from .tracker import TrackerCore
 
 Environ = dict[str, Any]
@@ -27,6 +29,9 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 _HEADERS_PLAIN = "text/plain"
+# How long the first requests wait for the sync hub's snapshot (they then answer
+# with full peer lists); a hub that does not answer at all costs no wait.
+SYNC_SNAPSHOT_WAIT = 5.0
 
 
 def not_found(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -72,12 +77,18 @@ class TrackerMiddleware:
         self._announce_prefix = self._announce + "/"
         self._scrape = self.config.scrape_path.rstrip("/")
         self._scrape_prefix = self._scrape + "/"
+        # Started by the first request, never before gevent has patched (docs/SYNC.md).
+        self.sync: SyncClient | None = None
+        self._synced = False
+        self._sync_lock = threading.Lock()
         if self.config.trusted_proxies:
             # Swapped in only when proxies are listed: the direct case stays one lookup.
             self._forwarded = ClientAddress(self.config.trusted_proxies)
             self.client_ip = self._forwarded_client_ip  # type: ignore[method-assign]
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if not self._synced:
+            self._join_sync()
         path: str = environ.get("PATH_INFO") or "/"
         if path == self._announce:
             body = self.announce(environ, None)
@@ -95,6 +106,19 @@ class TrackerMiddleware:
             "200 OK", [("Content-Type", _HEADERS_PLAIN), ("Content-Length", str(len(body)))]
         )
         return [body]
+
+    def _join_sync(self) -> None:
+        """Start this process's sync client once; hold early requests until its snapshot."""
+        path = self.config.sync_socket_path
+        if path is not None:
+            with self._sync_lock:
+                client, starting = self.sync, self.sync is None
+                if client is None:
+                    client = self.sync = SyncClient(self.core, path)
+            if starting:
+                client.start()
+            client.wait_ready(SYNC_SNAPSHOT_WAIT)
+        self._synced = True
 
     def client_ip(self, environ: Environ) -> bytes:
         return pack_ip(environ.get("REMOTE_ADDR") or "0.0.0.0")

@@ -1,0 +1,314 @@
+"""The sync client, one per serving process: local changes out, everyone else's in.
+
+It uses ``threading`` and ``socket`` only, so the same code runs as greenlets
+under gunicorn's gevent worker (which patches both before the app loads) and
+as real threads under a threaded WSGI server. Two loops:
+
+* the connection loop connects (with exponential backoff), reads the hub's
+  snapshot, then applies every frame the hub sends, under ``core.lock``;
+* the flusher sends what ``ChangeBuffer`` collected every few milliseconds,
+  and a heartbeat when there was nothing to send.
+
+While the hub is away the process serves from its own replica and buffers its
+changes (bounded). After each (re)connect it re-sends its whole replica and
+the totals it last knew, so a restarted hub rebuilds its state from the
+workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from ..tracker import TrackerCore
+from . import frames as f
+from .replica import FLUSH_RECORDS, ChangeBuffer, apply_remote
+
+log = logging.getLogger("wsgi_tracker.sync")
+
+FLUSH_DELAY = 0.002
+HEARTBEAT = 1.0
+DEAD_AFTER = 10.0  # the hub heartbeats every second; this much silence means it hangs
+BACKOFF_FIRST = 0.05
+BACKOFF_MAX = 2.0
+RECV_BYTES = 256 << 10
+
+
+class SyncClient:
+    """Keep ``core``'s replica in step with the hub at ``path``.
+
+    ``cluster_stats`` holds the latest payloads of every process as the hub
+    last sent them; ``on_stats`` (if given) is called with that list each time.
+    """
+
+    def __init__(
+        self,
+        core: TrackerCore,
+        path: str,
+        *,
+        role: int = f.ROLE_WORKER,
+        flush_delay: float = FLUSH_DELAY,
+        heartbeat: float = HEARTBEAT,
+        dead_after: float = DEAD_AFTER,
+        on_stats: Callable[[list[f.StatsEntry]], None] | None = None,
+    ) -> None:
+        self.core = core
+        self.path = path
+        self.role = role
+        self.flush_delay = flush_delay
+        self.heartbeat = heartbeat
+        self.dead_after = dead_after
+        self.on_stats = on_stats
+        self.cluster_stats: list[f.StatsEntry] = []
+        self.connected = False  # snapshot applied, changes flowing
+        self.ready = threading.Event()  # first snapshot applied, or no hub at the start
+        self._wake = threading.Event()
+        self._buffer = ChangeBuffer(core.lock, self._wake.set)
+        self._send_lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._resync: tuple[list[bytes], list[tuple[bytes, int]]] | None = None
+        self._stats_payload: bytes | None = None
+        self._stopped = False
+        self._threads: list[threading.Thread] = []
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.core.listeners.append(self._buffer)
+        for target, name in (
+            (self._connection_loop, "sync-conn"),
+            (self._flush_loop, "sync-flush"),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait (bounded) until the first snapshot is in, or it is clear no hub answers."""
+        return self.ready.wait(timeout)
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._buffer in self.core.listeners:
+            self.core.listeners.remove(self._buffer)
+        self._close()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=2)
+
+    def publish_stats(self, payload: bytes) -> None:
+        """This process's stats payload; sent to the hub with the next flush or heartbeat."""
+        self._stats_payload = payload
+        self._wake.set()
+
+    # --- connection ------------------------------------------------------------------
+
+    def _connection_loop(self) -> None:
+        backoff = BACKOFF_FIRST
+        failures = 0
+        while not self._stopped:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(self.dead_after)
+                sock.connect(self.path)
+            except OSError as exc:
+                sock.close()
+                if failures == 0:
+                    log.info(
+                        "no sync hub at %s (%s); serving from this process's replica and retrying",
+                        self.path,
+                        exc.strerror or exc,
+                    )
+                failures += 1
+                self.ready.set()
+                time.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff = BACKOFF_FIRST
+            failures = 0
+            try:
+                self._session(sock)
+            except (OSError, f.FrameError) as exc:
+                if not self._stopped:
+                    log.warning("sync hub at %s lost: %s; reconnecting", self.path, exc)
+            finally:
+                self.connected = False
+                self._close()
+
+    def _close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _session(self, sock: socket.socket) -> None:
+        core = self.core
+        store = core.store
+        assert store is not None
+        with core.lock:
+            # What we held before this hub's snapshot is what a restarted hub lacks:
+            # the totals we believed it had, and the torrents whose peers we re-send.
+            held = list(store.torrents.items())
+            claims = [
+                (ih, swarm.downloaded - self._buffer.pending_count(ih))
+                for ih, swarm in held
+                if swarm.downloaded
+            ]
+            resync = ([ih for ih, _ in held], claims)
+        self._sock = sock
+        sock.sendall(f.encode(f.Hello(self.role, os.getpid())))
+        decoder = f.FrameDecoder()
+        in_snapshot = True
+        set_by_hub: set[bytes] = set()
+        greeted = False
+        while not self._stopped:
+            data = sock.recv(RECV_BYTES)
+            if not data:
+                decoder.close()
+                raise OSError("hub closed the connection")
+            for frame in decoder.feed(data):
+                if not greeted:
+                    if not isinstance(frame, f.Hello):
+                        raise f.FrameError(f"first frame is {type(frame).__name__}, not hello")
+                    greeted = True
+                elif isinstance(frame, f.Deltas | f.Snapshot):
+                    with core.lock:
+                        for change in frame.peers:
+                            apply_remote(store, change)
+                elif isinstance(frame, f.Counts):
+                    with core.lock:
+                        for ih, n in frame.counts:
+                            store.add_downloaded(ih, n)
+                elif isinstance(frame, f.Totals) and in_snapshot:
+                    with core.lock:
+                        for ih, total in frame.totals:
+                            store.set_downloaded(ih, total + self._buffer.pending_count(ih))
+                            set_by_hub.add(ih)
+                elif isinstance(frame, f.SnapshotDone) and in_snapshot:
+                    in_snapshot = False
+                    self._adopt_hub_totals(set_by_hub)
+                    self._resync = resync
+                    self.connected = True
+                    self.ready.set()
+                    self._wake.set()
+                    log.info("sync hub at %s: snapshot applied", self.path)
+                elif isinstance(frame, f.Stats):
+                    self.cluster_stats = frame.entries
+                    if self.on_stats is not None:
+                        self.on_stats(frame.entries)
+                elif isinstance(frame, f.Hello):
+                    raise f.FrameError("a second hello on one connection")
+
+    def _adopt_hub_totals(self, set_by_hub: set[bytes]) -> None:
+        """A torrent the hub sent no total for has none there: keep only our unsent counts."""
+        store = self.core.store
+        assert store is not None
+        with self.core.lock:
+            for ih, swarm in list(store.torrents.items()):
+                if ih not in set_by_hub and swarm.downloaded:
+                    swarm.downloaded = self._buffer.pending_count(ih)
+
+    # --- sending ---------------------------------------------------------------------
+
+    def _send(self, data: bytes) -> bool:
+        sock = self._sock
+        if sock is None or not data:
+            return sock is not None
+        try:
+            with self._send_lock:
+                sock.sendall(data)
+        except OSError:
+            self._close()  # the connection loop sees it and reconnects
+            return False
+        return True
+
+    def _flush_loop(self) -> None:
+        while not self._stopped:
+            woken = self._wake.wait(self.heartbeat)
+            self._wake.clear()
+            if not self.connected:
+                continue
+            if self._resync is not None:
+                resync, self._resync = self._resync, None
+                if not self._send_replica(*resync):
+                    continue
+            if woken and len(self._buffer) < FLUSH_RECORDS:
+                time.sleep(self.flush_delay)
+            changes, counts = self._buffer.take()
+            data = f.encode(f.Deltas(changes)) + f.encode(f.Counts(counts))
+            payload, self._stats_payload = self._stats_payload, None
+            if payload is not None:
+                data += f.encode(f.Stats([f.StatsEntry(os.getpid(), self.role, payload)]))
+            if not data:
+                data = f.encode(f.Heartbeat())
+            if not self._send(data):
+                self._buffer.put_back(changes, counts)
+                if payload is not None and self._stats_payload is None:
+                    self._stats_payload = payload
+
+    def _send_replica(self, torrents: list[bytes], claims: list[tuple[bytes, int]]) -> bool:
+        """Re-send the totals we last knew and the live peers of ``torrents``, one by one.
+
+        A fresh process has nothing to re-send; one that served while the hub
+        was away sends what the hub may lack (the hub passes on only news).
+        """
+        core = self.core
+        store = core.store
+        assert store is not None
+        if not self._send(f.encode(f.Totals(claims))):
+            return False
+        chunk: list = []
+        for ih in torrents:
+            with core.lock:
+                chunk.extend(store.swarm_peers(ih))
+            if len(chunk) >= f.RECORDS_PER_FRAME:
+                if not self._send(f.encode(f.Snapshot(chunk))):
+                    return False
+                chunk = []
+        return self._send(f.encode(f.Snapshot(chunk)) + f.encode(f.SnapshotDone()))
+
+
+def start_client(
+    core: TrackerCore, path: str | None, role: int = f.ROLE_WORKER
+) -> SyncClient | None:
+    """A started client for ``path``, or None when sync is off (``path`` None)."""
+    if path is None:
+        return None
+    client = SyncClient(core, path, role=role)
+    client.start()
+    return client
+
+
+def warn_if_alone(path: str | None, workers: int) -> bool:
+    """Log loudly when several workers will each see only part of every swarm.
+
+    Called once at worker start-up (gunicorn's ``post_worker_init``). Returns
+    whether it warned.
+    """
+    if workers <= 1:
+        return False
+    if path is None:
+        reason = "sync is off (sync_socket = 'off')"
+    else:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.settimeout(1)
+        try:
+            probe.connect(path)
+            return False
+        except OSError as exc:
+            reason = f"no sync hub answers at {path} ({exc.strerror or exc})"
+        finally:
+            probe.close()
+    log.warning(
+        "%s: each of the %d workers sees only part of every swarm and hands out partial "
+        "peer lists; run udp-sidecar (it is the sync hub) or use one worker",
+        reason,
+        workers,
+    )
+    return True

@@ -1,0 +1,335 @@
+"""The sync wire format, sans-IO: frames to bytes and bytes to frames.
+
+Every frame is ``length (u32, big-endian) | kind (u8) | body``; ``length``
+counts the body only and is at most ``MAX_BODY``. Peer records are shared by
+snapshots and deltas::
+
+    info_hash (20) | peer_id (20) | timestamp (f64) | flags (u8) | event (u8) | endpoint
+
+where flags bit 0 is "seeder" and bit 1 "IPv6" (an 18-byte endpoint instead of
+6). Nothing here touches a socket or a clock: the hub and the client are thin
+shells that move these bytes (see docs/SYNC.md for the conversation).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from ..swarm import EVENT_STOPPED, IPV4_WIDTH, IPV6_WIDTH, PeerChange
+
+VERSION = 1
+MAGIC = b"WTSY"
+MAX_BODY = 1 << 20
+# Peer records per frame: ~68 bytes each keeps a frame well under MAX_BODY.
+RECORDS_PER_FRAME = 4096
+
+ROLE_HUB = 0
+ROLE_WORKER = 1
+ROLE_TOOL = 2
+ROLE_NAMES = {ROLE_HUB: "hub", ROLE_WORKER: "worker", ROLE_TOOL: "tool"}
+
+_HEADER = struct.Struct(">IB")
+_HELLO = struct.Struct(">4sHBI")
+_PEER = struct.Struct(">20s20sdBB")
+_COUNT = struct.Struct(">20sI")
+_TOTAL = struct.Struct(">20sQ")
+_STATS_ENTRY = struct.Struct(">IBI")
+
+_SEEDER = 1
+_IPV6 = 2
+
+
+class FrameError(ValueError):
+    """The byte stream is not a valid sync conversation; the message says which rule broke."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First frame each way: who is speaking, and in which protocol version."""
+
+    role: int
+    pid: int
+    version: int = VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Part of a full state: peers to merge, newest timestamp wins."""
+
+    peers: list[PeerChange]
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Completed-download totals. Hub to client: the hub's figures (inside a
+    snapshot). Client to hub: the totals the client last knew (a claim)."""
+
+    totals: list[tuple[bytes, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotDone:
+    """Ends a snapshot: everything before it is the sender's state."""
+
+
+@dataclass(frozen=True, slots=True)
+class Deltas:
+    """A batch of announces, in the order they happened."""
+
+    peers: list[PeerChange]
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Completed downloads to add to each torrent's total."""
+
+    counts: list[tuple[bytes, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Sent when a side has been quiet, so the other can tell quiet from dead."""
+
+
+@dataclass(frozen=True, slots=True)
+class StatsEntry:
+    pid: int
+    role: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """Opaque counter payloads: a client sends its own, the hub sends everyone's."""
+
+    entries: list[StatsEntry] = field(default_factory=list)
+
+
+Frame = Hello | Snapshot | Totals | SnapshotDone | Deltas | Counts | Heartbeat | Stats
+
+KIND_HELLO = 1
+KIND_SNAPSHOT = 2
+KIND_TOTALS = 3
+KIND_SNAPSHOT_DONE = 4
+KIND_DELTAS = 5
+KIND_COUNTS = 6
+KIND_HEARTBEAT = 7
+KIND_STATS = 8
+
+
+# --- encoding ------------------------------------------------------------------------
+
+
+def _frame(kind: int, body: bytes) -> bytes:
+    if len(body) > MAX_BODY:
+        raise FrameError(f"frame body of {len(body)} bytes exceeds {MAX_BODY}")
+    return _HEADER.pack(len(body), kind) + body
+
+
+def _peer_body(peers: Iterable[PeerChange]) -> bytes:
+    pack = _PEER.pack
+    parts = []
+    for p in peers:
+        flags = (_SEEDER if p.seeder else 0) | (_IPV6 if len(p.endpoint) == IPV6_WIDTH else 0)
+        parts.append(pack(p.info_hash, p.peer_id, p.timestamp, flags, p.event))
+        parts.append(p.endpoint)
+    return b"".join(parts)
+
+
+def _peer_frames(kind: int, peers: list[PeerChange]) -> bytes:
+    if not peers:
+        return b""
+    step = RECORDS_PER_FRAME
+    return b"".join(
+        _frame(kind, _peer_body(peers[i : i + step])) for i in range(0, len(peers), step)
+    )
+
+
+def _pair_frames(kind: int, rec: struct.Struct, pairs: list[tuple[bytes, int]]) -> bytes:
+    step = MAX_BODY // rec.size
+    return b"".join(
+        _frame(kind, b"".join(rec.pack(ih, n) for ih, n in pairs[i : i + step]))
+        for i in range(0, len(pairs), step)
+    )
+
+
+def encode(frame: Frame) -> bytes:
+    """The bytes of one frame; peer, count and total lists split into several as needed."""
+    match frame:
+        case Hello(role, pid, version):
+            return _frame(KIND_HELLO, _HELLO.pack(MAGIC, version, role, pid))
+        case Snapshot(peers):
+            return _peer_frames(KIND_SNAPSHOT, peers)
+        case Deltas(peers):
+            return _peer_frames(KIND_DELTAS, peers)
+        case Totals(totals):
+            return _pair_frames(KIND_TOTALS, _TOTAL, totals)
+        case Counts(counts):
+            return _pair_frames(KIND_COUNTS, _COUNT, counts)
+        case SnapshotDone():
+            return _frame(KIND_SNAPSHOT_DONE, b"")
+        case Heartbeat():
+            return _frame(KIND_HEARTBEAT, b"")
+        case Stats(entries):
+            return _frame(
+                KIND_STATS,
+                b"".join(
+                    _STATS_ENTRY.pack(e.pid, e.role, len(e.payload)) + e.payload for e in entries
+                ),
+            )
+    raise TypeError(f"not a sync frame: {frame!r}")
+
+
+# --- decoding ------------------------------------------------------------------------
+
+
+def _decode_hello(body: bytes) -> Hello:
+    if len(body) != _HELLO.size:
+        raise FrameError(f"hello frame is {len(body)} bytes, expected {_HELLO.size}")
+    magic, version, role, pid = _HELLO.unpack(body)
+    if magic != MAGIC:
+        raise FrameError(f"hello magic is {magic!r}, expected {MAGIC!r}: not a wsgi-tracker peer")
+    if role not in ROLE_NAMES:
+        raise FrameError(f"hello role is {role}, expected one of {sorted(ROLE_NAMES)}")
+    if version != VERSION:
+        raise FrameError(
+            f"sync peer pid {pid} ({ROLE_NAMES[role]}) speaks protocol version {version}, "
+            f"this process speaks {VERSION}: run the same wsgi-tracker release everywhere"
+        )
+    return Hello(role, pid, version)
+
+
+def _decode_peers(body: bytes) -> list[PeerChange]:
+    out: list[PeerChange] = []
+    unpack = _PEER.unpack_from
+    size = _PEER.size
+    pos, end = 0, len(body)
+    while pos < end:
+        if end - pos < size:
+            raise FrameError(f"peer record truncated at byte {pos} of {end}")
+        ih, pid, ts, flags, event = unpack(body, pos)
+        pos += size
+        width = IPV6_WIDTH if flags & _IPV6 else IPV4_WIDTH
+        if flags & ~(_SEEDER | _IPV6):
+            raise FrameError(f"peer record flags {flags:#x} has unknown bits")
+        if event > EVENT_STOPPED:
+            raise FrameError(f"peer record event {event} is not 0-3")
+        if not math.isfinite(ts) or ts < 0:
+            raise FrameError(f"peer record timestamp {ts} is not a time")
+        if end - pos < width:
+            raise FrameError(f"peer endpoint truncated at byte {pos} of {end}")
+        out.append(PeerChange(ih, pid, body[pos : pos + width], bool(flags & _SEEDER), event, ts))
+        pos += width
+    return out
+
+
+def _decode_pairs(body: bytes, rec: struct.Struct, what: str) -> list[tuple[bytes, int]]:
+    if len(body) % rec.size:
+        raise FrameError(f"{what} frame of {len(body)} bytes is not a multiple of {rec.size}")
+    return list(rec.iter_unpack(body))
+
+
+def _decode_stats(body: bytes) -> Stats:
+    entries: list[StatsEntry] = []
+    pos, end = 0, len(body)
+    while pos < end:
+        if end - pos < _STATS_ENTRY.size:
+            raise FrameError(f"stats entry truncated at byte {pos} of {end}")
+        pid, role, size = _STATS_ENTRY.unpack_from(body, pos)
+        pos += _STATS_ENTRY.size
+        if end - pos < size:
+            raise FrameError(f"stats payload of {size} bytes truncated at byte {pos} of {end}")
+        entries.append(StatsEntry(pid, role, body[pos : pos + size]))
+        pos += size
+    return Stats(entries)
+
+
+def _empty(frame: Frame, name: str):  # type: ignore[no-untyped-def]
+    def decode(body: bytes) -> Frame:
+        if body:
+            raise FrameError(f"{name} frame must be empty, got {len(body)} bytes")
+        return frame
+
+    return decode
+
+
+_DECODERS = {
+    KIND_HELLO: _decode_hello,
+    KIND_SNAPSHOT: lambda body: Snapshot(_decode_peers(body)),
+    KIND_TOTALS: lambda body: Totals(_decode_pairs(body, _TOTAL, "totals")),
+    KIND_SNAPSHOT_DONE: _empty(SnapshotDone(), "snapshot-done"),
+    KIND_DELTAS: lambda body: Deltas(_decode_peers(body)),
+    KIND_COUNTS: lambda body: Counts(_decode_pairs(body, _COUNT, "counts")),
+    KIND_HEARTBEAT: _empty(Heartbeat(), "heartbeat"),
+    KIND_STATS: _decode_stats,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RawFrame:
+    """One frame as received: the hub forwards ``wire`` untouched to the other clients."""
+
+    kind: int
+    wire: bytes
+
+    def decode(self) -> Frame:
+        return _DECODERS[self.kind](self.wire[_HEADER.size :])
+
+
+class FrameDecoder:
+    """Incremental: feed whatever the socket gave, get back every frame now complete."""
+
+    def __init__(self, max_body: int = MAX_BODY) -> None:
+        self.max_body = max_body
+        self._buf = bytearray()
+
+    def feed_raw(self, data: bytes) -> list[RawFrame]:
+        """Split off complete frames, checking length and kind but not the body."""
+        buf = self._buf
+        buf += data
+        out: list[RawFrame] = []
+        pos = 0
+        head = _HEADER.size
+        while len(buf) - pos >= head:
+            length, kind = _HEADER.unpack_from(buf, pos)
+            if length > self.max_body:
+                raise FrameError(f"frame length {length} exceeds the limit of {self.max_body}")
+            if kind not in _DECODERS:
+                raise FrameError(f"unknown frame kind {kind}")
+            if len(buf) - pos < head + length:
+                break
+            out.append(RawFrame(kind, bytes(buf[pos : pos + head + length])))
+            pos += head + length
+        del buf[:pos]
+        return out
+
+    def feed(self, data: bytes) -> list[Frame]:
+        return [raw.decode() for raw in self.feed_raw(data)]
+
+    def close(self) -> None:
+        """The stream ended: bytes left over mean the last frame was cut short."""
+        if self._buf:
+            raise FrameError(f"stream ended inside a frame ({len(self._buf)} bytes left over)")
+
+
+def decode_all(data: bytes) -> list[Frame]:
+    """Every frame in a complete byte string (tests and tools)."""
+    decoder = FrameDecoder()
+    frames = decoder.feed(data)
+    decoder.close()
+    return frames
+
+
+def iter_chunks(peers: Iterable[PeerChange], size: int = RECORDS_PER_FRAME) -> Iterator[list]:
+    """Group a stream of peers into lists of at most ``size`` (for chunked snapshots)."""
+    chunk: list[PeerChange] = []
+    for p in peers:
+        chunk.append(p)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,389 @@
+"""The sync hub, run inside udp-sidecar under gevent: one replica in, every replica out.
+
+Each client (a gunicorn worker, a tool) connects to a Unix stream socket. The
+hub sends it a snapshot of its own replica, then streams every change any
+other process makes. Changes a client sends are applied here and forwarded,
+byte for byte, to the other clients; the sidecar's own UDP announces reach
+the clients through the same ``core.listeners`` path as a worker's.
+
+A client never slows the hub or the others: everything sent to it waits in
+its own bounded queue, drained by its own greenlet, and a client that falls
+``max_queue_bytes`` behind is disconnected (it reconnects and resyncs).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import socket
+import stat
+
+import gevent
+from gevent import socket as gsocket
+from gevent.event import Event
+
+from ..tracker import TrackerCore
+from . import frames as f
+from .replica import FLUSH_RECORDS, ChangeBuffer, apply_remote
+
+log = logging.getLogger("wsgi_tracker.sync.hub")
+
+MAX_QUEUE_BYTES = 32 << 20  # ~500k peer records: seconds of full load
+FLUSH_DELAY = 0.002
+HEARTBEAT = 1.0
+DEAD_AFTER = 10.0  # a client silent this long (it heartbeats every second) is gone
+RECV_BYTES = 256 << 10
+
+
+class HubError(Exception):
+    """The hub cannot listen where it was told to; the message says why."""
+
+
+class _Client:
+    """One connected process: its socket and the bytes waiting to go to it."""
+
+    def __init__(self, sock: socket.socket, number: int) -> None:
+        self.sock = sock
+        self.name = f"client #{number}"
+        self.pid = 0
+        self.role = f.ROLE_TOOL
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.queued = 0
+        self.ready = Event()  # something to write, or closed
+        self.closed = False
+        self.resynced = 0
+
+    def send(self, data: bytes) -> None:
+        self.queue.append(data)
+        self.queued += len(data)
+        self.ready.set()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.queue.clear()
+        self.ready.set()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+
+class SyncHub:
+    """Listen on ``path`` and keep ``core``'s replica and every client's the same."""
+
+    def __init__(
+        self,
+        core: TrackerCore,
+        path: str,
+        *,
+        max_queue_bytes: int = MAX_QUEUE_BYTES,
+        flush_delay: float = FLUSH_DELAY,
+        heartbeat: float = HEARTBEAT,
+        dead_after: float = DEAD_AFTER,
+    ) -> None:
+        self.core = core
+        self.path = path
+        self.max_queue_bytes = max_queue_bytes
+        self.flush_delay = flush_delay
+        self.heartbeat = heartbeat
+        self.dead_after = dead_after
+        self.clients: set[_Client] = set()
+        self._stats: dict[tuple[int, int], f.StatsEntry] = {}
+        self._stats_changed = False
+        self._wake = Event()
+        self._buffer = ChangeBuffer(core.lock, self._wake.set)
+        self._listener: socket.socket | None = None
+        self._inode = 0
+        self._greenlets: list[gevent.Greenlet] = []
+        self._accepted = 0
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind the socket (HubError if impossible), then serve in greenlets."""
+        self._listener = listen_unix(self.path)
+        self._inode = os.stat(self.path).st_ino
+        self.core.listeners.append(self._buffer)
+        self._greenlets = [
+            gevent.spawn(self._accept_loop),
+            gevent.spawn(self._flush_loop),
+            gevent.spawn(self._heartbeat_loop),
+        ]
+        log.info("sync hub listening on %s", self.path)
+
+    def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.core.listeners.remove(self._buffer)
+        gevent.killall(self._greenlets, timeout=2)
+        for client in list(self.clients):
+            self._drop(client, None)
+        if self._listener is not None:
+            _unlink_if_ours(self.path, self._inode)
+            self._listener.close()
+            self._listener = None
+
+    # --- stats -----------------------------------------------------------------------
+
+    def publish_stats(self, payload: bytes) -> None:
+        """The sidecar's own stats payload, sent to clients with everyone else's."""
+        self._set_stats(f.StatsEntry(os.getpid(), f.ROLE_HUB, payload))
+
+    @property
+    def cluster_stats(self) -> list[f.StatsEntry]:
+        """The latest payload of every connected process, the hub's own included."""
+        return list(self._stats.values())
+
+    def _set_stats(self, entry: f.StatsEntry) -> None:
+        self._stats[(entry.role, entry.pid)] = entry
+        self._stats_changed = True
+
+    # --- fan-out ---------------------------------------------------------------------
+
+    def _fan_out(self, data: bytes, exclude: _Client | None = None) -> None:
+        if not data:
+            return
+        for client in list(self.clients):
+            if client is exclude:
+                continue
+            client.send(data)
+            if client.queued > self.max_queue_bytes:
+                self._drop(client, f"{client.queued} bytes behind; it will resync")
+
+    def _drop(self, client: _Client, reason: str | None) -> None:
+        if client not in self.clients:
+            return
+        self.clients.discard(client)
+        if self._stats.pop((client.role, client.pid), None) is not None:
+            self._stats_changed = True
+        if reason:
+            log.warning("sync hub: dropping %s: %s", client.name, reason)
+        client.close()
+
+    # --- greenlets -------------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except OSError as exc:
+                log.warning("sync hub: accept failed: %s", exc)
+                gevent.sleep(0.1)
+                continue
+            self._accepted += 1
+            client = _Client(sock, self._accepted)
+            self.clients.add(client)
+            client.send(f.encode(f.Hello(f.ROLE_HUB, os.getpid())))
+            gevent.spawn(self._serve, client)
+
+    def _serve(self, client: _Client) -> None:
+        writer = gevent.spawn(self._write_loop, client)
+        snapshot = gevent.spawn(self._send_snapshot, client)
+        try:
+            self._read_loop(client)
+        finally:
+            self._drop(client, None)
+            snapshot.kill()
+            writer.join(timeout=1)
+            writer.kill()
+            client.sock.close()
+
+    def _write_loop(self, client: _Client) -> None:
+        sock = client.sock
+        while not client.closed:
+            client.ready.wait()
+            client.ready.clear()
+            if client.closed or not client.queue:
+                continue
+            data = b"".join(client.queue)
+            client.queue.clear()
+            try:
+                sock.sendall(data)
+            except OSError as exc:
+                self._drop(client, f"send failed: {exc}")
+                return
+            client.queued -= len(data)
+
+    def _send_snapshot(self, client: _Client) -> None:
+        """The replica, torrent by torrent; other greenlets run between chunks.
+
+        A torrent's peers and its total are taken and queued without yielding,
+        so every delta queued after them is newer than what they say.
+        """
+        store = self.core.store
+        assert store is not None
+        low_water = self.max_queue_bytes // 4
+        peers: list = []
+        totals: list[tuple[bytes, int]] = []
+        for ih in list(store.torrents.keys()):
+            with self.core.lock:
+                peers.extend(store.swarm_peers(ih))
+                swarm = store.get(ih)
+                if swarm is not None and swarm.downloaded:
+                    totals.append((ih, swarm.downloaded))
+            if len(peers) + len(totals) >= f.RECORDS_PER_FRAME:
+                client.send(f.encode(f.Snapshot(peers)) + f.encode(f.Totals(totals)))
+                peers, totals = [], []
+                gevent.sleep(0)
+                while client.queued > low_water and not client.closed:
+                    gevent.sleep(0.01)
+                if client.closed:
+                    return
+        client.send(
+            f.encode(f.Snapshot(peers)) + f.encode(f.Totals(totals)) + f.encode(f.SnapshotDone())
+        )
+
+    def _read_loop(self, client: _Client) -> None:
+        sock = client.sock
+        sock.settimeout(self.dead_after)
+        decoder = f.FrameDecoder()
+        greeted = False
+        while not client.closed:
+            try:
+                data = sock.recv(RECV_BYTES)
+            except TimeoutError:
+                self._drop(client, f"silent for {self.dead_after:.0f} s")
+                return
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                for raw in decoder.feed_raw(data):
+                    frame = raw.decode()
+                    if not greeted:
+                        if not isinstance(frame, f.Hello):
+                            raise f.FrameError(f"first frame is {type(frame).__name__}, not hello")
+                        greeted = True
+                        client.pid, client.role = frame.pid, frame.role
+                        client.name = f"{f.ROLE_NAMES[frame.role]} pid {frame.pid}"
+                        log.info("sync hub: %s connected", client.name)
+                        continue
+                    self._handle(client, frame, raw)
+            except f.FrameError as exc:
+                log.error("sync hub: refusing %s: %s", client.name, exc)
+                self._drop(client, None)
+                return
+
+    def _handle(self, client: _Client, frame: f.Frame, raw: f.RawFrame) -> None:
+        core = self.core
+        store = core.store
+        assert store is not None
+        if isinstance(frame, f.Deltas):
+            with core.lock:
+                for change in frame.peers:
+                    apply_remote(store, change)
+            self._fan_out(raw.wire, exclude=client)
+        elif isinstance(frame, f.Counts):
+            with core.lock:
+                for ih, n in frame.counts:
+                    store.add_downloaded(ih, n)
+            self._fan_out(raw.wire, exclude=client)
+        elif isinstance(frame, f.Snapshot):
+            # A client re-sending its replica: pass on only what was news here.
+            with core.lock:
+                news = [c for c in frame.peers if apply_remote(store, c, strict=True)]
+            client.resynced += len(frame.peers)
+            self._fan_out(f.encode(f.Deltas(news)), exclude=client)
+        elif isinstance(frame, f.Totals):
+            # The totals a client last knew: more than ours means we lost some
+            # (a restart); the difference goes to everyone, the sender too.
+            raised = []
+            with core.lock:
+                for ih, claim in frame.totals:
+                    have = store.scrape(ih)[1]
+                    if claim > have:
+                        store.add_downloaded(ih, claim - have)
+                        raised.append((ih, claim - have))
+            self._fan_out(f.encode(f.Counts(raised)))
+        elif isinstance(frame, f.SnapshotDone):
+            log.info("sync hub: %s re-sent %d peers", client.name, client.resynced)
+        elif isinstance(frame, f.Stats):
+            for entry in frame.entries[:1]:
+                self._set_stats(f.StatsEntry(client.pid, client.role, entry.payload))
+        elif isinstance(frame, f.Hello):
+            raise f.FrameError("a second hello on one connection")
+
+    def _flush_loop(self) -> None:
+        """Send the sidecar's own changes (UDP announces) every few milliseconds."""
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if len(self._buffer) < FLUSH_RECORDS:
+                gevent.sleep(self.flush_delay)
+            changes, counts = self._buffer.take()
+            self._fan_out(f.encode(f.Deltas(changes)) + f.encode(f.Counts(counts)))
+
+    def _heartbeat_loop(self) -> None:
+        beat = f.encode(f.Heartbeat())
+        while True:
+            gevent.sleep(self.heartbeat)
+            data = beat
+            if self._stats_changed:
+                self._stats_changed = False
+                data += f.encode(f.Stats(self.cluster_stats))
+            self._fan_out(data)
+
+
+# --- the socket file -------------------------------------------------------------------
+
+
+def listen_unix(path: str) -> socket.socket:
+    """A listening socket at ``path``, mode 0600; its directory is made 0700 if missing.
+
+    A stale socket file (nobody answers on it) is removed; a live one means
+    another hub is running, and anything that is not a socket is left alone.
+    """
+    directory = os.path.dirname(path) or "."
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        mode = os.stat(directory).st_mode
+    except OSError as exc:
+        raise HubError(f"cannot create sync socket directory {directory}: {exc.strerror}") from None
+    if stat.S_IMODE(mode) & 0o077:
+        log.warning(
+            "sync socket directory %s is open to other users (mode %o); the socket itself is 0600",
+            directory,
+            stat.S_IMODE(mode),
+        )
+    _remove_stale(path)
+    sock = gsocket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise HubError(f"cannot bind sync socket {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    return sock
+
+
+def _remove_stale(path: str) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise HubError(f"{path} exists and is not a socket; not touching it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: left behind by a hub that died
+        return
+    finally:
+        probe.close()
+    raise HubError(f"another sync hub is already listening on {path}")
+
+
+def _unlink_if_ours(path: str, inode: int) -> None:
+    """Remove the socket file unless another hub has replaced it since."""
+    with contextlib.suppress(OSError):
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)

@@ -1,0 +1,110 @@
+"""What the hub and the client both do to a replica: merge remote changes, collect local ones."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from typing import Any
+
+from ..swarm import PeerChange, SwarmFull, SwarmStore
+
+AbstractLock = Any  # threading.Lock or gevent's; both are context managers
+
+# Local changes held while the hub is away. Past it the oldest are dropped: the
+# re-sent live peers after a reconnect cover them, only a stop can be lost.
+MAX_BUFFERED = 200_000
+# A batch this large is sent at once rather than after the flush delay.
+FLUSH_RECORDS = 256
+
+
+def newer(store: SwarmStore, change: PeerChange) -> int:
+    """1 if ``change`` is news to ``store``, 0 if it says what the store has, -1 if older.
+
+    Compares with the expiry the store holds for the peer, at whole seconds as
+    the store keeps them. A peer the store does not hold is news.
+    """
+    swarm = store.get(change.info_hash)
+    if swarm is None:
+        return 1
+    pl = swarm.family(len(change.endpoint), create=False)
+    slot = None if pl is None else pl.index.get(change.peer_id)
+    if slot is None:
+        return 1
+    expires = int(change.timestamp) + store.peer_ttl
+    held = pl.expires[slot]
+    if expires != held:
+        return 1 if expires > held else -1
+    same = pl.is_seeder(change.peer_id) == change.seeder and (
+        pl.addrs[slot * pl.width : (slot + 1) * pl.width] == change.endpoint
+    )
+    return 0 if same else 1
+
+
+def apply_remote(store: SwarmStore, change: PeerChange, strict: bool = False) -> bool:
+    """Merge a change another process made; an older one never undoes a newer one.
+
+    Downloads are never counted here (they arrive as counter increments).
+    ``strict`` skips a change that tells the store nothing new. Returns whether
+    it was applied. A full swarm refuses the peer here too.
+    """
+    if newer(store, change) < (1 if strict else 0):
+        return False
+    try:
+        store.apply(change, count_download=False)
+    except SwarmFull:
+        return False
+    return True
+
+
+class ChangeBuffer:
+    """The listener on ``TrackerCore.listeners``: costs an append, never a syscall.
+
+    The core calls it with ``core.lock`` held, and ``take``/``put_back`` take
+    the same lock, so nothing slips between. ``wake`` is called once per batch
+    (the first change after a ``take``), so a flusher sleeps until there is
+    something to send.
+    """
+
+    def __init__(
+        self,
+        lock: AbstractLock,
+        wake: Callable[[], None],
+        max_buffered: int = MAX_BUFFERED,
+    ) -> None:
+        self.changes: collections.deque[PeerChange] = collections.deque(maxlen=max_buffered)
+        self.counts: dict[bytes, int] = {}
+        self._wake = wake
+        self._armed = False
+        self._lock = lock
+
+    def __call__(self, change: PeerChange, counted: bool) -> None:
+        self.changes.append(change)
+        if counted:
+            ih = change.info_hash
+            self.counts[ih] = self.counts.get(ih, 0) + 1
+        if not self._armed:
+            self._armed = True
+            self._wake()
+
+    def __len__(self) -> int:
+        return len(self.changes)
+
+    def take(self) -> tuple[list[PeerChange], list[tuple[bytes, int]]]:
+        """Everything buffered so far, emptying the buffer."""
+        with self._lock:
+            self._armed = False
+            changes = list(self.changes)
+            self.changes.clear()
+            counts, self.counts = self.counts, {}
+        return changes, list(counts.items())
+
+    def put_back(self, changes: list[PeerChange], counts: list[tuple[bytes, int]]) -> None:
+        """Return a batch that could not be sent, ahead of anything buffered since."""
+        with self._lock:
+            self.changes.extendleft(reversed(changes))
+            for ih, n in counts:
+                self.counts[ih] = self.counts.get(ih, 0) + n
+
+    def pending_count(self, info_hash: bytes) -> int:
+        """Downloads counted here and not yet sent (call with the core's lock held)."""
+        return self.counts.get(info_hash, 0)
