@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -56,19 +57,36 @@ def serve_command(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.config:
         env["WSGI_TRACKER_CONFIG"] = str(Path(args.config).resolve())
-    if args.no_udp:
-        env["WSGI_TRACKER_SYNC_SOCKET"] = "off"
+    # Both children get the socket path spelled out, so they cannot disagree on it.
+    sync_socket = None if args.no_udp else config.sync_socket_path
+    env["WSGI_TRACKER_SYNC_SOCKET"] = sync_socket or "off"
     children: list[subprocess.Popen[bytes]] = []
     if not args.no_udp:
         cmd = [sys.executable, "-m", "udp_sidecar", "--port", str(config.udp_port)]
         if args.config:
             cmd += ["--config", args.config]
         children.append(subprocess.Popen(cmd, env=env))
+        if sync_socket:
+            _wait_for_hub(sync_socket, children[0])
     gunicorn = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--bind", args.bind]
     if args.workers:
         gunicorn += ["--workers", str(args.workers)]
     children.append(subprocess.Popen([*gunicorn, args.app], env=env))
     return _supervise(children)
+
+
+def _wait_for_hub(path: str, sidecar: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """Start the workers once the hub listens, so they join it rather than warn."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and sidecar.poll() is None:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+            return
+        except OSError:
+            time.sleep(0.05)
+        finally:
+            probe.close()
 
 
 def _supervise(children: list[subprocess.Popen[bytes]]) -> int:

@@ -20,3 +20,28 @@ limit_request_line = 4094
 limit_request_fields = 50
 graceful_timeout = 10
 accesslog = None
+
+
+def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
+    """Join the sync hub before serving (after gevent has patched), or warn loudly.
+
+    With several workers and no hub each worker would see only part of every
+    swarm; the tracker app (or a Flask app wrapping it) syncs here, so even the
+    first request gets full peer lists.
+    """
+    from wsgi_tracker.config import TrackerConfig
+    from wsgi_tracker.middleware import TrackerMiddleware
+    from wsgi_tracker.sync import warn_if_alone
+
+    app = worker.wsgi
+    tracker = app if isinstance(app, TrackerMiddleware) else getattr(app, "wsgi_app", None)
+    if isinstance(tracker, TrackerMiddleware):
+        tracker.start_sync()
+        client = tracker.sync
+        warn_if_alone(
+            tracker.config.sync_socket_path,
+            worker.cfg.workers,
+            connected=client is not None and client.connected,
+        )
+    else:
+        warn_if_alone(TrackerConfig.load().sync_socket_path, worker.cfg.workers)

@@ -88,7 +88,7 @@ class TrackerMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if not self._synced:
-            self._join_sync()
+            self.start_sync()
         path: str = environ.get("PATH_INFO") or "/"
         if path == self._announce:
             body = self.announce(environ, None)
@@ -107,8 +107,11 @@ class TrackerMiddleware:
         )
         return [body]
 
-    def _join_sync(self) -> None:
-        """Start this process's sync client once; hold early requests until its snapshot."""
+    def start_sync(self) -> None:
+        """Start this process's sync client (once) and wait, bounded, for its snapshot.
+
+        The first request calls it; gunicorn's post_worker_init may call it earlier.
+        """
         path = self.config.sync_socket_path
         if path is not None:
             with self._sync_lock:

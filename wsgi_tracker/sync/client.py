@@ -285,13 +285,13 @@ def start_client(
     return client
 
 
-def warn_if_alone(path: str | None, workers: int) -> bool:
+def warn_if_alone(path: str | None, workers: int, connected: bool = False) -> bool:
     """Log loudly when several workers will each see only part of every swarm.
 
-    Called once at worker start-up (gunicorn's ``post_worker_init``). Returns
-    whether it warned.
+    Called once at worker start-up (gunicorn's ``post_worker_init``); without
+    ``connected`` it probes ``path``. Returns whether it warned.
     """
-    if workers <= 1:
+    if workers <= 1 or connected:
         return False
     if path is None:
         reason = "sync is off (sync_socket = 'off')"

@@ -54,6 +54,7 @@ class _Client:
         self.ready = Event()  # something to write, or closed
         self.closed = False
         self.resynced = 0
+        self.snapshot: gevent.Greenlet | None = None
 
     def send(self, data: bytes) -> None:
         self.queue.append(data)
@@ -180,12 +181,12 @@ class SyncHub:
 
     def _serve(self, client: _Client) -> None:
         writer = gevent.spawn(self._write_loop, client)
-        snapshot = gevent.spawn(self._send_snapshot, client)
         try:
             self._read_loop(client)
         finally:
             self._drop(client, None)
-            snapshot.kill()
+            if client.snapshot is not None:
+                client.snapshot.kill()
             writer.join(timeout=1)
             writer.kill()
             client.sock.close()
@@ -260,6 +261,7 @@ class SyncHub:
                         client.pid, client.role = frame.pid, frame.role
                         client.name = f"{f.ROLE_NAMES[frame.role]} pid {frame.pid}"
                         log.info("sync hub: %s connected", client.name)
+                        client.snapshot = gevent.spawn(self._send_snapshot, client)
                         continue
                     self._handle(client, frame, raw)
             except f.FrameError as exc:
