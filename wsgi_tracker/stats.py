@@ -231,7 +231,9 @@ class _SnapshotCollector:
                 family.add_metric([p], s[name][p])
             yield family
         errors = CounterMetricFamily(
-            "wsgi_tracker_errors", "Requests refused, by protocol and kind.", ["protocol", "kind"]
+            "wsgi_tracker_errors",
+            "Requests refused, by protocol and kind.",
+            labels=["protocol", "kind"],
         )
         for p in PROTOCOLS:
             for kind, n in sorted(s["errors"][p].items()):
