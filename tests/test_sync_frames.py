@@ -1,0 +1,161 @@
+"""The sync wire format, without a socket: every frame round-trips, bad bytes raise FrameError."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wsgi_tracker.swarm import PeerChange
+from wsgi_tracker.sync import frames as f
+
+V4 = b"\x7f\x00\x00\x01\x1a\xe1"
+V6 = b"\x00" * 15 + b"\x01" + b"\x1a\xe1"
+
+
+def peer(n: int, endpoint: bytes = V4, seeder: bool = False, event: int = 0) -> PeerChange:
+    return PeerChange(
+        n.to_bytes(20, "big"), b"-XX0001-" + n.to_bytes(12, "big"), endpoint, seeder, event,
+        1_700_000_000.25 + n,
+    )  # fmt: skip
+
+
+EVERY_FRAME = [
+    f.Hello(f.ROLE_WORKER, 4242),
+    f.Hello(f.ROLE_HUB, 1),
+    f.Snapshot([peer(1), peer(2, V6, seeder=True)]),
+    f.Totals([(b"a" * 20, 7), (b"b" * 20, 2**40)]),
+    f.SnapshotDone(),
+    f.Deltas([peer(3, event=2), peer(4, V6, event=3), peer(5, seeder=True, event=1)]),
+    f.Counts([(b"c" * 20, 1), (b"d" * 20, 3)]),
+    f.Heartbeat(),
+    f.Stats([f.StatsEntry(10, f.ROLE_WORKER, b'{"announces": 5}'), f.StatsEntry(11, 0, b"")]),
+]
+
+
+@pytest.mark.parametrize("frame", EVERY_FRAME, ids=lambda fr: type(fr).__name__)
+def test_every_frame_round_trips(frame: f.Frame) -> None:
+    assert f.decode_all(f.encode(frame)) == [frame]
+
+
+def test_frames_split_at_any_byte_decode_the_same() -> None:
+    stream = b"".join(f.encode(fr) for fr in EVERY_FRAME)
+    for cut in range(len(stream) + 1):
+        decoder = f.FrameDecoder()
+        got = decoder.feed(stream[:cut]) + decoder.feed(stream[cut:])
+        decoder.close()
+        assert got == EVERY_FRAME
+
+
+def test_one_byte_at_a_time_decodes_the_same() -> None:
+    stream = b"".join(f.encode(fr) for fr in EVERY_FRAME)
+    decoder = f.FrameDecoder()
+    got = [fr for i in range(len(stream)) for fr in decoder.feed(stream[i : i + 1])]
+    assert got == EVERY_FRAME
+
+
+def test_large_peer_lists_split_into_frames_under_the_limit() -> None:
+    peers = [peer(n, V6) for n in range(f.RECORDS_PER_FRAME * 2 + 5)]
+    data = f.encode(f.Deltas(peers))
+    frames = f.decode_all(data)
+    assert len(frames) == 3
+    assert [p for fr in frames for p in fr.peers] == peers  # type: ignore[union-attr]
+    decoder = f.FrameDecoder()
+    assert all(len(raw.wire) <= f.MAX_BODY + 5 for raw in decoder.feed_raw(data))
+
+
+def test_empty_lists_encode_to_nothing() -> None:
+    assert f.encode(f.Deltas([])) == b""
+    assert f.encode(f.Counts([])) == b""
+
+
+def test_raw_frames_forward_the_exact_bytes() -> None:
+    wire = f.encode(EVERY_FRAME[5])
+    (raw,) = f.FrameDecoder().feed_raw(wire)
+    assert raw.wire == wire
+    assert raw.decode() == EVERY_FRAME[5]
+
+
+def test_truncated_stream_is_refused_at_close() -> None:
+    wire = f.encode(EVERY_FRAME[2])
+    decoder = f.FrameDecoder()
+    assert decoder.feed(wire[:-1]) == []
+    with pytest.raises(f.FrameError, match="stream ended inside a frame"):
+        decoder.close()
+
+
+def test_truncated_peer_record_is_refused() -> None:
+    body = f.encode(f.Deltas([peer(1)]))[5:]
+    with pytest.raises(f.FrameError, match="truncated"):
+        f.decode_all(struct.pack(">IB", len(body) - 3, f.KIND_DELTAS) + body[:-3])
+
+
+def test_oversized_frame_is_refused_before_its_body_arrives() -> None:
+    header = struct.pack(">IB", f.MAX_BODY + 1, f.KIND_DELTAS)
+    with pytest.raises(f.FrameError, match="exceeds the limit"):
+        f.FrameDecoder().feed(header)
+
+
+def test_unknown_frame_kind_is_refused() -> None:
+    with pytest.raises(f.FrameError, match="unknown frame kind 99"):
+        f.FrameDecoder().feed(struct.pack(">IB", 0, 99))
+
+
+def test_wrong_version_is_refused_with_who_and_which_version() -> None:
+    wire = f.encode(f.Hello(f.ROLE_WORKER, 777, version=f.VERSION + 1))
+    with pytest.raises(f.FrameError, match=r"pid 777 \(worker\) speaks protocol version 2"):
+        f.decode_all(wire)
+
+
+def test_hello_from_something_else_is_refused() -> None:
+    body = b"HTTP" + bytes(7)
+    with pytest.raises(f.FrameError, match="not a wsgi-tracker peer"):
+        f.decode_all(struct.pack(">IB", len(body), f.KIND_HELLO) + body)
+
+
+def test_bad_event_and_flags_are_refused() -> None:
+    body = bytearray(f.encode(f.Deltas([peer(1)]))[5:])
+    bad_event = bytes(body[:49]) + b"\x07" + bytes(body[50:])
+    with pytest.raises(f.FrameError, match="event 7"):
+        f.decode_all(struct.pack(">IB", len(body), f.KIND_DELTAS) + bad_event)
+    bad_flags = bytes(body[:48]) + b"\x80" + bytes(body[49:])
+    with pytest.raises(f.FrameError, match="unknown bits"):
+        f.decode_all(struct.pack(">IB", len(body), f.KIND_DELTAS) + bad_flags)
+
+
+def test_heartbeat_with_a_body_is_refused() -> None:
+    with pytest.raises(f.FrameError, match="must be empty"):
+        f.decode_all(struct.pack(">IB", 1, f.KIND_HEARTBEAT) + b"x")
+
+
+@given(st.binary(max_size=2048))
+def test_arbitrary_bytes_raise_only_frame_error(data: bytes) -> None:
+    decoder = f.FrameDecoder()
+    with contextlib.suppress(f.FrameError):
+        decoder.feed(data)
+        decoder.close()
+
+
+@given(
+    st.lists(st.sampled_from(range(len(EVERY_FRAME))), max_size=8),
+    st.binary(max_size=64),
+    st.integers(min_value=0, max_value=4096),
+)
+def test_valid_frames_with_garbage_spliced_in_raise_only_frame_error(
+    picks: list[int], junk: bytes, at: int
+) -> None:
+    stream = b"".join(f.encode(EVERY_FRAME[i]) for i in picks)
+    at = min(at, len(stream))
+    decoder = f.FrameDecoder()
+    with contextlib.suppress(f.FrameError):
+        decoder.feed(stream[:at] + junk + stream[at:])
+        decoder.close()
+
+
+@given(st.sampled_from(range(1, 9)), st.binary(max_size=512))
+def test_any_body_under_a_valid_header_raises_only_frame_error(kind: int, body: bytes) -> None:
+    with contextlib.suppress(f.FrameError):
+        f.decode_all(struct.pack(">IB", len(body), kind) + body)
