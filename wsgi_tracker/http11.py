@@ -7,12 +7,14 @@ keep-alive and sockets belong to ``worker.py``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
 MAX_HEADERS = 100
 MAX_FIELD_BYTES = 8190
+_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f]")  # controls and spaces (RFC 9112 3.2)
 _TOKEN_CHARS = frozenset(
     b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 )
@@ -52,7 +54,7 @@ def parse_request_head(head: bytes, max_line: int) -> RequestHead:
         raise HttpError("400 Bad Request", "malformed method")
     if version not in (b"HTTP/1.1", b"HTTP/1.0"):
         raise HttpError("505 HTTP Version Not Supported", "only HTTP/1.0 and 1.1")
-    if not target or any(c < 0x21 or c == 0x7F for c in target):
+    if not target or _BAD_TARGET.search(target):
         raise HttpError("400 Bad Request", "malformed request target")
     if len(lines) - 1 > MAX_HEADERS:
         raise HttpError("431 Request Header Fields Too Large", "too many header fields")

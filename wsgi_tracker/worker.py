@@ -105,6 +105,17 @@ class RequestBody:
         return self._after
 
 
+def _send_all(sock: socket.socket, data: bytes) -> None:
+    """``sendall``, but one plain ``send`` when the kernel takes it all (the usual case).
+
+    gevent's ``sendall`` on a socket with a timeout arms a Timeout object per
+    call; that was ~5% of an announce in a py-spy profile.
+    """
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(data[sent:])
+
+
 class TrackerWorker(GeventWorker):
     """Use with ``gunicorn -k wsgi_tracker.worker.TrackerWorker``."""
 
@@ -223,7 +234,7 @@ class TrackerWorker(GeventWorker):
             if data and not head_only:
                 out += b"%x\r\n%b\r\n" % (len(data), data) if chunked else data
             if out:
-                sock.sendall(out)
+                _send_all(sock, out)
 
         def start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
