@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from wsgi_tracker import swarm as swarm_module
 from wsgi_tracker.swarm import (
     EVENT_COMPLETED,
     EVENT_NONE,
@@ -53,8 +54,10 @@ def check_invariants(pl: PeerList) -> None:
     assert len(pl.addrs) == n * pl.width
     assert len(pl.expires) == n
     assert 0 <= pl.seeders <= n
-    assert len(pl.index) == n
-    assert all(pl.index[p] == slot for slot, p in enumerate(pl.ids))
+    assert len(set(pl.ids)) == n
+    assert all(pl.slot(p) == slot for slot, p in enumerate(pl.ids))
+    if pl.index is not None:
+        assert pl.index == {p: slot for slot, p in enumerate(pl.ids)}
 
 
 # --- expiry ------------------------------------------------------------------------------
@@ -123,7 +126,7 @@ def test_stopped_removes_the_peer_from_every_family(store):
     swarm, slot, counted = announce(store, 1, event=EVENT_STOPPED)
     assert (slot, counted) == (-1, False)
     assert store.scrape(IH) == (0, 0, 1)
-    assert pid(1) not in swarm.v4.index and pid(1) not in swarm.v6.index
+    assert pid(1) not in swarm.v4 and pid(1) not in swarm.v6
 
 
 def test_stopped_for_unknown_torrent_creates_nothing(store):
@@ -276,7 +279,7 @@ def test_full_torrent_refuses_new_peers_but_known_peers_reannounce(clock):
     with pytest.raises(SwarmFull):
         announce(store, 4, ep=v6(4))
     assert store.scrape(IH) == before
-    assert pid(3) not in store.get(IH).v4.index
+    assert pid(3) not in store.get(IH).v4
     announce(store, 1, seeder=True, event=EVENT_COMPLETED)
     assert store.scrape(IH) == (1, 1, 2)
     announce(store, 0, event=EVENT_STOPPED)
@@ -330,8 +333,18 @@ class Model:
             self.peers.pop((ih, w), None)
 
 
+@pytest.mark.parametrize("small_list", [swarm_module.SMALL_LIST, 2])
 @given(st.lists(operation, max_size=60))
-def test_random_operations_match_a_simple_model(ops):
+def test_random_operations_match_a_simple_model(small_list, ops):
+    """Both peer lookups: linear search of small lists and the index of larger ones."""
+    saved, swarm_module.SMALL_LIST = swarm_module.SMALL_LIST, small_list
+    try:
+        _check_random_operations(ops)
+    finally:
+        swarm_module.SMALL_LIST = saved
+
+
+def _check_random_operations(ops):
     clock_now = [1_000_000]
     store = SwarmStore(peer_ttl=TTL, max_peers_per_torrent=MAX_PEERS, clock=lambda: clock_now[0])
     model = Model()

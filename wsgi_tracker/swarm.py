@@ -40,8 +40,17 @@ class SwarmFull(Exception):
     """A new peer was refused because its torrent already holds the maximum."""
 
 
+SMALL_LIST = 16  # up to this many peers a list is searched instead of indexed
+
+
 class PeerList:
-    """The peers of one address family in one torrent, seeders first."""
+    """The peers of one address family in one torrent, seeders first.
+
+    Most torrents are small, and a dict costs ~350 bytes even for ten peers
+    (35 B/peer at 100k torrents x 10 peers, against a 200 B/peer budget), so a
+    list of up to ``SMALL_LIST`` peers finds a peer id by a linear search of
+    ``ids`` (C-speed, a few hundred ns) and only a larger one keeps ``index``.
+    """
 
     __slots__ = ("addrs", "expires", "ids", "index", "seeders", "sweep_at", "width")
 
@@ -50,12 +59,24 @@ class PeerList:
         self.addrs = bytearray()
         self.ids: list[bytes] = []
         self.expires = array("I")
-        self.index: dict[bytes, int] = {}
+        self.index: dict[bytes, int] | None = None
         self.seeders = 0
         self.sweep_at = 0
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def __contains__(self, peer_id: bytes) -> bool:
+        return self.slot(peer_id) >= 0
+
+    def slot(self, peer_id: bytes) -> int:
+        """The peer's slot, or -1."""
+        if self.index is not None:
+            return self.index.get(peer_id, -1)
+        try:
+            return self.ids.index(peer_id)
+        except ValueError:
+            return -1
 
     def _swap(self, i: int, j: int) -> None:
         if i == j:
@@ -65,19 +86,23 @@ class PeerList:
         a[i * w : i * w + w], a[j * w : j * w + w] = a[j * w : j * w + w], a[i * w : i * w + w]
         ids[i], ids[j] = ids[j], ids[i]
         exp[i], exp[j] = exp[j], exp[i]
-        self.index[ids[i]] = i
-        self.index[ids[j]] = j
+        if self.index is not None:
+            self.index[ids[i]] = i
+            self.index[ids[j]] = j
 
     def upsert(self, peer_id: bytes, endpoint: bytes, seeder: bool, expires: int) -> int:
         """Add or refresh a peer; returns its slot. The caller checks capacity first."""
-        slot = self.index.get(peer_id)
+        slot = self.slot(peer_id)
         w = self.width
-        if slot is None:
+        if slot < 0:
             slot = len(self.ids)
-            self.index[peer_id] = slot
             self.ids.append(peer_id)
             self.addrs += endpoint
             self.expires.append(expires)
+            if self.index is not None:
+                self.index[peer_id] = slot
+            elif slot >= SMALL_LIST:
+                self.index = {pid: n for n, pid in enumerate(self.ids)}
             if seeder:
                 self._swap(slot, self.seeders)
                 slot = self.seeders
@@ -102,21 +127,21 @@ class PeerList:
             slot = self.seeders
         last = len(self.ids) - 1
         self._swap(slot, last)
-        del self.index[self.ids[last]]
+        if self.index is not None:
+            del self.index[self.ids[last]]
         self.ids.pop()
         self.expires.pop()
         del self.addrs[last * self.width :]
 
     def remove(self, peer_id: bytes) -> bool:
-        slot = self.index.get(peer_id)
-        if slot is None:
+        slot = self.slot(peer_id)
+        if slot < 0:
             return False
         self.remove_slot(slot)
         return True
 
     def is_seeder(self, peer_id: bytes) -> bool:
-        slot = self.index.get(peer_id)
-        return slot is not None and slot < self.seeders
+        return 0 <= self.slot(peer_id) < self.seeders
 
     def sweep(self, now: int) -> int:
         """Drop expired peers; walking backwards keeps every swapped-in peer checked."""
@@ -298,7 +323,7 @@ class SwarmStore:
             swarm = Swarm()
         pl = swarm.family(width, create=True)
         assert pl is not None
-        if change.peer_id not in pl.index and len(swarm) >= self.max_peers_per_torrent:
+        if change.peer_id not in pl and len(swarm) >= self.max_peers_per_torrent:
             raise SwarmFull(f"torrent {ih.hex()} already has {len(swarm)} peers")
         counted = False
         if count_download and change.event == EVENT_COMPLETED and not any(
@@ -314,7 +339,7 @@ class SwarmStore:
         if now >= pl.sweep_at:
             pl.sweep_at = now + self.sweep_every
             if pl.sweep(now):
-                slot = pl.index.get(change.peer_id, -1)
+                slot = pl.slot(change.peer_id)
         return swarm, slot, counted
 
     def scrape(self, info_hash: bytes) -> tuple[int, int, int]:

@@ -174,7 +174,7 @@ class TrackerCore:
             if pl is None or want <= 0:
                 continue
             if exclude is None:
-                exclude = pl.index.get(req.peer_id, -1)
+                exclude = pl.slot(req.peer_id)
             runs = pl.sample(want, seeder, exclude, self.rng)
             self._fill(result, pl, runs, with_ids)
             want -= sum(b - a for a, b in runs)

@@ -27,8 +27,8 @@ def newer(store: SwarmStore, change: PeerChange) -> int:
     if swarm is None:
         return 1
     pl = swarm.family(len(change.endpoint), create=False)
-    slot = None if pl is None else pl.index.get(change.peer_id)
-    if slot is None:
+    slot = -1 if pl is None else pl.slot(change.peer_id)
+    if slot < 0:
         return 1
     expires = int(change.timestamp) + store.peer_ttl
     held = pl.expires[slot]
