@@ -117,6 +117,15 @@ def framed(body: bytes, raw_length: int) -> bytes:
             + struct.pack(">I", 0),
             "seeder flag 7",
         ),
+        *[
+            (
+                struct.pack(">II", 0, 1)
+                + snapshot.PEER4.pack(ih(1), pid(1), 0, v4(1), t)
+                + struct.pack(">I", 0),
+                "is not a time",
+            )
+            for t in (-1.0, float("nan"), float("inf"), 2.0**32, 1e300)
+        ],
     ],
 )
 def test_well_checksummed_nonsense_is_refused_by_section(raw, problem):
@@ -149,6 +158,16 @@ def test_load_drops_peers_whose_ttl_ran_out_while_down(tmp_path):
     assert report is not None and (report.peers, report.expired) == (1, 1)
     assert [p.peer_id for p in fresh.peers()] == [pid(2)]
     assert fresh.scrape(ih(1)) == (1, 1, 0)
+
+
+def test_peer_seen_in_the_future_is_restored_as_seen_now(tmp_path):
+    store = make_store()
+    store.apply(PeerChange(ih(1), pid(1), v4(1), False, EVENT_NONE, NOW + 5000))
+    path = tmp_path / "s.snap"
+    snapshot.save(store, path, now=NOW)
+    fresh = make_store()
+    snapshot.load(path, fresh, now=NOW)
+    assert [p.timestamp for p in fresh.peers()] == [NOW]
 
 
 def test_restored_peers_expire_from_their_original_time(tmp_path):

@@ -39,6 +39,7 @@ from wsgi_tracker.swarm import (
     SwarmFull,
     SwarmStore,
 )
+from wsgi_tracker.sync.frames import MAX_TIMESTAMP
 
 log = logging.getLogger("udp_sidecar.snapshot")
 
@@ -131,6 +132,8 @@ def decode(data: bytes) -> Snapshot:
         for ih, pid, seeder, ep, seen in rows:
             if seeder > 1:
                 raise SnapshotError(f"{name}: seeder flag {seeder} is not 0 or 1")
+            if not 0 <= seen < MAX_TIMESTAMP:  # also refuses NaN
+                raise SnapshotError(f"{name}: last-seen time {seen} is not a time")
             peers.append(PeerChange(ih, pid, ep, bool(seeder), EVENT_NONE, seen))
     if pos != len(raw):
         raise SnapshotError(f"{len(raw) - pos} stray bytes after the last section")
@@ -231,6 +234,8 @@ def load(
         if change.timestamp + store.peer_ttl <= now:
             expired += 1
             continue
+        if change.timestamp > now:  # saved by a clock that ran ahead: seen now, not later
+            change = change._replace(timestamp=now)
         try:
             store.apply(change, count_download=False)
         except SwarmFull:

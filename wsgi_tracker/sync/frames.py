@@ -23,6 +23,9 @@ from ..swarm import EVENT_STOPPED, IPV4_WIDTH, IPV6_WIDTH, PeerChange
 VERSION = 1
 MAGIC = b"WTSY"
 MAX_BODY = 1 << 20
+# The store keeps expiry times as 32-bit seconds (until 2106): a later "time" would
+# overflow it, so a record carrying one is refused here, where it enters.
+MAX_TIMESTAMP = 2**32 - 2**24
 # Peer records per frame: ~68 bytes each keeps a frame well under MAX_BODY.
 RECORDS_PER_FRAME = 4096
 
@@ -217,7 +220,7 @@ def _decode_peers(body: bytes) -> list[PeerChange]:
             raise FrameError(f"peer record flags {flags:#x} has unknown bits")
         if event > EVENT_STOPPED:
             raise FrameError(f"peer record event {event} is not 0-3")
-        if not math.isfinite(ts) or ts < 0:
+        if not math.isfinite(ts) or not 0 <= ts < MAX_TIMESTAMP:
             raise FrameError(f"peer record timestamp {ts} is not a time")
         if end - pos < width:
             raise FrameError(f"peer endpoint truncated at byte {pos} of {end}")
