@@ -1,33 +1,64 @@
-"""An ordinary Flask site that also runs a BitTorrent tracker.
+"""An existing Flask site, a small torrent index, that also runs its own BitTorrent tracker.
 
-The tracker takes three lines (the import, ``Tracker(app)``, and nothing else);
-every page of the site keeps working.
+The three lines marked ``tracker`` are all it takes: ``/announce`` and ``/scrape``
+answer beside the site's pages, and every page keeps working. Run it as
+docs/EMBEDDING.md shows: under gunicorn with udp-sidecar beside it, or alone with
+``flask --app examples.flask_site.app run``.
 """
 
-from flask import Flask
+from __future__ import annotations
 
-from wsgi_tracker.flask import Tracker
+from urllib.parse import urlsplit
+
+from flask import Flask, render_template_string, request
+from markupsafe import Markup
+
+from examples.catalogue import CATALOGUE, live_counts
+from wsgi_tracker.flask import Tracker  # tracker 1/3
 
 app = Flask(__name__)
-tracker = Tracker(app)
+app.config["TRACKER"] = {"numwant_max": 100}  # tracker 2/3: any TrackerConfig fields
+tracker = Tracker(app)  # tracker 3/3
+
+LAYOUT = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title></head>
+<body><nav><a href="/">Home</a> | <a href="/torrents">Torrents</a></nav>
+<h1>{{ title }}</h1>
+{{ body }}
+</body></html>
+"""
+
+HOME = """<p>Free and open downloads, shared over BitTorrent. This site's tracker:</p>
+<ul><li><code>{{ http_url }}</code></li><li><code>{{ udp_url }}</code></li></ul>
+<p>See <a href="/torrents">what is being shared</a>.</p>"""
+
+TORRENTS = """<table>
+<tr><th>Name</th><th>Info-hash</th><th>Seeders</th><th>Leechers</th><th>Downloads</th></tr>
+{% for torrent, counts in rows %}<tr><td>{{ torrent.name }}</td>
+<td><code>{{ torrent.info_hash.hex() }}</code></td><td>{{ counts.complete }}</td>
+<td>{{ counts.incomplete }}</td><td>{{ counts.downloaded }}</td></tr>
+{% endfor %}</table>"""
+
+
+def page(title: str, template: str, **values: object) -> str:
+    body = Markup(render_template_string(template, **values))  # already escaped
+    return render_template_string(LAYOUT, title=title, body=body)
 
 
 @app.get("/")
 def home() -> str:
-    return (
-        "<h1>Example site</h1><p>This site runs a BitTorrent tracker at "
-        "<code>/announce</code> (HTTP) and <code>udp://this-host:6969/announce</code>.</p>"
-        '<p><a href="/torrents">Torrents</a></p>'
+    config = tracker.middleware.config
+    host = urlsplit(request.host_url).hostname or "localhost"
+    host = f"[{host}]" if ":" in host else host
+    return page(
+        "Example torrent site",
+        HOME,
+        http_url=request.host_url.rstrip("/") + config.announce_path,
+        udp_url=f"udp://{host}:{config.udp_port}/announce",
     )
 
 
 @app.get("/torrents")
 def torrents() -> str:
-    middleware = tracker.middleware
-    assert middleware is not None
-    rows = "".join(
-        f"<li><code>{e.info_hash.hex()}</code>: {e.complete} seeders, {e.incomplete} leechers,"
-        f" {e.downloaded} downloads</li>"
-        for e in middleware.core.scrape(list(middleware.core.store.torrents.keys())[:100])
-    )
-    return f"<h1>Torrents</h1><ul>{rows or '<li>none yet</li>'}</ul>"
+    counts = live_counts(tracker.middleware.core, CATALOGUE)
+    return page("Torrents", TORRENTS, rows=list(zip(CATALOGUE, counts, strict=True)))
