@@ -203,7 +203,8 @@ class SyncHub:
             try:
                 sock.sendall(data)
             except OSError as exc:
-                self._drop(client, f"send failed: {exc}")
+                # A probe that connects and leaves (no hello) is not worth a warning.
+                self._drop(client, f"send failed: {exc}" if client.pid else None)
                 return
             client.queued -= len(data)
 
