@@ -146,6 +146,14 @@ def connected(handler: DatagramHandler, addr: tuple) -> bytes:
     return reply[8:]
 
 
+def test_connection_id_serves_every_port_of_its_address(core, clock):
+    # libtorrent keeps one id per tracker and may send from any of its sockets.
+    v4, _ = handlers(core, clock)
+    cid = connected(v4, ("127.0.0.1", 1111))
+    reply = v4.handle(announce_packet(cid, 2, ih(1), pid(1), 6881), ("127.0.0.1", 2222))
+    assert read_announce(reply, 2, 6).leechers == 1
+
+
 def test_connect_then_announce_gets_peers_of_the_socket_family(core, clock):
     v4, v6 = handlers(core, clock)
     for n in range(3):

@@ -324,15 +324,19 @@ def passkey_of(url_data: bytes, announce_path: str) -> str | None:
 
 
 class ConnectionIds:
-    """Stateless connection ids: a keyed BLAKE2b of the client endpoint and a time window.
+    """Stateless connection ids: a keyed BLAKE2b of the client's address and a time window.
 
     Nothing is stored per client, so spoofed connects cannot grow a table. Time
     is cut into windows of ``ttl / windows`` seconds; an id is accepted in the
     window it was issued in and the ``windows`` after it, so it lives between
-    ``ttl`` and ``ttl * (1 + 1/windows)`` seconds. ``endpoint`` is the compact
-    address+port of the sender (6 or 18 bytes); the clock reading is passed in.
-    Two windows by default (ttl 120: ids live 120-180 s): a client reusing an
-    id for a minute costs 1.5 hashes per check on average, ~0.5 us each.
+    ``ttl`` and ``ttl * (1 + 1/windows)`` seconds. Two windows by default (ttl
+    120: ids live 120-180 s): a client reusing an id for a minute costs 1.5
+    hashes per check on average, ~0.5 us each.
+
+    ``address`` is the sender's packed IP (4 or 16 bytes), without the port:
+    libtorrent keeps one id per tracker for the whole process and sends from
+    whichever of its sockets is at hand, and a NAT may change the port. The id
+    proves the sender receives at that address, which is what stops spoofing.
     """
 
     def __init__(self, key: bytes, ttl: float, windows: int = 2) -> None:
@@ -355,17 +359,17 @@ class ConnectionIds:
             self._primed[window] = hasher
         return hasher
 
-    def issue(self, endpoint: bytes, now: float) -> bytes:
+    def issue(self, address: bytes, now: float) -> bytes:
         hasher = self._hasher(int(now // self.period)).copy()
-        hasher.update(endpoint)
+        hasher.update(address)
         return hasher.digest()
 
-    def valid(self, connection_id: bytes, endpoint: bytes, now: float) -> bool:
+    def valid(self, connection_id: bytes, address: bytes, now: float) -> bool:
         """Constant-time check against the current window, then the older ones."""
         window = int(now // self.period)
         for w in range(window, window - self.windows - 1, -1):
             hasher = self._hasher(w).copy()
-            hasher.update(endpoint)
+            hasher.update(address)
             if compare_digest(hasher.digest(), connection_id):
                 return True
         return False

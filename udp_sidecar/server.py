@@ -87,7 +87,6 @@ class DatagramHandler:
             packed_ip = socket.inet_pton(self.family, addr[0])
         except OSError:  # a link-local IPv6 sender comes with a %scope suffix
             packed_ip = socket.inet_pton(self.family, addr[0].partition("%")[0])
-        endpoint = packed_ip + addr[1].to_bytes(2, "big")
         now = self.clock()
         try:
             req = parse_request(data, self.max_scrape)
@@ -96,12 +95,12 @@ class DatagramHandler:
             if exc.transaction_id is None:
                 return None
             proven = exc.connection_id is not None and self.ids.valid(
-                exc.connection_id, endpoint, now
+                exc.connection_id, packed_ip, now
             )
             return build_error(exc.transaction_id, str(exc), None if proven else len(data))
         if type(req) is ConnectRequest:
-            return build_connect(req.transaction_id, self.ids.issue(endpoint, now))
-        if not self.ids.valid(req.connection_id, endpoint, now):
+            return build_connect(req.transaction_id, self.ids.issue(packed_ip, now))
+        if not self.ids.valid(req.connection_id, packed_ip, now):
             self.core.counters.error("udp", "connection_id")
             return build_error(req.transaction_id, _NOT_CONNECTED, len(data))
         if type(req) is AnnounceRequest:
