@@ -19,6 +19,7 @@ from wsgi_tracker.config import ConfigError, TrackerConfig  # noqa: E402
 from wsgi_tracker.sync.hub import HubError, SyncHub  # noqa: E402
 from wsgi_tracker.tracker import TrackerCore  # noqa: E402
 
+from . import snapshot  # noqa: E402
 from .server import BindError, UdpServer  # noqa: E402
 
 log = logging.getLogger("udp_sidecar")
@@ -84,6 +85,11 @@ def run(config: TrackerConfig, binds: Sequence[str], port: int, sync_socket: str
     hub is started and stopped here, next to the UDP server, on the same core.
     """
     core = TrackerCore(config)
+    assert core.store is not None
+    saver = None
+    if config.snapshot_path:  # restore before serving, so the hub's first snapshot has it
+        snapshot.load(config.snapshot_path, core.store)
+        saver = snapshot.PeriodicSaver(core.store, config.snapshot_path, config.snapshot_interval)
     server = UdpServer(core, binds, port)
     try:
         server.start()
@@ -103,11 +109,15 @@ def run(config: TrackerConfig, binds: Sequence[str], port: int, sync_socket: str
         "udp-sidecar listening on %s",
         ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in server.addresses),
     )
+    if saver is not None:
+        saver.start()
     stopping.wait()
     log.info("udp-sidecar stopping")
     server.stop()
     if hub is not None:
         hub.stop()
+    if saver is not None:  # last: after the final UDP announces and workers' deltas
+        saver.stop()
     return 0
 
 

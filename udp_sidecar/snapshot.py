@@ -14,10 +14,11 @@ decoding is a bounds check and ``struct.iter_unpack``:
 * IPv6 peers: the same with an 18-byte endpoint
 
 ``encode``/``decode`` are pure functions over bytes; ``save``/``load`` are the
-thin file shell. ``save`` writes a temporary file in the same directory, fsyncs
-it and renames it over the old one, so a crash mid-write leaves the previous
-snapshot whole. ``load`` never raises for a bad file: it logs one line and the
-sidecar starts empty rather than not at all.
+thin file shell, and ``PeriodicSaver`` the sidecar's timer around them.
+``save`` writes a temporary file in the same directory, fsyncs it and renames
+it over the old one, so a crash mid-write leaves the previous snapshot whole.
+``load`` never raises for a bad file: it logs one line and the sidecar starts
+empty rather than not at all.
 """
 
 from __future__ import annotations
@@ -28,8 +29,12 @@ import struct
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import gevent
+import gevent.event
 
 from wsgi_tracker.swarm import (
     EVENT_NONE,
@@ -48,6 +53,7 @@ VERSION = 1
 # magic, version, pad, saved_at, body length, inflated length, CRC-32 of header + body
 HEADER = struct.Struct(">4sBxxxdQQI")
 COUNT = struct.Struct(">I")
+PAUSE_EVERY = 256  # torrents copied between pauses while capturing
 COUNTER = struct.Struct(">20sQ")
 PEER4 = struct.Struct(f">20s20sB{IPV4_WIDTH}sd")
 PEER6 = struct.Struct(f">20s20sB{IPV6_WIDTH}sd")
@@ -163,10 +169,28 @@ def _section(raw: bytes, pos: int, record: struct.Struct, name: str) -> tuple[li
     return list(record.iter_unpack(raw[pos:end])), end
 
 
-def capture(store: SwarmStore, now: float) -> Snapshot:
-    """The store's live state as a Snapshot (call with the store's lock held)."""
-    downloaded = {ih: s.downloaded for ih, s in store.torrents.items() if s.downloaded}
-    return Snapshot(now, downloaded, list(store.peers()))
+def capture(
+    store: SwarmStore,
+    now: float,
+    pause: Callable[[], None] | None = None,
+    every: int = PAUSE_EVERY,
+) -> Snapshot:
+    """The store's live state as a Snapshot, torrent by torrent.
+
+    Call it from the thread that owns the store. ``pause`` (if given) runs
+    after every ``every`` torrents, so the sidecar's other greenlets keep
+    serving while a large store is copied; each torrent is copied whole.
+    """
+    downloaded: dict[bytes, int] = {}
+    peers: list[PeerChange] = []
+    for n, ih in enumerate(list(store.torrents.keys()), 1):
+        peers.extend(store.swarm_peers(ih))
+        swarm = store.get(ih)
+        if swarm is not None and swarm.downloaded:
+            downloaded[ih] = swarm.downloaded
+        if pause is not None and n % every == 0:
+            pause()
+    return Snapshot(now, downloaded, peers)
 
 
 def save(store: SwarmStore, path: str | os.PathLike[str], now: float | None = None) -> int:
@@ -174,7 +198,11 @@ def save(store: SwarmStore, path: str | os.PathLike[str], now: float | None = No
 
     Raises OSError if the file cannot be written; the old snapshot is untouched then.
     """
-    data = encode(capture(store, time.time() if now is None else now))
+    return write(path, encode(capture(store, time.time() if now is None else now)))
+
+
+def write(path: str | os.PathLike[str], data: bytes) -> int:
+    """Replace ``path`` with ``data`` atomically: temp file in the same directory, fsync, rename."""
     target = Path(path)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
@@ -260,3 +288,64 @@ def load(
         report.refused,
     )
     return report
+
+
+class PeriodicSaver:
+    """The sidecar's saver: a snapshot every ``interval`` seconds and a last one on stop.
+
+    Copying the store happens in the serving thread with pauses between
+    torrents; encoding, writing and fsync run in gevent's thread pool, so a
+    large snapshot or a slow disk does not stall UDP or the sync hub. A failed
+    save is one log line; the next period tries again.
+    """
+
+    def __init__(
+        self,
+        store: SwarmStore,
+        path: str | os.PathLike[str],
+        interval: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.path = path
+        self.interval = interval
+        self.clock = clock
+        self._stop = gevent.event.Event()
+        self._loop: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        self._loop = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.save_now(final=False)
+
+    def stop(self) -> bool:
+        """Finish any save under way, then write the last snapshot; returns its success."""
+        self._stop.set()
+        if self._loop is not None:
+            self._loop.join()
+        return self.save_now(final=True)
+
+    def save_now(self, final: bool) -> bool:
+        started = time.monotonic()
+        snap = capture(self.store, self.clock(), pause=lambda: gevent.sleep(0))
+        try:
+            size = gevent.get_hub().threadpool.apply(_encode_and_write, (self.path, snap))
+        except (OSError, SnapshotError) as exc:
+            log.error("snapshot %s: not saved: %s", self.path, exc)
+            return False
+        (log.info if final else log.debug)(
+            "snapshot %s: saved %d peers and %d counters (%d bytes, %.0f ms)%s",
+            self.path,
+            len(snap.peers),
+            len(snap.downloaded),
+            size,
+            (time.monotonic() - started) * 1000,
+            " before exit" if final else "",
+        )
+        return True
+
+
+def _encode_and_write(path: str | os.PathLike[str], snap: Snapshot) -> int:
+    return write(path, encode(snap))
