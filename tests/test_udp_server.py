@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import ManualClock
+from hypothesis import given
+from hypothesis import strategies as st
 from servers import REPO_ROOT, free_port, sidecar
 
 from udp_sidecar.protocol import (
@@ -211,6 +214,24 @@ def test_malformed_request_from_a_proven_sender_gets_the_whole_message(core, clo
     message = read_error(v4.handle(scrape_packet(cid, 7), V4), 7)
     assert message == "scrape without info_hash: give 1 or more"
     assert core.counters.errors[("udp", "malformed")] == 1
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.builds(
+            lambda action, body: struct.pack(">8sII", bytes(8), action, 1) + body,
+            st.integers(0, 3),
+            st.binary(max_size=300),
+        ),
+    )
+)
+def test_no_datagram_from_an_unproven_sender_gets_a_larger_reply(data):
+    clock = ManualClock()
+    v4, v6 = handlers(TrackerCore(TrackerConfig(), clock=clock), clock)
+    for handler, addr in ((v4, V4), (v6, V6)):
+        reply = handler.handle(data, addr)
+        assert reply is None or len(reply) <= len(data)
 
 
 @pytest.mark.parametrize(
