@@ -1,0 +1,133 @@
+"""In-process figures of the tracker core, without any server: memory and swarm-size cost.
+
+Run in a fresh interpreter (``python -m bench.inproc memory|huge ...``, pinned by
+the runner) so RSS growth is the store's alone; prints one JSON line.
+Every peer id and info_hash is a fresh bytes object, as a parsed request
+would give, so the store is charged for the objects it keeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import statistics
+import time
+from pathlib import Path
+
+from wsgi_tracker.config import TrackerConfig
+from wsgi_tracker.tracker import Announce, TrackerCore
+
+
+def rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def info_hash(t: int) -> bytes:
+    return b"IH" + t.to_bytes(18, "big")
+
+
+def peer_id(c: int) -> bytes:
+    return b"-BM0001-" + c.to_bytes(12, "big")
+
+
+def address(c: int) -> bytes:
+    return (0x0A000000 + c).to_bytes(4, "big")
+
+
+def memory(torrents: int, peers: int) -> dict[str, float]:
+    """RSS growth per peer for ``peers`` peers spread evenly over ``torrents`` torrents."""
+    core = TrackerCore(TrackerConfig(max_torrents=max(torrents, 1)))
+    gc.collect()
+    before = rss_kb()
+    start = time.perf_counter()
+    for i in range(peers):
+        t, c = i % torrents, i // torrents
+        core.announce(
+            Announce(info_hash(t), peer_id(c), 1025 + c % 60000, left=(i % 5) * 1000),
+            address(c),
+        )
+    elapsed = time.perf_counter() - start
+    gc.collect()
+    after = rss_kb()
+    torrents_held, seeders, leechers = core.store.totals()  # type: ignore[union-attr]
+    return {
+        "torrents": torrents_held,
+        "peers": seeders + leechers,
+        "rss_before_mb": before / 1024,
+        "rss_after_mb": after / 1024,
+        "bytes_per_peer": (after - before) * 1024 / peers,
+        "new_peer_announces_per_s": peers / elapsed,
+    }
+
+
+def announce_cost(size: int, calls: int, seed: int) -> tuple[float, float]:
+    """(us per re-announce, ms for one sweep) in one torrent of ``size`` peers, numwant 50."""
+    rng = random.Random(seed)
+    core = TrackerCore(TrackerConfig(), rng=random.Random(seed))
+    ih = info_hash(0)
+    for c in range(size):
+        core.announce(Announce(ih, peer_id(c), 1025 + c % 60000, left=c % 5), address(c))
+    picks = [rng.randrange(size) for _ in range(calls)]
+    batch = [
+        (Announce(ih, peer_id(c), 1025 + c % 60000, left=c % 5, numwant=50), address(c))
+        for c in picks
+    ]
+    gc.collect()
+    start = time.perf_counter()
+    for req, ip in batch:
+        core.announce(req, ip)
+    per_call = (time.perf_counter() - start) / calls * 1e6
+    swarm = core.store.get(ih)  # type: ignore[union-attr]
+    assert swarm is not None and swarm.v4 is not None
+    start = time.perf_counter()
+    swarm.v4.sweep(0)  # nothing has expired: the cost of the periodic pass itself
+    sweep_ms = (time.perf_counter() - start) * 1000
+    return per_call, sweep_ms
+
+
+def huge(peers: int, small: int, calls: int, reps: int) -> dict[str, float]:
+    """Re-announce cost in a ``peers`` swarm against a ``small`` one; medians of ``reps``."""
+    big_us, small_us, sweeps = [], [], []
+    for rep in range(reps):
+        us, _ = announce_cost(small, calls, rep)
+        small_us.append(us)
+        us, sweep = announce_cost(peers, calls, rep)
+        big_us.append(us)
+        sweeps.append(sweep)
+    return {
+        "small_peers": small,
+        "huge_peers": peers,
+        "small_us": statistics.median(small_us),
+        "huge_us": statistics.median(big_us),
+        "cost_ratio": statistics.median(b / s for b, s in zip(big_us, small_us, strict=True)),
+        "huge_sweep_ms": statistics.median(sweeps),
+        "reps": reps,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.inproc", description=__doc__)
+    sub = parser.add_subparsers(dest="what", required=True)
+    mem = sub.add_parser("memory", help="bytes per peer")
+    mem.add_argument("--torrents", type=int, default=100_000)
+    mem.add_argument("--peers", type=int, default=1_000_000)
+    big = sub.add_parser("huge", help="announce cost in a huge swarm vs a small one")
+    big.add_argument("--peers", type=int, default=50_000)
+    big.add_argument("--small", type=int, default=100)
+    big.add_argument("--calls", type=int, default=100_000)
+    big.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    if args.what == "memory":
+        out = memory(args.torrents, args.peers)
+    else:
+        out = huge(args.peers, args.small, args.calls, args.reps)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""One measured run: loads against servers, with the servers' CPU and memory around it."""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from .loads import LoadRun
+from .procs import Server, machine_busy_seconds
+
+
+@dataclass
+class Sample:
+    """What one run measured. CPU percentages: 100 = one core busy."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    server_cpu_pct: float
+    rss_mb: float
+    peak_rss_mb: float
+    load_cpu_pct: float
+    other_cpu_pct: float  # everything else on the machine: > 20 means a disturbed run
+    ok: int
+    bad: int
+    avg_peers: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def measure(servers: Sequence[Server], load: Callable[[], LoadRun]) -> Sample:
+    return measure_together(servers, {"": load})[""]
+
+
+def measure_together(
+    servers: Sequence[Server], loads: Mapping[str, Callable[[], LoadRun]]
+) -> dict[str, Sample]:
+    """Run the loads at once; the servers' CPU is shared by all of them.
+
+    Load CPU comes from the children's rusage around the whole run, so with
+    several loads it is their total.
+    """
+    cpu0 = sum(s.cpu_seconds() for s in servers)
+    busy0, wall0 = machine_busy_seconds(), time.monotonic()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with ThreadPoolExecutor(len(loads)) as pool:
+        futures = {name: pool.submit(load) for name, load in loads.items()}
+        runs = {name: f.result() for name, f in futures.items()}
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.monotonic() - wall0
+    server_cpu = sum(s.cpu_seconds() for s in servers) - cpu0
+    busy = machine_busy_seconds() - busy0
+    for s in servers:
+        if not s.alive():
+            raise RuntimeError(f"{s.name} died during the run; see {s.log}")
+    load_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    server_pct, load_pct = 100 * server_cpu / wall, 100 * load_cpu / wall
+    other = max(0.0, 100 * busy / wall - server_pct - load_pct)
+    rss = sum(s.rss_kb() for s in servers) / 1024
+    peak = max(s.hwm_kb() for s in servers) / 1024
+    return {
+        name: _sample(run, server_pct, rss, peak, load_pct, other) for name, run in runs.items()
+    }
+
+
+def _sample(
+    run: LoadRun, server_pct: float, rss: float, peak: float, load_pct: float, other: float
+) -> Sample:
+    r = run.result
+    return Sample(
+        rps=r["rps"],
+        p50_ms=r["p50_us"] / 1000,
+        p99_ms=r["p99_us"] / 1000,
+        server_cpu_pct=server_pct,
+        rss_mb=rss,
+        peak_rss_mb=peak,
+        load_cpu_pct=load_pct,
+        other_cpu_pct=other,
+        ok=int(r.get("ok", r.get("responses", 0))),
+        bad=int(r.get("fail", 0) + r.get("malformed", 0) + r.get("bad_tid", 0)),
+        avg_peers=r.get("avg_peers", 0.0),
+        extra={
+            k: v
+            for k, v in r.items()
+            if k.startswith("err_") or k in ("errors", "timeouts", "connects")
+        },
+    )

@@ -1,0 +1,162 @@
+"""Processes under test: start pinned, wait until ready, read their CPU and memory, stop.
+
+Every server runs in its own session so stopping it reaches its workers too,
+and every wait has a deadline: a benchmark that hangs is worse than one that fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def pinned(cmd: Sequence[str], cpus: str | None) -> list[str]:
+    """``cmd`` under ``taskset -c cpus``; unpinned when cpus is empty."""
+    return ["taskset", "-c", cpus, *cmd] if cpus else list(cmd)
+
+
+def free_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1 (trackers serve both on one port)."""
+    for _ in range(50):
+        with socket.socket() as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no port free for both TCP and UDP")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def status_kb(pid: int, key: str) -> int:
+    """A ``/proc/PID/status`` figure in kB (VmRSS, VmHWM); 0 once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def machine_busy_seconds() -> float:
+    """CPU time spent by everything on the machine, all cores (from /proc/stat)."""
+    first = Path("/proc/stat").read_text().splitlines()[0].split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in first[1:9])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (gunicorn's workers)."""
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            kids += [int(x) for x in task.read_text().split()]
+    return kids
+
+
+@dataclass
+class Server:
+    """A server process started by the bench; ``pids`` are the processes doing the work."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    pids: list[int]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM the server's own session, then SIGKILL it if it has not gone in 10 s."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+    def rss_kb(self) -> int:
+        return sum(status_kb(p, "VmRSS") for p in self.pids)
+
+    def hwm_kb(self) -> int:
+        """Peak RSS of the largest working process (one worker's figure, as the issue asks)."""
+        return max((status_kb(p, "VmHWM") for p in self.pids), default=0)
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(p) for p in self.pids)
+
+
+def start(
+    name: str,
+    cmd: Sequence[str],
+    *,
+    cpus: str | None,
+    log: Path,
+    ready: Callable[[], bool],
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    workers: int = 0,
+    timeout: float = 30.0,
+) -> Server:
+    """Start ``cmd`` pinned to ``cpus`` and return once ``ready()`` holds.
+
+    ``workers`` > 0: the work is done by that many children (gunicorn workers),
+    which are then the processes measured.
+    """
+    out = log.open("wb")
+    proc = subprocess.Popen(
+        pinned(cmd, cpus),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        start_new_session=True,
+    )
+    server = Server(name, proc, log, [proc.pid])
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}: {_tail(log)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not ready after {timeout:.0f}s: {_tail(log)}")
+            kids = children(proc.pid) if workers else []
+            if len(kids) >= workers and ready():
+                if workers:
+                    server.pids = kids
+                return server
+            time.sleep(0.1)
+    except BaseException:
+        server.stop()
+        raise
+
+
+def _tail(log: Path) -> str:
+    try:
+        return log.read_text(errors="replace")[-600:]
+    except OSError:
+        return ""

@@ -1,0 +1,107 @@
+"""``python -m bench.profile http|udp``: where our server's time goes under the bench load.
+
+Starts ours (pinned like the bench), fills it, runs the load while py-spy
+samples the server process, and prints the top functions by own time and by
+inclusive time as percentages of all samples, plus a flame graph (SVG).
+py-spy must be installed (``pip install py-spy``); it runs on the load's core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from . import loads, trackers
+from .procs import free_port, pinned
+from .workload import make_workload
+
+
+def record(pid: int, seconds: float, out: Path, cpus: str | None, fmt: str) -> None:
+    cmd = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds))]
+    cmd += ["--rate", "250", "--format", fmt, "--output", str(out), "--nonblocking"]
+    subprocess.run(pinned(cmd, cpus), check=True, capture_output=True, timeout=seconds + 60)
+
+
+def top(collapsed: Path, n: int) -> str:
+    """Own and inclusive sample shares per function from py-spy's raw (collapsed) output."""
+    own: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        k = int(count)
+        total += k
+        frames = [_short(f) for f in stack.split(";")]
+        own[frames[-1]] += k
+        for f in set(frames):
+            incl[f] += k
+    out = [f"{total} samples", "own time:"]
+    out += [f"  {100 * c / total:5.1f}%  {f}" for f, c in own.most_common(n)]
+    out.append("inclusive time:")
+    out += [f"  {100 * c / total:5.1f}%  {f}" for f, c in incl.most_common(n)]
+    return "\n".join(out)
+
+
+def _short(frame: str) -> str:
+    """'announce (wsgi_tracker/tracker.py:123)' -> 'announce (wsgi_tracker/tracker.py)'."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    return f"{name} ({path})"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
+    p.add_argument("protocol", choices=["http", "udp"])
+    p.add_argument("--seconds", type=float, default=20)
+    p.add_argument("--worker-class", default="wsgi_tracker.worker.TrackerWorker")
+    p.add_argument("--server-cpu", default="1")
+    p.add_argument("--load-cpu", default="0")
+    p.add_argument("--out", type=Path, default=Path("/tmp/wsgi-tracker-profile"))
+    p.add_argument("--top", type=int, default=25)
+    a = p.parse_args()
+    if not shutil.which("py-spy"):
+        raise SystemExit("py-spy missing: pip install py-spy")
+    a.out.mkdir(parents=True, exist_ok=True)
+    wl = make_workload(a.out, 1000, 5000, 20)
+    port = free_port()
+    if a.protocol == "http":
+        server = trackers.ours_http(port, wl, a.out, a.server_cpu, worker_class=a.worker_class)
+    else:
+        server = trackers.ours_udp(port, a.out, a.server_cpu)
+    try:
+        if a.protocol == "http":
+            loads.wrk(port, wl, 120, cpus=a.load_cpu, prefill=True)
+        else:
+            loads.udp_load(port, wl, 120, cpus=a.load_cpu, prefill=True)
+        stamp = time.strftime("%H%M%S")
+        raw = a.out / f"{a.protocol}-{stamp}.txt"
+        svg = a.out / f"{a.protocol}-{stamp}.svg"
+        # The load runs while py-spy samples; it lasts a little longer than the recording.
+        load = threading.Thread(
+            target=(
+                (lambda: loads.wrk(port, wl, 2 * a.seconds + 5, cpus=a.load_cpu))
+                if a.protocol == "http"
+                else (lambda: loads.udp_load(port, wl, 2 * a.seconds + 5, cpus=a.load_cpu))
+            )
+        )
+        load.start()
+        time.sleep(1)
+        record(server.pids[0], a.seconds, raw, a.load_cpu, "raw")
+        record(server.pids[0], a.seconds, svg, a.load_cpu, "flamegraph")
+        load.join()
+        print(f"{a.protocol} profile of pid {server.pids[0]} ({server.name}); flame graph {svg}")
+        print(top(raw, a.top))
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

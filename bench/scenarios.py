@@ -1,0 +1,369 @@
+"""The scenarios of ``python -m bench``: each starts its trackers, fills them, measures, stops.
+
+All trackers of a scenario run at once (idle ones cost nothing) and the
+repetitions are interleaved tracker by tracker, so a disturbance on the machine
+spreads over every tracker instead of biasing one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import loads, trackers
+from .measure import measure, measure_together
+from .procs import Server, free_port, pinned
+from .report import Results
+from .workload import Workload, make_workload
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Every setting of a run (``python -m bench --help`` documents them)."""
+
+    outdir: Path
+    dur: float = 10
+    reps: int = 3
+    warmup: float = 3
+    k: int = 1000
+    clients: int = 5000
+    tpc: int = 20
+    conns: int = 50
+    wrk_threads: int = 1
+    inflight: int = 64
+    socks: int = 8
+    scrape_hashes: int = 10
+    server_cpu: str | None = "1"
+    load_cpu: str | None = "0"
+    worker_classes: tuple[str, ...] = (
+        "gevent",
+        "gevent_pywsgi",
+        "wsgi_tracker.worker.TrackerWorker",
+    )
+    anchors: bool = True
+    bittorrent_tracker: bool = False
+    full_workers: int = 2
+    huge_peers: int = 50_000
+    small_peers: int = 100
+    mem_torrents: int = 100_000
+    mem_peers: int = 1_000_000
+    mem_wire_http_peers: int = 200_000
+
+
+Starter = Callable[[int], Server]
+
+
+def _ours(worker_class: str) -> str:
+    """ours[gevent], ours[TrackerWorker]: the worker class without its module path."""
+    return f"ours[{worker_class.rsplit('.', 1)[-1]}]"
+
+
+def _start_all(stack: ExitStack, starters: dict[str, Starter]) -> dict[str, tuple[Server, int]]:
+    running = {}
+    for name, start in starters.items():
+        port = free_port()
+        server = start(port)
+        stack.callback(server.stop)
+        running[name] = (server, port)
+        print(f"started {name} pid={server.proc.pid} workers={server.pids} port={port}", flush=True)
+    return running
+
+
+def _prefill(kn: Knobs, name: str, port: int, wl: Workload, over_udp: bool) -> None:
+    """Announce every (client, torrent) pair once so every measured reply is full."""
+    limit = max(60.0, wl.peers / 1000)
+    if over_udp:
+        run = loads.udp_load(
+            port, wl, limit, cpus=kn.load_cpu, prefill=True, inflight=_inflight(kn, wl)
+        )
+        done = run.result.get("responses", 0)
+    else:
+        run = loads.wrk(port, wl, limit, cpus=kn.load_cpu, conns=kn.conns, prefill=True)
+        done = run.result.get("ok", 0)
+    how = "UDP" if over_udp else "HTTP"
+    print(
+        f"prefill {name} over {how}: {done:.0f}/{wl.peers} announces "
+        f"in {run.wall_seconds:.1f}s ({done / run.wall_seconds:.0f}/s)",
+        flush=True,
+    )
+    if done < wl.peers:
+        print(f"WARNING: prefill of {name} incomplete: replies will carry fewer peers")
+
+
+def _inflight(kn: Knobs, wl: Workload) -> int:
+    return max(1, min(kn.inflight, wl.clients // 2))
+
+
+def _anchor_starters(kn: Knobs, wl: Workload) -> dict[str, Starter]:
+    out: dict[str, Starter] = {}
+    if kn.anchors:
+        out["opentracker"] = lambda p: trackers.opentracker(p, wl, kn.outdir, kn.server_cpu)
+    if kn.bittorrent_tracker:
+        npm = trackers.bittorrent_tracker_dir(loads.CACHE)
+        if npm is None:
+            print("bittorrent-tracker skipped: npm ci failed or node missing")
+        else:
+            out["bittorrent-tracker"] = lambda p: trackers.bittorrent_tracker(
+                p, wl, kn.outdir, kn.server_cpu, npm
+            )
+    return out
+
+
+def http(kn: Knobs, results: Results) -> None:
+    """wrk announces over keep-alive and Connection: close; ours per gunicorn worker class."""
+    wl = make_workload(kn.outdir, kn.k, kn.clients, kn.tpc)
+    starters: dict[str, Starter] = {
+        _ours(wc): (
+            lambda p, wc=wc: trackers.ours_http(p, wl, kn.outdir, kn.server_cpu, worker_class=wc)
+        )
+        for wc in kn.worker_classes
+    }
+    starters.update(_anchor_starters(kn, wl))
+    with ExitStack() as stack:
+        running = _start_all(stack, starters)
+        for name, (_server, port) in running.items():
+            _prefill(kn, name, port, wl, over_udp=not name.startswith("ours"))
+            if kn.warmup:
+                loads.wrk(port, wl, kn.warmup, cpus=kn.load_cpu, conns=kn.conns)
+        for _rep in range(kn.reps):
+            for name, (server, port) in running.items():
+                for mode in ("keepalive", "close"):
+                    sample = measure(
+                        [server],
+                        lambda port=port, mode=mode: loads.wrk(
+                            port,
+                            wl,
+                            kn.dur,
+                            cpus=kn.load_cpu,
+                            conns=kn.conns,
+                            threads=kn.wrk_threads,
+                            close=mode == "close",
+                        ),
+                    )
+                    results.add("http", mode, name, sample)
+    results.print_summaries("http")
+
+
+def udp(kn: Knobs, results: Results, modes: tuple[str, ...]) -> None:
+    """udp_load announces and scrapes against the sidecar and the anchors."""
+    wl = make_workload(kn.outdir, kn.k, kn.clients, kn.tpc)
+    starters = _anchor_starters(kn, wl)
+    if trackers.udp_sidecar_available():
+        starters = {"ours": lambda p: trackers.ours_udp(p, kn.outdir, kn.server_cpu), **starters}
+    else:
+        print("udp: udp_sidecar is not in the tree yet; measuring the anchors only")
+    with ExitStack() as stack:
+        running = _start_all(stack, starters)
+        for name, (_server, port) in running.items():
+            _prefill(kn, name, port, wl, over_udp=True)
+        for _rep in range(kn.reps):
+            for name, (server, port) in running.items():
+                for mode in modes:
+                    sample = measure(
+                        [server],
+                        lambda port=port, mode=mode: loads.udp_load(
+                            port,
+                            wl,
+                            kn.dur,
+                            cpus=kn.load_cpu,
+                            mode=mode,
+                            inflight=kn.inflight,
+                            socks=kn.socks,
+                            scrape_hashes=kn.scrape_hashes,
+                        ),
+                    )
+                    results.add("udp", mode, name, sample)
+    results.print_summaries("udp")
+    _generator_headroom(results, modes)
+
+
+def _generator_headroom(results: Results, modes: tuple[str, ...]) -> None:
+    """The generator drove opentracker at X/s: if X is well above ours, it is not our limit."""
+    for mode in modes:
+        ot, ours = results.summary("udp", mode, "opentracker"), results.summary("udp", mode, "ours")
+        if not ot or not ours:
+            continue
+        headroom = ot["rps"] / ours["rps"]
+        verdict = "not the bottleneck" if headroom >= 1.5 else "MAY BE THE BOTTLENECK"
+        print(
+            f"GENERATOR udp/{mode}: udp_load drove opentracker at {ot['rps']:.0f}/s, "
+            f"{headroom:.1f}x what ours took: the generator is {verdict} for ours"
+        )
+
+
+def huge_swarm(kn: Knobs, results: Results) -> None:
+    """Announce cost into one 50k-peer swarm against one 100-peer swarm."""
+    inproc = _inproc(
+        kn, "huge", "--peers", kn.huge_peers, "--small", kn.small_peers, "--reps", kn.reps
+    )
+    results.figures["huge-swarm/in-process"] = inproc
+    print(
+        f"HUGE in-process: {inproc['small_us']:.1f}us per announce at {kn.small_peers} peers, "
+        f"{inproc['huge_us']:.1f}us at {kn.huge_peers}: cost ratio {inproc['cost_ratio']:.2f}x "
+        f"(target <= 1.5x); one sweep of the {kn.huge_peers}-peer list: "
+        f"{inproc['huge_sweep_ms']:.1f}ms",
+        flush=True,
+    )
+    big = make_workload(kn.outdir, 1, kn.huge_peers, 1, name="huge")
+    small = make_workload(kn.outdir, 1, kn.small_peers, 1, name="small")
+    both = Workload(kn.outdir / "huge_and_small.txt", 0, 0)
+    both.pool.write_text(big.pool.read_text() + small.pool.read_text())
+    wc = kn.worker_classes[-1]
+    starters: dict[str, Starter] = {
+        _ours(wc): lambda p: trackers.ours_http(p, big, kn.outdir, kn.server_cpu, worker_class=wc)
+    }
+    if kn.anchors:
+        starters["opentracker"] = lambda p: trackers.opentracker(p, both, kn.outdir, kn.server_cpu)
+    with ExitStack() as stack:
+        running = _start_all(stack, starters)
+        for name, (_server, port) in running.items():
+            for wl in (big, small):
+                _prefill(kn, name, port, wl, over_udp=not name.startswith("ours"))
+        for _rep in range(kn.reps):
+            for name, (server, port) in running.items():
+                for label, wl in (
+                    (f"{kn.small_peers}-peers", small),
+                    (f"{kn.huge_peers}-peers", big),
+                ):
+                    sample = measure(
+                        [server],
+                        lambda port=port, wl=wl: loads.wrk(
+                            port, wl, kn.dur, cpus=kn.load_cpu, conns=kn.conns
+                        ),
+                    )
+                    results.add("huge-swarm", f"http-{label}", name, sample)
+    results.print_summaries("huge-swarm")
+    for name in starters:
+        s = results.summary("huge-swarm", f"http-{kn.small_peers}-peers", name)
+        b = results.summary("huge-swarm", f"http-{kn.huge_peers}-peers", name)
+        if s and b:
+            ratio = s["rps"] / b["rps"]
+            results.figures[f"huge-swarm/http/{name}"] = {"cost_ratio": ratio}
+            print(
+                f"HUGE http {name}: announce cost {kn.huge_peers}-peer/{kn.small_peers}-peer "
+                f"swarm = {ratio:.2f}x (target <= 1.5x)"
+            )
+
+
+def memory(kn: Knobs, results: Results) -> None:
+    """Bytes per peer: in-process at full size, and over the wire (RSS growth / peers)."""
+    inproc = _inproc(kn, "memory", "--torrents", kn.mem_torrents, "--peers", kn.mem_peers)
+    results.figures["memory/in-process"] = inproc
+    print(
+        f"MEMORY in-process: {inproc['peers']:.0f} peers in {inproc['torrents']:.0f} torrents: "
+        f"{inproc['bytes_per_peer']:.0f} bytes/peer (target <= 200); "
+        f"{inproc['new_peer_announces_per_s']:.0f} new-peer announces/s in the core alone",
+        flush=True,
+    )
+    tpc = 20
+    full = make_workload(kn.outdir, kn.mem_torrents, kn.mem_peers // tpc, tpc, name="mem")
+    http_peers = min(kn.mem_wire_http_peers, kn.mem_peers)
+    part = make_workload(
+        kn.outdir, max(1, http_peers * kn.mem_torrents // kn.mem_peers), http_peers // tpc, tpc,
+        name="mem_http",
+    )  # fmt: skip
+    wc = kn.worker_classes[-1]
+    cases: dict[str, tuple[Starter, Workload, bool]] = {
+        _ours(wc): (
+            lambda p: trackers.ours_http(p, part, kn.outdir, kn.server_cpu, worker_class=wc),
+            part,
+            False,
+        )
+    }
+    if trackers.udp_sidecar_available():
+        cases["ours-udp"] = (lambda p: trackers.ours_udp(p, kn.outdir, kn.server_cpu), full, True)
+    if kn.anchors:
+        cases["opentracker"] = (
+            lambda p: trackers.opentracker(p, full, kn.outdir, kn.server_cpu),
+            full,
+            True,
+        )
+    for name, (start, wl, over_udp) in cases.items():
+        with ExitStack() as stack:
+            (server, port) = _start_all(stack, {name: start})[name]
+            before = server.rss_kb()
+            _prefill(kn, name, port, wl, over_udp)
+            after = server.rss_kb()
+            fig = {
+                "peers": wl.peers,
+                "torrents": len(wl.hashes()),
+                "rss_before_mb": before / 1024,
+                "rss_after_mb": after / 1024,
+                "peak_rss_mb": server.hwm_kb() / 1024,
+                "bytes_per_peer": (after - before) * 1024 / wl.peers,
+            }
+            results.figures[f"memory/wire/{name}"] = fig
+            print(
+                f"MEMORY wire {name}: {wl.peers} peers in {fig['torrents']} torrents: RSS "
+                f"{fig['rss_before_mb']:.1f} -> {fig['rss_after_mb']:.1f} MB = "
+                f"{fig['bytes_per_peer']:.0f} bytes/peer",
+                flush=True,
+            )
+
+
+def full(kn: Knobs, results: Results) -> None:
+    """gunicorn gevent workers + udp-sidecar with sync, HTTP and UDP load at once."""
+    if not trackers.udp_sidecar_available():
+        print("full: skipped, udp_sidecar is not in the tree yet")
+        return
+    if not trackers.sync_available():
+        print("full: skipped, wsgi_tracker.sync is not in the tree yet")
+        return
+    wl = make_workload(kn.outdir, kn.k, kn.clients, kn.tpc)
+    with ExitStack() as stack:
+        sockdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-sync-")))
+        sockdir.chmod(0o700)
+        sock = str(sockdir / "sync.sock")
+        udp_port = free_port()
+        sidecar = trackers.ours_udp(udp_port, kn.outdir, kn.server_cpu, sync_socket=sock)
+        stack.callback(sidecar.stop)
+        http_port = free_port()
+        workers = trackers.ours_http(
+            http_port, wl, kn.outdir, kn.server_cpu, workers=kn.full_workers, sync_socket=sock
+        )
+        stack.callback(workers.stop)
+        _prefill(kn, "ours-full", udp_port, wl, over_udp=True)
+        for _rep in range(kn.reps):
+            samples = measure_together(
+                [sidecar, workers],
+                {
+                    "http": lambda: loads.wrk(http_port, wl, kn.dur, cpus=kn.load_cpu),
+                    "udp": lambda: loads.udp_load(udp_port, wl, kn.dur, cpus=kn.load_cpu),
+                },
+            )
+            for proto, sample in samples.items():
+                results.add("full", proto, "ours", sample)
+    results.print_summaries("full")
+
+
+def sync_lag(kn: Knobs, results: Results) -> None:
+    """Delegates to ``python -m bench.sync_lag`` (the sync engineer's), when it exists."""
+    script = Path(__file__).with_name("sync_lag.py")
+    if not script.exists():
+        print("sync-lag: skipped, bench/sync_lag.py is not in the tree yet")
+        return
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.sync_lag", "--seconds", str(kn.dur)],
+        cwd=str(trackers.ROOT),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    print(done.stdout + done.stderr)
+    for line in done.stdout.splitlines():
+        if line.startswith("SYNC_RESULT "):
+            results.figures["sync-lag"] = loads.parse_fields(line)
+
+
+def _inproc(kn: Knobs, *args: object) -> dict[str, float]:
+    cmd = pinned([sys.executable, "-m", "bench.inproc", *map(str, args)], kn.server_cpu)
+    done = subprocess.run(
+        cmd, cwd=str(trackers.ROOT), capture_output=True, text=True, timeout=900, check=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
