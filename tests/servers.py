@@ -212,6 +212,27 @@ def sidecar(
 # --- small client helpers ------------------------------------------------------------------
 
 
+def udp_scrape(
+    host: str, port: int, *info_hashes: bytes, timeout: float = 5
+) -> list[tuple[int, int, int]]:
+    """(seeders, completed, leechers) per hash, by a plain BEP 15 connect + scrape."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.connect((host, port))
+        tid = secrets.randbits(32)
+        s.send(udp_connect_packet(tid))
+        action, got_tid, connection_id = struct.unpack("!IIQ", s.recv(2048)[:16])
+        assert (action, got_tid) == (0, tid), "bad connect reply"
+        s.send(struct.pack("!QII", connection_id, 2, tid) + b"".join(info_hashes))
+        reply = s.recv(2048)
+    action, got_tid = struct.unpack("!II", reply[:8])
+    if action != 2 or got_tid != tid:
+        raise RuntimeError(f"scrape refused: {reply[8:]!r}")
+    body = reply[8:]
+    return [struct.unpack("!III", body[i : i + 12]) for i in range(0, len(body), 12)]
+
+
 def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
     """(status, body) of one GET; the URL's query is sent exactly as given (raw bytes)."""
     parts = urlsplit(url)

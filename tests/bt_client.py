@@ -1,0 +1,155 @@
+"""A real BitTorrent client for the tests: libtorrent seeders and leechers on loopback.
+
+Sessions find peers only through the tracker under test: DHT, local service
+discovery, UPnP and NAT-PMP are off, and so is ``ssrf_mitigation`` (it blocks
+trackers on localhost). Every wait is on libtorrent's alerts with a deadline,
+and every alert seen is kept, so a failure says what the client went through.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import libtorrent as lt
+
+PIECE = 16 * 1024
+
+
+@dataclass(frozen=True)
+class GeneratedTorrent:
+    """A generated single-file torrent: its metainfo, v1 info_hash and the seeded data."""
+
+    metainfo: bytes
+    info_hash: bytes
+    name: str
+    data: bytes
+
+
+def make_torrent(
+    content_dir: Path, tracker_url: str, size: int = 8 * PIECE + 1234
+) -> GeneratedTorrent:
+    """Write ``size`` random bytes into ``content_dir`` and build a v1 torrent for them.
+
+    v1 only: a hybrid torrent would also announce a truncated v2 hash, and the
+    test reads the counters of exactly one info_hash.
+    """
+    name = "payload.bin"
+    data = os.urandom(size)
+    content_dir.mkdir(parents=True, exist_ok=True)
+    (content_dir / name).write_bytes(data)
+    files = lt.list_files(str(content_dir / name))
+    creator = lt.create_torrent(files, PIECE, flags=lt.create_torrent.v1_only)
+    creator.add_tracker(tracker_url)
+    lt.set_piece_hashes(creator, str(content_dir))
+    metainfo = lt.bencode(creator.generate())
+    info = lt.torrent_info(lt.bdecode(metainfo))
+    return GeneratedTorrent(metainfo, bytes.fromhex(str(info.info_hash())), name, data)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What one alert said, copied out at once: libtorrent frees an alert on the next pop."""
+
+    kind: type
+    message: str
+    num_peers: int | None  # tracker replies: how many peers the tracker handed out
+
+    @classmethod
+    def of(cls, alert: lt.alert) -> Seen:
+        num_peers = alert.num_peers if isinstance(alert, lt.tracker_reply_alert) else None
+        return cls(type(alert), alert.message(), num_peers)
+
+
+@dataclass
+class Peer:
+    """One libtorrent session holding one torrent, with a record of every alert it posted."""
+
+    session: lt.session
+    handle: lt.torrent_handle
+    save_path: Path
+    listen_port: int
+    seen: list[Seen] = field(default_factory=list)
+
+    def _drain(self, wait_ms: int) -> list[Seen]:
+        self.session.wait_for_alert(wait_ms)
+        fresh = [Seen.of(alert) for alert in self.session.pop_alerts()]
+        self.seen.extend(fresh)
+        return fresh
+
+    def wait_for(self, kind: type, timeout: float, what: str) -> Seen:
+        """The first alert of ``kind`` (already seen or new), within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        fresh = self.seen
+        while True:
+            for record in fresh:
+                if record.kind is kind:
+                    return record
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no {what} within {timeout:.0f} s; alerts:\n{self.history()}")
+            fresh = self._drain(int(min(left, 0.5) * 1000) + 1)
+
+    def wait_until(self, check: Callable[[], bool], timeout: float, what: str) -> None:
+        """Wait, draining alerts, until ``check()`` holds."""
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {what} within {timeout:.0f} s; alerts:\n{self.history()}")
+            self._drain(200)
+
+    def is_seeding(self) -> bool:
+        return self.handle.status().is_seeding
+
+    def history(self) -> str:
+        self._drain(0)
+        return "\n".join(f"  {r.kind.__name__}: {r.message}" for r in self.seen[-40:])
+
+
+def session_settings(listen_port: int) -> dict[str, object]:
+    return {
+        "listen_interfaces": f"127.0.0.1:{listen_port}",
+        "outgoing_interfaces": "127.0.0.1",
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "ssrf_mitigation": False,
+        # Seeder and leecher share 127.0.0.1; without this only one may connect.
+        "allow_multiple_connections_per_ip": True,
+        # TCP only: one transport keeps a failure simple to read.
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
+        "alert_mask": (
+            lt.alert.category_t.error_notification
+            | lt.alert.category_t.status_notification
+            | lt.alert.category_t.tracker_notification
+            | lt.alert.category_t.connect_notification
+            | lt.alert.category_t.storage_notification
+        ),
+        "user_agent": "wsgi-tracker-tests/libtorrent",
+    }
+
+
+@contextlib.contextmanager
+def peer(torrent: GeneratedTorrent, save_path: Path, listen_port: int) -> Iterator[Peer]:
+    """A session downloading (or, if ``save_path`` holds the data, seeding) ``torrent``."""
+    session = lt.session(session_settings(listen_port))
+    try:
+        params = lt.add_torrent_params()
+        params.ti = lt.torrent_info(lt.bdecode(torrent.metainfo))
+        params.save_path = str(save_path)
+        # Not queued, not paused: the torrent starts at once (checking, then seeding or leeching).
+        params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+        params.flags |= lt.torrent_flags.disable_dht | lt.torrent_flags.disable_lsd
+        params.flags |= lt.torrent_flags.disable_pex
+        handle = session.add_torrent(params)
+        yield Peer(session, handle, save_path, listen_port)
+    finally:
+        # Sends the 'stopped' announces and closes every connection now; the session
+        # itself shuts down when its last reference goes.
+        session.pause()

@@ -1,0 +1,87 @@
+"""A real BitTorrent client (libtorrent) downloads through our tracker, over HTTP and UDP.
+
+The leecher is told of no peer but by the tracker (DHT, LSD, PEX, UPnP and
+NAT-PMP are off, and nothing adds peers by hand), so a completed download
+proves the tracker handed the seeder to the leecher. The tracker's scrape must
+then count exactly one download.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import bencodepy
+import libtorrent as lt
+import pytest
+from bt_client import GeneratedTorrent, make_torrent, peer
+from servers import Server, free_port, gunicorn, http_get, scrape_url, sidecar, udp_scrape
+
+pytestmark = [pytest.mark.client, pytest.mark.integration]
+
+STEP_TIMEOUT = 15  # per stage (four stages: <= 60 s); each takes about a second here
+
+
+def download_through_tracker(
+    tmp_path: Path, tracker_url: str, counts: Callable[[bytes], tuple[int, int, int]]
+) -> GeneratedTorrent:
+    """Seed, leech, and wait until the tracker's own counters show the finished download.
+
+    ``counts(info_hash)`` is the tracker's (seeders, downloaded, leechers).
+    """
+    seed_dir = tmp_path / "seeder"
+    torrent = make_torrent(seed_dir, tracker_url)
+    with peer(torrent, seed_dir, free_port()) as seeder:
+        seeder.wait_until(seeder.is_seeding, STEP_TIMEOUT, "seeding state after the file check")
+        seeder.wait_for(lt.tracker_reply_alert, STEP_TIMEOUT, "seeder announce reply")
+        assert counts(torrent.info_hash) == (1, 0, 0), "the tracker should hold the seeder"
+
+        leech_dir = tmp_path / "leecher"
+        leech_dir.mkdir()
+        with peer(torrent, leech_dir, free_port()) as leecher:
+            leecher.wait_for(lt.torrent_finished_alert, STEP_TIMEOUT, "finished download")
+            assert (leech_dir / torrent.name).read_bytes() == torrent.data
+            reply = leecher.wait_for(lt.tracker_reply_alert, 1, "leecher announce reply")
+            assert reply.num_peers == 1, "the tracker handed the leecher its one peer"
+            # The 'completed' announce follows the finish; wait for the tracker to count it.
+            leecher.wait_until(
+                lambda: counts(torrent.info_hash) == (2, 1, 0),
+                STEP_TIMEOUT,
+                f"a counted download (tracker says {counts(torrent.info_hash)})",
+            )
+    return torrent
+
+
+@pytest.fixture
+def http_tracker() -> Iterator[Server]:
+    with gunicorn() as server:
+        yield server
+
+
+def test_libtorrent_leecher_finds_seeder_over_http_and_download_is_counted(
+    tmp_path: Path, http_tracker: Server
+) -> None:
+    def counts(info_hash: bytes) -> tuple[int, int, int]:
+        status, body = http_get(scrape_url(http_tracker.url + "/scrape", info_hash))
+        assert status == 200
+        entry = bencodepy.decode(body)[b"files"][info_hash]
+        return entry[b"complete"], entry[b"downloaded"], entry[b"incomplete"]
+
+    download_through_tracker(tmp_path, http_tracker.url + "/announce", counts)
+
+
+@pytest.fixture
+def udp_tracker() -> Iterator[Server]:
+    pytest.importorskip("udp_sidecar.__main__", reason="udp-sidecar is not built yet")
+    with sidecar() as server:
+        yield server
+
+
+def test_libtorrent_leecher_finds_seeder_over_udp_and_download_is_counted(
+    tmp_path: Path, udp_tracker: Server
+) -> None:
+    def counts(info_hash: bytes) -> tuple[int, int, int]:
+        seeders, completed, leechers = udp_scrape("127.0.0.1", udp_tracker.port, info_hash)[0]
+        return seeders, completed, leechers
+
+    download_through_tracker(tmp_path, f"udp://127.0.0.1:{udp_tracker.port}/announce", counts)
