@@ -102,6 +102,12 @@ class Peer:
                 raise TimeoutError(f"no {what} within {timeout:.0f} s; alerts:\n{self.history()}")
             self._drain(200)
 
+    def close(self) -> None:
+        """End the session now: it sends its 'stopped' announces, waiting at most
+        ``stop_tracker_timeout`` for the replies."""
+        self.seen.clear()
+        del self.session, self.handle
+
     def is_seeding(self) -> bool:
         return self.handle.status().is_seeding
 
@@ -132,24 +138,25 @@ def session_settings(listen_port: int) -> dict[str, object]:
             | lt.alert.category_t.storage_notification
         ),
         "user_agent": "wsgi-tracker-tests/libtorrent",
+        # Bounds how long closing a session waits for its 'stopped' announces.
+        "stop_tracker_timeout": 2,
     }
 
 
 @contextlib.contextmanager
 def peer(torrent: GeneratedTorrent, save_path: Path, listen_port: int) -> Iterator[Peer]:
     """A session downloading (or, if ``save_path`` holds the data, seeding) ``torrent``."""
+    params = lt.add_torrent_params()
+    params.ti = lt.torrent_info(lt.bdecode(torrent.metainfo))
+    params.save_path = str(save_path)
+    # Not queued, not paused: the torrent starts at once (checking, then seeding or leeching).
+    params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+    params.flags |= lt.torrent_flags.disable_dht | lt.torrent_flags.disable_lsd
+    params.flags |= lt.torrent_flags.disable_pex
     session = lt.session(session_settings(listen_port))
+    client = Peer(session, session.add_torrent(params), save_path, listen_port)
+    del session  # ``client`` holds the only reference, so closing it ends the session
     try:
-        params = lt.add_torrent_params()
-        params.ti = lt.torrent_info(lt.bdecode(torrent.metainfo))
-        params.save_path = str(save_path)
-        # Not queued, not paused: the torrent starts at once (checking, then seeding or leeching).
-        params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
-        params.flags |= lt.torrent_flags.disable_dht | lt.torrent_flags.disable_lsd
-        params.flags |= lt.torrent_flags.disable_pex
-        handle = session.add_torrent(params)
-        yield Peer(session, handle, save_path, listen_port)
+        yield client
     finally:
-        # Sends the 'stopped' announces and closes every connection now; the session
-        # itself shuts down when its last reference goes.
-        session.pause()
+        client.close()

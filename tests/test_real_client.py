@@ -3,7 +3,7 @@
 The leecher is told of no peer but by the tracker (DHT, LSD, PEX, UPnP and
 NAT-PMP are off, and nothing adds peers by hand), so a completed download
 proves the tracker handed the seeder to the leecher. The tracker's scrape must
-then count exactly one download.
+then count exactly one download, and forget the leecher once it stops.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from servers import Server, free_port, gunicorn, http_get, scrape_url, sidecar, 
 
 pytestmark = [pytest.mark.client, pytest.mark.integration]
 
-STEP_TIMEOUT = 15  # per stage (four stages: <= 60 s); each takes about a second here
+STEP_TIMEOUT = 12  # per stage (five stages: <= 60 s); each takes well under a second here
 
 
 def download_through_tracker(
     tmp_path: Path, tracker_url: str, counts: Callable[[bytes], tuple[int, int, int]]
 ) -> GeneratedTorrent:
-    """Seed, leech, and wait until the tracker's own counters show the finished download.
+    """Seed, leech, and wait until the tracker's own counters show the finished download,
+    then stop the leecher and see the tracker drop it.
 
     ``counts(info_hash)`` is the tracker's (seeders, downloaded, leechers).
     """
@@ -48,6 +49,13 @@ def download_through_tracker(
                 lambda: counts(torrent.info_hash) == (2, 1, 0),
                 STEP_TIMEOUT,
                 f"a counted download (tracker says {counts(torrent.info_hash)})",
+            )
+            # Pausing the torrent sends event=stopped: the tracker forgets the peer at once.
+            leecher.handle.pause()
+            leecher.wait_until(
+                lambda: counts(torrent.info_hash) == (1, 1, 0),
+                STEP_TIMEOUT,
+                f"the leecher's stop (tracker says {counts(torrent.info_hash)})",
             )
     return torrent
 
