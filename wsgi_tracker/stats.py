@@ -12,7 +12,9 @@ keeps equal to everyone else's.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -25,7 +27,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 if TYPE_CHECKING:
     from .tracker import TrackerCore
 
+log = logging.getLogger(__name__)
+
 PROTOCOLS = ("http", "udp")
+PUBLISH_SECONDS = 1.0  # how often a process sends its report to the hub
 RATE_WINDOW = 10.0  # seconds over which "per second" is averaged
 TOTALS_MAX_AGE = 2.0  # a replica walk costs O(torrents): reuse it this long
 
@@ -163,7 +168,43 @@ class TrackerStats:
         self.peer_reports = peer_reports
         self.sync_status = sync_status
         self.meter = RateMeter()
+        self._stop_sharing: threading.Event | None = None
         self._totals: tuple[float, tuple[int, int, int]] = (-TOTALS_MAX_AGE, (0, 0, 0))
+
+    def share(
+        self,
+        publish: Callable[[bytes], None],
+        cluster: Callable[[], Iterable[bytes]],
+        status: Callable[[], dict[str, Any] | None] | None = None,
+        every: float = PUBLISH_SECONDS,
+    ) -> None:
+        """Join the whole-tracker view: publish this process's report every ``every``
+        seconds (a thread; a greenlet under gevent) and read the others' from ``cluster``.
+        """
+        self.peer_reports = cluster
+        self.sync_status = status
+        self._stop_sharing = stop = threading.Event()
+        threading.Thread(
+            target=self._publish_loop,
+            args=(publish, every, stop),
+            name="stats-publish",
+            daemon=True,
+        ).start()
+
+    def stop_sharing(self) -> None:
+        if self._stop_sharing is not None:
+            self._stop_sharing.set()
+
+    def _publish_loop(
+        self, publish: Callable[[bytes], None], every: float, stop: threading.Event
+    ) -> None:
+        while True:
+            try:
+                publish(self.payload())
+            except Exception:
+                log.exception("publishing statistics failed")
+            if stop.wait(every):
+                return
 
     def report(self) -> dict[str, Any]:
         with self.core.lock:
