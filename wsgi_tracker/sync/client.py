@@ -72,6 +72,7 @@ class SyncClient:
         self._send_lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._resync: tuple[list[bytes], list[tuple[bytes, int]]] | None = None
+        self._joining: set[bytes] | None = None
         self._stats_payload: bytes | None = None
         self._stopped = False
         self._threads: list[threading.Thread] = []
@@ -93,9 +94,13 @@ class SyncClient:
         return self.ready.wait(timeout)
 
     def stop(self) -> None:
+        """Send what is still buffered, then disconnect: a graceful exit loses no announce."""
         self._stopped = True
         if self._buffer in self.core.listeners:
             self.core.listeners.remove(self._buffer)
+        if self.connected:
+            changes, counts = self._buffer.take()
+            self._send(f.encode(f.Deltas(changes)) + f.encode(f.Counts(counts)))
         self._close()
         self._wake.set()
         for thread in self._threads:
@@ -164,8 +169,9 @@ class SyncClient:
         self._sock = sock
         sock.sendall(f.encode(f.Hello(self.role, os.getpid())))
         decoder = f.FrameDecoder()
-        in_snapshot = True
-        set_by_hub: set[bytes] = set()
+        # Torrents whose total the hub has spoken for in this session; None once
+        # the snapshot is complete.
+        self._joining: set[bytes] | None = set()
         greeted = False
         while not self._stopped:
             data = sock.recv(RECV_BYTES)
@@ -173,46 +179,54 @@ class SyncClient:
                 decoder.close()
                 raise OSError("hub closed the connection")
             for frame in decoder.feed(data):
-                if not greeted:
-                    if not isinstance(frame, f.Hello):
-                        raise f.FrameError(f"first frame is {type(frame).__name__}, not hello")
-                    greeted = True
-                elif isinstance(frame, f.Deltas | f.Snapshot):
-                    with core.lock:
-                        for change in frame.peers:
-                            apply_remote(store, change)
-                elif isinstance(frame, f.Counts):
-                    with core.lock:
-                        for ih, n in frame.counts:
-                            store.add_downloaded(ih, n)
-                elif isinstance(frame, f.Totals) and in_snapshot:
-                    with core.lock:
-                        for ih, total in frame.totals:
-                            store.set_downloaded(ih, total + self._buffer.pending_count(ih))
-                            set_by_hub.add(ih)
-                elif isinstance(frame, f.SnapshotDone) and in_snapshot:
-                    in_snapshot = False
-                    self._adopt_hub_totals(set_by_hub)
-                    self._resync = resync
-                    self.connected = True
-                    self.ready.set()
-                    self._wake.set()
-                    log.info("sync hub at %s: snapshot applied", self.path)
-                elif isinstance(frame, f.Stats):
-                    self.cluster_stats = frame.entries
-                    if self.on_stats is not None:
-                        self.on_stats(frame.entries)
+                if greeted:
+                    self._apply(frame, resync)
                 elif isinstance(frame, f.Hello):
-                    raise f.FrameError("a second hello on one connection")
+                    greeted = True
+                else:
+                    raise f.FrameError(f"first frame is {type(frame).__name__}, not hello")
 
-    def _adopt_hub_totals(self, set_by_hub: set[bytes]) -> None:
-        """A torrent the hub sent no total for has none there: keep only our unsent counts."""
-        store = self.core.store
+    def _apply(self, frame: f.Frame, resync: tuple[list[bytes], list[tuple[bytes, int]]]) -> None:
+        core = self.core
+        store = core.store
         assert store is not None
-        with self.core.lock:
-            for ih, swarm in list(store.torrents.items()):
-                if ih not in set_by_hub and swarm.downloaded:
-                    swarm.downloaded = self._buffer.pending_count(ih)
+        pending = self._buffer.pending_count
+        joining = self._joining
+        if isinstance(frame, f.Deltas | f.Snapshot):
+            state = isinstance(frame, f.Snapshot)
+            with core.lock:
+                for change in frame.peers:
+                    apply_remote(store, change, state)
+        elif isinstance(frame, f.Counts):
+            with core.lock:
+                for ih, n in frame.counts:
+                    if joining is not None and ih not in joining:
+                        joining.add(ih)
+                        store.set_downloaded(ih, pending(ih))
+                    store.add_downloaded(ih, n)
+        elif isinstance(frame, f.Totals) and joining is not None:
+            with core.lock:
+                for ih, total in frame.totals:
+                    joining.add(ih)
+                    store.set_downloaded(ih, total + pending(ih))
+        elif isinstance(frame, f.SnapshotDone) and joining is not None:
+            with core.lock:
+                # The hub had no total for these: only our unsent counts remain.
+                for ih, swarm in list(store.torrents.items()):
+                    if ih not in joining and swarm.downloaded:
+                        swarm.downloaded = pending(ih)
+            self._joining = None
+            self._resync = resync
+            self.connected = True
+            self.ready.set()
+            self._wake.set()
+            log.info("sync hub at %s: snapshot applied", self.path)
+        elif isinstance(frame, f.Stats):
+            self.cluster_stats = frame.entries
+            if self.on_stats is not None:
+                self.on_stats(frame.entries)
+        elif isinstance(frame, f.Hello):
+            raise f.FrameError("a second hello on one connection")
 
     # --- sending ---------------------------------------------------------------------
 

@@ -285,11 +285,12 @@ class SyncHub:
                     store.add_downloaded(ih, n)
             self._fan_out(raw.wire, exclude=client)
         elif isinstance(frame, f.Snapshot):
-            # A client re-sending its replica: pass on only what was news here.
+            # A client re-sending its replica: pass on only what was news here,
+            # still as state, so it never overrides a same-second announce.
             with core.lock:
-                news = [c for c in frame.peers if apply_remote(store, c, strict=True)]
+                news = [c for c in frame.peers if apply_remote(store, c, state=True)]
             client.resynced += len(frame.peers)
-            self._fan_out(f.encode(f.Deltas(news)), exclude=client)
+            self._fan_out(f.encode(f.Snapshot(news)), exclude=client)
         elif isinstance(frame, f.Totals):
             # The totals a client last knew: more than ours means we lost some
             # (a restart); the difference goes to everyone, the sender too.

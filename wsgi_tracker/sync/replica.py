@@ -18,10 +18,11 @@ FLUSH_RECORDS = 256
 
 
 def newer(store: SwarmStore, change: PeerChange) -> int:
-    """1 if ``change`` is news to ``store``, 0 if it says what the store has, -1 if older.
+    """1 if ``change`` is newer than what ``store`` holds for the peer (or the peer is
+    unknown), 0 if it is from the same second, -1 if older.
 
-    Compares with the expiry the store holds for the peer, at whole seconds as
-    the store keeps them. A peer the store does not hold is news.
+    The store keeps whole seconds, so two changes within one second tie; the
+    callers break the tie by what the change is (see ``apply_remote``).
     """
     swarm = store.get(change.info_hash)
     if swarm is None:
@@ -32,22 +33,20 @@ def newer(store: SwarmStore, change: PeerChange) -> int:
         return 1
     expires = int(change.timestamp) + store.peer_ttl
     held = pl.expires[slot]
-    if expires != held:
-        return 1 if expires > held else -1
-    same = pl.is_seeder(change.peer_id) == change.seeder and (
-        pl.addrs[slot * pl.width : (slot + 1) * pl.width] == change.endpoint
-    )
-    return 0 if same else 1
+    return (expires > held) - (expires < held)
 
 
-def apply_remote(store: SwarmStore, change: PeerChange, strict: bool = False) -> bool:
+def apply_remote(store: SwarmStore, change: PeerChange, state: bool = False) -> bool:
     """Merge a change another process made; an older one never undoes a newer one.
 
-    Downloads are never counted here (they arrive as counter increments).
-    ``strict`` skips a change that tells the store nothing new. Returns whether
-    it was applied. A full swarm refuses the peer here too.
+    A delta (an announce as it happened, ``state`` False) wins a tie: deltas
+    from one process arrive in order, so the later one is the truth. A state
+    record (a snapshot or re-sent replica, ``state`` True) loses a tie: it may
+    be older than what we hold within the same second. Downloads are never
+    counted here (they arrive as counter increments). Returns whether it was
+    applied; a full swarm refuses a new peer here too.
     """
-    if newer(store, change) < (1 if strict else 0):
+    if newer(store, change) < (1 if state else 0):
         return False
     try:
         store.apply(change, count_download=False)
