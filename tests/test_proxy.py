@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ipaddress
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from urllib.parse import quote_from_bytes
 
 import bencodepy
@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wsgi_tracker import ConfigError, TrackerConfig, TrackerMiddleware
+from wsgi_tracker.addresses import pack_ip
 from wsgi_tracker.proxy import ClientAddress
 
 NGINX = "10.0.0.5"
@@ -80,9 +81,20 @@ def test_bad_trusted_proxies_entry_names_the_setting() -> None:
 
 
 @given(st.text(max_size=200))
-def test_any_header_text_gives_a_valid_address_or_the_peer(header: str) -> None:
+def test_any_header_text_gives_an_address_the_tracker_can_record(header: str) -> None:
     got = ClientAddress((NGINX_NET,))(NGINX, header)
-    assert got == NGINX or ipaddress.ip_address(got)
+    assert len(pack_ip(got)) in (4, 16)
+
+
+@given(st.ip_addresses())
+def test_every_address_is_read_back_as_the_same_address(ip: IPv4Address | IPv6Address) -> None:
+    got = ClientAddress((NGINX_NET,))(NGINX, f" {ip} ")
+    expected = ip.ipv4_mapped if isinstance(ip, IPv6Address) and ip.ipv4_mapped else ip
+    assert ip_address(got) == expected
+
+
+def test_scoped_link_local_address_is_kept(behind_nginx: ClientAddress) -> None:
+    assert behind_nginx("::1", "fe80::7%eth0") == "fe80::7%eth0"
 
 
 # --- through the WSGI middleware ---------------------------------------------------------

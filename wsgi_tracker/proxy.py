@@ -11,32 +11,58 @@ count, so it stays right when a request reaches gunicorn without passing nginx.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Iterable
-from functools import lru_cache
 
 from .config import ConfigError
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: The ``trusted_proxies`` entry that trusts peers on a Unix socket (their REMOTE_ADDR is empty).
 UNIX_SOCKET = "unix"
 
+_V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 
-def parse_networks(entries: Iterable[str]) -> tuple[tuple[IPNetwork, ...], bool]:
-    """(networks, trust Unix-socket peers) from ``trusted_proxies``; ConfigError names a bad one."""
-    networks: list[IPNetwork] = []
-    unix = False
-    for entry in entries:
-        if entry.strip().lower() == UNIX_SOCKET:
-            unix = True
-            continue
-        try:
-            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
-        except ValueError:
-            raise ConfigError(
-                f"trusted_proxies: {entry!r} is not an IP address, a network or {UNIX_SOCKET!r}"
-            ) from None
-    return tuple(networks), unix
+
+class TrustedNetworks:
+    """``trusted_proxies`` parsed once: single hosts as a set of packed addresses (the
+    common case, one set lookup), wider networks as (value, mask) integers per family."""
+
+    __slots__ = ("hosts", "unix", "v4", "v6")
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        hosts: set[bytes] = set()
+        v4: list[tuple[int, int]] = []
+        v6: list[tuple[int, int]] = []
+        self.unix = False
+        for entry in entries:
+            if entry.strip().lower() == UNIX_SOCKET:
+                self.unix = True
+                continue
+            try:
+                net = ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"trusted_proxies: {entry!r} is not an IP address, a network or {UNIX_SOCKET!r}"
+                ) from None
+            if net.num_addresses == 1:
+                hosts.add(net.network_address.packed)
+            else:
+                (v4 if net.version == 4 else v6).append(
+                    (int(net.network_address), int(net.netmask))
+                )
+        self.hosts = frozenset(hosts)
+        self.v4 = tuple(v4)
+        self.v6 = tuple(v6)
+
+    def __contains__(self, packed: bytes) -> bool:
+        if packed in self.hosts:
+            return True
+        networks = self.v4 if len(packed) == 4 else self.v6
+        if networks:
+            value = int.from_bytes(packed, "big")
+            for net, mask in networks:
+                if value & mask == net:
+                    return True
+        return False
 
 
 class ClientAddress:
@@ -49,31 +75,36 @@ class ClientAddress:
     - An entry that is not an IP address means the chain cannot be read:
       ``remote_addr`` is returned. Nothing here raises on request input.
 
-    Addresses are returned in canonical text (IPv4-mapped IPv6 as plain IPv4).
-    Verdicts are cached per address text, so the common case is a dict hit.
+    A header entry comes back as sent (trimmed), except that an IPv4-mapped
+    IPv6 address becomes plain IPv4. Nothing is cached: every client address
+    is new to a tracker, so the check is made cheap instead.
     """
 
-    __slots__ = ("_classify", "_networks", "_unix")
+    __slots__ = ("_trusted",)
 
-    def __init__(self, trusted: Iterable[str], cache_size: int = 4096) -> None:
-        self._networks, self._unix = parse_networks(trusted)
-        self._classify = lru_cache(maxsize=cache_size)(self._classify_uncached)
+    def __init__(self, trusted: Iterable[str]) -> None:
+        self._trusted = TrustedNetworks(trusted)
 
-    def _classify_uncached(self, text: str) -> tuple[str, bool] | None:
-        """(canonical address, trusted?), or None when ``text`` is not an IP address."""
+    def _classify(self, text: str) -> tuple[str, bool] | None:
+        """(address, trusted?), or None when ``text`` is not an IP address."""
+        text = text.strip()
         try:
-            ip = ipaddress.ip_address(text.strip())
-        except ValueError:
+            if ":" not in text:
+                packed = socket.inet_pton(socket.AF_INET, text)
+            else:
+                packed = socket.inet_pton(socket.AF_INET6, text.partition("%")[0])
+                if packed.startswith(_V4_MAPPED):
+                    packed = packed[12:]
+                    text = socket.inet_ntop(socket.AF_INET, packed)
+        except (OSError, ValueError):
             return None
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return str(ip), any(ip in net for net in self._networks)
+        return text, packed in self._trusted
 
     def is_trusted(self, remote_addr: str) -> bool:
         """Whether the direct peer may speak for the client."""
         verdict = self._classify(remote_addr)
         if verdict is None:
-            return self._unix and not remote_addr
+            return self._trusted.unix and not remote_addr
         return verdict[1]
 
     def __call__(self, remote_addr: str, forwarded_for: str | None) -> str:
