@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import configparser
-import secrets
 import shutil
-import socket
-import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from servers import REPO_ROOT, announce_url, gunicorn, http_get, sidecar, udp_connect_packet
+from servers import REPO_ROOT, announce_url, gunicorn, http_get, sidecar, udp_scrape
 
 from wsgi_tracker import gunicorn_conf
 
@@ -75,19 +72,6 @@ def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     assert result.stderr.strip() == "", result.stderr
 
 
-def udp_scrape(port: int, info_hash: bytes) -> tuple[int, int, int]:
-    """(seeders, completed, leechers) of one torrent from udp-sidecar (BEP 15 connect + scrape)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(2)
-        tid = secrets.randbits(32)
-        s.sendto(udp_connect_packet(tid), ("127.0.0.1", port))
-        connection_id = s.recv(2048)[8:16]
-        s.sendto(connection_id + struct.pack(">II", 2, tid) + info_hash, ("127.0.0.1", port))
-        reply = s.recv(2048)
-    assert struct.unpack_from(">II", reply) == (2, tid), reply
-    return struct.unpack_from(">III", reply, 8)
-
-
 @pytest.mark.integration
 def test_operator_config_with_the_sidecar_shares_http_announces(tmp_path: Path) -> None:
     """As the units run them: gunicorn -c deploy/gunicorn.conf.py, udp-sidecar, one socket."""
@@ -107,8 +91,8 @@ def test_operator_config_with_the_sidecar_shares_http_announces(tmp_path: Path) 
         status, _ = http_get(announce_url(web.url + "/announce", ih, b"d" * 20, 6881, 0))
         assert status == 200
         deadline = time.monotonic() + 10
-        seen = udp_scrape(udp.port, ih)
+        (seen,) = udp_scrape(udp.host, udp.port, ih)
         while seen[0] != 1 and time.monotonic() < deadline:
             time.sleep(0.05)
-            seen = udp_scrape(udp.port, ih)
+            (seen,) = udp_scrape(udp.host, udp.port, ih)
         assert seen[0] == 1, f"the hub never heard of the HTTP seeder: {seen}"
