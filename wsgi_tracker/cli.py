@@ -107,15 +107,17 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
             print(f"wsgi-tracker: {exited[0].args[2]} exited ({code}); stopping", file=sys.stderr)
             break
         time.sleep(0.2)
-    for child in children:
+    # In reverse start order, each gone before the next: gunicorn's workers hand the
+    # hub their last announces, then udp-sidecar (the hub) writes its snapshot.
+    deadline = time.monotonic() + 15
+    for child in reversed(children):
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for child in children:
         try:
             child.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             child.kill()
+            child.wait()
     return 0 if stopping else code
 
 

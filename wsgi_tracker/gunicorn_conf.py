@@ -30,12 +30,10 @@ def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
     first request gets full peer lists.
     """
     from wsgi_tracker.config import TrackerConfig
-    from wsgi_tracker.middleware import TrackerMiddleware
     from wsgi_tracker.sync import warn_if_alone
 
-    app = worker.wsgi
-    tracker = app if isinstance(app, TrackerMiddleware) else getattr(app, "wsgi_app", None)
-    if isinstance(tracker, TrackerMiddleware):
+    tracker = _tracker(worker)
+    if tracker is not None:
         tracker.start_sync()
         client = tracker.sync
         warn_if_alone(
@@ -45,3 +43,23 @@ def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
         )
     else:
         warn_if_alone(TrackerConfig.load().sync_socket_path, worker.cfg.workers)
+
+
+def worker_exit(server, worker) -> None:  # type: ignore[no-untyped-def]
+    """Hand the hub this worker's last buffered announces before the process ends.
+
+    Runs in the worker after it stopped serving: on SIGTERM, on a graceful
+    reload (SIGHUP), and on max_requests restarts.
+    """
+    tracker = _tracker(worker)
+    if tracker is not None and tracker.sync is not None:
+        tracker.sync.stop()
+
+
+def _tracker(worker):  # type: ignore[no-untyped-def]
+    """The worker's TrackerMiddleware: the app itself, or a Flask app's ``wsgi_app``."""
+    from wsgi_tracker.middleware import TrackerMiddleware
+
+    app = getattr(worker, "wsgi", None)  # absent if the app failed to load
+    tracker = app if isinstance(app, TrackerMiddleware) else getattr(app, "wsgi_app", None)
+    return tracker if isinstance(tracker, TrackerMiddleware) else None

@@ -164,7 +164,11 @@ class TrackerWorker(GeventWorker):
     def _serve(self, sock: socket.socket, base: dict[str, Any]) -> None:
         pending = b""
         max_line = self.cfg.limit_request_line or MAX_HEAD_BYTES
-        while self.alive:
+        first = True
+        # A connection accepted just as a graceful stop or reload began still gets its
+        # answer (with Connection: close); only a kept-alive one is closed unanswered.
+        while first or self.alive:
+            first = False
             end = pending.find(b"\r\n\r\n")
             while end < 0:
                 if len(pending) > MAX_HEAD_BYTES:
@@ -207,7 +211,7 @@ class TrackerWorker(GeventWorker):
         """Run the app and send its response; returns whether to keep the connection."""
         started: list[Any] = []
         sent_head = False
-        keep = req.keep_alive
+        keep = req.keep_alive and self.alive
         chunked = False
         head_only = req.method == "HEAD"
 
