@@ -179,6 +179,27 @@ def test_ipv6_clients_get_peers6() -> None:
         assert reply[b"peers"] == [{b"ip": b"::1", b"port": 7601, b"peer id": peer(1)}]
 
 
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no ::1 on this machine")
+def test_dual_stack_server_replies_with_both_families() -> None:
+    """IPv4 clients reach a [::] socket as ::ffff:a.b.c.d; they must be stored as IPv4."""
+    with gunicorn(bind_host="::") as srv:
+        v4 = Server(srv.proc, "127.0.0.1", srv.port, srv.stderr_path)
+        v6 = Server(srv.proc, "::1", srv.port, srv.stderr_path)
+        ih = os.urandom(20)
+        announce(v4, ih, peer(1), 7801, left=0)
+        announce(v6, ih, peer(2), 7802, left=0)
+        reply = announce(v4, ih, peer(3), 7803)
+        assert compact_peers(reply) == {(LOOPBACK, 7801)}
+        assert compact_peers(reply, b"peers6", 18) == {
+            (socket.inet_pton(socket.AF_INET6, "::1"), 7802)
+        }
+        reply = announce(v6, ih, peer(3), 7803, compact=0, no_peer_id=1)
+        assert sorted(reply[b"peers"], key=lambda p: p[b"port"]) == [
+            {b"ip": b"127.0.0.1", b"port": 7801},
+            {b"ip": b"::1", b"port": 7802},
+        ]
+
+
 # --- the tracker under a prefix ----------------------------------------------------------
 
 
