@@ -23,3 +23,9 @@ bind = os.environ.get("WSGI_TRACKER_BIND", "127.0.0.1:8000")
 # nginx, not gunicorn, closes idle connections and never reuses one that is being closed.
 
 proc_name = "wsgi-tracker"
+
+# Under systemd (RuntimeDirectory=wsgi-tracker sets RUNTIME_DIRECTORY), gunicorn's control
+# socket for `gunicornc` (gunicorn >= 25.1; older versions ignore the name) goes beside the
+# sync socket instead of under $HOME, which the hardened unit does not let it write.
+if os.environ.get("RUNTIME_DIRECTORY"):
+    control_socket = os.path.join(os.environ["RUNTIME_DIRECTORY"].split(":")[0], "gunicorn.ctl")
