@@ -112,7 +112,12 @@ def flask_site():
     def home() -> str:
         return "the site"
 
-    Tracker(app, TrackerConfig(private=True), authenticate=users.get, on_announce=recorder)
+    Tracker(
+        app,
+        TrackerConfig(private=True, sync_socket="off"),
+        authenticate=users.get,
+        on_announce=recorder,
+    )
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from servers import announce_url, gunicorn, http_get, scrape_url
+from servers import announce_url, gunicorn, http_get, scrape_url, sidecar, udp_scrape
+from test_access import udp_announce
 
 from wsgi_tracker.addresses import pack_ip
 from wsgi_tracker.config import ConfigError, TrackerConfig
@@ -150,13 +152,15 @@ def call(app: TrackerMiddleware, path: str, query: str = "", **headers: str):
 
 
 def test_statistics_are_off_unless_configured():
-    app = TrackerMiddleware(None, TrackerConfig())
+    app = TrackerMiddleware(None, TrackerConfig(sync_socket="off"))
     for path in ("/stats", "/metrics", "/stats.html"):
         assert call(app, path)[0].startswith("404")
 
 
 def test_statistics_paths_are_configurable_and_token_guarded():
-    config = TrackerConfig(stats_path="/ops/s", metrics_path="/ops/m", stats_token="sekrit")
+    config = TrackerConfig(
+        stats_path="/ops/s", metrics_path="/ops/m", stats_token="sekrit", sync_socket="off"
+    )
     app = TrackerMiddleware(None, config)
     for path in ("/ops/s", "/ops/s.html", "/ops/m"):
         assert call(app, path)[0] == "403 Forbidden"
@@ -173,7 +177,7 @@ def test_statistics_paths_are_configurable_and_token_guarded():
 
 
 def test_stats_count_what_clients_did_over_http():
-    app = TrackerMiddleware(None, TrackerConfig(stats_path="/stats"))
+    app = TrackerMiddleware(None, TrackerConfig(stats_path="/stats", sync_socket="off"))
     for n in range(40):
         q = announce_url("", IH, pid(n), 6881, n % 2)[1:]
         assert b"failure" not in call(app, "/announce", q)[2]
@@ -188,7 +192,7 @@ def test_stats_count_what_clients_did_over_http():
 
 
 def test_stats_page_is_self_contained():
-    app = TrackerMiddleware(None, TrackerConfig(stats_path="/stats"))
+    app = TrackerMiddleware(None, TrackerConfig(stats_path="/stats", sync_socket="off"))
     _, headers, body = call(app, "/stats.html")
     assert headers["Content-Type"].startswith("text/html")
     page = body.decode()
@@ -208,3 +212,44 @@ def test_stats_endpoint_answers_over_real_http():
         status, text = http_get(web.url + "/metrics")
         assert status == 200
         assert b'wsgi_tracker_announces_total{protocol="http"} 5.0' in text
+
+
+# --- the whole tracker: gunicorn -w 3 + udp-sidecar over sync ------------------------------
+
+WHOLE_WORKERS = 3
+CONVERGE_WITHIN = 30.0  # a bound on the wait, not a figure under test
+
+
+def test_every_worker_reports_exact_whole_tracker_totals(tmp_path):
+    sock = str(tmp_path / "hub" / "sync.sock")
+    env = {"WSGI_TRACKER_SYNC_SOCKET": sock, "WSGI_TRACKER_STATS_PATH": "/stats"}
+    http_n, udp_n, http_scrapes, udp_scrapes, malformed = 60, 25, 7, 4, 3
+    with sidecar(sync_socket=sock, env=env) as udp, gunicorn(env=env, workers=WHOLE_WORKERS) as web:
+        for n in range(http_n):  # a fresh connection each: spread over the workers
+            http_get(announce_url(web.url + "/announce", IH, pid(n), 6881, n % 2))
+        for n in range(udp_n):
+            assert udp_announce(udp.port, IH, 1000 + n) is None
+        for _ in range(http_scrapes):
+            http_get(scrape_url(web.url + "/scrape", IH))
+        for _ in range(udp_scrapes):
+            udp_scrape("127.0.0.1", udp.port, IH)
+        for _ in range(malformed):
+            http_get(web.url + "/announce?info_hash=short")
+        expected = {
+            "announces": {"http": http_n, "udp": udp_n, "total": http_n + udp_n},
+            "scrapes": {"http": http_scrapes, "udp": udp_scrapes, "total": 11},
+            "errors": {"http": {"malformed": malformed}, "udp": {}},
+            "processes": WHOLE_WORKERS + 1,
+            "peers": http_n + udp_n,
+            "scope": "tracker",
+        }
+        exact: set[str] = set()
+        last: dict = {}
+        deadline = time.monotonic() + CONVERGE_WITHIN
+        while len(exact) < WHOLE_WORKERS and time.monotonic() < deadline:
+            last = json.loads(http_get(web.url + "/stats")[1])
+            if {k: last[k] for k in expected} == expected:
+                exact.add(last["served_by"])
+            else:
+                time.sleep(0.05)
+        assert len(exact) == WHOLE_WORKERS, (exact, last)

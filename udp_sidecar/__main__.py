@@ -16,6 +16,7 @@ import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
 from wsgi_tracker.config import ConfigError, TrackerConfig  # noqa: E402
+from wsgi_tracker.stats import TrackerStats  # noqa: E402
 from wsgi_tracker.sync.hub import HubError, SyncHub  # noqa: E402
 from wsgi_tracker.tracker import TrackerCore  # noqa: E402
 
@@ -102,6 +103,9 @@ def run(config: TrackerConfig, binds: Sequence[str], port: int, sync_socket: str
         except HubError as exc:
             server.stop()
             return _fail(str(exc))
+        # The sidecar's UDP counters join every worker's in the whole-tracker /stats.
+        stats = TrackerStats(core, role="udp")
+        stats.share(hub.publish_stats, lambda: [entry.payload for entry in hub.cluster_stats])
     stopping = Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stopping.set)
@@ -115,6 +119,7 @@ def run(config: TrackerConfig, binds: Sequence[str], port: int, sync_socket: str
     log.info("udp-sidecar stopping")
     server.stop()
     if hub is not None:
+        stats.stop_sharing()
         hub.stop()
     if saver is not None:  # last: after the final UDP announces and workers' deltas
         saver.stop()

@@ -120,6 +120,11 @@ class TrackerMiddleware:
                     client = self.sync = SyncClient(self.core, path)
             if starting:
                 client.start()
+                self.stats.share(
+                    client.publish_stats,
+                    lambda: [entry.payload for entry in client.cluster_stats],
+                    lambda: {"connected": client.connected},
+                )
             client.wait_ready(SYNC_SNAPSHOT_WAIT)
         self._synced = True
 

@@ -237,8 +237,10 @@ class TrackerStats:
         merged = merge_reports(reports)
         torrents, seeders, leechers = self._replica_totals()
         sync = self.sync_status() if self.sync_status is not None else None
+        # Cut off from the hub, the others' reports are stale: say it is one process's view.
+        whole = self.peer_reports is not None and (sync is None or bool(sync.get("connected")))
         return {
-            "scope": "tracker" if self.peer_reports is not None else "process",
+            "scope": "tracker" if whole else "process",
             "served_by": own["id"],
             "time": round(time.time(), 3),
             "torrents": torrents,
