@@ -222,7 +222,11 @@ CONVERGE_WITHIN = 30.0  # a bound on the wait, not a figure under test
 
 def test_every_worker_reports_exact_whole_tracker_totals(tmp_path):
     sock = str(tmp_path / "hub" / "sync.sock")
-    env = {"WSGI_TRACKER_SYNC_SOCKET": sock, "WSGI_TRACKER_STATS_PATH": "/stats"}
+    env = {
+        "WSGI_TRACKER_SYNC_SOCKET": sock,
+        "WSGI_TRACKER_STATS_PATH": "/stats",
+        "WSGI_TRACKER_METRICS_PATH": "/metrics",
+    }
     http_n, udp_n, http_scrapes, udp_scrapes, malformed = 60, 25, 7, 4, 3
     with sidecar(sync_socket=sock, env=env) as udp, gunicorn(env=env, workers=WHOLE_WORKERS) as web:
         for n in range(http_n):  # a fresh connection each: spread over the workers
@@ -253,3 +257,8 @@ def test_every_worker_reports_exact_whole_tracker_totals(tmp_path):
             else:
                 time.sleep(0.05)
         assert len(exact) == WHOLE_WORKERS, (exact, last)
+        assert last["sync"]["connected"] is True
+        assert last["sync"]["lag_seconds"] >= 0  # every worker got the others' deltas
+        metrics = http_get(web.url + "/metrics")[1]
+        assert b"wsgi_tracker_sync_lag_seconds " in metrics
+        assert b'wsgi_tracker_announces_total{protocol="udp"} 25.0' in metrics

@@ -123,7 +123,7 @@ class TrackerMiddleware:
                 self.stats.share(
                     client.publish_stats,
                     lambda: [entry.payload for entry in client.cluster_stats],
-                    lambda: {"connected": client.connected},
+                    lambda: {"connected": client.connected, "lag_seconds": client.delta_lag},
                 )
             client.wait_ready(SYNC_SNAPSHOT_WAIT)
         self._synced = True

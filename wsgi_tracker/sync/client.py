@@ -66,6 +66,8 @@ class SyncClient:
         self.on_stats = on_stats
         self.cluster_stats: list[f.StatsEntry] = []
         self.connected = False  # snapshot applied, changes flowing
+        # Seconds from the newest remote announce to its arrival here (for /stats).
+        self.delta_lag: float | None = None
         self.ready = threading.Event()  # first snapshot applied, or no hub at the start
         self._wake = threading.Event()
         self._buffer = ChangeBuffer(core.lock, self._wake.set)
@@ -197,6 +199,8 @@ class SyncClient:
             with core.lock:
                 for change in frame.peers:
                     apply_remote(store, change, state)
+            if not state and frame.peers:
+                self.delta_lag = max(0.0, time.time() - frame.peers[-1].timestamp)
         elif isinstance(frame, f.Counts):
             with core.lock:
                 for ih, n in frame.counts:
