@@ -238,6 +238,28 @@ def test_raw_info_hash_bytes_and_scrape_survive_the_proxy(edge: int) -> None:
     assert files[ih][b"complete"] == 1
 
 
+def idle_upstream_connections(port: int) -> set[int]:
+    """Local ports of established IPv4 connections to ``port`` (Linux /proc/net/tcp)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, state = line.split()[1:4]
+        if state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
+            found.add(int(local.rsplit(":", 1)[1], 16))
+    return found
+
+
+def test_nginx_keeps_few_upstream_connections_alive(tracker: int) -> None:
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("needs Linux /proc/net/tcp")
+    before = idle_upstream_connections(tracker)
+    with nginx(f"127.0.0.1:{tracker}") as port:
+        for n in range(30):
+            announce(port, b"keepalive-upstream!!", bytes([65 + n]), "127.0.0.6")
+        kept = idle_upstream_connections(tracker) - before
+    # One idle connection per nginx worker at most, reused by all 30 requests, none closed.
+    assert 1 <= len(kept) <= (os.cpu_count() or 1), kept
+
+
 def test_site_pages_pass_through_nginx_untouched(edge: int) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", edge, timeout=10)
     try:
