@@ -14,7 +14,7 @@ from pathlib import Path
 
 import bencodepy
 import pytest
-from servers import announce_url, gunicorn, http_get, scrape_url, sidecar
+from servers import announce_url, gunicorn, http_get, scrape_url, sidecar, udp_scrape
 
 from wsgi_tracker.access import parse_info_hash, parse_info_hash_list, parse_passkeys
 from wsgi_tracker.addresses import pack_ip
@@ -265,6 +265,8 @@ def test_passkeys_over_http_and_udp(tmp_path):
         assert "passkey required" in udp_announce(udp.port, ALLOWED, 3)
         _, body = http_get(scrape_url(web.url + "/scrape/goodkey", ALLOWED))
         assert bencodepy.decode(body)[b"files"][ALLOWED][b"incomplete"] == 1
+        with pytest.raises(RuntimeError, match="passkey required"):
+            udp_scrape("127.0.0.1", udp.port, ALLOWED)  # a UDP scrape cannot carry one
 
 
 def test_host_app_passkey_check_named_in_settings_works_over_http_and_udp():
