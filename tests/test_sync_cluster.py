@@ -20,6 +20,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import bencodepy
@@ -363,3 +364,72 @@ def test_sidecar_killed_http_keeps_full_lists_restarted_hub_rebuilds(
     assert got == want
     # 15 peers, the hub's lost download counts rebuilt from the workers' replicas.
     assert_converged(cluster, udp, {ih: (4, 4, 11)})
+
+
+# --- the hub alone, in this process (gevent sockets, no monkey-patching) ----------------------
+
+
+def test_hub_drops_a_client_that_stops_reading_and_keeps_serving_the_others(
+    tmp_path: Path,
+) -> None:
+    import gevent
+    from gevent import socket as gsocket
+
+    from wsgi_tracker.config import TrackerConfig
+    from wsgi_tracker.swarm import PeerChange
+    from wsgi_tracker.sync.hub import SyncHub
+    from wsgi_tracker.tracker import TrackerCore
+
+    path = str(tmp_path / "hub" / "sync.sock")
+    hub = SyncHub(TrackerCore(TrackerConfig()), path, max_queue_bytes=1 << 20)
+    hub.start()
+    socks: list[gsocket.socket] = []
+
+    def join() -> gsocket.socket:
+        s = gsocket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path)
+        s.sendall(frames.encode(frames.Hello(frames.ROLE_TOOL, 1000 + len(socks))))
+        socks.append(s)
+        return s
+
+    received: list[frames.Frame] = []
+
+    def read_all(s: gsocket.socket) -> None:
+        decoder = frames.FrameDecoder()
+        while data := s.recv(1 << 16):
+            received.extend(decoder.feed(data))
+
+    try:
+        join()  # stuck: never reads a byte
+        reader = gevent.spawn(read_all, join())
+        sender = join()
+        batches = 16
+        for b in range(batches):
+            changes = [
+                PeerChange(
+                    b.to_bytes(20, "big"),
+                    i.to_bytes(20, "big"),
+                    LOOPBACK + b"\x1a\xe1",
+                    False,
+                    2,
+                    time.time(),
+                )
+                for i in range(frames.RECORDS_PER_FRAME)
+            ]
+            sender.sendall(frames.encode(frames.Deltas(changes)))
+            gevent.sleep(0)
+        deadline = time.monotonic() + CONVERGE_WITHIN
+
+        def delivered() -> int:
+            return sum(len(fr.peers) for fr in received if isinstance(fr, frames.Deltas))
+
+        while delivered() < batches * frames.RECORDS_PER_FRAME and time.monotonic() < deadline:
+            gevent.sleep(0.01)
+        assert delivered() == batches * frames.RECORDS_PER_FRAME
+        assert sorted(c.pid for c in hub.clients) == [1001, 1002]  # the stuck one is gone
+        reader.kill()
+    finally:
+        for s in socks:
+            s.close()
+        hub.stop()
+    assert not os.path.exists(path)

@@ -234,7 +234,10 @@ class SyncHub:
                 if client.closed:
                     return
         client.send(
-            f.encode(f.Snapshot(peers)) + f.encode(f.Totals(totals)) + f.encode(f.SnapshotDone())
+            f.encode(f.Snapshot(peers))
+            + f.encode(f.Totals(totals))
+            + f.encode(f.SnapshotDone())
+            + (f.encode(f.Stats(self.cluster_stats)) if self._stats else b"")
         )
 
     def _read_loop(self, client: _Client) -> None:
