@@ -84,6 +84,26 @@ def test_reannounce_keeps_a_peer_alive(store, clock):
     assert store.scrape(IH) == (0, 0, 1)
 
 
+def test_stale_peers_expire_while_only_the_other_family_announces(store, clock):
+    announce(store, 1, ep=v4(1))
+    for _ in range(3):  # an IPv6 peer keeps the torrent alive, long past peer 1's TTL
+        announce(store, 2, ep=v6(2))
+        clock.advance(TTL // 2)
+    announce(store, 2, ep=v6(2))
+    assert store.scrape(IH) == (0, 0, 1)
+    assert len(store.get(IH).v4) == 0
+
+
+def test_expired_peers_do_not_hold_places_in_a_full_torrent(clock):
+    store = SwarmStore(peer_ttl=TTL, max_peers_per_torrent=2, clock=clock)
+    announce(store, 1, ep=v4(1))
+    clock.advance(TTL // 2)
+    announce(store, 2, ep=v6(2))
+    clock.advance(TTL // 2 + 1)  # peer 1 has expired; peer 2 and the torrent live on
+    announce(store, 3, ep=v4(3))
+    assert store.scrape(IH) == (0, 0, 2)
+
+
 def test_torrent_nobody_announces_to_disappears_with_its_counter(store, clock):
     announce(store, 1, event=EVENT_STARTED)
     announce(store, 1, seeder=True, event=EVENT_COMPLETED)

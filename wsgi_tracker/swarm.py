@@ -12,7 +12,7 @@ Layout, chosen for the benchmark targets (<= 200 B/peer, O(numwant) replies):
   are read, never recomputed, and a reply is one or two slices of the packed
   bytes: the compact peer string is built without touching each peer.
 * A peer expires individually: each list is swept at most every
-  ``sweep_every`` seconds when it is announced to, and sampling skips nothing,
+  ``sweep_every`` seconds when its torrent is announced to, and sampling skips nothing,
   so a peer may outlive its TTL by at most that sweep period.
 """
 
@@ -323,6 +323,13 @@ class SwarmStore:
             swarm = Swarm()
         pl = swarm.family(width, create=True)
         assert pl is not None
+        # Sweep both families first: a list nobody of its family announces to must still
+        # expire (its peers are handed to the other family), and dead peers hold no places.
+        now = int(self.clock())
+        for due in swarm.lists():
+            if now >= due.sweep_at:
+                due.sweep_at = now + self.sweep_every
+                due.sweep(now)
         if change.peer_id not in pl and len(swarm) >= self.max_peers_per_torrent:
             raise SwarmFull(f"torrent {ih.hex()} already has {len(swarm)} peers")
         counted = False
@@ -335,11 +342,6 @@ class SwarmStore:
         slot = pl.upsert(change.peer_id, change.endpoint, change.seeder, expires)
         # Re-inserting refreshes the torrent's TTL and its place in the LRU order.
         self.torrents[ih] = swarm
-        now = int(self.clock())
-        if now >= pl.sweep_at:
-            pl.sweep_at = now + self.sweep_every
-            if pl.sweep(now):
-                slot = pl.slot(change.peer_id)
         return swarm, slot, counted
 
     def scrape(self, info_hash: bytes) -> tuple[int, int, int]:
