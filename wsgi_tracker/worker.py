@@ -15,7 +15,6 @@ unchanged; a chunked *request* body is refused with 411.
 from __future__ import annotations
 
 import socket
-import sys
 import time
 from collections.abc import Callable, Iterable
 from email.utils import formatdate
@@ -134,6 +133,7 @@ class TrackerWorker(GeventWorker):
                     "wsgi.input_terminated": True,
                     "SCRIPT_NAME": "",
                     "SERVER_SOFTWARE": "wsgi-tracker",
+                    "wsgi.url_scheme": "https" if self.cfg.is_ssl else "http",
                 }
             )
             name = listener.getsockname()
@@ -190,7 +190,6 @@ class TrackerWorker(GeventWorker):
             body = RequestBody(sock, pending, req.content_length or 0, req.expect_continue)
             env = environ_for(req, base)
             env["wsgi.input"] = body
-            env["wsgi.errors"] = sys.stderr
             if not self._respond(sock, env, req):
                 return
             after = body.finish()
