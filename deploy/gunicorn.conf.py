@@ -28,4 +28,5 @@ proc_name = "wsgi-tracker"
 # socket for `gunicornc` (gunicorn >= 25.1; older versions ignore the name) goes beside the
 # sync socket instead of under $HOME, which the hardened unit does not let it write.
 if os.environ.get("RUNTIME_DIRECTORY"):
+    control_socket_disable = False
     control_socket = os.path.join(os.environ["RUNTIME_DIRECTORY"].split(":")[0], "gunicorn.ctl")

@@ -20,6 +20,10 @@ limit_request_line = 4094
 limit_request_fields = 50
 graceful_timeout = 10
 accesslog = None
+# gunicorn >= 25.1 opens a control socket at one fixed path under $HOME, so a second
+# tracker (or a test's) on the same machine collides with the first; older versions
+# ignore the name. deploy/gunicorn.conf.py turns it back on in the runtime directory.
+control_socket_disable = True
 
 
 def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
