@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import signal
 import socket
@@ -65,7 +66,23 @@ def tracker(paths: Paths, snapshot_interval: int = 3600) -> Iterator[tuple[Serve
         sidecar(sync_socket=paths.sync, env=env) as udp,
         gunicorn(workers=WORKERS, env={"WSGI_TRACKER_SYNC_SOCKET": paths.sync}) as http,
     ):
+        joined = workers_joined(udp, WORKERS)
+        assert len(joined) >= WORKERS, f"only workers {joined} joined the hub"
         yield http, udp
+
+
+def workers_joined(udp: Server, count: int) -> set[str]:
+    """Pids of the workers the hub has greeted, once there are ``count`` (bounded wait).
+
+    A worker joins in post_worker_init, after gunicorn installed its signal
+    handlers: a SIGTERM sent earlier is lost and costs the whole graceful_timeout.
+    """
+    deadline = time.monotonic() + WITHIN
+    pids: set[str] = set()
+    while len(pids) < count and time.monotonic() < deadline:
+        pids = set(re.findall(r"sync hub: worker pid (\d+) connected", udp.stderr()))
+        time.sleep(0.05)
+    return pids
 
 
 # --- clients -----------------------------------------------------------------------------
@@ -279,6 +296,7 @@ def test_graceful_reload_keeps_answering_and_keeps_the_swarms(paths):
             if time.monotonic() > deadline:
                 break
         assert not (worker_pids(http) & before), "the old workers never left"
+        assert len(workers_joined(udp, 2 * WORKERS)) == 2 * WORKERS
         assert answered >= 1
         all_agree(http, udp, tally.expect())
 
