@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import loads, trackers
+from . import loads, procs, trackers
 from .procs import free_port, pinned
 from .workload import make_workload
 
@@ -66,7 +66,9 @@ def main() -> None:
     p.add_argument("--load-cpu", default="0")
     p.add_argument("--out", type=Path, default=Path("/tmp/wsgi-tracker-profile"))
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--nice", type=int, default=0, help="priority of server and load")
     a = p.parse_args()
+    procs.NICE = a.nice
     if not shutil.which("py-spy"):
         raise SystemExit("py-spy missing: pip install py-spy")
     a.out.mkdir(parents=True, exist_ok=True)

@@ -153,16 +153,24 @@ def draw_chart(data: dict[str, object], path: Path = CHART) -> Path | None:
     if not trackers:
         return None
     fig, ax = plt.subplots(figsize=(10, 5.2))
-    width = 0.8 / len(trackers)
-    for i, tracker in enumerate(trackers):
-        xs, ys = [], []
-        for g, (scenario, mode, _label) in enumerate(CHART_GROUPS):
-            s = summaries.get(f"{scenario}/{mode}/{tracker}")
-            if s:
-                xs.append(g + (i - (len(trackers) - 1) / 2) * width)
-                ys.append(s["rps"])
-        bars = ax.bar(xs, ys, width, label=tracker)
-        ax.bar_label(bars, labels=[f"{y / 1000:.1f}k" for y in ys], fontsize=7, padding=2)
+    colors = {t: f"C{i}" for i, t in enumerate(trackers)}
+    labelled: set[str] = set()
+    for g, (scenario, mode, _label) in enumerate(CHART_GROUPS):
+        present = [t for t in trackers if f"{scenario}/{mode}/{t}" in summaries]
+        width = 0.8 / max(len(present), 1)
+        for i, tracker in enumerate(present):
+            rps = summaries[f"{scenario}/{mode}/{tracker}"]["rps"]
+            x = g + (i - (len(present) - 1) / 2) * width
+            bar = ax.bar(
+                [x], [rps], width, color=colors[tracker],
+                label=None if tracker in labelled else tracker,
+            )  # fmt: skip
+            labelled.add(tracker)
+            ax.bar_label(bar, labels=[f"{rps / 1000:.1f}k"], fontsize=7, padding=2)
+        target = _target(summaries, scenario, mode)
+        if target:
+            ax.hlines(target, g - 0.45, g + 0.45, colors="k", linestyles="dashed", linewidth=1)
+            ax.annotate("target", (g + 0.45, target), fontsize=7, va="bottom", ha="right")
     ax.set_xticks(range(len(CHART_GROUPS)), [g[2] for g in CHART_GROUPS])
     ax.set_yscale("log")
     ax.set_ylabel("announces (scrapes) per second, log scale")
@@ -180,6 +188,16 @@ def draw_chart(data: dict[str, object], path: Path = CHART) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _target(summaries: dict[str, dict[str, float]], scenario: str, mode: str) -> float | None:
+    """Issue 8's throughput target for ours: UDP >= 40k/s, HTTP >= 0.5x opentracker."""
+    if scenario == "udp" and mode == "announce":
+        return 40_000.0
+    anchor = summaries.get(f"{scenario}/{mode}/opentracker")
+    if scenario == "http" and anchor:
+        return 0.5 * anchor["rps"]
+    return None
 
 
 def _group_keys() -> set[tuple[str, str]]:
