@@ -138,17 +138,29 @@ def session_settings(listen_port: int) -> dict[str, object]:
             | lt.alert.category_t.storage_notification
         ),
         "user_agent": "wsgi-tracker-tests/libtorrent",
+        # libtorrent caches UDP connection ids process-wide, keyed by the tracker's IP
+        # without its port: a later test's udp-sidecar on 127.0.0.1 (another secret)
+        # would be sent the previous one's id and refuse it. Connect afresh every time.
+        "udp_tracker_token_expiry": 0,
         # Bounds how long closing a session waits for its 'stopped' announces.
         "stop_tracker_timeout": 2,
     }
 
 
 @contextlib.contextmanager
-def peer(torrent: GeneratedTorrent, save_path: Path, listen_port: int) -> Iterator[Peer]:
-    """A session downloading (or, if ``save_path`` holds the data, seeding) ``torrent``."""
+def peer(
+    torrent: GeneratedTorrent, save_path: Path, listen_port: int, tracker_url: str | None = None
+) -> Iterator[Peer]:
+    """A session downloading (or, if ``save_path`` holds the data, seeding) ``torrent``.
+
+    ``tracker_url`` replaces the torrent's tracker (same info_hash, another tracker).
+    """
     params = lt.add_torrent_params()
     params.ti = lt.torrent_info(lt.bdecode(torrent.metainfo))
     params.save_path = str(save_path)
+    if tracker_url is not None:
+        params.trackers = [tracker_url]
+        params.flags |= lt.torrent_flags.override_trackers
     # Not queued, not paused: the torrent starts at once (checking, then seeding or leeching).
     params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
     params.flags |= lt.torrent_flags.disable_dht | lt.torrent_flags.disable_lsd

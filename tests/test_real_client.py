@@ -93,3 +93,28 @@ def test_libtorrent_leecher_finds_seeder_over_udp_and_download_is_counted(
         return seeders, completed, leechers
 
     download_through_tracker(tmp_path, f"udp://127.0.0.1:{udp_tracker.port}/announce", counts)
+
+
+def test_peer_announced_over_udp_is_handed_to_an_http_leecher(tmp_path: Path) -> None:
+    """One swarm across both protocols: the sidecar hub syncs the gunicorn worker."""
+    pytest.importorskip("udp_sidecar.__main__", reason="udp-sidecar is not built yet")
+    sock_dir = tmp_path / "sync"
+    sock_dir.mkdir(mode=0o700)
+    sock = str(sock_dir / "sync.sock")
+    with (
+        sidecar(sync_socket=sock) as udp,
+        gunicorn(env={"WSGI_TRACKER_SYNC_SOCKET": sock}) as http,
+    ):
+        seed_dir = tmp_path / "seeder"
+        torrent = make_torrent(seed_dir, f"udp://127.0.0.1:{udp.port}/announce")
+        with peer(torrent, seed_dir, free_port()) as seeder:
+            seeder.wait_for(lt.tracker_reply_alert, STEP_TIMEOUT, "seeder announce reply (UDP)")
+            leech_dir = tmp_path / "leecher"
+            leech_dir.mkdir()
+            http_url = http.url + "/announce"
+            with peer(torrent, leech_dir, free_port(), tracker_url=http_url) as leecher:
+                leecher.wait_for(lt.torrent_finished_alert, STEP_TIMEOUT, "finished download")
+                assert (leech_dir / torrent.name).read_bytes() == torrent.data
+                reply = leecher.wait_for(lt.tracker_reply_alert, 1, "leecher reply (HTTP)")
+                assert reply.num_peers == 1, "the HTTP tracker handed out the UDP seeder"
+                assert "http://" in reply.message
