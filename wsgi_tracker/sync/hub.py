@@ -272,6 +272,9 @@ class SyncHub:
                 log.error("sync hub: refusing %s: %s", client.name, exc)
                 self._drop(client, None)
                 return
+            # A socket with data waiting never yields: let UDP and the others run
+            # (idle, not sleep(0), which would not let the loop poll sockets and timers).
+            gevent.idle()
 
     def _handle(self, client: _Client, frame: f.Frame, raw: f.RawFrame) -> None:
         core = self.core

@@ -1,0 +1,336 @@
+"""What sync costs and how far behind the other processes are: ``python -m bench.sync_lag``.
+
+Three runs on loopback, each with its own processes:
+
+1. HTTP announces/s of ``gunicorn -w W`` with sync off (wrk, keep-alive, no pacing);
+2. the same with ``udp-sidecar`` as the hub and every worker syncing through it;
+3. the delta lag at a paced load (default 10,000 announces/s, half HTTP via wrk,
+   half UDP via a paced BEP 15 sender). An observer process joins the hub as a
+   client, exactly like a worker does, and for every delta it receives records
+   ``receive time - announce time`` (both wall clock, one machine). HTTP-origin
+   deltas went worker -> hub -> observer, the path to every other worker;
+   UDP-origin ones went sidecar -> observer.
+
+Prints one line per figure and a final ``SYNC_RESULT`` line (key=value) for
+scripts. Needs ``wrk`` (Debian package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a file: python bench/sync_lag.py
+    sys.path.insert(0, str(REPO))
+
+from wsgi_tracker.sync import frames  # noqa: E402
+
+UDP_PROTOCOL_ID = 0x41727101980
+WARMUP = 1.0  # seconds of each run not measured
+
+# Every request a realistic announce; a client's peer_id and port stay the same,
+# so the swarms settle at CLIENTS peers. DELAY_MS paces each connection.
+WRK_SCRIPT = r"""
+local clients = tonumber(os.getenv("CLIENTS") or "5000")
+local torrents = tonumber(os.getenv("TORRENTS") or "1000")
+local delay_ms = tonumber(os.getenv("DELAY_MS") or "0")
+local function pct(s)
+  return (s:gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
+end
+function init(args) math.randomseed(os.time() * 1000 + math.floor(os.clock() * 1e6)) end
+function request()
+  local c = math.random(0, clients - 1)
+  local t = (c * 7 + math.random(0, 19)) % torrents
+  local left = (c % 5 == 0) and "0" or "1000"
+  return wrk.format("GET", "/announce?info_hash=" .. pct(string.format("%020d", t))
+    .. "&peer_id=" .. pct(string.format("-WK0001-%012d", c))
+    .. "&port=" .. (1025 + c % 30000) .. "&left=" .. left .. "&compact=1&numwant=50")
+end
+if delay_ms > 0 then
+  function delay() return math.random() * 2 * delay_ms end
+end
+"""
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(probe, what: str, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if probe():
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not come up within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=out)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def tracker(tmp: Path, workers: int, sync: bool, worker_class: str | None) -> Iterator[dict]:
+    """gunicorn (and, with sync, udp-sidecar as hub); yields their ports and socket."""
+    sock = str(tmp / "hub" / "sync.sock")
+    env = dict(os.environ, WSGI_TRACKER_SYNC_SOCKET=sock if sync else "off")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    http_port, udp_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+    with contextlib.ExitStack() as stack:
+        if sync:
+            stack.enter_context(
+                process(
+                    [sys.executable, "-m", "udp_sidecar", "--bind", "127.0.0.1",
+                     "--port", str(udp_port), "--sync-socket", sock, "--log-level", "WARNING"],
+                    env, tmp / "sidecar.log",
+                )
+            )  # fmt: skip
+            wait_for(lambda: _unix_answers(sock), "the sync hub")
+        cmd = [sys.executable, "-m", "gunicorn", "-c", str(REPO / "wsgi_tracker/gunicorn_conf.py"),
+               "--workers", str(workers), "--bind", f"127.0.0.1:{http_port}"]  # fmt: skip
+        if worker_class:
+            cmd += ["--worker-class", worker_class]
+        stack.enter_context(process([*cmd, "wsgi_tracker.wsgi:app"], env, tmp / "gunicorn.log"))
+        wait_for(lambda: _http_answers(http_port), "gunicorn")
+        yield {"http": http_port, "udp": udp_port, "sock": sock}
+
+
+def _unix_answers(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(path)
+    return True
+
+
+def _http_answers(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+        s.sendall(b"GET /scrape HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        return s.recv(16).startswith(b"HTTP/1.")
+
+
+def wrk(port: int, seconds: float, connections: int, delay_ms: float, tmp: Path) -> float:
+    """Announces/s wrk got answered (it also warms every worker's swarms)."""
+    script = tmp / "announce.lua"
+    script.write_text(WRK_SCRIPT)
+    env = dict(os.environ, DELAY_MS=str(delay_ms))
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "-s", str(script),
+         f"http://127.0.0.1:{port}/"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    match = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    if not match:
+        raise RuntimeError(f"no Requests/sec in wrk output:\n{out}")
+    return float(match.group(1))
+
+
+def udp_sender(port: int, rate: float, seconds: float, done: multiprocessing.Queue) -> None:
+    """Paced BEP 15 announces from 5000 simulated peers; puts the count sent."""
+    socks = []
+    for _ in range(4):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(2)
+        s.connect(("127.0.0.1", port))
+        s.send(struct.pack(">QII", UDP_PROTOCOL_ID, 0, 1))
+        socks.append((s, s.recv(16)[8:16]))
+        s.setblocking(False)
+    sent = 0
+    start = time.monotonic()
+    while (elapsed := time.monotonic() - start) < seconds:
+        for _ in range(int(elapsed * rate) - sent):
+            c = secrets.randbelow(5000)
+            sock, cid = socks[c % 4]
+            ih = b"%020d" % ((c * 7 + secrets.randbelow(20)) % 1000)
+            packet = struct.pack(
+                ">8sII20s20sQQQIIIiH", cid, 1, sent, ih, b"-UD0001-%012d" % c,
+                0, 0 if c % 5 == 0 else 1000, 0, 0, 0, 0, 50, 40000 + c,
+            )  # fmt: skip
+            with contextlib.suppress(OSError):
+                sock.send(packet)
+            sent += 1
+        for sock, _ in socks:  # drop the replies
+            with contextlib.suppress(OSError):
+                while sock.recv(65536):
+                    pass
+        time.sleep(0.001)
+    done.put(sent)
+
+
+def observer(path: str, seconds: float, done: multiprocessing.Queue) -> None:
+    """A sync client that only listens: lag of every delta it receives, by origin."""
+    lags: dict[str, list[float]] = {"http": [], "udp": []}
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    sock.sendall(frames.encode(frames.Hello(frames.ROLE_TOOL, os.getpid())))
+    sock.settimeout(0.5)
+    decoder = frames.FrameDecoder()
+    start = time.monotonic()
+    beat = frames.encode(frames.Heartbeat())
+    last_beat = start
+    while (now_m := time.monotonic()) - start < seconds:
+        if now_m - last_beat > 1:
+            sock.sendall(beat)
+            last_beat = now_m
+        try:
+            data = sock.recv(1 << 20)
+        except TimeoutError:
+            continue
+        now = time.time()
+        if not data:
+            break
+        for frame in decoder.feed(data):
+            if isinstance(frame, frames.Deltas) and now_m - start > WARMUP:
+                for p in frame.peers:
+                    lags["udp" if p.peer_id.startswith(b"-UD") else "http"].append(
+                        now - p.timestamp
+                    )
+    sock.close()
+    done.put(lags)
+
+
+def per_change_costs() -> dict[str, float]:
+    """Microseconds per change, in this process: the listener the core calls per
+    announce (plus taking the batch), encoding, and a replica decoding + applying it."""
+    import threading
+    import timeit
+
+    from wsgi_tracker.swarm import PeerChange, SwarmStore
+    from wsgi_tracker.sync.replica import ChangeBuffer, apply_remote
+
+    buffer = ChangeBuffer(threading.Lock(), threading.Event().set)
+    n = frames.RECORDS_PER_FRAME
+    changes = [
+        PeerChange(
+            (i % 1000).to_bytes(20, "big"), i.to_bytes(20, "big"), b"\x7f\0\0\1\x1a\xe1",
+            i % 3 == 0, 0, time.time(),
+        )
+        for i in range(n)
+    ]  # fmt: skip
+    wire = frames.encode(frames.Deltas(changes))
+    store = SwarmStore()
+
+    def listen() -> None:
+        for c in changes:
+            buffer(c, False)
+        buffer.take()
+
+    def receive() -> None:
+        for frame in frames.FrameDecoder().feed(wire):
+            for c in frame.peers:  # type: ignore[union-attr]
+                apply_remote(store, c)
+
+    def best(fn) -> float:  # type: ignore[no-untyped-def]
+        return min(timeit.repeat(fn, number=5, repeat=5)) / 5 / n * 1e6
+
+    return {
+        "listener_us": best(listen),
+        "encode_us": best(lambda: frames.encode(frames.Deltas(changes))),
+        "apply_us": best(receive),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.sync_lag", description=__doc__)
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
+    parser.add_argument("--seconds", type=float, default=10, help="length of each run")
+    parser.add_argument("--rate", type=float, default=10_000, help="announces/s for the lag run")
+    parser.add_argument("--http-share", type=float, default=0.5, help="HTTP part of --rate")
+    parser.add_argument("--connections", type=int, default=50, help="wrk connections")
+    parser.add_argument("--worker-class", help="gunicorn worker class (default: the project's)")
+    args = parser.parse_args(argv)
+    if not shutil.which("wrk"):
+        print("bench.sync_lag: needs wrk (apt-get install wrk)", file=sys.stderr)
+        return 2
+    ctx = multiprocessing.get_context("fork")
+    results = per_change_costs()
+    print(
+        f"per change: listener + batch {results['listener_us']:.2f} us, "
+        f"encode {results['encode_us']:.2f} us, "
+        f"decode + apply at a replica {results['apply_us']:.2f} us"
+    )
+    with tempfile.TemporaryDirectory(prefix="sync-lag-") as tmp_name:
+        tmp = Path(tmp_name)
+        for sync in (False, True):
+            with tracker(tmp, args.workers, sync, args.worker_class) as ports:
+                rps = wrk(ports["http"], args.seconds, args.connections, 0, tmp)
+            key = "http_rps_hub" if sync else "http_rps_alone"
+            results[key] = rps
+            print(f"HTTP announces/s, {args.workers} workers, {'with' if sync else 'no'} hub: "
+                  f"{rps:,.0f}")  # fmt: skip
+
+        http_rate = args.rate * args.http_share
+        udp_rate = args.rate - http_rate
+        with tracker(tmp, args.workers, True, args.worker_class) as ports:
+            queue: multiprocessing.Queue = ctx.Queue()
+            watch = ctx.Process(target=observer, args=(ports["sock"], args.seconds + 1, queue))
+            watch.start()
+            time.sleep(0.5)
+            send = ctx.Process(
+                target=udp_sender, args=(ports["udp"], udp_rate, args.seconds, queue)
+            )
+            send.start()
+            # Each connection waits ~delay between requests: connections / delay = rate.
+            delay_ms = args.connections * 1000 / http_rate if http_rate else 0
+            got_http = wrk(ports["http"], args.seconds, args.connections, delay_ms, tmp)
+            outputs = [queue.get(timeout=60), queue.get(timeout=60)]
+            send.join(10)
+            watch.join(10)
+        sent_udp = next(o for o in outputs if isinstance(o, int))
+        lags = next(o for o in outputs if isinstance(o, dict))
+    results["lag_rate_http"] = got_http
+    results["lag_rate_udp"] = sent_udp / args.seconds
+    print(f"lag run: {got_http:,.0f} HTTP + {sent_udp / args.seconds:,.0f} UDP announces/s "
+          f"(asked {args.rate:,.0f})")  # fmt: skip
+    for origin, label in (("http", "worker -> other process"), ("udp", "sidecar -> worker")):
+        values = lags[origin]
+        p50, p99 = percentile(values, 0.50) * 1000, percentile(values, 0.99) * 1000
+        worst = max(values, default=float("nan")) * 1000
+        results[f"{origin}_p50_ms"], results[f"{origin}_p99_ms"] = p50, p99
+        mean = statistics.fmean(values or [0]) * 1000
+        print(
+            f"delta lag {label}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {worst:.2f} ms "
+            f"({len(values):,} deltas; mean {mean:.2f} ms)"
+        )
+    print("SYNC_RESULT " + " ".join(f"{k}={v:.2f}" for k, v in results.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
