@@ -50,6 +50,9 @@ def download_through_tracker(
                 STEP_TIMEOUT,
                 f"a counted download (tracker says {counts(torrent.info_hash)})",
             )
+            leecher.handle.scrape_tracker()
+            scraped = leecher.wait_for(lt.scrape_reply_alert, STEP_TIMEOUT, "scrape reply")
+            assert scraped.swarm == (2, 0), "libtorrent reads our scrape: two seeders"
             # Pausing the torrent sends event=stopped: the tracker forgets the peer at once.
             leecher.handle.pause()
             leecher.wait_until(
@@ -80,7 +83,6 @@ def test_libtorrent_leecher_finds_seeder_over_http_and_download_is_counted(
 
 @pytest.fixture
 def udp_tracker() -> Iterator[Server]:
-    pytest.importorskip("udp_sidecar.__main__", reason="udp-sidecar is not built yet")
     with sidecar() as server:
         yield server
 
@@ -97,7 +99,6 @@ def test_libtorrent_leecher_finds_seeder_over_udp_and_download_is_counted(
 
 def test_peer_announced_over_udp_is_handed_to_an_http_leecher(tmp_path: Path) -> None:
     """One swarm across both protocols: the sidecar hub syncs the gunicorn worker."""
-    pytest.importorskip("udp_sidecar.__main__", reason="udp-sidecar is not built yet")
     sock_dir = tmp_path / "sync"
     sock_dir.mkdir(mode=0o700)
     sock = str(sock_dir / "sync.sock")
