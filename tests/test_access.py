@@ -77,6 +77,10 @@ def test_settings_that_cannot_work_are_refused_at_start(tmp_path):
         TrackerCore(TrackerConfig(private=True))
     with pytest.raises(ConfigError, match="cannot read"):
         TrackerCore(TrackerConfig(access_mode="whitelist", access_list_file=str(tmp_path / "no")))
+    with pytest.raises(ConfigError, match="authenticate: cannot import"):
+        TrackerCore(TrackerConfig(private=True, authenticate="no_such_module:check"))
+    with pytest.raises(ConfigError, match=r"announce_hook: .* is not callable"):
+        TrackerCore(TrackerConfig(announce_hook="tests.access_app:USERS"))
     bad = tmp_path / "bad.txt"
     write(bad, "nonsense\n")
     with pytest.raises(ConfigError, match=r"bad\.txt:1"):

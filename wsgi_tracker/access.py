@@ -164,7 +164,7 @@ class AccessPolicy:
         passkeys = None
         if config.private:
             if authenticate is None and config.authenticate:
-                authenticate = resolve_name(config.authenticate)
+                authenticate = resolve_callable("authenticate", config.authenticate)
             if config.passkeys_file:
                 passkeys = _watch(config.passkeys_file, "passkeys_file", parse_passkeys)
             if authenticate is None and passkeys is None:
@@ -265,6 +265,17 @@ class AccessPolicy:
         if cache is not None:
             cache[passkey] = answer
         return answer
+
+
+def resolve_callable(setting: str, name: str) -> Callable[..., Any]:
+    """The callable a setting names as 'package.module:attribute'."""
+    try:
+        target = resolve_name(name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"{setting}: cannot import {name!r}: {exc}") from None
+    if not callable(target):
+        raise ConfigError(f"{setting}: {name!r} is not callable")
+    return target
 
 
 def _watch(path: str, setting: str, parse: Callable[[str, str], Any]) -> WatchedFile:

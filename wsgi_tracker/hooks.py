@@ -17,8 +17,8 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from pkgutil import resolve_name
 
+from .access import resolve_callable
 from .config import TrackerConfig
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class AnnounceHook:
         cls, config: TrackerConfig, callback: OnAnnounce | None = None
     ) -> AnnounceHook | None:
         if callback is None and config.announce_hook:
-            callback = resolve_name(config.announce_hook)
+            callback = resolve_callable("announce_hook", config.announce_hook)
         if callback is None:
             return None
         return cls(callback, config.hook_queue_size)
