@@ -27,7 +27,16 @@ from urllib.parse import urlsplit
 
 import bencodepy
 import pytest
-from servers import REPO_ROOT, Server, announce_url, free_port, gunicorn, scrape_url, sidecar
+from servers import (
+    REPO_ROOT,
+    Server,
+    announce_url,
+    free_port,
+    gunicorn,
+    http_get,
+    scrape_url,
+    sidecar,
+)
 
 from wsgi_tracker.sync import frames
 
@@ -494,3 +503,53 @@ def test_serve_starts_sidecar_and_gunicorn_on_one_socket_and_stops_both(tmp_path
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --- other ways to run the workers ---------------------------------------------------------
+
+
+def test_threaded_workers_sync_through_the_hub(tmp_path: Path) -> None:
+    """The same client on real threads (gunicorn's gthread worker, no gevent)."""
+    sock = str(tmp_path / "hub" / "sync.sock")
+    with (
+        sidecar(sync_socket=sock) as udp_server,
+        gunicorn(
+            "tests.sync_pid_app:app",
+            workers=2,
+            worker_class="gthread",
+            env={"WSGI_TRACKER_SYNC_SOCKET": sock},
+            extra_args=["--threads", "4"],
+        ) as http_server,
+    ):
+        c = Cluster(http_server, udp_server, sock, contextlib.ExitStack())
+        pids: set[str] = set()
+        deadline = time.monotonic() + CONVERGE_WITHIN
+        while len(pids) < 2 and time.monotonic() < deadline:
+            pids.add(get(c, scrape_url(c.http.url + "/scrape", b"\0" * 20))[0])
+        c.worker_pids = pids
+        udp = Udp(udp_server)
+        try:
+            (ih,) = torrents("threads", 1)
+            for i in range(12):
+                http_announce(c, ih, peer_id("t", i), 16_000 + i, 0 if i < 4 else 1000)
+            udp.announce(ih, peer_id("t", 12), 16_012, 1000)
+            assert_converged(c, udp, {ih: (4, 0, 9)})
+        finally:
+            udp.close()
+
+
+def test_several_workers_without_a_hub_warn_at_start_up(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nobody" / "sync.sock")
+    with gunicorn(workers=2, env={"WSGI_TRACKER_SYNC_SOCKET": missing}) as server:
+        deadline = time.monotonic() + CONVERGE_WITHIN
+        while server.stderr().count("sees only part of every swarm") < 2:
+            assert time.monotonic() < deadline, server.stderr()
+            time.sleep(0.05)
+        assert f"no sync hub answers at {missing}" in server.stderr()
+
+
+def test_one_worker_without_a_hub_does_not_warn(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nobody" / "sync.sock")
+    with gunicorn(workers=1, env={"WSGI_TRACKER_SYNC_SOCKET": missing}) as server:
+        assert http_get(server.url + "/scrape")[0] == 200
+        assert "sees only part of every swarm" not in server.stderr()
