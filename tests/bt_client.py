@@ -57,12 +57,16 @@ class Seen:
 
     kind: type
     message: str
-    num_peers: int | None  # tracker replies: how many peers the tracker handed out
+    num_peers: int | None = None  # tracker replies: how many peers the tracker handed out
+    swarm: tuple[int, int] | None = None  # scrape replies: (complete, incomplete)
 
     @classmethod
     def of(cls, alert: lt.alert) -> Seen:
-        num_peers = alert.num_peers if isinstance(alert, lt.tracker_reply_alert) else None
-        return cls(type(alert), alert.message(), num_peers)
+        if isinstance(alert, lt.tracker_reply_alert):
+            return cls(type(alert), alert.message(), num_peers=alert.num_peers)
+        if isinstance(alert, lt.scrape_reply_alert):
+            return cls(type(alert), alert.message(), swarm=(alert.complete, alert.incomplete))
+        return cls(type(alert), alert.message())
 
 
 @dataclass
@@ -81,10 +85,10 @@ class Peer:
         self.seen.extend(fresh)
         return fresh
 
-    def wait_for(self, kind: type, timeout: float, what: str) -> Seen:
-        """The first alert of ``kind`` (already seen or new), within ``timeout`` seconds."""
+    def wait_for(self, kind: type, timeout: float, what: str, since: int = 0) -> Seen:
+        """The first alert of ``kind`` from the ``since``-th on (seen or new), in ``timeout`` s."""
         deadline = time.monotonic() + timeout
-        fresh = self.seen
+        fresh = self.seen[since:]
         while True:
             for record in fresh:
                 if record.kind is kind:
@@ -107,6 +111,13 @@ class Peer:
         ``stop_tracker_timeout`` for the replies."""
         self.seen.clear()
         del self.session, self.handle
+
+    def read_downloaded(self, name: str, timeout: float) -> bytes:
+        """The file as written to disk: 'finished' means hashed, not yet flushed."""
+        since = len(self.seen)
+        self.handle.flush_cache()
+        self.wait_for(lt.cache_flushed_alert, timeout, "flushed download", since)
+        return (self.save_path / name).read_bytes()
 
     def is_seeding(self) -> bool:
         return self.handle.status().is_seeding

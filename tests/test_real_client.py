@@ -41,7 +41,7 @@ def download_through_tracker(
         leech_dir.mkdir()
         with peer(torrent, leech_dir, free_port()) as leecher:
             leecher.wait_for(lt.torrent_finished_alert, STEP_TIMEOUT, "finished download")
-            assert (leech_dir / torrent.name).read_bytes() == torrent.data
+            assert leecher.read_downloaded(torrent.name, STEP_TIMEOUT) == torrent.data
             reply = leecher.wait_for(lt.tracker_reply_alert, 1, "leecher announce reply")
             assert reply.num_peers == 1, "the tracker handed the leecher its one peer"
             # The 'completed' announce follows the finish; wait for the tracker to count it.
@@ -115,7 +115,7 @@ def test_peer_announced_over_udp_is_handed_to_an_http_leecher(tmp_path: Path) ->
             http_url = http.url + "/announce"
             with peer(torrent, leech_dir, free_port(), tracker_url=http_url) as leecher:
                 leecher.wait_for(lt.torrent_finished_alert, STEP_TIMEOUT, "finished download")
-                assert (leech_dir / torrent.name).read_bytes() == torrent.data
+                assert leecher.read_downloaded(torrent.name, STEP_TIMEOUT) == torrent.data
                 reply = leecher.wait_for(lt.tracker_reply_alert, 1, "leecher reply (HTTP)")
                 assert reply.num_peers == 1, "the HTTP tracker handed out the UDP seeder"
                 assert "http://" in reply.message
