@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -111,14 +112,23 @@ def parse_args() -> tuple[list[str], scenarios.Knobs, bool]:
     return a.scenario or list(SCENARIOS), knobs, not a.no_save
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    # Unwinds through every ExitStack, so the servers this run started are stopped.
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    # Explicit handlers: a runner started in the background inherits SIGINT ignored.
+    signal.signal(signal.SIGINT, _exit_on_signal)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     chosen, knobs, save = parse_args()
+    procs.prioritise_session()  # the load generators run in the runner's session
     settings = {k: v for k, v in dataclasses.asdict(knobs).items() if k != "outdir"}
     settings["nice"] = procs.NICE
     print(f"bench: {' '.join(chosen)}; raw logs in {knobs.outdir}")
     print(f"machine: {machine()}")
     print(f"settings: {settings}", flush=True)
-    results = Results()
+    results = Results(runs_log=knobs.outdir / "runs.jsonl")
     udp_modes = tuple(m for s, m in (("udp", "announce"), ("udp-scrape", "scrape")) if s in chosen)
     try:
         for name in chosen:

@@ -29,8 +29,14 @@ class Sample:
     avg_peers: float
     extra: dict[str, float] = field(default_factory=dict)
 
+    @property
+    def rps_per_core(self) -> float:
+        """Announces per CPU-second of the server: its capacity on one core when it is
+        CPU-bound, and a figure that survives a machine shared with other work."""
+        return self.rps * 100 / self.server_cpu_pct if self.server_cpu_pct else 0.0
+
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {**asdict(self), "rps_per_core": self.rps_per_core}
 
 
 def measure(servers: Sequence[Server], load: Callable[[], LoadRun]) -> Sample:

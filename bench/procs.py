@@ -31,6 +31,19 @@ def pinned(cmd: Sequence[str], cpus: str | None) -> list[str]:
     return ["nice", "-n", str(NICE), *out] if NICE else out
 
 
+def prioritise_session(pid: int | str = "self") -> None:
+    """Give ``pid``'s whole session the NICE priority.
+
+    With the kernel's autogroup scheduling (``sched_autogroup_enabled``) CPU is
+    first shared fairly between sessions, and a process's nice value only counts
+    inside its own session: without this, ``--nice`` changes nothing against
+    other users' sessions.
+    """
+    if NICE:
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{pid}/autogroup").write_text(str(NICE))
+
+
 def free_port() -> int:
     """A port free for both TCP and UDP on 127.0.0.1 (trackers serve both on one port)."""
     for _ in range(50):
@@ -143,6 +156,7 @@ def start(
         cwd=cwd,
         start_new_session=True,
     )
+    prioritise_session(proc.pid)
     server = Server(name, proc, log, [proc.pid])
     deadline = time.monotonic() + timeout
     try:

@@ -69,6 +69,7 @@ def main() -> None:
     p.add_argument("--nice", type=int, default=0, help="priority of server and load")
     a = p.parse_args()
     procs.NICE = a.nice
+    procs.prioritise_session()
     if not shutil.which("py-spy"):
         raise SystemExit("py-spy missing: pip install py-spy")
     a.out.mkdir(parents=True, exist_ok=True)

@@ -26,11 +26,17 @@ class Results:
 
     samples: dict[tuple[str, str, str], list[Sample]] = field(default_factory=dict)
     figures: dict[str, dict[str, object]] = field(default_factory=dict)
+    runs_log: Path | None = None  # every run as a JSON line, for later re-analysis
 
     def add(self, scenario: str, mode: str, tracker: str, sample: Sample) -> None:
         self.samples.setdefault((scenario, mode, tracker), []).append(sample)
+        if self.runs_log:
+            row = {"scenario": scenario, "mode": mode, "tracker": tracker, **sample.as_dict()}
+            with self.runs_log.open("a") as f:
+                f.write(json.dumps(row) + "\n")
         print(
-            f"  run {scenario}/{mode} {tracker}: rps={sample.rps:.0f} p50={sample.p50_ms:.2f}ms "
+            f"  run {scenario}/{mode} {tracker}: rps={sample.rps:.0f} "
+            f"per_core={sample.rps_per_core:.0f} p50={sample.p50_ms:.2f}ms "
             f"p99={sample.p99_ms:.2f}ms server_cpu={sample.server_cpu_pct:.0f}% "
             f"rss={sample.rss_mb:.1f}MB load_cpu={sample.load_cpu_pct:.0f}% "
             f"other_cpu={sample.other_cpu_pct:.0f}% ok={sample.ok} bad={sample.bad} "
@@ -51,6 +57,7 @@ class Results:
         return {
             "n": len(runs),
             "rps": med("rps"),
+            "rps_per_core": med("rps_per_core"),
             "rps_min": min(s.rps for s in runs),
             "rps_max": max(s.rps for s in runs),
             "p50_ms": med("p50_ms"),
@@ -73,6 +80,7 @@ class Results:
             print(
                 f"SUMMARY scenario={scenario} mode={mode} tracker={tracker} n={s['n']} "
                 f"rps={s['rps']:.0f} [{s['rps_min']:.0f}..{s['rps_max']:.0f}] "
+                f"rps_per_core={s['rps_per_core']:.0f} "
                 f"p50_ms={s['p50_ms']:.2f} p99_ms={s['p99_ms']:.2f} "
                 f"server_cpu_pct={s['server_cpu_pct']:.0f} peak_rss_mb={s['peak_rss_mb']:.1f} "
                 f"load_cpu_pct={s['load_cpu_pct']:.0f} avg_peers={s['avg_peers']:.1f} "
@@ -87,6 +95,7 @@ class Results:
             print(
                 f"RATIO scenario={scenario} mode={mode} {tracker}/{anchor}: "
                 f"rps={s['rps'] / base['rps']:.2f}x "
+                f"rps_per_core={s['rps_per_core'] / base['rps_per_core']:.2f}x "
                 f"peak_rss={s['peak_rss_mb'] / max(base['peak_rss_mb'], 0.1):.1f}x"
             )
 
@@ -210,18 +219,25 @@ def markdown(data: dict[str, object]) -> str:
     figures = data.get("figures", {})
     assert isinstance(summaries, dict) and isinstance(figures, dict)
     lines = [
-        "| scenario | mode | tracker | n | announces/s median [min..max] | p50 ms | p99 ms "
-        "| server CPU % | peak RSS MB | vs opentracker | other CPU % (max) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | mode | tracker | n | announces/s median [min..max] | per server core-s "
+        "| p50 ms | p99 ms | server CPU % | peak RSS MB | vs opentracker (rps, per core-s) "
+        "| other CPU % (max) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in sorted(summaries):
         scenario, mode, tracker = key.split("/", 2)
         s = summaries[key]
         base = summaries.get(f"{scenario}/{mode}/opentracker")
-        ratio = f"{s['rps'] / base['rps']:.2f}x" if base and tracker != "opentracker" else ""
+        per_core = s.get("rps_per_core", 0.0)
+        ratio = ""
+        if base and tracker != "opentracker":
+            ratio = f"{s['rps'] / base['rps']:.2f}x"
+            if per_core and base.get("rps_per_core"):
+                ratio += f", {per_core / base['rps_per_core']:.2f}x"
         lines.append(
             f"| {scenario} | {mode} | {tracker} | {s['n']} | {s['rps']:,.0f} "
-            f"[{s['rps_min']:,.0f}..{s['rps_max']:,.0f}] | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} "
+            f"[{s['rps_min']:,.0f}..{s['rps_max']:,.0f}] | {per_core:,.0f} "
+            f"| {s['p50_ms']:.2f} | {s['p99_ms']:.2f} "
             f"| {s['server_cpu_pct']:.0f} | {s['peak_rss_mb']:.1f} | {ratio} "
             f"| {s['other_cpu_pct_max']:.0f} |"
         )
