@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cachetools import Cache
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -33,6 +34,7 @@ PROTOCOLS = ("http", "udp")
 PUBLISH_SECONDS = 1.0  # how often a process sends its report to the hub
 RATE_WINDOW = 10.0  # seconds over which "per second" is averaged
 TOTALS_MAX_AGE = 2.0  # a replica walk costs O(torrents): reuse it this long
+TOTALS_CHUNK = 2000  # torrents read between two yields to the announces
 
 
 class Counters:
@@ -218,11 +220,8 @@ class TrackerStats:
         now = time.monotonic()
         at, totals = self._totals
         if now - at >= TOTALS_MAX_AGE:
-            with self.core.lock:
-                store = self.core.store
-                assert store is not None
-                totals = store.totals()
-            self._totals = (now, totals)
+            totals = replica_totals(self.core)
+            self._totals = (time.monotonic(), totals)
         return totals
 
     def snapshot(self) -> dict[str, Any]:
@@ -250,6 +249,36 @@ class TrackerStats:
             **merged,
             "sync": sync,
         }
+
+
+def replica_totals(core: TrackerCore) -> tuple[int, int, int]:
+    """(torrents, seeders, leechers) of the replica, without stalling announces.
+
+    ``SwarmStore.totals()`` walks every torrent under the lock through
+    TTLCache's own accessors (which also reorder its LRU list): seconds for a
+    million torrents, during which a gevent worker answers nothing. Here only
+    the keys are copied under the lock (``Cache.__iter__`` is the plain dict
+    iterator), and the swarms are read a chunk at a time outside it, yielding
+    in between; counts that move meanwhile are the announces of that instant.
+    """
+    store = core.store
+    assert store is not None
+    cache = store.torrents
+    with core.lock:
+        keys = list(Cache.__iter__(cache))
+    torrents = seeders = peers = 0
+    for start in range(0, len(keys), TOTALS_CHUNK):
+        if start:
+            time.sleep(0)  # a greenlet switch under gevent; a GIL release in threads
+        for key in keys[start : start + TOTALS_CHUNK]:
+            try:
+                swarm = Cache.__getitem__(cache, key)  # no LRU reordering, no expiry
+            except KeyError:  # gone since the keys were copied
+                continue
+            torrents += 1
+            seeders += swarm.complete
+            peers += len(swarm)
+    return torrents, seeders, peers - seeders
 
 
 # --- renderings ----------------------------------------------------------------------------
