@@ -16,6 +16,7 @@ from wsgi_tracker.config import ConfigError, TrackerConfig
 from wsgi_tracker.errors import TrackerError
 from wsgi_tracker.middleware import TrackerMiddleware
 from wsgi_tracker.stats import (
+    TOTALS_CHUNK,
     Counters,
     RateMeter,
     TrackerStats,
@@ -23,6 +24,7 @@ from wsgi_tracker.stats import (
     encode_report,
     merge_reports,
     render_prometheus,
+    replica_totals,
 )
 from wsgi_tracker.tracker import Announce, TrackerCore
 
@@ -115,6 +117,16 @@ def test_whole_tracker_view_counts_this_process_live_and_others_from_their_repor
     assert (snap["scope"], snap["served_by"], snap["processes"]) == ("tracker", own_id, 2)
     assert snap["announces"] == {"http": 2, "udp": 5, "total": 7}
     assert (snap["torrents"], snap["peers"], snap["seeders"], snap["leechers"]) == (1, 2, 1, 1)
+
+
+def test_replica_count_read_in_chunks_matches_the_store(clock):
+    core = TrackerCore(TrackerConfig(), clock=clock)
+    for n in range(3 * TOTALS_CHUNK + 7):  # several chunks
+        ih = n.to_bytes(20, "big")
+        core.announce(Announce(ih, pid(n), 6881, left=n % 3), CLIENT)
+        if n % 5 == 0:
+            core.announce(Announce(ih, pid(n + 10**6), 6881, left=0), CLIENT)
+    assert replica_totals(core) == core.store.totals()
 
 
 def test_prometheus_text_carries_every_counter_and_gauge(clock):
