@@ -150,13 +150,17 @@ def udp_load(
     scrape_hashes: int = 1,
     prefill: bool = False,
     numwant: int = 50,
+    rate: float = 0,
 ) -> LoadRun:
-    """udp_load for ``seconds`` (prefill: every (client, torrent) pair once, in order)."""
+    """udp_load for ``seconds`` (prefill: every (client, torrent) pair once, in order).
+
+    ``rate`` > 0 paces the requests (open loop) instead of keeping the window full.
+    """
     cmd = [
         str(udp_load_binary()), "-H", "127.0.0.1", "-p", str(port), "-f", str(workload.pool),
         "-n", str(workload.clients), "-g", str(workload.tpc), "-w", str(inflight),
         "-P", str(socks), "-t", str(seconds), "-m", mode, "-s", str(scrape_hashes),
-        "-N", str(numwant),
+        "-N", str(numwant), "-R", str(rate),
     ]  # fmt: skip
     if prefill:
         cmd += ["-q", "-x", str(workload.peers)]

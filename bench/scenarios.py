@@ -179,8 +179,34 @@ def udp(kn: Knobs, results: Results, modes: tuple[str, ...]) -> None:
                         ),
                     )
                     results.add("udp", mode, name, sample)
+        if "announce" in modes:
+            _udp_half_rate(kn, results, running, wl)
     results.print_summaries("udp")
     _generator_headroom(results, modes)
+
+
+def _udp_half_rate(
+    kn: Knobs, results: Results, running: dict[str, tuple[Server, int]], wl: Workload
+) -> None:
+    """Latency at half each tracker's peak announce rate (the issue's UDP latency target)."""
+    for _rep in range(kn.reps):
+        for name, (server, port) in running.items():
+            peak = results.summary("udp", "announce", name)
+            if not peak:
+                continue
+            sample = measure(
+                [server],
+                lambda port=port, rate=peak["rps"] / 2: loads.udp_load(
+                    port,
+                    wl,
+                    kn.dur,
+                    cpus=kn.load_cpu,
+                    inflight=kn.inflight,
+                    socks=kn.socks,
+                    rate=rate,
+                ),
+            )
+            results.add("udp", "announce-half-rate", name, sample)
 
 
 def _generator_headroom(results: Results, modes: tuple[str, ...]) -> None:

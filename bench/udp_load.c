@@ -133,6 +133,8 @@ static void usage(const char *a) {
     "  -q           sequential clients/torrents (use with -x N*G to pre-fill)\n"
     "  -x count     stop early after this many announce/scrape responses (pre-fill)\n"
     "  -i           print per-second progress\n"
+    "  -R rate      send at most this many requests per second (open-loop pacing; 0 = as fast\n"
+    "               as the in-flight window allows)\n"
     "  -A           allow a non-loopback destination\n", a, MAX_SCRAPE);
   exit(2);
 }
@@ -140,10 +142,10 @@ static void usage(const char *a) {
 int main(int argc, char **argv) {
   const char *host = "127.0.0.1", *poolfile = NULL, *mode = "announce";
   int port = 6969, N = 5000, K = 1000, G = 20, seq_mode = 0, W = 64, nsock = 8, spp = 1, numwant = 50, progress = 0, allow_any = 0;
-  double T = 10, conn_age = 60, timeout_ms = 1000;
+  double T = 10, conn_age = 60, timeout_ms = 1000, rate = 0;
   uint64_t seed = 0, maxresp = 0;
   int o;
-  while ((o = getopt(argc, argv, "H:p:n:k:f:w:t:m:s:N:P:c:T:r:x:g:qiA")) != -1) {
+  while ((o = getopt(argc, argv, "H:p:n:k:f:w:t:m:s:N:P:c:T:r:x:g:R:qiA")) != -1) {
     switch (o) {
       case 'H': host = optarg; break;
       case 'p': port = atoi(optarg); break;
@@ -164,6 +166,7 @@ int main(int argc, char **argv) {
       case 'x': maxresp = strtoull(optarg, 0, 0); break;
       case 'i': progress = 1; break;
       case 'A': allow_any = 1; break;
+      case 'R': rate = atof(optarg); break;
       default: usage(argv[0]);
     }
   }
@@ -247,8 +250,8 @@ int main(int argc, char **argv) {
   while (1) {
     double now = now_s();
     if (now >= tend || (maxresp && resp >= maxresp)) break;
-    /* fill the window */
-    while (nfree > 0) {
+    /* fill the window (and, when paced, only up to rate * elapsed requests) */
+    while (nfree > 0 && (rate <= 0 || (double)(sent + sent_conn) < (now - t0) * rate)) {
       int c = seq_mode ? (int)(seq++ % N) : (int)(rnd() % N), tries = 0;
       while (cl[c].busy && tries < N) { c = (c + 1) % N; tries++; }
       if (cl[c].busy) break;
