@@ -127,10 +127,11 @@ class Peer:
         return "\n".join(f"  {r.kind.__name__}: {r.message}" for r in self.seen[-40:])
 
 
-def session_settings(listen_port: int) -> dict[str, object]:
+def session_settings(listen_port: int, host: str = "127.0.0.1") -> dict[str, object]:
+    listen = f"[{host}]" if ":" in host else host
     return {
-        "listen_interfaces": f"127.0.0.1:{listen_port}",
-        "outgoing_interfaces": "127.0.0.1",
+        "listen_interfaces": f"{listen}:{listen_port}",
+        "outgoing_interfaces": host,
         "enable_dht": False,
         "enable_lsd": False,
         "enable_upnp": False,
@@ -160,11 +161,16 @@ def session_settings(listen_port: int) -> dict[str, object]:
 
 @contextlib.contextmanager
 def peer(
-    torrent: GeneratedTorrent, save_path: Path, listen_port: int, tracker_url: str | None = None
+    torrent: GeneratedTorrent,
+    save_path: Path,
+    listen_port: int,
+    tracker_url: str | None = None,
+    host: str = "127.0.0.1",
 ) -> Iterator[Peer]:
     """A session downloading (or, if ``save_path`` holds the data, seeding) ``torrent``.
 
-    ``tracker_url`` replaces the torrent's tracker (same info_hash, another tracker).
+    ``tracker_url`` replaces the torrent's tracker (same info_hash, another tracker);
+    ``host`` is the loopback address the session listens on and connects from.
     """
     params = lt.add_torrent_params()
     params.ti = lt.torrent_info(lt.bdecode(torrent.metainfo))
@@ -176,7 +182,7 @@ def peer(
     params.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
     params.flags |= lt.torrent_flags.disable_dht | lt.torrent_flags.disable_lsd
     params.flags |= lt.torrent_flags.disable_pex
-    session = lt.session(session_settings(listen_port))
+    session = lt.session(session_settings(listen_port, host))
     client = Peer(session, session.add_torrent(params), save_path, listen_port)
     del session  # ``client`` holds the only reference, so closing it ends the session
     try:

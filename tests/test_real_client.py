@@ -8,6 +8,7 @@ then count exactly one download, and forget the leecher once it stops.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,23 +24,28 @@ STEP_TIMEOUT = 12  # per stage (five stages: <= 60 s); each takes well under a s
 
 
 def download_through_tracker(
-    tmp_path: Path, tracker_url: str, counts: Callable[[bytes], tuple[int, int, int]]
+    tmp_path: Path,
+    tracker_url: str,
+    counts: Callable[[bytes], tuple[int, int, int]],
+    host: str = "127.0.0.1",
 ) -> GeneratedTorrent:
     """Seed, leech, and wait until the tracker's own counters show the finished download,
     then stop the leecher and see the tracker drop it.
 
-    ``counts(info_hash)`` is the tracker's (seeders, downloaded, leechers).
+    ``counts(info_hash)`` is the tracker's (seeders, downloaded, leechers); both
+    clients listen on ``host``.
     """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     seed_dir = tmp_path / "seeder"
     torrent = make_torrent(seed_dir, tracker_url)
-    with peer(torrent, seed_dir, free_port()) as seeder:
+    with peer(torrent, seed_dir, free_port(family), host=host) as seeder:
         seeder.wait_until(seeder.is_seeding, STEP_TIMEOUT, "seeding state after the file check")
         seeder.wait_for(lt.tracker_reply_alert, STEP_TIMEOUT, "seeder announce reply")
         assert counts(torrent.info_hash) == (1, 0, 0), "the tracker should hold the seeder"
 
         leech_dir = tmp_path / "leecher"
         leech_dir.mkdir()
-        with peer(torrent, leech_dir, free_port()) as leecher:
+        with peer(torrent, leech_dir, free_port(family), host=host) as leecher:
             leecher.wait_for(lt.torrent_finished_alert, STEP_TIMEOUT, "finished download")
             assert leecher.read_downloaded(torrent.name, STEP_TIMEOUT) == torrent.data
             reply = leecher.wait_for(lt.tracker_reply_alert, 1, "leecher announce reply")
@@ -72,13 +78,33 @@ def http_tracker() -> Iterator[Server]:
 def test_libtorrent_leecher_finds_seeder_over_http_and_download_is_counted(
     tmp_path: Path, http_tracker: Server
 ) -> None:
+    download_through_tracker(tmp_path, http_tracker.url + "/announce", http_counts(http_tracker))
+
+
+def http_counts(server: Server) -> Callable[[bytes], tuple[int, int, int]]:
+    """The tracker's (complete, downloaded, incomplete) of a torrent, by an HTTP scrape."""
+
     def counts(info_hash: bytes) -> tuple[int, int, int]:
-        status, body = http_get(scrape_url(http_tracker.url + "/scrape", info_hash))
+        status, body = http_get(scrape_url(server.url + "/scrape", info_hash))
         assert status == 200
         entry = bencodepy.decode(body)[b"files"][info_hash]
         return entry[b"complete"], entry[b"downloaded"], entry[b"incomplete"]
 
-    download_through_tracker(tmp_path, http_tracker.url + "/announce", counts)
+    return counts
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        free_port(socket.AF_INET6)
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no ::1 on this machine")
+def test_libtorrent_over_ipv6_finds_seeder_through_peers6(tmp_path: Path) -> None:
+    with gunicorn(bind_host="::1") as server:
+        download_through_tracker(tmp_path, server.url + "/announce", http_counts(server), "::1")
 
 
 @pytest.fixture
