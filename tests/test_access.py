@@ -317,3 +317,21 @@ def test_list_edit_changes_the_answer_of_every_worker_without_restart(tmp_path, 
             n += 8
             after = worker_counts(web.url, 2, deadline)
         assert all(after[w] > before[w] for w in before), (before, after)
+
+
+def test_sighup_makes_the_udp_sidecar_reread_the_list(listfile):
+    env = {
+        "WSGI_TRACKER_ACCESS_MODE": "whitelist",
+        "WSGI_TRACKER_ACCESS_LIST_FILE": str(listfile),
+    }
+    with sidecar(env=env) as udp:
+        assert udp_announce(udp.port, OTHER) == "torrent not allowed"
+        write(listfile, f"{OTHER.hex()}\n", mtime=1_000_000)  # same size and mtime as before
+        time.sleep(1.1)  # past the once-a-second look: the change is invisible to it
+        assert udp_announce(udp.port, OTHER) == "torrent not allowed"
+        udp.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while udp_announce(udp.port, OTHER) is not None:
+            assert time.monotonic() < deadline, "SIGHUP did not reload the list"
+            time.sleep(0.05)
+        assert udp_announce(udp.port, ALLOWED) == "torrent not allowed"
