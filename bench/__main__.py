@@ -71,6 +71,12 @@ def parse_args() -> tuple[list[str], scenarios.Knobs, bool]:
     )
     p.add_argument("--no-save", action="store_true", help="do not touch results.json or the chart")
     p.add_argument(
+        "--from-runs",
+        type=Path,
+        metavar="RUNS_JSONL",
+        help="summarise an earlier run's runs.jsonl again and merge it into results.json",
+    )
+    p.add_argument(
         "--table",
         action="store_true",
         help="print bench/results.json as markdown tables (and redraw the chart); run nothing",
@@ -104,6 +110,12 @@ def parse_args() -> tuple[list[str], scenarios.Knobs, bool]:
         mem_wire_http_peers=a.mem_wire_http_peers,
     )
     procs.NICE = a.nice
+    if a.from_runs:
+        results = Results.from_runs(a.from_runs)
+        for scenario in sorted({k[0] for k in results.samples}):
+            results.print_summaries(scenario)
+        draw_chart(results.save())
+        sys.exit(0)
     if a.table:
         data = json.loads(RESULTS.read_text())
         draw_chart(data)
