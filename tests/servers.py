@@ -26,7 +26,7 @@ from urllib.parse import quote_from_bytes, urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = REPO_ROOT / "wsgi_tracker" / "gunicorn_conf.py"
-START_TIMEOUT = 20.0
+START_TIMEOUT = 30.0  # generous: CI runners share two busy cores
 STOP_TIMEOUT = 10.0
 UDP_CONNECT_MAGIC = 0x41727101980
 

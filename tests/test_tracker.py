@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from wsgi_tracker.addresses import pack_ip
 from wsgi_tracker.config import TrackerConfig
@@ -197,3 +199,62 @@ def test_peers_expire_after_the_configured_ttl(clock):
 def test_ipv6_client_is_stored_as_ipv6(core):
     join(core, 1, V6_CLIENT)
     assert core.store.get(IH).v6 is not None and core.store.get(IH).v4 is None
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 11),  # peer
+            st.booleans(),  # IPv6 address
+            st.booleans(),  # seeder (left == 0)
+            st.sampled_from([EVENT_NONE, EVENT_STARTED, EVENT_COMPLETED, EVENT_STOPPED]),
+            st.none() | st.integers(0, 15),  # numwant
+            st.booleans(),  # both families (HTTP) or one (UDP)
+        ),
+        max_size=40,
+    ),
+    st.integers(0, 2**32),
+)
+def test_every_reply_obeys_the_policy(ops, seed):
+    """Random announces: no reply hands out its requester, a duplicate, a seeder to a
+    seeder, more than numwant peers, or a leecher before a seeder it could have had."""
+    cfg = TrackerConfig(numwant_default=5, numwant_max=8)
+    core = TrackerCore(cfg, rng=random.Random(seed))
+    address = {}  # compact endpoint -> (peer, is seeder), as last announced
+    for n, v6, seeder, event, numwant, both in ops:
+        ip = v6ip(n) if v6 else v4ip(n)
+        req = Announce(IH, pid(n), 6881, left=0 if seeder else 5, event=event, numwant=numwant)
+        result = core.announce(req, ip, both_families=both)
+        ep = ip + (6881).to_bytes(2, "big")
+        if event == EVENT_STOPPED:  # gone from both families
+            for gone in [e for e, (p, _) in address.items() if p == n]:
+                del address[gone]
+            assert (result.peers, result.peers6) == (b"", b"")
+        else:
+            address[ep] = (n, seeder)
+        got = entries(result.peers, 6) + entries(result.peers6, 18)
+        if not both:
+            assert (result.peers if v6 else result.peers6) == b""
+        assert len(got) == len(set(got)), "a peer twice in one reply"
+        assert all(address[e][0] != n for e in got), "a peer handed itself"
+        want = min(5 if numwant is None else numwant, 8)
+        assert len(got) <= want
+        if event == EVENT_STOPPED:
+            continue
+        if seeder:
+            assert not any(address[e][1] for e in got), "a seeder sent a seeder"
+        candidates = {
+            e: s
+            for e, (p, s) in address.items()
+            if p != n and (both or len(e) == len(ep)) and not (seeder and s)
+        }
+        assert len(got) == min(want, len(candidates))
+        own = [e for e in got if len(e) == len(ep)]
+        own_seeders = sum(1 for e, s in candidates.items() if s and len(e) == len(ep))
+        if not seeder:
+            assert sum(address[e][1] for e in own) == min(len(own), own_seeders), (
+                "a leecher is sent seeders first"
+            )
+    complete, _, incomplete = core.store.scrape(IH)
+    assert complete == sum(s for _, s in address.values())
+    assert incomplete == sum(not s for _, s in address.values())
