@@ -38,7 +38,7 @@ pytestmark = pytest.mark.integration
 MAX_TORRENTS = 500
 MAX_PEERS = 40
 FLOOD_ROUNDS = 4
-FLOOD_PER_ROUND = 3000  # unique torrents per round, half over HTTP, half over UDP
+FLOOD_PER_ROUND = 2000  # unique torrents per round, half over HTTP, half over UDP
 REFRESH_EVERY = 100  # the earlier swarms announce once per this many flood requests
 # RSS may grow while the replicas fill up to their limits (round 1) and the
 # allocator settles; after that a bounded store must not grow with the flood.
