@@ -10,6 +10,7 @@ rather than blocking or growing without bound.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -58,6 +59,8 @@ class AnnounceHook:
         # A thread does not survive fork: a gunicorn worker starts its own.
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (hook := ref()) and hook._forget_thread())
+        # A process that exits in order (gunicorn's graceful stop) delivers what it queued.
+        atexit.register(lambda: (hook := ref()) and hook.close())
 
     @classmethod
     def from_config(
