@@ -35,6 +35,7 @@ PUBLISH_SECONDS = 1.0  # how often a process sends its report to the hub
 RATE_WINDOW = 10.0  # seconds over which "per second" is averaged
 TOTALS_MAX_AGE = 2.0  # a replica walk costs O(torrents): reuse it this long
 TOTALS_CHUNK = 2000  # torrents read between two yields to the announces
+TOTALS_PAUSE = 0.001  # seconds of each yield
 
 
 class Counters:
@@ -269,7 +270,9 @@ def replica_totals(core: TrackerCore) -> tuple[int, int, int]:
     torrents = seeders = peers = 0
     for start in range(0, len(keys), TOTALS_CHUNK):
         if start:
-            time.sleep(0)  # a greenlet switch under gevent; a GIL release in threads
+            # A real (if short) sleep: under gevent, sleep(0) would run other greenlets
+            # without polling sockets, so waiting announces would stay unread.
+            time.sleep(TOTALS_PAUSE)
         for key in keys[start : start + TOTALS_CHUNK]:
             try:
                 swarm = Cache.__getitem__(cache, key)  # no LRU reordering, no expiry
