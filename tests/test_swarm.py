@@ -69,7 +69,7 @@ def test_peer_that_stops_announcing_expires_after_its_ttl(store, clock):
     clock.advance(TTL - 1)
     store.expire()
     assert store.scrape(IH) == (1, 0, 1)
-    clock.advance(1)
+    clock.advance(store.sweep_every)  # a peer outlives its TTL by at most one sweep period
     announce(store, 3)  # the lazy sweep on the next announce drops the two stale peers
     assert store.scrape(IH) == (0, 0, 1)
     assert store.get(IH).v4.ids == [pid(3)]
@@ -108,7 +108,7 @@ def test_torrent_nobody_announces_to_disappears_with_its_counter(store, clock):
     announce(store, 1, event=EVENT_STARTED)
     announce(store, 1, seeder=True, event=EVENT_COMPLETED)
     assert store.scrape(IH) == (1, 1, 0)
-    clock.advance(TTL)
+    clock.advance(TTL + store.sweep_every)  # the torrent outlives its last peer by a sweep
     assert store.get(IH) is None
     assert store.scrape(IH) == (0, 0, 0)
     store.expire()
