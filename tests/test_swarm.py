@@ -310,6 +310,7 @@ def test_full_torrent_refuses_new_peers_but_known_peers_reannounce(clock):
 # --- random operation sequences against a plain model ------------------------------------
 
 HASHES = [bytes([n]) * 20 for n in range(3)]
+SWEEP = SwarmStore().sweep_every
 MAX_PEERS = 6
 
 operation = st.one_of(
@@ -333,7 +334,10 @@ class Model:
     def __init__(self) -> None:
         self.peers: dict[tuple[bytes, int], dict[bytes, tuple[bytes, bool, int]]] = {}
         self.downloaded: dict[bytes, int] = {}
-        self.touched: dict[bytes, float] = {}
+        # When the store's torrent cache drops each torrent, and when it last refreshed it
+        # (-1: never by an announce): the cache is refreshed at most once a sweep period.
+        self.expiry: dict[bytes, float] = {}
+        self.refreshed: dict[bytes, float] = {}
 
     def family(self, ih: bytes, width: int) -> dict[bytes, tuple[bytes, bool, int]]:
         return self.peers.setdefault((ih, width), {})
@@ -347,7 +351,8 @@ class Model:
         return seeders, self.downloaded.get(ih, 0), len(members) - seeders
 
     def drop(self, ih: bytes) -> None:
-        self.touched.pop(ih, None)
+        self.expiry.pop(ih, None)
+        self.refreshed.pop(ih, None)
         self.downloaded.pop(ih, None)
         for w in (IPV4_WIDTH, IPV6_WIDTH):
             self.peers.pop((ih, w), None)
@@ -373,8 +378,8 @@ def _check_random_operations(ops):
         if op[0] == "tick":
             clock_now[0] = now = now + op[1]
             store.expire()
-            for ih, touched in list(model.touched.items()):
-                if touched + TTL <= now:
+            for ih, expiry in list(model.expiry.items()):
+                if expiry <= now:
                     model.drop(ih)
             for fam in model.peers.values():
                 for p, (_, _, exp) in list(fam.items()):
@@ -383,7 +388,8 @@ def _check_random_operations(ops):
         elif op[0] == "add":
             _, ih, n = op
             store.add_downloaded(ih, n)
-            model.touched.setdefault(ih, now)
+            if ih not in model.expiry:
+                model.expiry[ih], model.refreshed[ih] = now + TTL + SWEEP, -1
             model.downloaded[ih] = model.downloaded.get(ih, 0) + n
         else:
             _, ih, peer, width, seeder, event, count = op
@@ -407,7 +413,10 @@ def _check_random_operations(ops):
             expect_count = count and event == EVENT_COMPLETED and not was_seeder
             assert counted == expect_count
             model.downloaded[ih] = model.downloaded.get(ih, 0) + expect_count
-            model.touched[ih] = now
+            if ih not in model.expiry:
+                model.expiry[ih], model.refreshed[ih] = now + TTL + SWEEP, -1
+            if now - model.refreshed[ih] >= SWEEP:
+                model.expiry[ih], model.refreshed[ih] = now + TTL + SWEEP, now
             fam[pid(peer)] = (ep, seeder, now + TTL)
             pl = swarm.family(width, create=False)
             assert pl.ids[slot] == pid(peer)
