@@ -1,18 +1,23 @@
 """What sync costs and how far behind the other processes are: ``python -m bench.sync_lag``.
 
-Three runs on loopback, each with its own processes:
+Runs on loopback, each with its own processes:
 
-1. HTTP announces/s of ``gunicorn -w W`` with sync off (wrk, keep-alive, no pacing);
-2. the same with ``udp-sidecar`` as the hub and every worker syncing through it;
-3. the delta lag at a paced load (default 10,000 announces/s, half HTTP via wrk,
-   half UDP via a paced BEP 15 sender). An observer process joins the hub as a
-   client, exactly like a worker does, and for every delta it receives records
-   ``receive time - announce time`` (both wall clock, one machine). HTTP-origin
-   deltas went worker -> hub -> observer, the path to every other worker;
-   UDP-origin ones went sidecar -> observer.
+1. in this process, the cost per change of the listener every announce calls,
+   of encoding, and of a replica decoding and applying it;
+2. HTTP announces/s of ``gunicorn -w W`` with sync off, then with
+   ``udp-sidecar`` as the hub and every worker syncing through it (wrk,
+   keep-alive, no pacing);
+3. sync alone at ``--rate`` (default 10,000 announces/s): two publisher
+   processes, each a real ``TrackerCore`` with a real ``SyncClient`` (what a
+   worker runs, minus HTTP), announce at half the rate each through the hub;
+4. end to end at ``--rate``: half HTTP (wrk, paced) into the workers, half UDP
+   (a paced BEP 15 sender) into the sidecar.
 
-Prints one line per figure and a final ``SYNC_RESULT`` line (key=value) for
-scripts. Needs ``wrk`` (Debian package).
+In 3 and 4 an observer process joins the hub as a client, exactly as a worker
+does, and for every delta it receives records ``receive time - announce
+time`` (both wall clock, one machine): the delta lag from one process to
+another, by origin. Prints one line per figure and a final ``SYNC_RESULT``
+line (key=value) for scripts. Needs ``wrk`` (Debian package).
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ if str(REPO) not in sys.path:  # run as a file: python bench/sync_lag.py
 from wsgi_tracker.sync import frames  # noqa: E402
 
 UDP_PROTOCOL_ID = 0x41727101980
+# Who made a delta, by its peer_id: wrk's "-WK", the UDP sender's "-UD", a publisher's "-P".
+ORIGINS = {b"-U": "udp", b"-P": "core", b"-W": "http"}
 WARMUP = 1.0  # seconds of each run not measured
 
 # Every request a realistic announce; a client's peer_id and port stay the same,
@@ -102,14 +109,16 @@ def process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subproce
 
 @contextlib.contextmanager
 def tracker(tmp: Path, workers: int, sync: bool, worker_class: str | None) -> Iterator[dict]:
-    """gunicorn (and, with sync, udp-sidecar as hub); yields their ports and socket."""
+    """gunicorn (none if ``workers`` is 0) and, with sync, udp-sidecar as the hub;
+    yields their ports and the socket."""
     sock = str(tmp / "hub" / "sync.sock")
     env = dict(os.environ, WSGI_TRACKER_SYNC_SOCKET=sock if sync else "off")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     http_port, udp_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+    pids: list[int] = []
     with contextlib.ExitStack() as stack:
         if sync:
-            stack.enter_context(
+            sidecar = stack.enter_context(
                 process(
                     [sys.executable, "-m", "udp_sidecar", "--bind", "127.0.0.1",
                      "--port", str(udp_port), "--sync-socket", sock, "--log-level", "WARNING"],
@@ -117,13 +126,38 @@ def tracker(tmp: Path, workers: int, sync: bool, worker_class: str | None) -> It
                 )
             )  # fmt: skip
             wait_for(lambda: _unix_answers(sock), "the sync hub")
+            pids.append(sidecar.pid)
         cmd = [sys.executable, "-m", "gunicorn", "-c", str(REPO / "wsgi_tracker/gunicorn_conf.py"),
                "--workers", str(workers), "--bind", f"127.0.0.1:{http_port}"]  # fmt: skip
         if worker_class:
             cmd += ["--worker-class", worker_class]
-        stack.enter_context(process([*cmd, "wsgi_tracker.wsgi:app"], env, tmp / "gunicorn.log"))
-        wait_for(lambda: _http_answers(http_port), "gunicorn")
-        yield {"http": http_port, "udp": udp_port, "sock": sock}
+        if workers:
+            app = [*cmd, "wsgi_tracker.wsgi:app"]
+            master = stack.enter_context(process(app, env, tmp / "gunicorn.log"))
+            wait_for(lambda: _http_answers(http_port), "gunicorn")
+            pids.extend(children(master.pid))
+        yield {"http": http_port, "udp": udp_port, "sock": sock, "pids": pids}
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (gunicorn's workers), from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if entry.isdigit() and int(_stat(int(entry))[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat fields after the command name (state is [0], ppid [1])."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU the processes have used: what a figure costs, whatever else runs."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(f[11]) + int(f[12]) for f in map(_stat, pids)) / ticks
 
 
 def _unix_answers(path: str) -> bool:
@@ -186,9 +220,36 @@ def udp_sender(port: int, rate: float, seconds: float, done: multiprocessing.Que
     done.put(sent)
 
 
+def publisher(
+    path: str, rate: float, seconds: float, tag: int, done: multiprocessing.Queue
+) -> None:
+    """A worker without HTTP: paced announces into a real core with a real sync client."""
+    from wsgi_tracker.sync import SyncClient
+    from wsgi_tracker.tracker import Announce, TrackerCore
+
+    core = TrackerCore()
+    client = SyncClient(core, path, role=frames.ROLE_TOOL)
+    client.start()
+    client.wait_ready(10)
+    loopback = socket.inet_aton("127.0.0.1")
+    sent = 0
+    start = time.monotonic()
+    while (elapsed := time.monotonic() - start) < seconds:
+        for _ in range(int(elapsed * rate) - sent):
+            c = secrets.randbelow(5000)
+            ih = b"%020d" % ((c * 7 + secrets.randbelow(20)) % 1000)
+            req = Announce(ih, b"-P%d0001-%012d" % (tag, c), 20000 + c, left=c % 5 and 1000)
+            with core.lock:
+                core.announce(req, loopback)
+            sent += 1
+        time.sleep(0.001)
+    client.stop()
+    done.put(sent)
+
+
 def observer(path: str, seconds: float, done: multiprocessing.Queue) -> None:
     """A sync client that only listens: lag of every delta it receives, by origin."""
-    lags: dict[str, list[float]] = {"http": [], "udp": []}
+    lags: dict[str, list[float]] = {"http": [], "udp": [], "core": []}
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
     sock.sendall(frames.encode(frames.Hello(frames.ROLE_TOOL, os.getpid())))
@@ -211,9 +272,7 @@ def observer(path: str, seconds: float, done: multiprocessing.Queue) -> None:
         for frame in decoder.feed(data):
             if isinstance(frame, frames.Deltas) and now_m - start > WARMUP:
                 for p in frame.peers:
-                    lags["udp" if p.peer_id.startswith(b"-UD") else "http"].append(
-                        now - p.timestamp
-                    )
+                    lags[ORIGINS.get(p.peer_id[:2], "http")].append(now - p.timestamp)
     sock.close()
     done.put(lags)
 
@@ -266,6 +325,35 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def watch_while(ctx, path, seconds, loads, foreground=None):  # type: ignore[no-untyped-def]
+    """Run the observer and each (function, args) load in its own process for
+    ``seconds`` (and ``foreground()`` here); returns the lags and what each load
+    put, then the foreground's result."""
+    queue = ctx.Queue()
+    watch = ctx.Process(target=observer, args=(path, seconds + 1, queue))
+    watch.start()
+    time.sleep(0.5)
+    procs = [ctx.Process(target=fn, args=(*fn_args, queue)) for fn, fn_args in loads]
+    for proc in procs:
+        proc.start()
+    extra = [foreground()] if foreground else []
+    outputs = [queue.get(timeout=60) for _ in range(len(procs) + 1)]
+    for proc in [*procs, watch]:
+        proc.join(10)
+    lags = next(o for o in outputs if isinstance(o, dict))
+    return lags, [o for o in outputs if not isinstance(o, dict)] + extra
+
+
+def report(results: dict[str, float], key: str, label: str, values: list[float]) -> None:
+    p50, p99 = percentile(values, 0.50) * 1000, percentile(values, 0.99) * 1000
+    worst = max(values, default=float("nan")) * 1000
+    results[f"{key}_p50_ms"], results[f"{key}_p99_ms"] = p50, p99
+    print(
+        f"  delta lag {label}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {worst:.2f} ms "
+        f"({len(values):,} deltas; mean {statistics.fmean(values or [0]) * 1000:.2f} ms)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.sync_lag", description=__doc__)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
@@ -289,45 +377,40 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         for sync in (False, True):
             with tracker(tmp, args.workers, sync, args.worker_class) as ports:
+                cpu = cpu_seconds(ports["pids"])
                 rps = wrk(ports["http"], args.seconds, args.connections, 0, tmp)
-            key = "http_rps_hub" if sync else "http_rps_alone"
-            results[key] = rps
-            print(f"HTTP announces/s, {args.workers} workers, {'with' if sync else 'no'} hub: "
-                  f"{rps:,.0f}")  # fmt: skip
+                cpu_us = (cpu_seconds(ports["pids"]) - cpu) / (rps * args.seconds) * 1e6
+            key = "hub" if sync else "alone"
+            results[f"http_rps_{key}"], results[f"cpu_us_{key}"] = rps, cpu_us
+            print(
+                f"HTTP, {args.workers} workers, {'with' if sync else 'no'} hub: "
+                f"{rps:,.0f} announces/s, {cpu_us:.0f} us of CPU per announce "
+                f"(workers{' + sidecar' if sync else ''})"
+            )
+
+        with tracker(tmp, 0, True, None) as ports:
+            lags, counts = watch_while(
+                ctx, ports["sock"], args.seconds,
+                [(publisher, (ports["sock"], args.rate / 2, args.seconds, tag)) for tag in (1, 2)],
+            )  # fmt: skip
+        results["core_rate"] = sum(counts) / args.seconds
+        print(f"sync alone: 2 publishers, {results['core_rate']:,.0f} announces/s")
+        report(results, "core", "publisher -> other process", lags["core"])
 
         http_rate = args.rate * args.http_share
-        udp_rate = args.rate - http_rate
         with tracker(tmp, args.workers, True, args.worker_class) as ports:
-            queue: multiprocessing.Queue = ctx.Queue()
-            watch = ctx.Process(target=observer, args=(ports["sock"], args.seconds + 1, queue))
-            watch.start()
-            time.sleep(0.5)
-            send = ctx.Process(
-                target=udp_sender, args=(ports["udp"], udp_rate, args.seconds, queue)
-            )
-            send.start()
             # Each connection waits ~delay between requests: connections / delay = rate.
             delay_ms = args.connections * 1000 / http_rate if http_rate else 0
-            got_http = wrk(ports["http"], args.seconds, args.connections, delay_ms, tmp)
-            outputs = [queue.get(timeout=60), queue.get(timeout=60)]
-            send.join(10)
-            watch.join(10)
-        sent_udp = next(o for o in outputs if isinstance(o, int))
-        lags = next(o for o in outputs if isinstance(o, dict))
-    results["lag_rate_http"] = got_http
-    results["lag_rate_udp"] = sent_udp / args.seconds
-    print(f"lag run: {got_http:,.0f} HTTP + {sent_udp / args.seconds:,.0f} UDP announces/s "
-          f"(asked {args.rate:,.0f})")  # fmt: skip
-    for origin, label in (("http", "worker -> other process"), ("udp", "sidecar -> worker")):
-        values = lags[origin]
-        p50, p99 = percentile(values, 0.50) * 1000, percentile(values, 0.99) * 1000
-        worst = max(values, default=float("nan")) * 1000
-        results[f"{origin}_p50_ms"], results[f"{origin}_p99_ms"] = p50, p99
-        mean = statistics.fmean(values or [0]) * 1000
-        print(
-            f"delta lag {label}: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {worst:.2f} ms "
-            f"({len(values):,} deltas; mean {mean:.2f} ms)"
-        )
+            udp_load = (udp_sender, (ports["udp"], args.rate - http_rate, args.seconds))
+            lags, counts = watch_while(
+                ctx, ports["sock"], args.seconds, [udp_load],
+                lambda: wrk(ports["http"], args.seconds, args.connections, delay_ms, tmp),
+            )  # fmt: skip
+        got_http, sent_udp = counts[-1], counts[0] / args.seconds
+        results["e2e_rate_http"], results["e2e_rate_udp"] = got_http, sent_udp
+        print(f"end to end: {got_http:,.0f} HTTP + {sent_udp:,.0f} UDP announces/s")
+        report(results, "http", "worker -> other process", lags["http"])
+        report(results, "udp", "sidecar -> other process", lags["udp"])
     print("SYNC_RESULT " + " ".join(f"{k}={v:.2f}" for k, v in results.items()))
     return 0
 

