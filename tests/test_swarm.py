@@ -139,14 +139,27 @@ def test_reannounce_refreshes_address_and_seeder_state(store):
     assert store.scrape(IH) == (0, 0, 1)
 
 
-def test_stopped_removes_the_peer_from_every_family(store):
+def test_stopped_removes_the_peer_where_it_announced_from(store):
+    announce(store, 1, ep=v4(1, 1000))
+    announce(store, 1, ep=v6(1))  # the same client, dual-stack
+    announce(store, 2)
+    swarm, slot, counted = announce(store, 1, event=EVENT_STOPPED, ep=v4(1, 2000))
+    assert (slot, counted) == (-1, False)
+    assert pid(1) not in swarm.v4 and pid(1) in swarm.v6  # each family stops on its own
+    announce(store, 1, event=EVENT_STOPPED, ep=v6(1))
+    assert pid(1) not in swarm.v6
+    assert store.scrape(IH) == (0, 0, 1)
+
+
+def test_stop_from_another_host_cannot_remove_a_peer(store):
+    """Peer ids are public (non-compact replies, handshakes): an id alone proves nothing."""
     announce(store, 1, ep=v4(1))
     announce(store, 1, ep=v6(1))
-    announce(store, 2)
-    swarm, slot, counted = announce(store, 1, event=EVENT_STOPPED)
-    assert (slot, counted) == (-1, False)
-    assert store.scrape(IH) == (0, 0, 1)
-    assert pid(1) not in swarm.v4 and pid(1) not in swarm.v6
+    announce(store, 1, event=EVENT_STOPPED, ep=v4(66))
+    announce(store, 1, event=EVENT_STOPPED, ep=v6(66))
+    swarm = store.get(IH)
+    assert pid(1) in swarm.v4 and pid(1) in swarm.v6
+    assert store.scrape(IH) == (0, 0, 2)
 
 
 def test_stopped_for_unknown_torrent_creates_nothing(store):
@@ -325,6 +338,13 @@ operation = st.one_of(
     ),
     st.tuples(st.just("tick"), st.integers(1, TTL)),
     st.tuples(st.just("add"), st.sampled_from(HASHES), st.integers(1, 3)),
+    st.tuples(
+        st.just("stop"),
+        st.sampled_from(HASHES),
+        st.integers(0, 9),  # peer
+        st.integers(0, 9),  # the host the stop comes from
+        st.sampled_from([IPV4_WIDTH, IPV6_WIDTH]),
+    ),
 )
 
 
@@ -374,6 +394,7 @@ def _check_random_operations(ops):
     store = SwarmStore(peer_ttl=TTL, max_peers_per_torrent=MAX_PEERS, clock=lambda: clock_now[0])
     model = Model()
     for op in ops:
+        _compare(store, model)  # the state the previous operation left
         now = clock_now[0]
         if op[0] == "tick":
             clock_now[0] = now = now + op[1]
@@ -391,14 +412,19 @@ def _check_random_operations(ops):
             if ih not in model.expiry:
                 model.expiry[ih], model.refreshed[ih] = now + TTL + SWEEP, -1
             model.downloaded[ih] = model.downloaded.get(ih, 0) + n
+        elif op[0] == "stop":
+            _, ih, peer, host, width = op
+            ep = (v4 if width == IPV4_WIDTH else v6)(host)
+            store.apply(PeerChange(ih, pid(peer), ep, False, EVENT_STOPPED, now))
+            if host == peer:  # anyone else's stop for this peer id changes nothing
+                model.family(ih, width).pop(pid(peer), None)
         else:
             _, ih, peer, width, seeder, event, count = op
             ep = (v4 if width == IPV4_WIDTH else v6)(peer)
             change = PeerChange(ih, pid(peer), ep, seeder, event, now)
-            if event == EVENT_STOPPED:
+            if event == EVENT_STOPPED:  # sent from the peer's own host, in one family
                 store.apply(change, count)
-                for w in (IPV4_WIDTH, IPV6_WIDTH):
-                    model.family(ih, w).pop(pid(peer), None)
+                model.family(ih, width).pop(pid(peer), None)
                 continue
             fam = model.family(ih, width)
             if pid(peer) not in fam and model.size(ih) >= MAX_PEERS:
@@ -421,20 +447,24 @@ def _check_random_operations(ops):
             pl = swarm.family(width, create=False)
             assert pl.ids[slot] == pid(peer)
             assert (slot < pl.seeders) == seeder
-        for ih in HASHES:
-            assert store.scrape(ih) == model.counts(ih)
-            swarm = store.get(ih)
-            if swarm is None:
-                continue
-            for pl in swarm.lists():
-                check_invariants(pl)
-                want = model.family(ih, pl.width)
-                assert set(pl.ids) == set(want)
-                for slot, p in enumerate(pl.ids):
-                    ep, seeder, exp = want[p]
-                    assert bytes(pl.addrs[slot * pl.width : (slot + 1) * pl.width]) == ep
-                    assert (slot < pl.seeders) == seeder
-                    assert pl.expires[slot] == exp
-                for exclude in (-1, *range(len(pl))):
-                    for for_seeder in (False, True):
-                        check_sample(pl, 3, for_seeder, exclude, random.Random(exclude))
+    _compare(store, model)
+
+
+def _compare(store: SwarmStore, model: Model) -> None:
+    for ih in HASHES:
+        assert store.scrape(ih) == model.counts(ih)
+        swarm = store.get(ih)
+        if swarm is None:
+            continue
+        for pl in swarm.lists():
+            check_invariants(pl)
+            want = model.family(ih, pl.width)
+            assert set(pl.ids) == set(want)
+            for slot, p in enumerate(pl.ids):
+                ep, seeder, exp = want[p]
+                assert bytes(pl.addrs[slot * pl.width : (slot + 1) * pl.width]) == ep
+                assert (slot < pl.seeders) == seeder
+                assert pl.expires[slot] == exp
+            for exclude in (-1, *range(len(pl))):
+                for for_seeder in (False, True):
+                    check_sample(pl, 3, for_seeder, exclude, random.Random(exclude))

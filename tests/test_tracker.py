@@ -126,6 +126,14 @@ def test_stopped_gets_counts_but_no_peers(core):
     assert (result.peers, result.peers6, result.complete, result.incomplete) == (b"", b"", 1, 0)
 
 
+def test_stop_in_another_peers_name_is_ignored(core):
+    join(core, 1, v4ip(1))
+    join(core, 66, v4ip(66), with_ids=True)  # learns peer 1's id from the reply...
+    stop = Announce(IH, pid(1), 6881, left=1, event=EVENT_STOPPED)
+    core.announce(stop, v4ip(66))  # ...and tries to stop it from its own address
+    assert ports_of(join(core, 2).peers, 6) == {v4ip(1), v4ip(66)}
+
+
 def test_interval_jitter_stays_within_its_bounds(clock):
     core = TrackerCore(
         TrackerConfig(interval=1000, interval_jitter=50, min_interval=500), clock=clock
@@ -226,9 +234,8 @@ def test_every_reply_obeys_the_policy(ops, seed):
         req = Announce(IH, pid(n), 6881, left=0 if seeder else 5, event=event, numwant=numwant)
         result = core.announce(req, ip, both_families=both)
         ep = ip + (6881).to_bytes(2, "big")
-        if event == EVENT_STOPPED:  # gone from both families
-            for gone in [e for e, (p, _) in address.items() if p == n]:
-                del address[gone]
+        if event == EVENT_STOPPED:  # gone from the family it stopped in
+            address.pop(ep, None)
             assert (result.peers, result.peers6) == (b"", b"")
         else:
             address[ep] = (n, seeder)

@@ -326,8 +326,14 @@ class SwarmStore:
             swarm = None
         if change.event == EVENT_STOPPED:
             if swarm is not None:
-                for pl in swarm.lists():
-                    pl.remove(change.peer_id)
+                # Only the peer's own host may stop it: peer ids are no secret (non-compact
+                # replies and every handshake show them), the sender's address is proven.
+                width = len(change.endpoint)
+                pl = swarm.family(width, create=False)
+                slot = -1 if pl is None else pl.slot(change.peer_id)
+                ip = slice(slot * width, slot * width + width - 2)
+                if slot >= 0 and pl.addrs[ip] == change.endpoint[:-2]:
+                    pl.remove_slot(slot)
             return swarm, -1, False
         if swarm is None:
             swarm = Swarm()
