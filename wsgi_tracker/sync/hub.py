@@ -288,16 +288,18 @@ class SyncHub:
         core = self.core
         store = core.store
         assert store is not None
+        # Forwarded before applied: the others need not wait for our replica, and
+        # nothing (no snapshot) can run between the two.
         if isinstance(frame, f.Deltas):
+            self._fan_out(raw.wire, exclude=client)
             with core.lock:
                 for change in frame.peers:
                     apply_remote(store, change)
-            self._fan_out(raw.wire, exclude=client)
         elif isinstance(frame, f.Counts):
+            self._fan_out(raw.wire, exclude=client)
             with core.lock:
                 for ih, n in frame.counts:
                     store.add_downloaded(ih, n)
-            self._fan_out(raw.wire, exclude=client)
         elif isinstance(frame, f.Snapshot):
             # A client re-sending its replica: pass on only what was news here,
             # still as state, so it never overrides a same-second announce.
