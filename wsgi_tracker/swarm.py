@@ -133,13 +133,6 @@ class PeerList:
         self.expires.pop()
         del self.addrs[last * self.width :]
 
-    def remove(self, peer_id: bytes) -> bool:
-        slot = self.slot(peer_id)
-        if slot < 0:
-            return False
-        self.remove_slot(slot)
-        return True
-
     def is_seeder(self, peer_id: bytes) -> bool:
         return 0 <= self.slot(peer_id) < self.seeders
 
