@@ -3,9 +3,15 @@
 Hypothesis runs without its per-example deadline: CI machines have two busy
 cores, and no test here may fail on a timing. ``clock`` is a hand-driven clock
 for anything that takes ``clock=`` (SwarmStore, TrackerCore).
+
+The developer's own ``WSGI_TRACKER_*`` settings are dropped before any test runs,
+so neither in-process trackers nor the servers the tests start (they inherit
+this environment) depend on the shell the suite was started from.
 """
 
 from __future__ import annotations
+
+import os
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -14,6 +20,9 @@ settings.register_profile(
     "wsgi-tracker", deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile("wsgi-tracker")
+
+for _name in [n for n in os.environ if n.startswith("WSGI_TRACKER_")]:
+    del os.environ[_name]
 
 
 class ManualClock:
