@@ -366,6 +366,17 @@ def full(kn: Knobs, results: Results) -> None:
             for proto, sample in samples.items():
                 results.add("full", proto, "ours", sample)
     results.print_summaries("full")
+    h, u = results.summary("full", "http", "ours"), results.summary("full", "udp", "ours")
+    if h and u:
+        total = h["rps"] + u["rps"]
+        results.figures["full/combined"] = {
+            "announces_per_s": total,
+            "processes": kn.full_workers + 1,
+        }
+        print(
+            f"FULL combined: {total:.0f} announces/s (HTTP {h['rps']:.0f} + UDP {u['rps']:.0f}) "
+            f"served by {kn.full_workers} workers + the sidecar, each applying every announce"
+        )
 
 
 def sync_lag(kn: Knobs, results: Results) -> None:

@@ -133,8 +133,8 @@ static void usage(const char *a) {
     "  -q           sequential clients/torrents (use with -x N*G to pre-fill)\n"
     "  -x count     stop early after this many announce/scrape responses (pre-fill)\n"
     "  -i           print per-second progress\n"
-    "  -R rate      send at most this many requests per second (open-loop pacing; 0 = as fast\n"
-    "               as the in-flight window allows)\n"
+    "  -R rate      send at most this many announces/scrapes per second (open-loop pacing,\n"
+    "               connects not counted; 0 = as fast as the in-flight window allows)\n"
     "  -A           allow a non-loopback destination\n", a, MAX_SCRAPE);
   exit(2);
 }
@@ -251,7 +251,7 @@ int main(int argc, char **argv) {
     double now = now_s();
     if (now >= tend || (maxresp && resp >= maxresp)) break;
     /* fill the window (and, when paced, only up to rate * elapsed requests) */
-    while (nfree > 0 && (rate <= 0 || (double)(sent + sent_conn) < (now - t0) * rate)) {
+    while (nfree > 0 && (rate <= 0 || (double)sent < (now - t0) * rate)) {
       int c = seq_mode ? (int)(seq++ % N) : (int)(rnd() % N), tries = 0;
       while (cl[c].busy && tries < N) { c = (c + 1) % N; tries++; }
       if (cl[c].busy) break;
