@@ -41,7 +41,11 @@ def download_through_tracker(
     with peer(torrent, seed_dir, free_port(family), host=host) as seeder:
         seeder.wait_until(seeder.is_seeding, STEP_TIMEOUT, "seeding state after the file check")
         seeder.wait_for(lt.tracker_reply_alert, STEP_TIMEOUT, "seeder announce reply")
-        assert counts(torrent.info_hash) == (1, 0, 0), "the tracker should hold the seeder"
+        seeder.wait_until(
+            lambda: counts(torrent.info_hash) == (1, 0, 0),
+            STEP_TIMEOUT,
+            f"the seeder on the tracker (tracker says {counts(torrent.info_hash)})",
+        )
 
         leech_dir = tmp_path / "leecher"
         leech_dir.mkdir()
