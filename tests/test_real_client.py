@@ -9,6 +9,7 @@ then count exactly one download, and forget the leecher once it stops.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +21,17 @@ from servers import Server, free_port, gunicorn, http_get, scrape_url, sidecar, 
 
 pytestmark = [pytest.mark.client, pytest.mark.integration]
 
-STEP_TIMEOUT = 12  # per stage (five stages: <= 60 s); each takes well under a second here
+TEST_BUDGET = 60.0  # seconds for all the waits of one test; a run here takes a few
+
+
+class Deadline:
+    """One time budget shared by every wait of a test, so the whole test is bounded."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return max(0.0, self.end - time.monotonic())
 
 
 def download_through_tracker(
@@ -36,38 +47,39 @@ def download_through_tracker(
     clients listen on ``host``.
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    deadline = Deadline(TEST_BUDGET)
     seed_dir = tmp_path / "seeder"
     torrent = make_torrent(seed_dir, tracker_url)
     with peer(torrent, seed_dir, free_port(family), host=host) as seeder:
-        seeder.wait_until(seeder.is_seeding, STEP_TIMEOUT, "seeding state after the file check")
-        seeder.wait_for(lt.tracker_reply_alert, STEP_TIMEOUT, "seeder announce reply")
+        seeder.wait_until(seeder.is_seeding, deadline.left(), "seeding state after the file check")
+        seeder.wait_for(lt.tracker_reply_alert, deadline.left(), "seeder announce reply")
         seeder.wait_until(
             lambda: counts(torrent.info_hash) == (1, 0, 0),
-            STEP_TIMEOUT,
+            deadline.left(),
             f"the seeder on the tracker (tracker says {counts(torrent.info_hash)})",
         )
 
         leech_dir = tmp_path / "leecher"
         leech_dir.mkdir()
         with peer(torrent, leech_dir, free_port(family), host=host) as leecher:
-            leecher.wait_for(lt.torrent_finished_alert, STEP_TIMEOUT, "finished download")
-            assert leecher.read_downloaded(torrent.name, STEP_TIMEOUT) == torrent.data
+            leecher.wait_for(lt.torrent_finished_alert, deadline.left(), "finished download")
+            assert leecher.read_downloaded(torrent.name, deadline.left()) == torrent.data
             reply = leecher.wait_for(lt.tracker_reply_alert, 1, "leecher announce reply")
             assert reply.num_peers == 1, "the tracker handed the leecher its one peer"
             # The 'completed' announce follows the finish; wait for the tracker to count it.
             leecher.wait_until(
                 lambda: counts(torrent.info_hash) == (2, 1, 0),
-                STEP_TIMEOUT,
+                deadline.left(),
                 f"a counted download (tracker says {counts(torrent.info_hash)})",
             )
             leecher.handle.scrape_tracker()
-            scraped = leecher.wait_for(lt.scrape_reply_alert, STEP_TIMEOUT, "scrape reply")
+            scraped = leecher.wait_for(lt.scrape_reply_alert, deadline.left(), "scrape reply")
             assert scraped.swarm == (2, 0), "libtorrent reads our scrape: two seeders"
             # Pausing the torrent sends event=stopped: the tracker forgets the peer at once.
             leecher.handle.pause()
             leecher.wait_until(
                 lambda: counts(torrent.info_hash) == (1, 1, 0),
-                STEP_TIMEOUT,
+                deadline.left(),
                 f"the leecher's stop (tracker says {counts(torrent.info_hash)})",
             )
     return torrent
@@ -129,6 +141,7 @@ def test_libtorrent_leecher_finds_seeder_over_udp_and_download_is_counted(
 
 def test_peer_announced_over_udp_is_handed_to_an_http_leecher(tmp_path: Path) -> None:
     """One swarm across both protocols: the sidecar hub syncs the gunicorn worker."""
+    deadline = Deadline(TEST_BUDGET)
     sock_dir = tmp_path / "sync"
     sock_dir.mkdir(mode=0o700)
     sock = str(sock_dir / "sync.sock")
@@ -139,13 +152,13 @@ def test_peer_announced_over_udp_is_handed_to_an_http_leecher(tmp_path: Path) ->
         seed_dir = tmp_path / "seeder"
         torrent = make_torrent(seed_dir, f"udp://127.0.0.1:{udp.port}/announce")
         with peer(torrent, seed_dir, free_port()) as seeder:
-            seeder.wait_for(lt.tracker_reply_alert, STEP_TIMEOUT, "seeder announce reply (UDP)")
+            seeder.wait_for(lt.tracker_reply_alert, deadline.left(), "seeder announce reply (UDP)")
             leech_dir = tmp_path / "leecher"
             leech_dir.mkdir()
             http_url = http.url + "/announce"
             with peer(torrent, leech_dir, free_port(), tracker_url=http_url) as leecher:
-                leecher.wait_for(lt.torrent_finished_alert, STEP_TIMEOUT, "finished download")
-                assert leecher.read_downloaded(torrent.name, STEP_TIMEOUT) == torrent.data
+                leecher.wait_for(lt.torrent_finished_alert, deadline.left(), "finished download")
+                assert leecher.read_downloaded(torrent.name, deadline.left()) == torrent.data
                 reply = leecher.wait_for(lt.tracker_reply_alert, 1, "leecher reply (HTTP)")
                 assert reply.num_peers == 1, "the HTTP tracker handed out the UDP seeder"
                 assert "http://" in reply.message
