@@ -247,6 +247,7 @@ class SyncClient:
         return True
 
     def _flush_loop(self) -> None:
+        last = 0.0
         while not self._stopped:
             woken = self._wake.wait(self.heartbeat)
             self._wake.clear()
@@ -256,8 +257,12 @@ class SyncClient:
                 resync, self._resync = self._resync, None
                 if not self._send_replica(*resync):
                     continue
-            if woken and len(self._buffer) < FLUSH_RECORDS:
-                time.sleep(self.flush_delay)
+            # At most one batch per flush_delay: a lone change goes at once, a stream
+            # is batched.
+            wait = last + self.flush_delay - time.monotonic()
+            if woken and wait > 0 and len(self._buffer) < FLUSH_RECORDS:
+                time.sleep(wait)
+            last = time.monotonic()
             changes, counts = self._buffer.take()
             data = f.encode(f.Deltas(changes)) + f.encode(f.Counts(counts))
             payload, self._stats_payload = self._stats_payload, None

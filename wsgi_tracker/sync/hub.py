@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import stat
+import time
 
 import gevent
 from gevent import socket as gsocket
@@ -328,11 +329,16 @@ class SyncHub:
 
     def _flush_loop(self) -> None:
         """Send the sidecar's own changes (UDP announces) every few milliseconds."""
+        last = 0.0
         while True:
             self._wake.wait()
             self._wake.clear()
-            if len(self._buffer) < FLUSH_RECORDS:
-                gevent.sleep(self.flush_delay)
+            # At most one batch per flush_delay: a lone change goes at once, a stream
+            # is batched.
+            wait = last + self.flush_delay - time.monotonic()
+            if wait > 0 and len(self._buffer) < FLUSH_RECORDS:
+                gevent.sleep(wait)
+            last = time.monotonic()
             changes, counts = self._buffer.take()
             self._fan_out(f.encode(f.Deltas(changes)) + f.encode(f.Counts(counts)))
 
