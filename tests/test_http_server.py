@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import bencodepy
 import pytest
@@ -147,6 +148,28 @@ def test_bad_request_changes_nothing(server: Server) -> None:
     reply = announce(server, ih, peer(3), 7503)
     assert compact_peers(reply) == {(LOOPBACK, 7501)}
     assert reply[b"incomplete"] == 2
+
+
+def test_concurrent_announces_all_land(server: Server) -> None:
+    ih = os.urandom(20)
+    peers = range(40)
+
+    def run(n: int) -> list[int]:
+        return [
+            len(announce(server, ih, peer(n), 8000 + n, left=n % 2)[b"peers"]) for _ in range(5)
+        ]
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        sizes = [size for got in pool.map(run, peers) for size in got]
+    assert all(size % 6 == 0 for size in sizes)
+    body = http_get(scrape_url(server.url + "/scrape", ih))[1]
+    assert bencodepy.decode(body)[b"files"][ih] == {
+        b"complete": 20,
+        b"downloaded": 0,
+        b"incomplete": 20,
+    }
+    reply = announce(server, ih, peer(99), 9999, numwant=200)
+    assert len(compact_peers(reply)) == 40
 
 
 def test_other_paths_are_not_the_trackers(server: Server) -> None:
