@@ -180,6 +180,31 @@ def refresh_earlier_swarms(t: Tracker, n: int) -> None:
             udp_announce(t, ih, peer(f"k{k}s", 1), 9001, 0)
 
 
+def sync_barrier(t: Tracker) -> None:
+    """Wait until each replica has applied everything the other was sent before now.
+
+    Each replica evicts on its own, in the order changes reach it; a replica
+    lagging by more than max_torrents flood announces would evict a swarm that
+    announced meanwhile. Sync is in order, so a fresh marker torrent seen on the
+    far side means all before it arrived. (A real swarm announces every
+    ``interval``, minutes, not every hundred requests: this only keeps the test
+    about the policy rather than about sync lag on a busy machine.)
+    """
+    to_worker, to_hub = b"mark-u" + os.urandom(14), b"mark-h" + os.urandom(14)
+    udp_announce(t, to_worker, peer("mark", 0), 9999, 0)
+    http_announce(t, to_hub, peer("mark", 0), 9999, 0)
+    deadline = time.monotonic() + WITHIN
+    while time.monotonic() < deadline:
+        seen_by_worker = http_get(t, f"/scrape?info_hash={enc(to_worker)}")[b"files"]
+        if (
+            seen_by_worker[to_worker][b"complete"]
+            and udp_scrape(t.udp.host, t.udp.port, to_hub)[0][0]
+        ):
+            return
+        time.sleep(0.01)
+    raise AssertionError("sync did not catch up within the bound")
+
+
 def assert_earlier_swarms_answer(t: Tracker) -> None:
     for k, ih in enumerate(KEEP):
         reply = http_announce(t, ih, peer(f"k{k}l", 2), 9002, 50)
@@ -207,7 +232,9 @@ def test_torrent_flood_evicts_the_stalest_and_memory_stays_bounded(tracker):
                 assert struct.unpack_from(">I", udp_announce(t, ih, pid, 6881, 0))[0] == 1
             sent += 1
             if sent % REFRESH_EVERY == 0:
+                sync_barrier(t)
                 refresh_earlier_swarms(t, sent // REFRESH_EVERY)
+        sync_barrier(t)
         after_round.append({name: rss_kb(pid) for name, pid in pids.items()})
         assert len(full_scrape(t)) <= MAX_TORRENTS
         assert_earlier_swarms_answer(t)

@@ -247,3 +247,13 @@ def test_failed_save_keeps_the_previous_snapshot(tmp_path):
         snapshot.save(bad, path, now=NOW)
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["s.snap"]
+
+
+def test_taking_a_snapshot_does_not_change_which_torrent_is_evicted_next():
+    store = SwarmStore(peer_ttl=TTL, max_torrents=3, clock=lambda: NOW)
+    for n in (1, 2, 3):
+        store.apply(PeerChange(ih(n), pid(n), v4(n), False, EVENT_STARTED, NOW))
+    store.get(ih(1))  # torrent 1 is in use again: torrent 2 is now the stalest
+    snapshot.capture(store, NOW)  # reads every torrent, oldest first
+    store.apply(PeerChange(ih(4), pid(4), v4(4), False, EVENT_STARTED, NOW))
+    assert sorted(store.torrents.keys()) == [ih(1), ih(3), ih(4)]

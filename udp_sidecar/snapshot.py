@@ -185,7 +185,7 @@ def capture(
     peers: list[PeerChange] = []
     for n, ih in enumerate(list(store.torrents.keys()), 1):
         peers.extend(store.swarm_peers(ih))
-        swarm = store.get(ih)
+        swarm = store.peek(ih)  # a snapshot is not a use: the eviction order stays
         if swarm is not None and swarm.downloaded:
             downloaded[ih] = swarm.downloaded
         if pause is not None and n % every == 0:

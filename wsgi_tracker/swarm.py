@@ -24,7 +24,7 @@ from array import array
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-from cachetools import TTLCache
+from cachetools import Cache, TTLCache
 
 # Announce events; the numbers are BEP 15's, so UDP needs no translation.
 EVENT_NONE = 0
@@ -300,6 +300,19 @@ class SwarmStore:
     def get(self, info_hash: bytes) -> Swarm | None:
         return self.torrents.get(info_hash)
 
+    def peek(self, info_hash: bytes) -> Swarm | None:
+        """The torrent, leaving its place in the eviction order alone.
+
+        ``get`` counts as use: it moves the torrent to the fresh end of the LRU
+        order. Readers that walk every torrent (snapshots, sync, full scrape)
+        would reset that order to insertion order, making the oldest torrents
+        the next evicted however busy they are. Expired reads as absent.
+        """
+        torrents = self.torrents
+        if info_hash not in torrents:  # TTLCache.__contains__: no reordering
+            return None
+        return Cache.__getitem__(torrents, info_hash)
+
     def apply(
         self, change: PeerChange, count_download: bool = True
     ) -> tuple[Swarm | None, int, bool]:
@@ -360,8 +373,9 @@ class SwarmStore:
         return swarm, slot, counted
 
     def scrape(self, info_hash: bytes) -> tuple[int, int, int]:
-        """(complete, downloaded, incomplete) as BEP 48 orders them."""
-        swarm = self.torrents.get(info_hash)
+        """(complete, downloaded, incomplete) as BEP 48 orders them; only announces keep a
+        torrent fresh, so a scrape peeks."""
+        swarm = self.peek(info_hash)
         if swarm is None:
             return 0, 0, 0
         return swarm.complete, swarm.downloaded, swarm.incomplete
@@ -398,7 +412,7 @@ class SwarmStore:
 
     def swarm_peers(self, info_hash: bytes) -> list[PeerChange]:
         """One torrent's peers, taken in one go: sync sends a swarm between other work."""
-        swarm = self.torrents.get(info_hash)
+        swarm = self.peek(info_hash)
         if swarm is None:
             return []
         ttl = self.peer_ttl
