@@ -173,7 +173,7 @@ class SyncClient:
         decoder = f.FrameDecoder()
         # Torrents whose total the hub has spoken for in this session; None once
         # the snapshot is complete.
-        self._joining: set[bytes] | None = set()
+        self._joining = set()
         greeted = False
         while not self._stopped:
             data = sock.recv(RECV_BYTES)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..swarm import EVENT_STOPPED, IPV4_WIDTH, IPV6_WIDTH, PeerChange
@@ -324,15 +324,3 @@ def decode_all(data: bytes) -> list[Frame]:
     frames = decoder.feed(data)
     decoder.close()
     return frames
-
-
-def iter_chunks(peers: Iterable[PeerChange], size: int = RECORDS_PER_FRAME) -> Iterator[list]:
-    """Group a stream of peers into lists of at most ``size`` (for chunked snapshots)."""
-    chunk: list[PeerChange] = []
-    for p in peers:
-        chunk.append(p)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
