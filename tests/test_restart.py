@@ -200,7 +200,9 @@ def converged(http: Server, udp: Server, expect: dict[bytes, tuple[int, int, int
 def all_agree(http: Server, udp: Server, expect: dict) -> None:
     got = converged(http, udp, expect)
     assert got["udp"] == expect
-    assert all(a == expect for a in got["http"]), got["http"]
+    for answer in got["http"]:
+        wrong = {h: (answer[h], expect[h]) for h in expect if answer[h] != expect[h]}
+        assert not wrong, f"a worker answers (got, want) {wrong}"
 
 
 def peers_handed_out(http: Server, torrent: bytes) -> set[int]:
