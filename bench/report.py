@@ -157,6 +157,7 @@ def machine() -> dict[str, object]:
     }
 
 
+LEGEND = {"ours": "ours[udp-sidecar]"}
 CHART_GROUPS = [
     ("http", "keepalive", "HTTP keep-alive"),
     ("http", "close", "HTTP Connection: close"),
@@ -193,7 +194,7 @@ def draw_chart(data: dict[str, object], path: Path = CHART) -> Path | None:
             x = g + (i - (len(present) - 1) / 2) * width
             bar = ax.bar(
                 [x], [rps], width, color=colors[tracker],
-                label=None if tracker in labelled else tracker,
+                label=None if tracker in labelled else LEGEND.get(tracker, tracker),
             )  # fmt: skip
             labelled.add(tracker)
             ax.bar_label(bar, labels=[f"{rps / 1000:.1f}k"], fontsize=7, padding=2)
@@ -208,7 +209,8 @@ def draw_chart(data: dict[str, object], path: Path = CHART) -> Path | None:
     assert isinstance(m, dict)
     ax.set_title(
         f"wsgi-tracker vs anchors, tracker pinned to one core, loopback "
-        f"({m.get('cpu', '?')}, {m.get('cores', '?')} cores); medians of REPS runs",
+        f"({m.get('cpu', '?')}, {m.get('cores', '?')} cores); medians of repeated runs; "
+        "dashed: issue 8's target for ours",
         fontsize=9,
     )
     ax.legend(fontsize=8)
@@ -242,8 +244,8 @@ def markdown(data: dict[str, object]) -> str:
     lines = [
         "| scenario | mode | tracker | runs used | announces/s median [min..max] "
         "| per server core-s | p50 ms | p99 ms | server CPU % | peak RSS MB "
-        "| vs opentracker (rps, per core-s) | other CPU % (max) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| vs opentracker (rps, per core-s) | other CPU % (max) | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in sorted(summaries):
         scenario, mode, tracker = key.split("/", 2)
@@ -261,7 +263,7 @@ def markdown(data: dict[str, object]) -> str:
             f"[{s['rps_min']:,.0f}..{s['rps_max']:,.0f}] | {per_core:,.0f} "
             f"| {s['p50_ms']:.2f} | {s['p99_ms']:.2f} "
             f"| {s['server_cpu_pct']:.0f} | {s['peak_rss_mb']:.1f} | {ratio} "
-            f"| {s['other_cpu_pct_max']:.0f} |"
+            f"| {s['other_cpu_pct_max']:.0f} | {str(s.get('when', ''))[11:16]} |"
         )
     lines += ["", "| figure | values |", "|---|---|"]
     for key in sorted(figures):
