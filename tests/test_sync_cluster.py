@@ -553,3 +553,20 @@ def test_one_worker_without_a_hub_does_not_warn(tmp_path: Path) -> None:
     with gunicorn(workers=1, env={"WSGI_TRACKER_SYNC_SOCKET": missing}) as server:
         assert http_get(server.url + "/scrape")[0] == 200
         assert "sees only part of every swarm" not in server.stderr()
+
+
+def test_socket_in_another_users_directory_is_refused_by_hub_and_client(tmp_path: Path) -> None:
+    from wsgi_tracker.sync.hub import HubError, listen_unix
+    from wsgi_tracker.sync.socket_path import UnsafeSocketPath, check_private
+
+    if os.getuid() != 0:
+        pytest.skip("handing a directory to another user needs root")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    path = str(theirs / "sync.sock")
+    with pytest.raises(HubError, match="belongs to uid 65534"):
+        listen_unix(path)
+    with pytest.raises(UnsafeSocketPath, match="another user could replace the sync socket"):
+        check_private(path)
+    assert not os.path.exists(path)

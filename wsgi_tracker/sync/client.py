@@ -28,6 +28,7 @@ from collections.abc import Callable
 from ..tracker import TrackerCore
 from . import frames as f
 from .replica import FLUSH_RECORDS, ChangeBuffer, apply_remote
+from .socket_path import UnsafeSocketPath, check_private
 
 log = logging.getLogger("wsgi_tracker.sync")
 
@@ -122,11 +123,13 @@ class SyncClient:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.settimeout(self.dead_after)
+                check_private(self.path)
                 sock.connect(self.path)
             except OSError as exc:
                 sock.close()
                 if failures == 0:
-                    log.info(
+                    log.log(
+                        logging.WARNING if isinstance(exc, UnsafeSocketPath) else logging.INFO,
                         "no sync hub at %s (%s); serving from this process's replica and retrying",
                         self.path,
                         exc.strerror or exc,

@@ -28,6 +28,7 @@ from gevent.event import Event
 from ..tracker import TrackerCore
 from . import frames as f
 from .replica import FLUSH_RECORDS, ChangeBuffer, apply_remote
+from .socket_path import UnsafeSocketPath, check_private
 
 log = logging.getLogger("wsgi_tracker.sync.hub")
 
@@ -368,6 +369,10 @@ def listen_unix(path: str) -> socket.socket:
         mode = os.stat(directory).st_mode
     except OSError as exc:
         raise HubError(f"cannot create sync socket directory {directory}: {exc.strerror}") from None
+    try:
+        check_private(path)
+    except UnsafeSocketPath as exc:
+        raise HubError(str(exc)) from None
     if stat.S_IMODE(mode) & 0o077:
         log.warning(
             "sync socket directory %s is open to other users (mode %o); the socket itself is 0600",

@@ -1,0 +1,29 @@
+"""Whose directory the sync socket lives in: only the tracker's user may reach it.
+
+Whoever can replace the socket file can receive every announce and inject
+peers, so both ends check the directory before they listen or connect: it must
+belong to this user, and its parent to this user or root (``/tmp``, ``/run``).
+The default path sits in a world-writable ``/tmp`` when there is no
+``XDG_RUNTIME_DIR``, where another user could have made the directory first.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class UnsafeSocketPath(OSError):
+    """The socket's directory belongs to someone else; the message names it."""
+
+
+def check_private(path: str) -> None:
+    """Raise UnsafeSocketPath unless ``path``'s directory is this user's."""
+    directory = os.path.dirname(os.path.abspath(path))
+    uid = os.getuid()
+    for where, allowed in ((directory, {uid}), (os.path.dirname(directory), {uid, 0})):
+        owner = os.stat(where).st_uid
+        if owner not in allowed:
+            raise UnsafeSocketPath(
+                f"{where} belongs to uid {owner}, not to this user (uid {uid}) or root: "
+                "another user could replace the sync socket; choose another sync_socket"
+            )
