@@ -244,37 +244,44 @@ def huge_swarm(kn: Knobs, results: Results) -> None:
     starters: dict[str, Starter] = {
         _ours(wc): lambda p: trackers.ours_http(p, big, kn.outdir, kn.server_cpu, worker_class=wc)
     }
+    protocols = {_ours(wc): ("http",)}
+    if trackers.udp_sidecar_available():
+        starters["ours"] = lambda p: trackers.ours_udp(p, kn.outdir, kn.server_cpu)
+        protocols["ours"] = ("udp",)
     if kn.anchors:
         starters["opentracker"] = lambda p: trackers.opentracker(p, both, kn.outdir, kn.server_cpu)
+        protocols["opentracker"] = ("http", "udp")
+    sizes = ((f"{kn.small_peers}-peers", small), (f"{kn.huge_peers}-peers", big))
     with ExitStack() as stack:
         running = _start_all(stack, starters)
         for name, (_server, port) in running.items():
             for wl in (big, small):
-                _prefill(kn, name, port, wl, over_udp=not name.startswith("ours"))
+                _prefill(kn, name, port, wl, over_udp=protocols[name] != ("http",))
         for _rep in range(kn.reps):
             for name, (server, port) in running.items():
-                for label, wl in (
-                    (f"{kn.small_peers}-peers", small),
-                    (f"{kn.huge_peers}-peers", big),
-                ):
-                    sample = measure(
-                        [server],
-                        lambda port=port, wl=wl: loads.wrk(
-                            port, wl, kn.dur, cpus=kn.load_cpu, conns=kn.conns
-                        ),
-                    )
-                    results.add("huge-swarm", f"http-{label}", name, sample)
+                for proto in protocols[name]:
+                    for label, wl in sizes:
+                        sample = measure([server], _swarm_load(kn, proto, port, wl))
+                        results.add("huge-swarm", f"{proto}-{label}", name, sample)
     results.print_summaries("huge-swarm")
-    for name in starters:
-        s = results.summary("huge-swarm", f"http-{kn.small_peers}-peers", name)
-        b = results.summary("huge-swarm", f"http-{kn.huge_peers}-peers", name)
-        if s and b:
-            ratio = s["rps"] / b["rps"]
-            results.figures[f"huge-swarm/http/{name}"] = {"cost_ratio": ratio}
-            print(
-                f"HUGE http {name}: announce cost {kn.huge_peers}-peer/{kn.small_peers}-peer "
-                f"swarm = {ratio:.2f}x (target <= 1.5x)"
-            )
+    for name, protos in protocols.items():
+        for proto in protos:
+            s = results.summary("huge-swarm", f"{proto}-{sizes[0][0]}", name)
+            b = results.summary("huge-swarm", f"{proto}-{sizes[1][0]}", name)
+            if s and b:
+                ratio = s["rps_per_core"] / b["rps_per_core"]
+                results.figures[f"huge-swarm/{proto}/{name}"] = {"cost_ratio": ratio}
+                print(
+                    f"HUGE {proto} {name}: announce cost (server CPU per announce) "
+                    f"{kn.huge_peers}-peer/{kn.small_peers}-peer swarm = {ratio:.2f}x "
+                    "(target <= 1.5x)"
+                )
+
+
+def _swarm_load(kn: Knobs, proto: str, port: int, wl: Workload) -> Callable[[], loads.LoadRun]:
+    if proto == "http":
+        return lambda: loads.wrk(port, wl, kn.dur, cpus=kn.load_cpu, conns=kn.conns)
+    return lambda: loads.udp_load(port, wl, kn.dur, cpus=kn.load_cpu, inflight=_inflight(kn, wl))
 
 
 def memory(kn: Knobs, results: Results) -> None:
