@@ -220,10 +220,14 @@ def udp_sender(port: int, rate: float, seconds: float, done: multiprocessing.Que
     done.put(sent)
 
 
-def publisher(
-    path: str, rate: float, seconds: float, tag: int, done: multiprocessing.Queue
-) -> None:
-    """A worker without HTTP: paced announces into a real core with a real sync client."""
+def publish(path: str, rate: float, seconds: float, tag: int) -> int:
+    """A worker minus HTTP: paced announces into a real core with a real sync client.
+
+    Runs in a process of its own that gevent has patched first, as gunicorn's
+    gevent worker does (see ``publisher``); returns how many it made.
+    """
+    import gevent
+
     from wsgi_tracker.sync import SyncClient
     from wsgi_tracker.tracker import Announce, TrackerCore
 
@@ -242,9 +246,27 @@ def publisher(
             with core.lock:
                 core.announce(req, loopback)
             sent += 1
+            gevent.idle()  # as a request greenlet waits on its socket between requests
         time.sleep(0.001)
     client.stop()
-    done.put(sent)
+    return sent
+
+
+def publisher(
+    path: str, rate: float, seconds: float, tag: int, done: multiprocessing.Queue
+) -> None:
+    """``publish`` in a fresh interpreter patched by gevent before any import."""
+    code = (
+        "from gevent import monkey; monkey.patch_all()\n"
+        "import bench.sync_lag as b\n"
+        f"print(b.publish({path!r}, {rate!r}, {seconds!r}, {tag!r}))"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    done.put(int(out.stdout.strip() or 0))
 
 
 def observer(path: str, seconds: float, done: multiprocessing.Queue) -> None:
