@@ -468,3 +468,34 @@ def _compare(store: SwarmStore, model: Model) -> None:
             for exclude in (-1, *range(len(pl))):
                 for for_seeder in (False, True):
                     check_sample(pl, 3, for_seeder, exclude, random.Random(exclude))
+
+
+# --- late copies through sync ----------------------------------------------------------
+
+
+def test_late_copy_of_an_announce_does_not_revive_a_stopped_peer(store, clock):
+    now = clock()
+    store.apply(PeerChange(IH, pid(1), v4(1), False, EVENT_STOPPED, now))
+    late = PeerChange(IH, pid(1), v4(1), False, EVENT_STARTED, now - 0.005)
+    assert store.apply(late, count_download=False)[1] == -1
+    assert store.scrape(IH) == (0, 0, 0)
+    again = PeerChange(IH, pid(1), v4(1), False, EVENT_STARTED, now + 0.005)
+    assert store.apply(again, count_download=False)[1] >= 0
+    assert store.scrape(IH) == (0, 0, 1)
+
+
+def test_stop_memory_is_bounded_in_time(store, clock):
+    store.apply(PeerChange(IH, pid(1), v4(1), False, EVENT_STOPPED, clock()))
+    clock.advance(swarm_module.STOP_MEMORY + 1)
+    store.apply(PeerChange(IH, pid(2), v4(2), False, EVENT_STOPPED, clock()))
+    assert list(store._stops) == [IH + pid(2)]
+
+
+def test_two_announces_in_one_second_keep_their_order(store, clock):
+    from wsgi_tracker.sync.replica import apply_remote
+
+    t = clock()
+    store.apply(PeerChange(IH, pid(1), v4(1), True, EVENT_NONE, t + 0.7))
+    older = PeerChange(IH, pid(1), v4(1), False, EVENT_NONE, t + 0.2)
+    assert not apply_remote(store, older)
+    assert store.scrape(IH) == (1, 0, 0)

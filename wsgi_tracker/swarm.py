@@ -40,6 +40,8 @@ class SwarmFull(Exception):
     """A new peer was refused because its torrent already holds the maximum."""
 
 
+STOP_MEMORY = 30.0  # seconds a stop outranks older announces (sync lag is milliseconds)
+MAX_STOPS_REMEMBERED = 100_000  # bounds that memory under a flood of stops
 SMALL_LIST = 16  # up to this many peers a list is searched instead of indexed
 
 
@@ -58,7 +60,9 @@ class PeerList:
         self.width = width
         self.addrs = bytearray()
         self.ids: list[bytes] = []
-        self.expires = array("I")
+        # Absolute expiry to the microsecond, so two announces of one peer in the same
+        # second still order (sync keeps the newer); 8 bytes a peer.
+        self.expires = array("d")
         self.index: dict[bytes, int] | None = None
         self.seeders = 0
         self.sweep_at = 0
@@ -90,7 +94,7 @@ class PeerList:
             self.index[ids[i]] = i
             self.index[ids[j]] = j
 
-    def upsert(self, peer_id: bytes, endpoint: bytes, seeder: bool, expires: int) -> int:
+    def upsert(self, peer_id: bytes, endpoint: bytes, seeder: bool, expires: float) -> int:
         """Add or refresh a peer; returns its slot. The caller checks capacity first."""
         slot = self.slot(peer_id)
         w = self.width
@@ -136,7 +140,7 @@ class PeerList:
     def is_seeder(self, peer_id: bytes) -> bool:
         return 0 <= self.slot(peer_id) < self.seeders
 
-    def sweep(self, now: int) -> int:
+    def sweep(self, now: float) -> int:
         """Drop expired peers; walking backwards keeps every swapped-in peer checked."""
         exp = self.expires
         dropped = 0
@@ -290,6 +294,7 @@ class SwarmStore:
         # A torrent's TTL is refreshed at most once per sweep period (re-inserting into
         # the TTLCache on every announce was ~9% of a UDP announce), so the cache keeps it
         # one period longer: it never expires before its last peer.
+        self._stops: dict[bytes, float] = {}  # info_hash + peer_id -> time of its stop
         self.torrents: TTLCache[bytes, Swarm] = TTLCache(
             maxsize=max_torrents, ttl=peer_ttl + sweep_every, timer=clock
         )
@@ -331,16 +336,11 @@ class SwarmStore:
         except KeyError:
             swarm = None
         if change.event == EVENT_STOPPED:
-            if swarm is not None:
-                # Only the peer's own host may stop it: peer ids are no secret (non-compact
-                # replies and every handshake show them), the sender's address is proven.
-                width = len(change.endpoint)
-                pl = swarm.family(width, create=False)
-                slot = -1 if pl is None else pl.slot(change.peer_id)
-                ip = slice(slot * width, slot * width + width - 2)
-                if slot >= 0 and pl.addrs[ip] == change.endpoint[:-2]:
-                    pl.remove_slot(slot)
+            self._stop(swarm, change)
             return swarm, -1, False
+        stops = self._stops
+        if stops and stops.get(ih + change.peer_id, -1.0) > change.timestamp:
+            return swarm, -1, False  # a late copy of an announce the peer has since stopped
         if swarm is None:
             swarm = Swarm()
         pl = swarm.family(len(change.endpoint), create=True)
@@ -363,14 +363,39 @@ class SwarmStore:
         ):
             swarm.downloaded += 1
             counted = True
-        slot = pl.upsert(
-            peer_id, change.endpoint, change.seeder, int(change.timestamp) + self.peer_ttl
-        )
+        slot = pl.upsert(peer_id, change.endpoint, change.seeder, change.timestamp + self.peer_ttl)
         if now - swarm.touched >= self.sweep_every:
             # Re-inserting refreshes the torrent's TTL and its place in the LRU order.
             swarm.touched = now
             torrents[ih] = swarm
         return swarm, slot, counted
+
+    def _stop(self, swarm: Swarm | None, change: PeerChange) -> None:
+        """Remove a stopped peer, and remember the stop for ``STOP_MEMORY`` seconds.
+
+        Only the peer's own host may stop it: peer ids are no secret (non-compact
+        replies and every handshake show them), the sender's address is proven.
+        The memory keeps a copy of an earlier announce, arriving late from
+        another process through sync, from bringing the peer back as a ghost.
+        """
+        width = len(change.endpoint)
+        if swarm is not None:
+            pl = swarm.family(width, create=False)
+            slot = -1 if pl is None else pl.slot(change.peer_id)
+            if slot >= 0:
+                if pl.addrs[slot * width : slot * width + width - 2] != change.endpoint[:-2]:
+                    return
+                pl.remove_slot(slot)
+        stops = self._stops
+        key = change.info_hash + change.peer_id
+        stops.pop(key, None)  # re-inserted at the young end: the dict stays in time order
+        stops[key] = change.timestamp
+        horizon = self.clock() - STOP_MEMORY
+        while stops:
+            oldest = next(iter(stops))
+            if stops[oldest] > horizon and len(stops) <= MAX_STOPS_REMEMBERED:
+                break
+            del stops[oldest]
 
     def scrape(self, info_hash: bytes) -> tuple[int, int, int]:
         """(complete, downloaded, incomplete) as BEP 48 orders them; only announces keep a

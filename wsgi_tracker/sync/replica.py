@@ -19,10 +19,11 @@ FLUSH_RECORDS = 256
 
 def newer(store: SwarmStore, change: PeerChange) -> int:
     """1 if ``change`` is newer than what ``store`` holds for the peer (or the peer is
-    unknown), 0 if it is from the same second, -1 if older.
+    unknown), 0 if it is from the same instant, -1 if older.
 
-    The store keeps whole seconds, so two changes within one second tie; the
-    callers break the tie by what the change is (see ``apply_remote``).
+    The store keeps each peer's expiry to the microsecond, so a tie is the same
+    announce seen twice; the callers break it by what the change is (see
+    ``apply_remote``).
     """
     swarm = store.get(change.info_hash)
     if swarm is None:
@@ -31,7 +32,7 @@ def newer(store: SwarmStore, change: PeerChange) -> int:
     slot = -1 if pl is None else pl.slot(change.peer_id)
     if slot < 0:
         return 1
-    expires = int(change.timestamp) + store.peer_ttl
+    expires = change.timestamp + store.peer_ttl
     held = pl.expires[slot]
     return (expires > held) - (expires < held)
 
