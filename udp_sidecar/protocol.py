@@ -323,6 +323,9 @@ def passkey_of(url_data: bytes, announce_path: str) -> str | None:
 # --- connection ids --------------------------------------------------------------------
 
 
+MAX_PROVEN = 65_536  # remembered proven senders (~200 B each)
+
+
 class ConnectionIds:
     """Stateless connection ids: a keyed BLAKE2b of the client's address and a time window.
 
@@ -348,6 +351,11 @@ class ConnectionIds:
         # A keyed hasher already fed each recent window number: copying one
         # costs ~0.5 us against ~1 us for keying a new hasher every packet.
         self._primed: dict[int, hashlib.blake2b] = {}
+        # address -> (window, id) of ids already proven valid. Only a sender that
+        # received our connect reply gets in, so spoofed packets cannot grow it,
+        # and it is emptied when full. It spares the hashing that was ~25% of a
+        # UDP announce's instructions (callgrind), since clients reuse one id.
+        self._proven: dict[bytes, tuple[int, bytes]] = {}
 
     def _hasher(self, window: int) -> hashlib.blake2b:
         hasher = self._primed.get(window)
@@ -367,9 +375,19 @@ class ConnectionIds:
     def valid(self, connection_id: bytes, address: bytes, now: float) -> bool:
         """Constant-time check against the current window, then the older ones."""
         window = int(now // self.period)
+        proven = self._proven.get(address)
+        if (
+            proven is not None
+            and window - self.windows <= proven[0] <= window
+            and compare_digest(proven[1], connection_id)
+        ):
+            return True
         for w in range(window, window - self.windows - 1, -1):
             hasher = self._hasher(w).copy()
             hasher.update(address)
             if compare_digest(hasher.digest(), connection_id):
+                if len(self._proven) >= MAX_PROVEN:
+                    self._proven.clear()
+                self._proven[address] = (w, connection_id)
                 return True
         return False
