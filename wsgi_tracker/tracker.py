@@ -170,22 +170,20 @@ class TrackerCore:
         # numwant bounds the whole reply; the requester's own family is served first.
         # A dual-stack client may sit in the other family's list too: never hand it itself.
         own, other = (swarm.v4, swarm.v6) if len(ep) == IPV4_WIDTH else (swarm.v6, swarm.v4)
-        for pl, exclude in ((own, slot), (other if both_families else None, None)):
-            if pl is None or want <= 0:
-                continue
-            if exclude is None:
-                exclude = pl.slot(req.peer_id)
-            runs = pl.sample(want, seeder, exclude, self.rng)
-            self._fill(result, pl, runs, with_ids)
-            want -= sum(b - a for a, b in runs)
+        if own is not None:
+            want -= self._fill(result, own, own.sample(want, seeder, slot, self.rng), with_ids)
+        if both_families and other is not None and want > 0:
+            runs = other.sample(want, seeder, other.slot(req.peer_id), self.rng)
+            self._fill(result, other, runs, with_ids)
         return result
 
     @staticmethod
     def _fill(
         result: AnnounceResult, pl: PeerList, runs: list[tuple[int, int]], with_ids: bool
-    ) -> None:
+    ) -> int:
+        """Put the sampled peers in the result; returns how many."""
         if not runs:
-            return
+            return 0
         if pl.width == IPV4_WIDTH:
             result.peers = pl.compact(runs)
             if with_ids:
@@ -194,6 +192,7 @@ class TrackerCore:
             result.peers6 = pl.compact(runs)
             if with_ids:
                 result.peer_ids6 = pl.peer_ids(runs)
+        return len(result.peers if pl.width == IPV4_WIDTH else result.peers6) // pl.width
 
     def scrape(
         self, info_hashes: Iterable[bytes], *, passkey: str | None = None, protocol: str = "http"
