@@ -6,8 +6,7 @@ for anything that takes ``clock=`` (SwarmStore, TrackerCore).
 
 The developer's own ``WSGI_TRACKER_*`` settings are dropped before any test runs,
 so neither in-process trackers nor the servers the tests start (they inherit
-this environment) depend on the shell the suite was started from; sync is off
-unless a test names a hub socket.
+this environment) depend on the shell the suite was started from.
 """
 
 from __future__ import annotations
@@ -24,9 +23,6 @@ settings.load_profile("wsgi-tracker")
 
 for _name in [n for n in os.environ if n.startswith("WSGI_TRACKER_")]:
     del os.environ[_name]
-# No tracker built in a test joins a hub by accident (the per-user default socket may be
-# served by a tracker the developer runs); tests that sync name their own socket.
-os.environ["WSGI_TRACKER_SYNC_SOCKET"] = "off"
 
 
 class ManualClock:
