@@ -521,6 +521,11 @@ def test_unreadable_and_invalid_configs_are_one_line_errors(tmp_path):
     assert "connection_id_ttl must be at least 1" in one_line_error(
         run_command("--config", str(bad))
     )
+    private = tmp_path / "private.toml"
+    private.write_text("private = true\n")  # and no passkeys from anywhere
+    assert "private needs passkeys_file" in one_line_error(
+        run_command("--config", str(private), "--bind", "127.0.0.1", "--port", "0")
+    )
 
 
 @pytest.mark.integration

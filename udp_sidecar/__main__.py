@@ -75,8 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc))
     binds = args.bind or _usable(config.udp_bind)
     port = config.udp_port if args.port is None else args.port
-    sync_socket = args.sync_socket or config.sync_socket_path
-    return run(config, binds, port, sync_socket)
+    if args.sync_socket:  # "off" switches sync off here too, as in the config
+        config = config.replace(sync_socket=args.sync_socket)
+    return run(config, binds, port, config.sync_socket_path)
 
 
 def run(config: TrackerConfig, binds: Sequence[str], port: int, sync_socket: str | None) -> int:
@@ -85,7 +86,10 @@ def run(config: TrackerConfig, binds: Sequence[str], port: int, sync_socket: str
     ``sync_socket`` is where the sync hub will listen (None: sync off); the
     hub is started and stopped here, next to the UDP server, on the same core.
     """
-    core = TrackerCore(config)
+    try:  # settings that only the core checks (access lists, passkeys, hooks)
+        core = TrackerCore(config)
+    except ConfigError as exc:
+        return _fail(str(exc))
     assert core.store is not None
     saver = None
     if config.snapshot_path:  # restore before serving, so the hub's first snapshot has it

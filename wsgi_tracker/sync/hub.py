@@ -230,7 +230,7 @@ class SyncHub:
         for ih in list(store.torrents.keys()):
             with self.core.lock:
                 peers.extend(store.swarm_peers(ih))
-                swarm = store.get(ih)
+                swarm = store.peek(ih)  # a snapshot is no use: keep the eviction order
                 if swarm is not None and swarm.downloaded:
                     totals.append((ih, swarm.downloaded))
             if len(peers) + len(totals) >= f.RECORDS_PER_FRAME:
