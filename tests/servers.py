@@ -39,6 +39,15 @@ def free_port(family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> i
         return s.getsockname()[1]
 
 
+def has_ipv6_loopback() -> bool:
+    """Whether ::1 can be bound here (tests over IPv6 skip where it cannot)."""
+    try:
+        free_port(socket.AF_INET6)
+    except OSError:
+        return False
+    return True
+
+
 @dataclass
 class Server:
     """A running child server; ``url`` is its HTTP base (no trailing slash)."""

@@ -14,7 +14,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import bencodepy
 import pytest
-from servers import Server, announce_url, free_port, gunicorn, http_get, scrape_url
+from servers import (
+    Server,
+    announce_url,
+    gunicorn,
+    has_ipv6_loopback,
+    http_get,
+    scrape_url,
+)
 
 from wsgi_tracker import gunicorn_conf
 
@@ -180,15 +187,7 @@ def test_other_paths_are_not_the_trackers(server: Server) -> None:
 # --- IPv6 (BEP 7) ------------------------------------------------------------------------
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        free_port(socket.AF_INET6)
-    except OSError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no ::1 on this machine")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no ::1 on this machine")
 def test_ipv6_clients_get_peers6() -> None:
     with gunicorn(bind_host="::1") as srv:
         ih = os.urandom(20)
@@ -202,7 +201,7 @@ def test_ipv6_clients_get_peers6() -> None:
         assert reply[b"peers"] == [{b"ip": b"::1", b"port": 7601, b"peer id": peer(1)}]
 
 
-@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no ::1 on this machine")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no ::1 on this machine")
 def test_dual_stack_server_replies_with_both_families() -> None:
     """IPv4 clients reach a [::] socket as ::ffff:a.b.c.d; they must be stored as IPv4."""
     with gunicorn(bind_host="::") as srv:

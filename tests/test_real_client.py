@@ -17,7 +17,16 @@ import bencodepy
 import libtorrent as lt
 import pytest
 from bt_client import GeneratedTorrent, make_torrent, peer
-from servers import Server, free_port, gunicorn, http_get, scrape_url, sidecar, udp_scrape
+from servers import (
+    Server,
+    free_port,
+    gunicorn,
+    has_ipv6_loopback,
+    http_get,
+    scrape_url,
+    sidecar,
+    udp_scrape,
+)
 
 pytestmark = [pytest.mark.client, pytest.mark.integration]
 
@@ -109,15 +118,7 @@ def http_counts(server: Server) -> Callable[[bytes], tuple[int, int, int]]:
     return counts
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        free_port(socket.AF_INET6)
-    except OSError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no ::1 on this machine")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no ::1 on this machine")
 def test_libtorrent_over_ipv6_finds_seeder_through_peers6(tmp_path: Path) -> None:
     with gunicorn(bind_host="::1") as server:
         download_through_tracker(tmp_path, server.url + "/announce", http_counts(server), "::1")

@@ -22,7 +22,7 @@ import pytest
 from conftest import ManualClock
 from hypothesis import given
 from hypothesis import strategies as st
-from servers import REPO_ROOT, free_port, sidecar
+from servers import REPO_ROOT, free_port, has_ipv6_loopback, sidecar
 
 from udp_sidecar.protocol import (
     MAX_PEERS_IPV4,
@@ -300,17 +300,8 @@ def test_link_local_sender_with_a_scope_is_served(core, clock):
 # --- a real udp-sidecar on loopback --------------------------------------------------------
 
 
-def ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 HOSTS = ["127.0.0.1", pytest.param("::1", marks=pytest.mark.skipif(
-    not ipv6_loopback(), reason="no IPv6 loopback on this machine"))]  # fmt: skip
+    not has_ipv6_loopback(), reason="no IPv6 loopback on this machine"))]  # fmt: skip
 
 
 class Client:
@@ -364,7 +355,7 @@ class Client:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator:
-    binds = ["127.0.0.1", "::1"] if ipv6_loopback() else ["127.0.0.1"]
+    binds = ["127.0.0.1", "::1"] if has_ipv6_loopback() else ["127.0.0.1"]
     with sidecar(binds=binds) as running:
         yield running
 
@@ -402,7 +393,7 @@ def test_peers_find_each_other_in_their_own_family(server, host):
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_ipv4_and_ipv6_peers_share_counts_but_not_lists(server):
     torrent = ih(77)
     with clients("127.0.0.1", server.port, 1) as (a,), clients("::1", server.port, 1) as (b,):
