@@ -121,3 +121,29 @@ def test_malformed_requests_get_a_status_and_a_close(
 ) -> None:
     data = exchange(server, raw)
     assert data.startswith(b"HTTP/1.1 " + status) and b"Connection: close" in data
+
+
+def test_idle_keep_alive_connection_is_closed_after_the_keepalive_time() -> None:
+    with (
+        gunicorn(
+            "sample_site:app", extra_args=("--pythonpath", TESTS_DIR, "--keep-alive", "1")
+        ) as srv,
+        socket.create_connection((srv.host, srv.port), timeout=15) as sock,
+    ):
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = b""
+        while b"site /a" not in data:
+            data += sock.recv(65536)
+        # Idle now: the server closes within its keepalive (1 s) plus the reaper's tick.
+        assert sock.recv(65536) == b""
+
+
+def test_half_sent_request_head_is_closed_after_the_keepalive_time() -> None:
+    with (
+        gunicorn(
+            "sample_site:app", extra_args=("--pythonpath", TESTS_DIR, "--keep-alive", "1")
+        ) as srv,
+        socket.create_connection((srv.host, srv.port), timeout=15) as sock,
+    ):
+        sock.sendall(b"GET /slow HTTP/1.1\r\nHo")
+        assert sock.recv(65536) == b""
