@@ -16,6 +16,7 @@ import bencodepy
 import pytest
 from servers import announce_url, gunicorn, http_get, scrape_url, sidecar, udp_scrape
 
+from udp_sidecar.protocol import build_announce_request, build_connect_request
 from wsgi_tracker.access import parse_info_hash, parse_info_hash_list, parse_passkeys
 from wsgi_tracker.addresses import pack_ip
 from wsgi_tracker.config import ConfigError, TrackerConfig
@@ -223,11 +224,9 @@ def udp_announce(port: int, ih: bytes, n: int = 1, url_data: bytes = b"") -> str
     """A BEP 15 connect + announce (with BEP 41 URL data); the error message, or None."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(5)
-        s.sendto(struct.pack("!QII", 0x41727101980, 0, 1), ("127.0.0.1", port))
-        _, _, conn = struct.unpack("!IIQ", s.recv(2048))
-        packet = struct.pack(
-            "!QII20s20sQQQIIIiH", conn, 1, 2, ih, pid(n), 0, 1, 0, 2, 0, 7, -1, 6881
-        )
+        s.sendto(build_connect_request(1), ("127.0.0.1", port))
+        conn = s.recv(2048)[8:16]
+        packet = build_announce_request(conn, 2, ih, pid(n), 6881, left=1, event=2, key=7)
         for start in range(0, len(url_data), 255):
             chunk = url_data[start : start + 255]
             packet += bytes([2, len(chunk)]) + chunk

@@ -33,6 +33,8 @@ import bencodepy
 import pytest
 from servers import Server, gunicorn, sidecar, udp_scrape
 
+from udp_sidecar.protocol import build_announce_request
+
 pytestmark = pytest.mark.integration
 
 MAX_TORRENTS = 500
@@ -144,8 +146,8 @@ def udp_announce(t: Tracker, ih: bytes, pid: bytes, port: int, left: int, event:
         t.sock.send(struct.pack(">QII", PROTOCOL_ID, 0, tid))
         t.cid = t.sock.recv(64)[8:16]
     tid = secrets.randbits(32)
-    body = struct.pack(">20s20sqqqIIIiH", ih, pid, 0, left, 0, event, 0, 0, 200, port)
-    reply = udp_request(t, struct.pack(">8sII", t.cid, 1, tid) + body)
+    packet = build_announce_request(t.cid, tid, ih, pid, port, left=left, event=event, num_want=200)
+    reply = udp_request(t, packet)
     action = struct.unpack_from(">I", reply)[0]
     if action == 3 and b"connection id" in reply:  # it aged out: connect again
         t.cid = b""

@@ -27,6 +27,7 @@ import pytest
 from servers import Server, announce_url, gunicorn, http_get, scrape_url, sidecar, udp_scrape
 
 from udp_sidecar import snapshot
+from udp_sidecar.protocol import build_announce_request, build_connect_request
 
 pytestmark = pytest.mark.integration
 
@@ -103,26 +104,12 @@ def udp_announce(udp: Server, torrent: bytes, peer: bytes, port: int, left: int,
         s.settimeout(5)
         s.connect((udp.host, udp.port))
         tid = secrets.randbits(32)
-        s.send(struct.pack(">QII", PROTOCOL_ID, 0, tid))
+        s.send(build_connect_request(tid))
         cid = s.recv(64)[8:16]
-        s.send(
-            struct.pack(
-                ">8sII20s20sqqqIIIiH",
-                cid,
-                1,
-                tid,
-                torrent,
-                peer,
-                0,
-                left,
-                0,
-                event,
-                0,
-                0,
-                200,
-                port,
-            )
+        packet = build_announce_request(
+            cid, tid, torrent, peer, port, left=left, event=event, num_want=200
         )
+        s.send(packet)
         reply = s.recv(2048)
     assert struct.unpack_from(">II", reply) == (1, tid), reply
 

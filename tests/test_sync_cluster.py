@@ -38,6 +38,7 @@ from servers import (
     sidecar,
 )
 
+from udp_sidecar.protocol import build_announce_request
 from wsgi_tracker.sync import frames
 
 pytestmark = pytest.mark.integration
@@ -156,8 +157,8 @@ class Udp:
     def announce(self, ih: bytes, peer: bytes, port: int, left: int, event: int = 0) -> set[int]:
         cid = self._connection_id()
         reply = self._ask(
-            lambda tid: struct.pack(
-                ">8sII20s20sQQQIIIiH", cid, 1, tid, ih, peer, 0, left, 0, event, 0, 0, 200, port
+            lambda tid: build_announce_request(
+                cid, tid, ih, peer, port, left=left, event=event, num_want=200
             )
         )
         assert struct.unpack_from(">I", reply)[0] == 1, reply

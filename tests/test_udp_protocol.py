@@ -29,6 +29,7 @@ from udp_sidecar.protocol import (
     PacketError,
     ScrapeRequest,
     build_announce,
+    build_announce_request,
     build_connect,
     build_error,
     build_scrape,
@@ -66,24 +67,21 @@ def announce_packet(
     port: int = 6881,
     options: bytes = b"",
 ) -> bytes:
-    return (
-        struct.pack(
-            ">8sII20s20sqqqIIIiH",
-            cid,
-            ACTION_ANNOUNCE,
-            tid,
-            info_hash,
-            peer_id,
-            downloaded,
-            left,
-            uploaded,
-            event,
-            ip,
-            key,
-            num_want,
-            port,
-        )
-        + options
+    """An announce with every field set to something recognisable."""
+    return build_announce_request(
+        cid,
+        tid,
+        info_hash,
+        peer_id,
+        port,
+        downloaded=downloaded,
+        left=left,
+        uploaded=uploaded,
+        event=event,
+        ip=ip,
+        key=key,
+        num_want=num_want,
+        options=options,
     )
 
 

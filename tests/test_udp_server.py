@@ -30,6 +30,7 @@ from udp_sidecar.protocol import (
     MAX_SCRAPE_IPV4,
     PROTOCOL_ID,
     ConnectionIds,
+    build_announce_request,
 )
 from udp_sidecar.server import DatagramHandler
 from wsgi_tracker.config import TrackerConfig
@@ -61,25 +62,10 @@ def announce_packet(
     ip: int = 0,
     options: bytes = b"",
 ) -> bytes:
-    return (
-        struct.pack(
-            ">8sII20s20sqqqIIIiH",
-            cid,
-            1,
-            tid,
-            info_hash,
-            peer_id,
-            0,
-            left,
-            0,
-            event,
-            ip,
-            0,
-            num_want,
-            port,
-        )
-        + options
-    )
+    return build_announce_request(
+        cid, tid, info_hash, peer_id, port, left=left, event=event, num_want=num_want, ip=ip,
+        options=options,
+    )  # fmt: skip
 
 
 def scrape_packet(cid: bytes, tid: int, *hashes: bytes) -> bytes:

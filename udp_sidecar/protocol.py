@@ -239,6 +239,56 @@ def _parse_scrape(
     return ScrapeRequest(connection_id, transaction_id, hashes)
 
 
+# --- requests: what a client sends (tests and bench/ build them here) ------------------
+
+
+def build_connect_request(transaction_id: int) -> bytes:
+    return _HEADER.pack(PROTOCOL_ID_BYTES, ACTION_CONNECT, transaction_id)
+
+
+def build_announce_request(
+    connection_id: bytes,
+    transaction_id: int,
+    info_hash: bytes,
+    peer_id: bytes,
+    port: int,
+    *,
+    downloaded: int = 0,
+    left: int = 0,
+    uploaded: int = 0,
+    event: int = 0,
+    ip: int = 0,
+    key: int = 0,
+    num_want: int = -1,
+    options: bytes = b"",
+) -> bytes:
+    """An announce as BEP 15 lays it out; ``options`` are BEP 41 bytes after it."""
+    return (
+        _ANNOUNCE.pack(
+            connection_id,
+            ACTION_ANNOUNCE,
+            transaction_id,
+            info_hash,
+            peer_id,
+            downloaded,
+            left,
+            uploaded,
+            event,
+            ip,
+            key.to_bytes(4, "big"),
+            num_want,
+            port,
+        )
+        + options
+    )
+
+
+def build_scrape_request(
+    connection_id: bytes, transaction_id: int, info_hashes: list[bytes]
+) -> bytes:
+    return _HEADER.pack(connection_id, ACTION_SCRAPE, transaction_id) + b"".join(info_hashes)
+
+
 # --- replies ---------------------------------------------------------------------------
 
 
