@@ -501,9 +501,17 @@ def test_serve_starts_sidecar_and_gunicorn_on_one_socket_and_stops_both(tmp_path
         assert not sock.exists()  # the hub took its socket away
         assert "sees only part of every swarm" not in log.read_text()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # the test failed midway: stop serve and its children
+            kids = _children(proc.pid)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                for pid in kids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                proc.kill()
+                proc.wait()
 
 
 # --- other ways to run the workers ---------------------------------------------------------

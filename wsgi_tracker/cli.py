@@ -65,13 +65,13 @@ def serve_command(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "udp_sidecar", "--port", str(config.udp_port)]
         if args.config:
             cmd += ["--config", args.config]
-        children.append(subprocess.Popen(cmd, env=env))
+        children.append(subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent))
         if sync_socket:
             _wait_for_hub(sync_socket, children[0])
     gunicorn = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--bind", args.bind]
     if args.workers:
         gunicorn += ["--workers", str(args.workers)]
-    children.append(subprocess.Popen([*gunicorn, args.app], env=env))
+    children.append(subprocess.Popen([*gunicorn, args.app], env=env, preexec_fn=_die_with_parent))
     return _supervise(children)
 
 
@@ -87,6 +87,15 @@ def _wait_for_hub(path: str, sidecar: subprocess.Popen[bytes], timeout: float = 
             time.sleep(0.05)
         finally:
             probe.close()
+
+
+def _die_with_parent() -> None:
+    """In each child (Linux): SIGTERM it if ``serve`` itself is killed, so none is orphaned."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
