@@ -499,3 +499,16 @@ def test_two_announces_in_one_second_keep_their_order(store, clock):
     older = PeerChange(IH, pid(1), v4(1), False, EVENT_NONE, t + 0.2)
     assert not apply_remote(store, older)
     assert store.scrape(IH) == (1, 0, 0)
+
+
+def test_apply_reads_the_torrent_cache_own_dict_and_lru_order(clock):
+    """``apply`` bypasses TTLCache.__getitem__ (SwarmStore.__init__ says why); this
+    fails if a cachetools release keeps its entries or LRU order elsewhere."""
+    store = SwarmStore(peer_ttl=TTL, max_torrents=3, clock=clock)
+    announce(store, 1, ih=b"a" * 20)
+    announce(store, 2, ih=b"b" * 20)
+    assert store._held is vars(store.torrents)["_Cache__data"]
+    assert list(store._held) == [b"a" * 20, b"b" * 20]
+    assert list(store._lru) == [b"a" * 20, b"b" * 20]
+    announce(store, 3, ih=b"a" * 20)
+    assert list(store._lru) == [b"b" * 20, b"a" * 20]

@@ -156,12 +156,12 @@ class TrackerCore:
                 )
             )
 
-        interval = cfg.interval + (
-            int(self.rng.random() * (cfg.interval_jitter + 1)) if cfg.interval_jitter else 0
-        )
+        jitter = cfg.interval_jitter
+        interval = cfg.interval + (int(self.rng.random() * (jitter + 1)) if jitter else 0)
         if swarm is None:
             return AnnounceResult(interval, cfg.min_interval, 0, 0)
-        result = AnnounceResult(interval, cfg.min_interval, swarm.complete, swarm.incomplete)
+        complete = swarm.complete
+        result = AnnounceResult(interval, cfg.min_interval, complete, len(swarm) - complete)
         if req.event == EVENT_STOPPED:
             return result
         want = cfg.numwant_default if req.numwant is None else min(req.numwant, cfg.numwant_max)
