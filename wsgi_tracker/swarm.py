@@ -97,7 +97,8 @@ class PeerList:
 
     def upsert(self, peer_id: bytes, endpoint: bytes, seeder: bool, expires: float) -> int:
         """Add or refresh a peer; returns its slot. The caller checks capacity first."""
-        slot = self.slot(peer_id)
+        index = self.index  # slot() inlined for the common, indexed case
+        slot = index.get(peer_id, -1) if index is not None else self.slot(peer_id)
         w = self.width
         if slot < 0:
             slot = len(self.ids)
@@ -358,12 +359,16 @@ class SwarmStore:
             return swarm, -1, False  # a late copy of an announce the peer has since stopped
         if swarm is None:
             swarm = Swarm()
-        pl = swarm.family(len(change.endpoint), create=True)
-        assert pl is not None
+        endpoint = change.endpoint
+        v4, v6 = swarm.v4, swarm.v6
+        pl = v4 if len(endpoint) == IPV4_WIDTH else v6
+        if pl is None:
+            pl = swarm.family(len(endpoint), create=True)
+            assert pl is not None
         # Sweep both families first: a list nobody of its family announces to must still
         # expire (its peers are handed to the other family), and dead peers hold no places.
         now = int(self.clock())
-        for due in (swarm.v4, swarm.v6):
+        for due in (v4, v6):
             if due is not None and now >= due.sweep_at:
                 due.sweep_at = now + self.sweep_every
                 due.sweep(now)
