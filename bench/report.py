@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +155,8 @@ def machine() -> dict[str, object]:
         "cores": os.cpu_count(),
         "kernel": platform.release(),
         "python": platform.python_version(),
+        # The build matters as much as the version: docs/BENCHMARKS.md, "Interpreter".
+        "interpreter": os.path.realpath(sys.executable),
     }
 
 
