@@ -384,20 +384,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-share", type=float, default=0.5, help="HTTP part of --rate")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections")
     parser.add_argument("--worker-class", help="gunicorn worker class (default: the project's)")
+    parser.add_argument(
+        "--parts",
+        default="costs,http,core,e2e",
+        help="which runs, comma-separated (default all: costs,http,core,e2e); "
+        "e.g. --parts core to repeat only the sync-alone lag",
+    )
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if parts - {"costs", "http", "core", "e2e"}:
+        parser.error(
+            f"unknown --parts: {', '.join(sorted(parts - {'costs', 'http', 'core', 'e2e'}))}"
+        )
     if not shutil.which("wrk"):
         print("bench.sync_lag: needs wrk (apt-get install wrk)", file=sys.stderr)
         return 2
     ctx = multiprocessing.get_context("fork")
-    results = per_change_costs()
-    print(
-        f"per change: listener + batch {results['listener_us']:.2f} us, "
-        f"encode {results['encode_us']:.2f} us, "
-        f"decode + apply at a replica {results['apply_us']:.2f} us"
-    )
+    results: dict[str, float] = {}
+    if "costs" in parts:
+        results = per_change_costs()
+        print(
+            f"per change: listener + batch {results['listener_us']:.2f} us, "
+            f"encode {results['encode_us']:.2f} us, "
+            f"decode + apply at a replica {results['apply_us']:.2f} us"
+        )
     with tempfile.TemporaryDirectory(prefix="sync-lag-") as tmp_name:
         tmp = Path(tmp_name)
-        for sync in (False, True):
+        for sync in (False, True) if "http" in parts else ():
             with tracker(tmp, args.workers, sync, args.worker_class) as ports:
                 cpu = cpu_seconds(ports["pids"])
                 rps = wrk(ports["http"], args.seconds, args.connections, 0, tmp)
@@ -410,31 +423,52 @@ def main(argv: list[str] | None = None) -> int:
                 f"(workers{' + sidecar' if sync else ''})"
             )
 
-        with tracker(tmp, 0, True, None) as ports:
-            lags, counts = watch_while(
-                ctx, ports["sock"], args.seconds,
-                [(publisher, (ports["sock"], args.rate / 2, args.seconds, tag)) for tag in (1, 2)],
-            )  # fmt: skip
-        results["core_rate"] = sum(counts) / args.seconds
-        print(f"sync alone: 2 publishers, {results['core_rate']:,.0f} announces/s")
-        report(results, "core", "publisher -> other process", lags["core"])
-
-        http_rate = args.rate * args.http_share
-        with tracker(tmp, args.workers, True, args.worker_class) as ports:
-            # Each connection waits ~delay between requests: connections / delay = rate.
-            delay_ms = args.connections * 1000 / http_rate if http_rate else 0
-            udp_load = (udp_sender, (ports["udp"], args.rate - http_rate, args.seconds))
-            lags, counts = watch_while(
-                ctx, ports["sock"], args.seconds, [udp_load],
-                lambda: wrk(ports["http"], args.seconds, args.connections, delay_ms, tmp),
-            )  # fmt: skip
-        got_http, sent_udp = counts[-1], counts[0] / args.seconds
-        results["e2e_rate_http"], results["e2e_rate_udp"] = got_http, sent_udp
-        print(f"end to end: {got_http:,.0f} HTTP + {sent_udp:,.0f} UDP announces/s")
-        report(results, "http", "worker -> other process", lags["http"])
-        report(results, "udp", "sidecar -> other process", lags["udp"])
+        if "core" in parts:
+            sync_alone(ctx, tmp, args, results)
+        if "e2e" in parts:
+            end_to_end(ctx, tmp, args, results)
     print("SYNC_RESULT " + " ".join(f"{k}={v:.2f}" for k, v in results.items()))
     return 0
+
+
+def sync_alone(
+    ctx: multiprocessing.context.BaseContext,
+    tmp: Path,
+    args: argparse.Namespace,
+    results: dict[str, float],
+) -> None:
+    """Two publishers through the hub at ``args.rate``, one observer."""
+    with tracker(tmp, 0, True, None) as ports:
+        lags, counts = watch_while(
+            ctx, ports["sock"], args.seconds,
+            [(publisher, (ports["sock"], args.rate / 2, args.seconds, tag)) for tag in (1, 2)],
+        )  # fmt: skip
+    results["core_rate"] = sum(counts) / args.seconds
+    print(f"sync alone: 2 publishers, {results['core_rate']:,.0f} announces/s")
+    report(results, "core", "publisher -> other process", lags["core"])
+
+
+def end_to_end(
+    ctx: multiprocessing.context.BaseContext,
+    tmp: Path,
+    args: argparse.Namespace,
+    results: dict[str, float],
+) -> None:
+    """Half HTTP (paced wrk) into the workers, half UDP into the sidecar, one observer."""
+    http_rate = args.rate * args.http_share
+    with tracker(tmp, args.workers, True, args.worker_class) as ports:
+        # Each connection waits ~delay between requests: connections / delay = rate.
+        delay_ms = args.connections * 1000 / http_rate if http_rate else 0
+        udp_load = (udp_sender, (ports["udp"], args.rate - http_rate, args.seconds))
+        lags, counts = watch_while(
+            ctx, ports["sock"], args.seconds, [udp_load],
+            lambda: wrk(ports["http"], args.seconds, args.connections, delay_ms, tmp),
+        )  # fmt: skip
+    got_http, sent_udp = counts[-1], counts[0] / args.seconds
+    results["e2e_rate_http"], results["e2e_rate_udp"] = got_http, sent_udp
+    print(f"end to end: {got_http:,.0f} HTTP + {sent_udp:,.0f} UDP announces/s")
+    report(results, "http", "worker -> other process", lags["http"])
+    report(results, "udp", "sidecar -> other process", lags["udp"])
 
 
 if __name__ == "__main__":
