@@ -155,7 +155,7 @@ def machine() -> dict[str, object]:
         "cores": os.cpu_count(),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        # The build matters as much as the version: docs/BENCHMARKS.md, "Interpreter".
+        # The build changes the figures, not only the version: BENCHMARKS.md, "Interpreter".
         "interpreter": os.path.realpath(sys.executable),
     }
 

@@ -163,9 +163,9 @@ class PeerList:
         O(want) rather than O(swarm).
         """
         runs: list[tuple[int, int]] = []
-        seeders = self.seeders
         if want <= 0:
             return runs
+        seeders = self.seeders
         if not for_seeder and seeders:
             want -= _window(runs, 0, seeders, want, exclude, rng)
         n = len(self.ids)
@@ -200,23 +200,16 @@ def _window(
     """
     span = hi - lo
     inside = lo <= exclude < hi
+    pieces: tuple[tuple[int, int], ...]
     if span - inside <= want:  # the whole partition
-        if not inside:
-            runs.append((lo, hi))
-            return span
-        if lo < exclude:
-            runs.append((lo, exclude))
-        if exclude + 1 < hi:
-            runs.append((exclude + 1, hi))
-        return span - 1
-    start = lo + int(rng.random() * span)
-    end = start + want
-    if inside and (exclude - start) % span < want:
-        end += 1
-    if end <= hi:
-        pieces: tuple[tuple[int, int], ...] = ((start, end),)
+        pieces, taken = ((lo, hi),), span - inside
     else:
-        pieces = ((start, hi), (lo, end - span))
+        start = lo + int(rng.random() * span)
+        end = start + want
+        if inside and (exclude - start) % span < want:
+            end += 1
+        pieces = ((start, end),) if end <= hi else ((start, hi), (lo, end - span))
+        taken = want
     for a, b in pieces:
         if a <= exclude < b:
             if a < exclude:
@@ -225,7 +218,7 @@ def _window(
                 runs.append((exclude + 1, b))
         else:
             runs.append((a, b))
-    return want
+    return taken
 
 
 class Swarm:

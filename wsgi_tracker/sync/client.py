@@ -27,16 +27,11 @@ from collections.abc import Callable
 
 from ..tracker import TrackerCore
 from . import frames as f
-from .replica import FLUSH_RECORDS, ChangeBuffer, apply_remote
+from .replica import FLUSH_DELAY, FLUSH_RECORDS, ChangeBuffer, apply_remote
 from .socket_path import UnsafeSocketPath, check_private
 
 log = logging.getLogger("wsgi_tracker.sync")
 
-# At most one batch per FLUSH_DELAY: a change waits up to this long, and at 10k
-# announces/s a batch still carries ~5 changes per process. 1 ms rather than 2 ms
-# took the sync-alone p50 lag from ~2.3 to ~1.2 ms; CPU per HTTP announce did not
-# move measurably (bench.sync_lag).
-FLUSH_DELAY = 0.001
 HEARTBEAT = 1.0
 DEAD_AFTER = 10.0  # the hub heartbeats every second; this much silence means it hangs
 BACKOFF_FIRST = 0.05

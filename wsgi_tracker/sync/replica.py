@@ -13,6 +13,11 @@ AbstractLock = Any  # threading.Lock or gevent's; both are context managers
 # Local changes held while the hub is away. Past it the oldest are dropped: the
 # re-sent live peers after a reconnect cover them, only a stop can be lost.
 MAX_BUFFERED = 200_000
+# Workers and the hub alike send at most one batch per FLUSH_DELAY: a change waits
+# up to this long, and at 10k announces/s a batch still carries ~5 changes per
+# process. 1 ms rather than 2 ms took the sync-alone p50 lag from ~2.3 to ~1.2 ms;
+# CPU per HTTP announce did not move measurably (bench.sync_lag).
+FLUSH_DELAY = 0.001
 # A batch this large is sent at once rather than after the flush delay.
 FLUSH_RECORDS = 256
 
