@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from wsgi_tracker.config import TrackerConfig
-from wsgi_tracker.tracker import Announce, TrackerCore
+from wsgi_tracker.core.tracker import Announce, TrackerCore
 
 
 def rss_kb() -> int:

@@ -48,7 +48,7 @@ def top(collapsed: Path, n: int) -> str:
 
 
 def _short(frame: str) -> str:
-    """'announce (wsgi_tracker/tracker.py:123)' -> 'announce (wsgi_tracker/tracker.py)'."""
+    """'announce (core/tracker.py:123)' -> 'announce (core/tracker.py)'."""
     name, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
     for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
@@ -61,7 +61,7 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     p.add_argument("protocol", choices=["http", "udp"])
     p.add_argument("--seconds", type=float, default=20)
-    p.add_argument("--worker-class", default="wsgi_tracker.worker.TrackerWorker")
+    p.add_argument("--worker-class", default="wsgi_tracker.http.worker.TrackerWorker")
     p.add_argument("--server-cpu", default="1")
     p.add_argument("--load-cpu", default="0")
     p.add_argument("--out", type=Path, default=Path("/tmp/wsgi-tracker-profile"))

@@ -44,7 +44,7 @@ class Knobs:
     worker_classes: tuple[str, ...] = (
         "gevent",
         "gevent_pywsgi",
-        "wsgi_tracker.worker.TrackerWorker",
+        "wsgi_tracker.http.worker.TrackerWorker",
     )
     anchors: bool = True
     bittorrent_tracker: bool = False

@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         servers = [sidecar]
         try:
-            conf = str(Path(__file__).resolve().parent.parent / "wsgi_tracker" / "gunicorn_conf.py")
+            conf = str(Path(__file__).parents[1] / "wsgi_tracker/running/gunicorn_conf.py")
             servers.append(
                 procs.start(
                     "worker",

@@ -127,7 +127,8 @@ def tracker(tmp: Path, workers: int, sync: bool, worker_class: str | None) -> It
             )  # fmt: skip
             wait_for(lambda: _unix_answers(sock), "the sync hub")
             pids.append(sidecar.pid)
-        cmd = [sys.executable, "-m", "gunicorn", "-c", str(REPO / "wsgi_tracker/gunicorn_conf.py"),
+        conf = str(REPO / "wsgi_tracker/running/gunicorn_conf.py")
+        cmd = [sys.executable, "-m", "gunicorn", "-c", conf,
                "--workers", str(workers), "--bind", f"127.0.0.1:{http_port}"]  # fmt: skip
         if worker_class:
             cmd += ["--worker-class", worker_class]
@@ -228,8 +229,8 @@ def publish(path: str, rate: float, seconds: float, tag: int) -> int:
     """
     import gevent
 
+    from wsgi_tracker.core.tracker import Announce, TrackerCore
     from wsgi_tracker.sync import SyncClient
-    from wsgi_tracker.tracker import Announce, TrackerCore
 
     core = TrackerCore()
     client = SyncClient(core, path, role=frames.ROLE_TOOL)
@@ -305,7 +306,7 @@ def per_change_costs() -> dict[str, float]:
     import threading
     import timeit
 
-    from wsgi_tracker.swarm import PeerChange, SwarmStore
+    from wsgi_tracker.core.swarm import PeerChange, SwarmStore
     from wsgi_tracker.sync.replica import ChangeBuffer, apply_remote
 
     buffer = ChangeBuffer(threading.Lock(), threading.Event().set)

@@ -42,7 +42,7 @@ def ours_http(
     ``post_worker_init`` joins the sync hub; the command line picks the worker class.
     """
     cmd = [
-        sys.executable, "-m", "gunicorn", "-c", str(ROOT / "wsgi_tracker" / "gunicorn_conf.py"),
+        sys.executable, "-m", "gunicorn", "-c", str(ROOT / "wsgi_tracker/running/gunicorn_conf.py"),
         "-k", worker_class, "-w", str(workers), "--bind", f"127.0.0.1:{port}",
         "wsgi_tracker.wsgi:app",
     ]  # fmt: skip

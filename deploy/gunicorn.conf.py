@@ -1,6 +1,6 @@
 """gunicorn settings for operators: ``gunicorn -c /etc/wsgi-tracker/gunicorn.conf.py``.
 
-Starts from the project's own settings (``wsgi_tracker/gunicorn_conf.py``: the
+Starts from the project's own settings (``wsgi_tracker/running/gunicorn_conf.py``: the
 gevent-based ``TrackerWorker``, one worker per CPU, small request limits, the
 sync-client hook) and adds what a deployment behind nginx needs. Every value can
 still be overridden on the command line or in ``GUNICORN_CMD_ARGS``.
@@ -8,7 +8,7 @@ still be overridden on the command line or in ``GUNICORN_CMD_ARGS``.
 
 import os
 
-from wsgi_tracker.gunicorn_conf import *  # noqa: F403
+from wsgi_tracker.running.gunicorn_conf import *  # noqa: F403
 
 # What to serve: the tracker alone, or your site with the tracker mounted
 # (e.g. "mysite.wsgi:application"; docs/EMBEDDING.md). An app named on the command line wins.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from wsgi_tracker.tracker import ScrapeEntry, TrackerCore
+from wsgi_tracker.core.tracker import ScrapeEntry, TrackerCore
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.parse import quote_from_bytes, urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-GUNICORN_CONF = REPO_ROOT / "wsgi_tracker" / "gunicorn_conf.py"
+GUNICORN_CONF = REPO_ROOT / "wsgi_tracker" / "running" / "gunicorn_conf.py"
 START_TIMEOUT = 30.0  # generous: CI runners share two busy cores
 STOP_TIMEOUT = 10.0
 UDP_CONNECT_MAGIC = 0x41727101980
@@ -145,7 +145,7 @@ def gunicorn(
     app: str = "wsgi_tracker.wsgi:app",
     *,
     workers: int = 1,
-    worker_class: str = "wsgi_tracker.worker.TrackerWorker",
+    worker_class: str = "wsgi_tracker.http.worker.TrackerWorker",
     env: Mapping[str, str] | None = None,
     config_file: str | None = None,
     bind_host: str = "127.0.0.1",

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from wsgi_tracker.middleware import make_app
+from wsgi_tracker.http.middleware import make_app
 
 tracker = make_app()
 

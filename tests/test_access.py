@@ -17,11 +17,11 @@ import pytest
 from servers import announce_url, gunicorn, http_get, scrape_url, sidecar, udp_scrape
 
 from udp_sidecar.protocol import build_announce_request, build_connect_request
-from wsgi_tracker.access import parse_info_hash, parse_info_hash_list, parse_passkeys
-from wsgi_tracker.addresses import pack_ip
+from wsgi_tracker.access.policy import parse_info_hash, parse_info_hash_list, parse_passkeys
 from wsgi_tracker.config import ConfigError, TrackerConfig
-from wsgi_tracker.errors import TrackerError
-from wsgi_tracker.tracker import Announce, TrackerCore
+from wsgi_tracker.core.addresses import pack_ip
+from wsgi_tracker.core.errors import TrackerError
+from wsgi_tracker.core.tracker import Announce, TrackerCore
 
 ALLOWED = bytes.fromhex("11" * 20)
 OTHER = bytes.fromhex("22" * 20)

@@ -30,7 +30,7 @@ IH_A = bytes.fromhex("a1" * 20)
 IH_B = bytes.fromhex("b2" * 20)
 MAX_SCRAPE = 8
 MAX_QUERY = 2048
-LIMIT_REQUEST_LINE = 4094  # wsgi_tracker/gunicorn_conf.py
+LIMIT_REQUEST_LINE = 4094  # wsgi_tracker/running/gunicorn_conf.py
 
 
 def enc(value: bytes | str) -> str:
@@ -65,7 +65,7 @@ CLOSED = None  # the server closes the connection without an answer
 class Case:
     """One request and its answer: a failure-reason regex, an HTTP status, or CLOSED.
 
-    ``lean`` is the answer under ``wsgi_tracker.worker.TrackerWorker`` where its own
+    ``lean`` is the answer under ``wsgi_tracker.http.worker.TrackerWorker`` where its own
     HTTP parser differs from gunicorn's (both are what clients meet in production).
     """
 
@@ -411,7 +411,7 @@ EXPECTED_SCRAPE = {
 }
 
 
-WORKERS = {"gunicorn-gevent": "gevent", "lean-worker": "wsgi_tracker.worker.TrackerWorker"}
+WORKERS = {"gunicorn-gevent": "gevent", "lean-worker": "wsgi_tracker.http.worker.TrackerWorker"}
 
 
 @pytest.fixture(scope="module", params=list(WORKERS))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from servers import REPO_ROOT, announce_url, gunicorn, http_get, sidecar, udp_scrape
 
-from wsgi_tracker import gunicorn_conf
+from wsgi_tracker.running import gunicorn_conf
 
 UNITS = REPO_ROOT / "deploy" / "systemd"
 SIDECAR_UNIT = UNITS / "udp-sidecar.service"

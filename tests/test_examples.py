@@ -9,7 +9,7 @@ import pytest
 from servers import announce_url, gunicorn, http_get, scrape_url
 
 from examples.catalogue import CATALOGUE
-from wsgi_tracker import gunicorn_conf
+from wsgi_tracker.running import gunicorn_conf
 
 pytestmark = pytest.mark.integration
 

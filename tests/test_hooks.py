@@ -13,12 +13,12 @@ from servers import announce_url, gunicorn, http_get, sidecar
 from test_access import udp_announce
 from werkzeug.serving import make_server
 
-from wsgi_tracker.addresses import pack_ip
+from wsgi_tracker.access.hooks import AnnounceEvent, AnnounceHook
 from wsgi_tracker.config import TrackerConfig
+from wsgi_tracker.core.addresses import pack_ip
+from wsgi_tracker.core.swarm import EVENT_COMPLETED, EVENT_STARTED
+from wsgi_tracker.core.tracker import Announce, TrackerCore
 from wsgi_tracker.flask import Tracker
-from wsgi_tracker.hooks import AnnounceEvent, AnnounceHook
-from wsgi_tracker.swarm import EVENT_COMPLETED, EVENT_STARTED
-from wsgi_tracker.tracker import Announce, TrackerCore
 
 IH = bytes.fromhex("33" * 20)
 CLIENT = pack_ip("127.0.0.1")

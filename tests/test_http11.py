@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wsgi_tracker.http11 import HttpError, environ_for, parse_request_head, response_head
+from wsgi_tracker.http.http11 import HttpError, environ_for, parse_request_head, response_head
 
 
 def test_announce_head_becomes_a_wsgi_environ() -> None:

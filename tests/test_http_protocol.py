@@ -9,16 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wsgi_tracker.errors import TrackerError
-from wsgi_tracker.http_protocol import (
+from wsgi_tracker.core.errors import TrackerError
+from wsgi_tracker.core.swarm import EVENT_COMPLETED, EVENT_NONE, EVENT_STARTED, EVENT_STOPPED
+from wsgi_tracker.core.tracker import AnnounceResult, ScrapeEntry
+from wsgi_tracker.http.codec import (
     encode_announce,
     encode_failure,
     encode_scrape,
     parse_announce,
     parse_scrape,
 )
-from wsgi_tracker.swarm import EVENT_COMPLETED, EVENT_NONE, EVENT_STARTED, EVENT_STOPPED
-from wsgi_tracker.tracker import AnnounceResult, ScrapeEntry
 
 IH = bytes(range(20))
 PID = b"-LT2110-" + bytes(range(200, 212))

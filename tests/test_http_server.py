@@ -23,7 +23,7 @@ from servers import (
     scrape_url,
 )
 
-from wsgi_tracker import gunicorn_conf
+from wsgi_tracker.running import gunicorn_conf
 
 pytestmark = pytest.mark.integration
 

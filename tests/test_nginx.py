@@ -25,7 +25,7 @@ import bencodepy
 import pytest
 from servers import REPO_ROOT, announce_url, free_port, gunicorn, scrape_url
 
-from wsgi_tracker import gunicorn_conf
+from wsgi_tracker.running import gunicorn_conf
 
 pytestmark = pytest.mark.integration
 

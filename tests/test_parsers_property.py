@@ -24,12 +24,12 @@ from hypothesis import strategies as st
 from udp_sidecar.protocol import PROTOCOL_ID, ConnectionIds
 from udp_sidecar.server import DatagramHandler
 from wsgi_tracker.config import TrackerConfig
-from wsgi_tracker.http11 import HttpError, parse_request_head
-from wsgi_tracker.middleware import TrackerMiddleware
-from wsgi_tracker.swarm import PeerChange, SwarmStore
+from wsgi_tracker.core.swarm import PeerChange, SwarmStore
+from wsgi_tracker.core.tracker import TrackerCore
+from wsgi_tracker.http.http11 import HttpError, parse_request_head
+from wsgi_tracker.http.middleware import TrackerMiddleware
 from wsgi_tracker.sync import frames
 from wsgi_tracker.sync.replica import apply_remote
-from wsgi_tracker.tracker import TrackerCore
 
 NOW = 1_800_000_000.0
 IH = bytes(range(20))

@@ -5,7 +5,7 @@ from urllib.parse import unquote_to_bytes
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wsgi_tracker.http_protocol import _unquote
+from wsgi_tracker.http.codec import _unquote
 
 # Pieces that exercise escapes, quoted-printable's own syntax, and line breaks.
 _PIECES = st.sampled_from(

@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wsgi_tracker import ConfigError, TrackerConfig, TrackerMiddleware
-from wsgi_tracker.addresses import pack_ip
-from wsgi_tracker.proxy import ClientAddress
+from wsgi_tracker.core.addresses import pack_ip
+from wsgi_tracker.http.proxy import ClientAddress
 
 NGINX = "10.0.0.5"
 NGINX_NET = "10.0.0.0/24"

@@ -26,8 +26,8 @@ import bencodepy
 import pytest
 from servers import Server, announce_url, gunicorn, http_get, scrape_url, sidecar, udp_scrape
 
-from udp_sidecar import snapshot
 from udp_sidecar.protocol import build_announce_request, build_connect_request
+from wsgi_tracker.sync import snapshot
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,15 @@ import zlib
 
 import pytest
 
-from udp_sidecar import snapshot
-from udp_sidecar.snapshot import Snapshot, SnapshotError, decode, encode
-from wsgi_tracker.swarm import EVENT_COMPLETED, EVENT_NONE, EVENT_STARTED, PeerChange, SwarmStore
+from wsgi_tracker.core.swarm import (
+    EVENT_COMPLETED,
+    EVENT_NONE,
+    EVENT_STARTED,
+    PeerChange,
+    SwarmStore,
+)
+from wsgi_tracker.sync import snapshot
+from wsgi_tracker.sync.snapshot import Snapshot, SnapshotError, decode, encode
 
 NOW = 1_800_000_000.0
 TTL = 3900
@@ -193,7 +199,7 @@ def test_load_respects_the_peer_limit_of_the_new_store(tmp_path):
 
 def test_missing_file_starts_empty_quietly(tmp_path, caplog):
     store = make_store()
-    with caplog.at_level(logging.INFO, logger="udp_sidecar.snapshot"):
+    with caplog.at_level(logging.INFO, logger="wsgi_tracker.sync.snapshot"):
         assert snapshot.load(tmp_path / "absent.snap", store, now=NOW) is None
     assert len(store) == 0
     assert [r.levelno for r in caplog.records] == [logging.INFO]
@@ -208,7 +214,7 @@ def test_corrupt_file_is_one_warning_and_an_empty_start(tmp_path, caplog, conten
     path = tmp_path / "s.snap"
     path.write_bytes(content)
     store = make_store()
-    with caplog.at_level(logging.WARNING, logger="udp_sidecar.snapshot"):
+    with caplog.at_level(logging.WARNING, logger="wsgi_tracker.sync.snapshot"):
         assert snapshot.load(path, store, now=NOW) is None
     assert len(store) == 0
     (record,) = caplog.records
@@ -220,7 +226,7 @@ def test_truncated_real_snapshot_is_ignored(tmp_path, caplog):
     snapshot.save(populated_store(), path, now=NOW)
     path.write_bytes(path.read_bytes()[:-7])
     store = make_store()
-    with caplog.at_level(logging.WARNING, logger="udp_sidecar.snapshot"):
+    with caplog.at_level(logging.WARNING, logger="wsgi_tracker.sync.snapshot"):
         assert snapshot.load(path, store, now=NOW) is None
     assert len(store) == 0
     assert "truncated" in caplog.records[0].getMessage()

@@ -11,11 +11,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from servers import announce_url, gunicorn, http_get, scrape_url, sidecar, udp_scrape
 from test_access import udp_announce
 
-from wsgi_tracker.addresses import pack_ip
 from wsgi_tracker.config import ConfigError, TrackerConfig
-from wsgi_tracker.errors import TrackerError
-from wsgi_tracker.middleware import TrackerMiddleware
-from wsgi_tracker.stats import (
+from wsgi_tracker.core.addresses import pack_ip
+from wsgi_tracker.core.errors import TrackerError
+from wsgi_tracker.core.tracker import Announce, TrackerCore
+from wsgi_tracker.http.middleware import TrackerMiddleware
+from wsgi_tracker.stats.collect import (
     TOTALS_CHUNK,
     Counters,
     RateMeter,
@@ -26,7 +27,6 @@ from wsgi_tracker.stats import (
     render_prometheus,
     replica_totals,
 )
-from wsgi_tracker.tracker import Announce, TrackerCore
 
 IH = bytes.fromhex("44" * 20)
 CLIENT = pack_ip("127.0.0.1")

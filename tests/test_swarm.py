@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wsgi_tracker import swarm as swarm_module
-from wsgi_tracker.swarm import (
+from wsgi_tracker.core import swarm as swarm_module
+from wsgi_tracker.core.swarm import (
     EVENT_COMPLETED,
     EVENT_NONE,
     EVENT_STARTED,

@@ -388,9 +388,9 @@ def test_hub_drops_a_client_that_stops_reading_and_keeps_serving_the_others(
     from gevent import socket as gsocket
 
     from wsgi_tracker.config import TrackerConfig
-    from wsgi_tracker.swarm import PeerChange
+    from wsgi_tracker.core.swarm import PeerChange
+    from wsgi_tracker.core.tracker import TrackerCore
     from wsgi_tracker.sync.hub import SyncHub
-    from wsgi_tracker.tracker import TrackerCore
 
     path = str(tmp_path / "hub" / "sync.sock")
     hub = SyncHub(TrackerCore(TrackerConfig()), path, max_queue_bytes=1 << 20)
@@ -470,7 +470,7 @@ def test_serve_starts_sidecar_and_gunicorn_on_one_socket_and_stops_both(tmp_path
     log = tmp_path / "serve.log"
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     cmd = [
-        sys.executable, "-m", "wsgi_tracker.cli", "serve", "--config", str(config),
+        sys.executable, "-m", "wsgi_tracker.running.cli", "serve", "--config", str(config),
         "--bind", f"127.0.0.1:{http_port}", "--workers", "2", "--udp-port", str(udp_port),
     ]  # fmt: skip
     with log.open("wb") as out:

@@ -12,8 +12,8 @@ import socket
 import gevent
 from gevent import socket as gsocket
 
+from wsgi_tracker.core.tracker import TrackerCore
 from wsgi_tracker.sync.hub import SyncHub, _Client
-from wsgi_tracker.tracker import TrackerCore
 
 CHUNK = 50_000
 

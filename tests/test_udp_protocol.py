@@ -39,7 +39,7 @@ from udp_sidecar.protocol import (
     to_announce,
 )
 from wsgi_tracker.config import TrackerConfig
-from wsgi_tracker.tracker import Announce, ScrapeEntry
+from wsgi_tracker.core.tracker import Announce, ScrapeEntry
 
 CID = b"\x01\x02\x03\x04\x05\x06\x07\x08"
 IH = bytes(range(20))

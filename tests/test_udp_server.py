@@ -34,8 +34,8 @@ from udp_sidecar.protocol import (
 )
 from udp_sidecar.server import DatagramHandler
 from wsgi_tracker.config import TrackerConfig
-from wsgi_tracker.swarm import PeerChange
-from wsgi_tracker.tracker import TrackerCore
+from wsgi_tracker.core.swarm import PeerChange
+from wsgi_tracker.core.tracker import TrackerCore
 
 KEY = bytes(range(32))
 V4 = ("127.0.0.1", 40000)

@@ -15,13 +15,12 @@ from collections.abc import Sequence  # noqa: E402
 import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
+from udp_sidecar.server import BindError, UdpServer  # noqa: E402
 from wsgi_tracker.config import ConfigError, TrackerConfig  # noqa: E402
-from wsgi_tracker.stats import TrackerStats  # noqa: E402
+from wsgi_tracker.core.tracker import TrackerCore  # noqa: E402
+from wsgi_tracker.stats.collect import TrackerStats  # noqa: E402
+from wsgi_tracker.sync import snapshot  # noqa: E402
 from wsgi_tracker.sync.hub import HubError, SyncHub  # noqa: E402
-from wsgi_tracker.tracker import TrackerCore  # noqa: E402
-
-from . import snapshot  # noqa: E402
-from .server import BindError, UdpServer  # noqa: E402
 
 log = logging.getLogger("udp_sidecar")
 PROG = "udp-sidecar"

@@ -24,7 +24,7 @@ from hmac import compare_digest
 from urllib.parse import unquote_to_bytes
 
 from wsgi_tracker.config import TrackerConfig
-from wsgi_tracker.tracker import Announce, ScrapeEntry
+from wsgi_tracker.core.tracker import Announce, ScrapeEntry
 
 PROTOCOL_ID = 0x41727101980
 PROTOCOL_ID_BYTES = PROTOCOL_ID.to_bytes(8, "big")

@@ -25,10 +25,7 @@ import gevent
 from gevent import monkey
 from gevent.hub import get_hub
 
-from wsgi_tracker.errors import TrackerError
-from wsgi_tracker.tracker import TrackerCore
-
-from .protocol import (
+from udp_sidecar.protocol import (
     MAX_PEERS_IPV4,
     MAX_PEERS_IPV6,
     MAX_SCRAPE_IPV4,
@@ -44,6 +41,8 @@ from .protocol import (
     parse_request,
     to_announce,
 )
+from wsgi_tracker.core.errors import TrackerError
+from wsgi_tracker.core.tracker import TrackerCore
 
 log = logging.getLogger("udp_sidecar")
 

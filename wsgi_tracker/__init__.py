@@ -5,8 +5,8 @@ tracker on its own), ``TrackerConfig`` (every setting), and ``Tracker`` in
 ``wsgi_tracker.flask`` for Flask sites.
 """
 
-from .config import ConfigError, TrackerConfig
-from .errors import TrackerError
-from .middleware import TrackerMiddleware, make_app
+from wsgi_tracker.config import ConfigError, TrackerConfig
+from wsgi_tracker.core.errors import TrackerError
+from wsgi_tracker.http.middleware import TrackerMiddleware, make_app
 
 __all__ = ["ConfigError", "TrackerConfig", "TrackerError", "TrackerMiddleware", "make_app"]

@@ -6,10 +6,10 @@ from typing import Any
 
 from flask import Flask
 
-from .access import Authenticator
-from .config import TrackerConfig
-from .hooks import OnAnnounce
-from .middleware import TrackerMiddleware
+from wsgi_tracker.access.hooks import OnAnnounce
+from wsgi_tracker.access.policy import Authenticator
+from wsgi_tracker.config import TrackerConfig
+from wsgi_tracker.http.middleware import TrackerMiddleware
 
 
 class Tracker:

@@ -3,7 +3,7 @@
 Configured from ``WSGI_TRACKER_CONFIG`` (a TOML file) and ``WSGI_TRACKER_*``.
 """
 
-from .config import TrackerConfig
-from .middleware import make_app
+from wsgi_tracker.config import TrackerConfig
+from wsgi_tracker.http.middleware import make_app
 
 app = make_app(TrackerConfig.load())

@@ -3,8 +3,8 @@
 See docs/SYNC.md for the wire format, the guarantees and what happens on failure.
 """
 
-from .client import SyncClient, start_client, warn_if_alone
-from .frames import FrameDecoder, FrameError, StatsEntry
+from wsgi_tracker.sync.client import SyncClient, start_client, warn_if_alone
+from wsgi_tracker.sync.frames import FrameDecoder, FrameError, StatsEntry
 
 __all__ = [
     "FrameDecoder",

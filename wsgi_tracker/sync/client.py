@@ -25,10 +25,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..tracker import TrackerCore
-from . import frames as f
-from .replica import FLUSH_DELAY, FLUSH_RECORDS, ChangeBuffer, apply_remote
-from .socket_path import UnsafeSocketPath, check_private
+from wsgi_tracker.core.tracker import TrackerCore
+from wsgi_tracker.sync import frames as f
+from wsgi_tracker.sync.replica import FLUSH_DELAY, FLUSH_RECORDS, ChangeBuffer, apply_remote
+from wsgi_tracker.sync.socket_path import UnsafeSocketPath, check_private
 
 log = logging.getLogger("wsgi_tracker.sync")
 

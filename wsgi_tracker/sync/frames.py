@@ -18,7 +18,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..swarm import EVENT_STOPPED, IPV4_WIDTH, IPV6_WIDTH, PeerChange
+from wsgi_tracker.core.swarm import EVENT_STOPPED, IPV4_WIDTH, IPV6_WIDTH, PeerChange
 
 VERSION = 1
 MAGIC = b"WTSY"

@@ -6,7 +6,7 @@ import collections
 from collections.abc import Callable
 from typing import Any
 
-from ..swarm import PeerChange, SwarmFull, SwarmStore
+from wsgi_tracker.core.swarm import PeerChange, SwarmFull, SwarmStore
 
 AbstractLock = Any  # threading.Lock or gevent's; both are context managers
 

@@ -14,13 +14,12 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from .access import AccessDenied, AccessPolicy, Authenticator
-from .addresses import endpoint, pack_ip
-from .config import TrackerConfig
-from .errors import TrackerError
-from .hooks import AnnounceEvent, AnnounceHook, OnAnnounce
-from .stats import Counters
-from .swarm import (
+from wsgi_tracker.access.hooks import AnnounceEvent, AnnounceHook, OnAnnounce
+from wsgi_tracker.access.policy import AccessDenied, AccessPolicy, Authenticator
+from wsgi_tracker.config import TrackerConfig
+from wsgi_tracker.core.addresses import endpoint, pack_ip
+from wsgi_tracker.core.errors import TrackerError
+from wsgi_tracker.core.swarm import (
     EVENT_STOPPED,
     IPV4_WIDTH,
     PeerChange,
@@ -28,6 +27,7 @@ from .swarm import (
     SwarmFull,
     SwarmStore,
 )
+from wsgi_tracker.stats.collect import Counters
 
 
 @dataclass(slots=True)

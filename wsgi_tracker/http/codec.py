@@ -14,10 +14,10 @@ from urllib.parse import unquote_to_bytes
 
 import bencodepy
 
-from .addresses import split_endpoint
-from .errors import TrackerError
-from .swarm import EVENT_COMPLETED, EVENT_NONE, EVENT_STARTED, EVENT_STOPPED
-from .tracker import Announce, AnnounceResult, ScrapeEntry
+from wsgi_tracker.core.addresses import split_endpoint
+from wsgi_tracker.core.errors import TrackerError
+from wsgi_tracker.core.swarm import EVENT_COMPLETED, EVENT_NONE, EVENT_STARTED, EVENT_STOPPED
+from wsgi_tracker.core.tracker import Announce, AnnounceResult, ScrapeEntry
 
 EVENTS = {
     b"": EVENT_NONE,

@@ -36,7 +36,7 @@ from pathlib import Path
 import gevent
 import gevent.event
 
-from wsgi_tracker.swarm import (
+from wsgi_tracker.core.swarm import (
     EVENT_NONE,
     IPV4_WIDTH,
     IPV6_WIDTH,
@@ -46,7 +46,7 @@ from wsgi_tracker.swarm import (
 )
 from wsgi_tracker.sync.frames import MAX_TIMESTAMP
 
-log = logging.getLogger("udp_sidecar.snapshot")
+log = logging.getLogger("wsgi_tracker.sync.snapshot")
 
 MAGIC = b"WTSN"
 VERSION = 1

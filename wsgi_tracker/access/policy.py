@@ -25,8 +25,8 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from .config import ConfigError, TrackerConfig
-from .errors import TrackerError
+from wsgi_tracker.config import ConfigError, TrackerConfig
+from wsgi_tracker.core.errors import TrackerError
 
 log = logging.getLogger(__name__)
 

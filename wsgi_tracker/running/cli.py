@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import ConfigError, TrackerConfig
+from wsgi_tracker.config import ConfigError, TrackerConfig
 
 GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
 
@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("config", help="print every setting with its default and meaning")
     args = parser.parse_args(argv)
     if args.command == "config":
-        from .config import describe
+        from wsgi_tracker.config import describe
 
         print(describe())
         return 0

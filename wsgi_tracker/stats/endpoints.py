@@ -11,9 +11,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs
 
-from .config import TrackerConfig
-from .stats import PROMETHEUS_CONTENT_TYPE, TrackerStats, render_json, render_prometheus
-from .stats_page import render_page
+from wsgi_tracker.config import TrackerConfig
+from wsgi_tracker.stats.collect import (
+    PROMETHEUS_CONTENT_TYPE,
+    TrackerStats,
+    render_json,
+    render_prometheus,
+)
+from wsgi_tracker.stats.page import render_page
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]

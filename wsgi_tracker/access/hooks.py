@@ -19,8 +19,8 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-from .access import resolve_callable
-from .config import TrackerConfig
+from wsgi_tracker.access.policy import resolve_callable
+from wsgi_tracker.config import TrackerConfig
 
 log = logging.getLogger(__name__)
 

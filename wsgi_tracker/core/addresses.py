@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 
-from .errors import TrackerError
+from wsgi_tracker.core.errors import TrackerError
 
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 

@@ -6,23 +6,23 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .access import Authenticator
-from .addresses import pack_ip
-from .config import TrackerConfig
-from .errors import TrackerError
-from .hooks import OnAnnounce
-from .http_protocol import (
+from wsgi_tracker.access.hooks import OnAnnounce
+from wsgi_tracker.access.policy import Authenticator
+from wsgi_tracker.config import TrackerConfig
+from wsgi_tracker.core.addresses import pack_ip
+from wsgi_tracker.core.errors import TrackerError
+from wsgi_tracker.core.tracker import TrackerCore
+from wsgi_tracker.http.codec import (
     encode_announce,
     encode_failure,
     encode_scrape,
     parse_announce,
     parse_scrape,
 )
-from .proxy import ClientAddress
-from .stats import TrackerStats
-from .stats_http import stats_routes
-from .sync import SyncClient
-from .tracker import TrackerCore
+from wsgi_tracker.http.proxy import ClientAddress
+from wsgi_tracker.stats.collect import TrackerStats
+from wsgi_tracker.stats.endpoints import stats_routes
+from wsgi_tracker.sync import SyncClient
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]

@@ -14,7 +14,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 
-from .config import ConfigError
+from wsgi_tracker.config import ConfigError
 
 #: The ``trusted_proxies`` entry that trusts peers on a Unix socket (their REMOTE_ADDR is empty).
 UNIX_SOCKET = "unix"

@@ -1,4 +1,4 @@
-"""``wsgi_tracker.worker.TrackerWorker``: gunicorn's gevent worker with a lean HTTP/1.1 loop.
+"""``wsgi_tracker.http.worker.TrackerWorker``: gunicorn's gevent worker with a lean HTTP/1.1 loop.
 
 gunicorn's own gevent workers parse every request in layers of Python built for
 generality; on an announce (a ~300-byte GET answered with ~400 bytes) that
@@ -23,7 +23,13 @@ from typing import Any
 from gunicorn.http.wsgi import base_environ
 from gunicorn.workers.ggevent import GeventWorker
 
-from .http11 import HttpError, RequestHead, environ_for, parse_request_head, response_head
+from wsgi_tracker.http.http11 import (
+    HttpError,
+    RequestHead,
+    environ_for,
+    parse_request_head,
+    response_head,
+)
 
 RECV_BYTES = 65536
 MAX_HEAD_BYTES = 65536
@@ -116,7 +122,7 @@ def _send_all(sock: socket.socket, data: bytes) -> None:
 
 
 class TrackerWorker(GeventWorker):
-    """Use with ``gunicorn -k wsgi_tracker.worker.TrackerWorker``."""
+    """Use with ``gunicorn -k wsgi_tracker.http.worker.TrackerWorker``."""
 
     def init_process(self) -> None:
         self._clock = _Clock()

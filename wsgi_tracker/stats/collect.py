@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
-    from .tracker import TrackerCore
+    from wsgi_tracker.core.tracker import TrackerCore
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import os
 
 bind = os.environ.get("WSGI_TRACKER_BIND", "0.0.0.0:6969")
 workers = int(os.environ.get("WSGI_TRACKER_WORKERS", multiprocessing.cpu_count()))
-# Our lean HTTP/1.1 loop on gunicorn's gevent worker (see wsgi_tracker/worker.py for why).
-worker_class = "wsgi_tracker.worker.TrackerWorker"
+# Our lean HTTP/1.1 loop on gunicorn's gevent worker (see wsgi_tracker/http/worker.py for why).
+worker_class = "wsgi_tracker.http.worker.TrackerWorker"
 worker_connections = 2000
 keepalive = 30
 # Announces are tiny: refuse oversized request lines and headers early.
@@ -62,7 +62,7 @@ def worker_exit(server, worker) -> None:  # type: ignore[no-untyped-def]
 
 def _tracker(worker):  # type: ignore[no-untyped-def]
     """The worker's TrackerMiddleware: the app itself, or a Flask app's ``wsgi_app``."""
-    from wsgi_tracker.middleware import TrackerMiddleware
+    from wsgi_tracker.http.middleware import TrackerMiddleware
 
     app = getattr(worker, "wsgi", None)  # absent if the app failed to load
     tracker = app if isinstance(app, TrackerMiddleware) else getattr(app, "wsgi_app", None)
