@@ -16,20 +16,29 @@ V4 = b"\x7f\x00\x00\x01\x1a\xe1"
 V6 = b"\x00" * 15 + b"\x01" + b"\x1a\xe1"
 
 
-def peer(n: int, endpoint: bytes = V4, seeder: bool = False, event: int = 0) -> PeerChange:
+def peer(
+    n: int, endpoint: bytes = V4, seeder: bool = False, event: int = 0, key: int = 0
+) -> PeerChange:
     return PeerChange(
         n.to_bytes(20, "big"), b"-XX0001-" + n.to_bytes(12, "big"), endpoint, seeder, event,
-        1_700_000_000.25 + n,
+        1_700_000_000.25 + n, key,
     )  # fmt: skip
 
 
 EVERY_FRAME = [
     f.Hello(f.ROLE_WORKER, 4242),
     f.Hello(f.ROLE_HUB, 1),
-    f.Snapshot([peer(1), peer(2, V6, seeder=True)]),
+    f.Snapshot([peer(1), peer(2, V6, seeder=True), peer(6, key=0xDEADBEEF)]),
     f.Totals([(b"a" * 20, 7), (b"b" * 20, 2**40)]),
     f.SnapshotDone(),
-    f.Deltas([peer(3, event=2), peer(4, V6, event=3), peer(5, seeder=True, event=1)]),
+    f.Deltas(
+        [
+            peer(3, event=2),
+            peer(4, V6, event=3, key=1),
+            peer(5, seeder=True, event=1),
+            peer(7, V6, key=2**32 - 1),
+        ]
+    ),
     f.Counts([(b"c" * 20, 1), (b"d" * 20, 3)]),
     f.Heartbeat(),
     f.Stats([f.StatsEntry(10, f.ROLE_WORKER, b'{"announces": 5}'), f.StatsEntry(11, 0, b"")]),
@@ -106,8 +115,28 @@ def test_unknown_frame_kind_is_refused() -> None:
 
 def test_wrong_version_is_refused_with_who_and_which_version() -> None:
     wire = f.encode(f.Hello(f.ROLE_WORKER, 777, version=f.VERSION + 1))
-    with pytest.raises(f.FrameError, match=r"pid 777 \(worker\) speaks protocol version 2"):
+    with pytest.raises(f.FrameError, match=r"pid 777 \(worker\) speaks protocol version 3"):
         f.decode_all(wire)
+    with pytest.raises(f.FrameError, match=r"speaks protocol version 1, this process speaks 2"):
+        f.decode_all(f.encode(f.Hello(f.ROLE_HUB, 1, version=1)))
+
+
+def test_a_record_without_a_key_is_a_version_1_record() -> None:
+    """Keyless records keep the version 1 layout: 50 bytes and the endpoint, flags 0-3."""
+    ih, pid = b"i" * 20, b"p" * 20
+    v1 = struct.pack(">20s20sdBB", ih, pid, 1.5, 1, 2) + V4
+    assert f.encode(f.Deltas([PeerChange(ih, pid, V4, True, 2, 1.5)]))[5:] == v1
+    keyed = f.encode(f.Deltas([PeerChange(ih, pid, V4, True, 2, 1.5, 0x01020304)]))[5:]
+    assert keyed == struct.pack(">20s20sdBB", ih, pid, 1.5, 1 | 4, 2) + V4 + b"\x01\x02\x03\x04"
+
+
+def test_a_cut_or_zero_key_is_refused() -> None:
+    body = f.encode(f.Deltas([peer(1, key=7)]))[5:]
+    with pytest.raises(f.FrameError, match="peer key truncated"):
+        f.decode_all(struct.pack(">IB", len(body) - 2, f.KIND_DELTAS) + body[:-2])
+    zero = body[:-4] + bytes(4)
+    with pytest.raises(f.FrameError, match="zero key"):
+        f.decode_all(struct.pack(">IB", len(zero), f.KIND_DELTAS) + zero)
 
 
 def test_hello_from_something_else_is_refused() -> None:
@@ -129,6 +158,26 @@ def test_bad_event_and_flags_are_refused() -> None:
 def test_heartbeat_with_a_body_is_refused() -> None:
     with pytest.raises(f.FrameError, match="must be empty"):
         f.decode_all(struct.pack(">IB", 1, f.KIND_HEARTBEAT) + b"x")
+
+
+@given(
+    st.lists(
+        st.builds(
+            PeerChange,
+            st.binary(min_size=20, max_size=20),
+            st.binary(min_size=20, max_size=20),
+            st.sampled_from([V4, V6]) | st.binary(min_size=6, max_size=6),
+            st.booleans(),
+            st.integers(min_value=0, max_value=3),
+            st.floats(min_value=0, max_value=f.MAX_TIMESTAMP, exclude_max=True),
+            st.integers(min_value=0, max_value=2**32 - 1),
+        ),
+        max_size=20,
+    )
+)
+def test_any_peer_records_round_trip_with_their_keys(peers: list[PeerChange]) -> None:
+    frames = f.decode_all(f.encode(f.Deltas(peers)))
+    assert [p for fr in frames for p in fr.peers] == peers  # type: ignore[union-attr]
 
 
 @given(st.binary(max_size=2048))

@@ -275,6 +275,9 @@ class PeerChange(NamedTuple):
     seeder: bool
     event: int
     timestamp: float
+    # The BEP 3 ``key`` as 32 bits (0: none sent), what lets a peer prove it is the same
+    # client from another address (see ``announce_key``); never handed to other peers.
+    key: int = 0
 
 
 class SwarmStore:

@@ -5,9 +5,13 @@ counts the body only and is at most ``MAX_BODY``. Peer records are shared by
 snapshots and deltas::
 
     info_hash (20) | peer_id (20) | timestamp (f64) | flags (u8) | event (u8) | endpoint
+    [| key (u32)]
 
-where flags bit 0 is "seeder" and bit 1 "IPv6" (an 18-byte endpoint instead of
-6). Nothing here touches a socket or a clock: the hub and the client are thin
+where flags bit 0 is "seeder", bit 1 "IPv6" (an 18-byte endpoint instead of
+6) and bit 2 "key": the peer's BEP 3 key follows the endpoint. The key travels
+so that every replica can apply the same identity rule (only the key a peer
+first sent lets it change address); a record without one is byte for byte a
+version 1 record. Nothing here touches a socket or a clock: the hub and the client are thin
 shells that move these bytes (see docs/SYNC.md for the conversation).
 """
 
@@ -20,13 +24,15 @@ from dataclasses import dataclass, field
 
 from wsgi_tracker.core.swarm import EVENT_STOPPED, IPV4_WIDTH, IPV6_WIDTH, PeerChange
 
-VERSION = 1
+# 2: peer records may carry the key (flags bit 2). Version 1 records still decode, but a
+# version 1 process would refuse the new flag mid-stream, so the Hello tells them apart.
+VERSION = 2
 MAGIC = b"WTSY"
 MAX_BODY = 1 << 20
 # The store keeps expiry times as 32-bit seconds (until 2106): a later "time" would
 # overflow it, so a record carrying one is refused here, where it enters.
 MAX_TIMESTAMP = 2**32 - 2**24
-# Peer records per frame: ~68 bytes each keeps a frame well under MAX_BODY.
+# Peer records per frame: 68-72 bytes each (IPv6 with a key) keeps a frame well under MAX_BODY.
 RECORDS_PER_FRAME = 4096
 
 ROLE_HUB = 0
@@ -37,12 +43,14 @@ ROLE_NAMES = {ROLE_HUB: "hub", ROLE_WORKER: "worker", ROLE_TOOL: "tool"}
 _HEADER = struct.Struct(">IB")
 _HELLO = struct.Struct(">4sHBI")
 _PEER = struct.Struct(">20s20sdBB")
+_KEY_FIELD = struct.Struct(">I")
 _COUNT = struct.Struct(">20sI")
 _TOTAL = struct.Struct(">20sQ")
 _STATS_ENTRY = struct.Struct(">IBI")
 
 _SEEDER = 1
 _IPV6 = 2
+_KEY = 4
 
 
 class FrameError(ValueError):
@@ -134,11 +142,17 @@ def _frame(kind: int, body: bytes) -> bytes:
 
 def _peer_body(peers: Iterable[PeerChange]) -> bytes:
     pack = _PEER.pack
+    pack_key = _KEY_FIELD.pack
     parts = []
     for p in peers:
         flags = (_SEEDER if p.seeder else 0) | (_IPV6 if len(p.endpoint) == IPV6_WIDTH else 0)
-        parts.append(pack(p.info_hash, p.peer_id, p.timestamp, flags, p.event))
-        parts.append(p.endpoint)
+        if p.key:
+            parts.append(pack(p.info_hash, p.peer_id, p.timestamp, flags | _KEY, p.event))
+            parts.append(p.endpoint)
+            parts.append(pack_key(p.key))
+        else:
+            parts.append(pack(p.info_hash, p.peer_id, p.timestamp, flags, p.event))
+            parts.append(p.endpoint)
     return b"".join(parts)
 
 
@@ -216,7 +230,7 @@ def _decode_peers(body: bytes) -> list[PeerChange]:
         ih, pid, ts, flags, event = unpack(body, pos)
         pos += size
         width = IPV6_WIDTH if flags & _IPV6 else IPV4_WIDTH
-        if flags & ~(_SEEDER | _IPV6):
+        if flags & ~(_SEEDER | _IPV6 | _KEY):
             raise FrameError(f"peer record flags {flags:#x} has unknown bits")
         if event > EVENT_STOPPED:
             raise FrameError(f"peer record event {event} is not 0-3")
@@ -224,8 +238,17 @@ def _decode_peers(body: bytes) -> list[PeerChange]:
             raise FrameError(f"peer record timestamp {ts} is not a time")
         if end - pos < width:
             raise FrameError(f"peer endpoint truncated at byte {pos} of {end}")
-        out.append(PeerChange(ih, pid, body[pos : pos + width], bool(flags & _SEEDER), event, ts))
+        ep = body[pos : pos + width]
         pos += width
+        key = 0
+        if flags & _KEY:
+            if end - pos < 4:
+                raise FrameError(f"peer key truncated at byte {pos} of {end}")
+            (key,) = _KEY_FIELD.unpack_from(body, pos)
+            pos += 4
+            if not key:
+                raise FrameError("peer record has the key flag and a zero key (0 means none)")
+        out.append(PeerChange(ih, pid, ep, bool(flags & _SEEDER), event, ts, key))
     return out
 
 
