@@ -371,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         py = sys.executable
         sidecar = procs.start(
             "udp-sidecar",
-            [py, "-m", "udp_sidecar", "--bind", "127.0.0.1", "--port", str(udp_port)],
+            [py, "-m", "udp_sidecar", "--udp-bind", "127.0.0.1", "--udp-port", str(udp_port)],
             cpus=None, log=Path(tmp) / "sidecar.log", env=env, ready=lambda: udp_ready(udp_port),
         )  # fmt: skip
         servers = [sidecar]

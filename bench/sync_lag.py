@@ -120,8 +120,8 @@ def tracker(tmp: Path, workers: int, sync: bool, worker_class: str | None) -> It
         if sync:
             sidecar = stack.enter_context(
                 process(
-                    [sys.executable, "-m", "udp_sidecar", "--bind", "127.0.0.1",
-                     "--port", str(udp_port), "--sync-socket", sock, "--log-level", "WARNING"],
+                    [sys.executable, "-m", "udp_sidecar", "--udp-bind", "127.0.0.1",
+                     "--udp-port", str(udp_port), "--sync-socket", sock, "--log-level", "WARNING"],
                     env, tmp / "sidecar.log",
                 )
             )  # fmt: skip

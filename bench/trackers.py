@@ -63,7 +63,7 @@ def ours_udp(
     port: int, outdir: Path, cpus: str | None, *, sync_socket: str | None = None
 ) -> procs.Server:
     """udp-sidecar on 127.0.0.1 (IPv4 only: the load generator speaks IPv4)."""
-    cmd = [sys.executable, "-m", "udp_sidecar", "--bind", "127.0.0.1", "--port", str(port)]
+    cmd = [sys.executable, "-m", "udp_sidecar", "--udp-bind", "127.0.0.1", "--udp-port", str(port)]
     if sync_socket:
         cmd += ["--sync-socket", sync_socket]
     return procs.start(

@@ -206,8 +206,8 @@ def sidecar(
     port = port or free_port(family, socket.SOCK_DGRAM)
     cmd = [sys.executable, "-m", "udp_sidecar"]
     for host in binds:
-        cmd += ["--bind", host]
-    cmd += ["--port", str(port)]
+        cmd += ["--udp-bind", host]
+    cmd += ["--udp-port", str(port)]
     if sync_socket is not None:
         cmd += ["--sync-socket", sync_socket]
     if config_file is not None:

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from wsgi_tracker.config import ConfigError, TrackerConfig, describe
+from wsgi_tracker.config import (
+    PROCESS_ENV,
+    SETTINGS,
+    ConfigError,
+    TrackerConfig,
+    load_with_sources,
+)
+from wsgi_tracker.settings import markdown
+
+CONFIG_MD = Path(__file__).resolve().parent.parent / "docs" / "CONFIG.md"
 
 
 @pytest.fixture
@@ -88,8 +100,10 @@ def test_bad_file_values_name_the_setting(toml_file):
         TrackerConfig.load(toml_file('interval = "x"\n'), env={})
     with pytest.raises(ConfigError, match="full_scrape must be of type bool"):
         TrackerConfig.load(toml_file("full_scrape = 1\n"), env={})
-    with pytest.raises(ConfigError, match=r"unknown setting\(s\) in settings: intervall"):
-        TrackerConfig.load(toml_file("intervall = 5\n"), env={})
+    path = toml_file("intervall = 5\n")
+    with pytest.raises(ConfigError) as info:
+        TrackerConfig.load(path, env={})
+    assert str(info.value) == f"{path}: unknown setting 'intervall' (did you mean interval?)"
 
 
 def test_unreadable_or_invalid_file_is_reported_with_its_path(tmp_path, toml_file):
@@ -122,7 +136,120 @@ def test_sync_socket_off_and_default():
 
 
 def test_every_setting_is_documented():
-    table = describe()
+    table = markdown(SETTINGS, PROCESS_ENV)
     for f in dataclasses.fields(TrackerConfig):
         assert f.metadata["doc"]
         assert f"`{f.name}`" in table and f"`WSGI_TRACKER_{f.name.upper()}`" in table
+        assert f"`--{f.name.replace('_', '-')}`" in table
+
+
+def test_config_md_is_generated_from_the_declarations():
+    assert CONFIG_MD.read_text() == markdown(SETTINGS, PROCESS_ENV) + "\n", (
+        "docs/CONFIG.md is stale; regenerate it with: "
+        ".venv/bin/wsgi-tracker config --markdown > docs/CONFIG.md"
+    )
+
+
+def test_top_level_keys_beside_the_tracker_table_are_read(toml_file):
+    path = toml_file("numwant_max = 70\n[tracker]\ninterval = 1000\n")
+    cfg = TrackerConfig.load(path, env={})
+    assert (cfg.numwant_max, cfg.interval) == (70, 1000)
+
+
+def test_unknown_key_under_tracker_names_the_file_and_the_closest_setting(toml_file):
+    path = toml_file("[tracker]\nnumwant_mx = 70\n")
+    with pytest.raises(ConfigError) as info:
+        TrackerConfig.load(path, env={})
+    assert str(info.value) == (
+        f"{path} [tracker]: unknown setting 'numwant_mx' (did you mean numwant_max?)"
+    )
+
+
+def test_a_key_both_at_top_level_and_in_the_table_is_refused(toml_file):
+    path = toml_file("interval = 1000\n[tracker]\ninterval = 1200\n")
+    with pytest.raises(ConfigError, match="'interval' is set both at top level and in"):
+        TrackerConfig.load(path, env={})
+
+
+def test_unknown_environment_variable_is_an_error_with_a_suggestion():
+    with pytest.raises(ConfigError) as info:
+        TrackerConfig.load(env={"WSGI_TRACKER_NUMWANT_MX": "5"})
+    assert str(info.value) == (
+        "unknown environment variable WSGI_TRACKER_NUMWANT_MX "
+        "(did you mean WSGI_TRACKER_NUMWANT_MAX?)"
+    )
+    # The variables of the processes around the tracker are not settings, and not errors.
+    assert TrackerConfig.load(env=dict.fromkeys(PROCESS_ENV, "")) == TrackerConfig()
+
+
+def test_dependent_defaults_follow_the_setting_they_depend_on():
+    cfg = TrackerConfig.load(env={}, interval=600)
+    assert (cfg.min_interval, cfg.peer_ttl) == (300, 2 * (600 + 120) + 60)
+    # ... unless they are set themselves.
+    assert TrackerConfig.load(env={}, interval=600, min_interval=100).min_interval == 100
+    with pytest.raises(ConfigError, match=r"min_interval \(700\) must not exceed interval"):
+        TrackerConfig.load(env={}, interval=600, min_interval=700)
+    # replace() keeps a following default following, and an explicit one fixed.
+    assert TrackerConfig().replace(interval=600).min_interval == 300
+    assert TrackerConfig(min_interval=120).replace(interval=600).min_interval == 120
+
+
+def test_sources_say_where_each_value_came_from(toml_file):
+    path = toml_file("numwant_max = 70\n")
+    layer = ("flag", {"interval": (1000, "flag --interval")})
+    cfg, sources = load_with_sources(path, {"WSGI_TRACKER_FULL_SCRAPE": "1"}, [layer])
+    assert (cfg.numwant_max, cfg.full_scrape, cfg.interval) == (70, True, 1000)
+    assert sources["numwant_max"] == f"file {path}"
+    assert sources["full_scrape"] == "env WSGI_TRACKER_FULL_SCRAPE"
+    assert sources["interval"] == "flag --interval"
+    assert sources["min_interval"] == "default (follows interval)"
+    assert sources["max_torrents"] == "default"
+
+
+# --- the command line, as a user runs it ---------------------------------------------------
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def test_config_command_prints_effective_values_and_their_sources(toml_file):
+    path = toml_file("[tracker]\ninterval = 600\n")
+    done = cli("wsgi_tracker.running.cli", "config", "--config", str(path), "--numwant-max", "55")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "[tracker]"
+    assert f"interval = 600  # file {path}" in lines
+    assert "min_interval = 300  # default (follows interval)" in lines
+    assert "numwant_max = 55  # flag --numwant-max" in lines
+    assert 'announce_path = "/announce"  # default' in lines
+    assert len(lines) == 1 + len(SETTINGS)
+
+
+@pytest.mark.parametrize("command", [("wsgi_tracker.running.cli", "serve"), ("udp_sidecar",)])
+def test_both_commands_have_every_settings_flag_and_clean_help(command):
+    done = cli(*command, "--help")
+    assert done.returncode == 0, done.stderr
+    for s in SETTINGS:
+        assert s.flag in done.stdout
+    assert "``" not in done.stdout and ":func:" not in done.stdout
+
+
+@pytest.mark.parametrize("command", [("wsgi_tracker.running.cli",), ("udp_sidecar",)])
+def test_version_is_printed(command):
+    from importlib.metadata import version
+
+    done = cli(*command, "--version")
+    assert done.returncode == 0
+    assert done.stdout.strip().endswith(version("wsgi-tracker"))
+
+
+def test_bad_flag_value_is_one_line_naming_the_flag():
+    done = cli("wsgi_tracker.running.cli", "config", "--interval", "soon")
+    assert done.returncode == 2
+    assert done.stderr == "wsgi-tracker: --interval must be an integer, got 'soon'\n"
+    done = cli("udp_sidecar", "--udp-port", "0")
+    assert done.returncode == 2
+    assert done.stderr == "udp-sidecar: udp_port must be 1-65535, got 0\n"

@@ -477,14 +477,14 @@ def test_port_in_use_is_a_one_line_error():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
-        line = one_line_error(run_command("--bind", "127.0.0.1", "--port", str(port)))
+        line = one_line_error(run_command("--udp-bind", "127.0.0.1", "--udp-port", str(port)))
     assert f"cannot bind 127.0.0.1:{port}" in line and "in use" in line
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("bind", ["not-an-address", "300.1.1.1"])
 def test_bad_bind_address_is_a_one_line_error(bind):
-    line = one_line_error(run_command("--bind", bind, "--port", str(free_port())))
+    line = one_line_error(run_command("--udp-bind", bind, "--udp-port", str(free_port())))
     assert repr(bind) in line
 
 
@@ -501,7 +501,9 @@ def test_unreadable_and_invalid_configs_are_one_line_errors(tmp_path):
     private = tmp_path / "private.toml"
     private.write_text("private = true\n")  # and no passkeys from anywhere
     assert "private needs passkeys_file" in one_line_error(
-        run_command("--config", str(private), "--bind", "127.0.0.1", "--port", "0")
+        run_command(
+            "--config", str(private), "--udp-bind", "127.0.0.1", "--udp-port", str(free_port())
+        )
     )
 
 
@@ -509,7 +511,7 @@ def test_unreadable_and_invalid_configs_are_one_line_errors(tmp_path):
 def test_help_names_every_option():
     result = run_command("--help")
     assert result.returncode == 0
-    for option in ("--bind", "--port", "--config", "--sync-socket", "--log-level"):
+    for option in ("--udp-bind", "--udp-port", "--config", "--sync-socket", "--log-level"):
         assert option in result.stdout
 
 

@@ -1,4 +1,4 @@
-"""``udp-sidecar``: the BEP 15 UDP tracker, and (with sync) the hub of every tracker process."""
+"""udp-sidecar: the BEP 15 UDP tracker, and (with sync) the hub of every tracker process."""
 
 # Patch before anything imports socket, threading or time-based waits.
 from gevent import monkey
@@ -11,13 +11,16 @@ import signal  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
+from importlib.metadata import version  # noqa: E402
 
 import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
 from udp_sidecar.server import BindError, UdpServer  # noqa: E402
-from wsgi_tracker.config import ConfigError, TrackerConfig  # noqa: E402
+from wsgi_tracker.config import ConfigError, TrackerConfig, load_with_sources  # noqa: E402
 from wsgi_tracker.core.tracker import TrackerCore  # noqa: E402
+from wsgi_tracker.running import logs  # noqa: E402
+from wsgi_tracker.running.flags import add_setting_flags, flag_layer  # noqa: E402
 from wsgi_tracker.stats.collect import TrackerStats  # noqa: E402
 from wsgi_tracker.sync import snapshot  # noqa: E402
 from wsgi_tracker.sync.hub import HubError, SyncHub  # noqa: E402
@@ -26,57 +29,25 @@ log = logging.getLogger("udp_sidecar")
 PROG = "udp-sidecar"
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
-    parser.add_argument(
-        "--bind",
-        action="append",
-        metavar="ADDR",
-        help="address to listen on (repeatable; default: the config's udp_bind, 0.0.0.0 and ::)",
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog=PROG,
+        description="The BEP 15 UDP tracker, and (with sync) the hub of every tracker process.",
     )
-    parser.add_argument(
-        "--port", type=_port, help="UDP port (default: the config's udp_port, 6969)"
-    )
-    parser.add_argument("--config", metavar="FILE", help="TOML config file")
-    parser.add_argument(
-        "--sync-socket",
-        metavar="PATH",
-        help="Unix socket of the sync hub (default: the config's sync_socket)",
-    )
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        type=str.upper,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="default %(default)s",
-    )
-    return parser.parse_args(argv)
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is outside 0-65535")
-    return port
+    top.add_argument("--version", action="version", version=f"%(prog)s {version('wsgi-tracker')}")
+    top.add_argument("--config", metavar="FILE", help="TOML config file")
+    add_setting_flags(top)
+    return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    args = parser().parse_args(argv)
     try:
-        config = TrackerConfig.load(args.config)
+        config, _ = load_with_sources(args.config, layers=[flag_layer(args)])
     except ConfigError as exc:
         return _fail(str(exc))
-    binds = args.bind or _usable(config.udp_bind)
-    port = config.udp_port if args.port is None else args.port
-    if args.sync_socket:  # "off" switches sync off here too, as in the config
-        config = config.replace(sync_socket=args.sync_socket)
-    return run(config, binds, port, config.sync_socket_path)
+    logs.configure(config)
+    return run(config, _usable(config.udp_bind), config.udp_port, config.sync_socket_path)
 
 
 def run(config: TrackerConfig, binds: Sequence[str], port: int, sync_socket: str | None) -> int:

@@ -1,8 +1,11 @@
 """TrackerConfig: every setting declared once, read once, validated once.
 
-Each field carries its own documentation in ``metadata["doc"]``; the TOML file,
-the ``WSGI_TRACKER_*`` environment variables and ``docs/CONFIG.md`` are all
-derived from these declarations so they cannot drift apart (gunicorn's model).
+Each field below is the whole declaration of one setting (``_setting``: its
+default, doc, check, the settings its default follows, its flag); the TOML file,
+the ``WSGI_TRACKER_*`` variables, the flags of ``wsgi-tracker`` and
+``udp-sidecar``, the errors and ``docs/CONFIG.md`` are all derived from it
+(gunicorn's model; ``settings.py`` is the machinery). To add a setting, add a
+field here and regenerate the docs: ``wsgi-tracker config --markdown > docs/CONFIG.md``.
 """
 
 from __future__ import annotations
@@ -10,21 +13,36 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ENV_PREFIX = "WSGI_TRACKER_"
+from wsgi_tracker.settings import (
+    ENV_PREFIX,
+    FOLLOWING,
+    ConfigError,
+    Follows,
+    Setting,
+    at_least,
+    between,
+    did_you_mean,
+    one_of,
+    settings_of,
+    url_path,
+)
+from wsgi_tracker.settings import setting as _setting
+
+__all__ = ["ENV_PREFIX", "ConfigError", "TrackerConfig", "load_with_sources"]
+
 CONFIG_FILE_ENV = "WSGI_TRACKER_CONFIG"
-
-
-class ConfigError(ValueError):
-    """A setting is missing, malformed or out of range; the message names it."""
-
-
-def _setting(default: Any, doc: str) -> Any:
-    return field(default=default, metadata={"doc": doc})
+# Variables read by the processes around the tracker rather than by TrackerConfig.
+PROCESS_ENV = {
+    CONFIG_FILE_ENV: "The TOML file to read when no `--config` is given.",
+    "WSGI_TRACKER_BIND": "The HTTP address of the project's gunicorn config.",
+    "WSGI_TRACKER_WORKERS": "The worker count of the project's gunicorn config (default: cores).",
+    "WSGI_TRACKER_APP": "The WSGI app `deploy/gunicorn.conf.py` serves.",
+}
 
 
 def default_sync_socket() -> str:
@@ -38,19 +56,40 @@ class TrackerConfig:
     """All tracker settings. Build with ``TrackerConfig.load()`` or keyword arguments."""
 
     # --- HTTP routes -------------------------------------------------------------------
-    announce_path: str = _setting("/announce", "Path of the HTTP announce endpoint.")
-    scrape_path: str = _setting("/scrape", "Path of the HTTP scrape endpoint.")
+    announce_path: str = _setting(
+        "/announce", "Path of the HTTP announce endpoint.", check=url_path()
+    )
+    scrape_path: str = _setting("/scrape", "Path of the HTTP scrape endpoint.", check=url_path())
     # --- announce policy ---------------------------------------------------------------
-    interval: int = _setting(1800, "Seconds a client should wait between announces.")
+    interval: int = _setting(
+        1800, "Seconds a client should wait between announces.", check=at_least(1)
+    )
     interval_jitter: int = _setting(
-        120, "Up to this many seconds are added at random to each interval, to spread load."
+        120,
+        "Up to this many seconds are added at random to each interval, to spread load.",
+        check=at_least(0),
     )
-    min_interval: int = _setting(900, "Seconds a client must wait between announces.")
+    min_interval: int = _setting(
+        900,
+        "Seconds a client must wait between announces.",
+        check=at_least(1),
+        follows=Follows(("interval",), lambda interval: max(1, interval // 2), "interval / 2"),
+    )
     peer_ttl: int = _setting(
-        3900, "Seconds a peer is kept without re-announcing (a little over two intervals)."
+        3900,
+        "Seconds a peer is kept without re-announcing: two longest intervals and a minute, "
+        "so a peer survives one lost announce.",
+        check=at_least(1),
+        follows=Follows(
+            ("interval", "interval_jitter"),
+            lambda interval, jitter: 2 * (interval + jitter) + 60,
+            "2 * (interval + interval_jitter) + 60",
+        ),
     )
-    numwant_default: int = _setting(50, "Peers handed out when the client does not say.")
-    numwant_max: int = _setting(200, "Most peers handed out in one reply.")
+    numwant_default: int = _setting(
+        50, "Peers handed out when the client does not say.", check=at_least(0)
+    )
+    numwant_max: int = _setting(200, "Most peers handed out in one reply.", check=at_least(1))
     allow_ip_param: bool = _setting(
         False,
         "Believe the announce 'ip' parameter / UDP ip field (off: clients could aim "
@@ -58,33 +97,42 @@ class TrackerConfig:
     )
     # --- bounds ------------------------------------------------------------------------
     max_torrents: int = _setting(
-        1_000_000, "Most torrents held; past it the stalest torrent is evicted."
+        1_000_000, "Most torrents held; past it the stalest torrent is evicted.", check=at_least(1)
     )
     max_peers_per_torrent: int = _setting(
-        200_000, "Most peers in one torrent; past it new peers are refused ('swarm is full')."
+        200_000,
+        "Most peers in one torrent; past it new peers are refused ('swarm is full').",
+        check=at_least(1),
     )
-    max_scrape_hashes: int = _setting(64, "Most info_hashes in one HTTP scrape request.")
+    max_scrape_hashes: int = _setting(
+        64, "Most info_hashes in one HTTP scrape request.", check=at_least(1)
+    )
     full_scrape: bool = _setting(False, "Answer a scrape without info_hash with every torrent.")
-    max_query_bytes: int = _setting(2048, "Longest HTTP query string accepted.")
+    max_query_bytes: int = _setting(2048, "Longest HTTP query string accepted.", check=at_least(1))
     # --- reverse proxy -----------------------------------------------------------------
     trusted_proxies: tuple[str, ...] = _setting(
         (), "Addresses or networks of reverse proxies whose X-Forwarded-For is believed."
     )
     # --- UDP ---------------------------------------------------------------------------
-    udp_port: int = _setting(6969, "UDP port of udp-sidecar.")
+    udp_port: int = _setting(6969, "UDP port of udp-sidecar.", check=between(1, 65535))
     udp_bind: tuple[str, ...] = _setting(("0.0.0.0", "::"), "Addresses udp-sidecar binds.")
     connection_id_ttl: int = _setting(
-        120, "Seconds a UDP connection id stays valid (BEP 15 says two minutes)."
+        120, "Seconds a UDP connection id stays valid (BEP 15 says two minutes).", check=at_least(1)
     )
     # --- sync and persistence ----------------------------------------------------------
     sync_socket: str = _setting(
-        "", "Unix socket of the sync hub; empty for the per-user default. 'off' disables sync."
+        "",
+        "Unix socket of the sync hub. Empty: the per-user default, joined by udp-sidecar, "
+        "wsgi-tracker serve and the project's gunicorn config only, so flask run, runserver "
+        "and test clients never join a live hub. A path: every process joins it. 'off': no sync.",
     )
     snapshot_path: str = _setting("", "File the sidecar saves the swarms to; empty: no snapshot.")
-    snapshot_interval: int = _setting(60, "Seconds between snapshots.")
+    snapshot_interval: int = _setting(60, "Seconds between snapshots.", check=at_least(1))
     # --- access (docs/ACCESS.md) -------------------------------------------------------
     access_mode: str = _setting(
-        "public", "Which torrents are served: 'public' (any), 'whitelist' or 'blacklist'."
+        "public",
+        "Which torrents are served: 'public' (any), 'whitelist' or 'blacklist'.",
+        check=one_of("public", "whitelist", "blacklist"),
     )
     access_list_file: str = _setting(
         "",
@@ -103,78 +151,63 @@ class TrackerConfig:
         "sidecar can use the host app's check too.",
     )
     passkey_cache_ttl: int = _setting(
-        60, "Seconds the answers of the authenticate callable are cached; 0: ask every time."
+        60,
+        "Seconds the answers of the authenticate callable are cached; 0: ask every time.",
+        check=at_least(0),
     )
     announce_hook: str = _setting(
         "", "Announce hook as 'module:callable', given lists of AnnounceEvent (docs/ACCESS.md)."
     )
     hook_queue_size: int = _setting(
-        10_000, "Announce events held for the hook; past it new events are dropped and counted."
+        10_000,
+        "Announce events held for the hook; past it new events are dropped and counted.",
+        check=at_least(1),
     )
     # --- statistics (docs/STATS.md) ----------------------------------------------------
     stats_path: str = _setting(
-        "", "Path of the /stats JSON (and of <path>.html, the live page); empty: off."
+        "",
+        "Path of the /stats JSON (and of <path>.html, the live page); empty: off.",
+        check=url_path(optional=True),
     )
-    metrics_path: str = _setting("", "Path of the Prometheus /metrics text; empty: off.")
+    metrics_path: str = _setting(
+        "", "Path of the Prometheus /metrics text; empty: off.", check=url_path(optional=True)
+    )
     stats_token: str = _setting(
         "", "If set, stats and metrics need ?token=<it> or 'Authorization: Bearer <it>'."
     )
+    # --- logging (every process: serve, gunicorn workers, udp-sidecar) ------------------
+    log_level: str = _setting(
+        "info",
+        "Lowest level logged: debug, info, warning or error.",
+        check=one_of("debug", "info", "warning", "error"),
+    )
+    log_format: str = _setting(
+        "text",
+        "'text' (time, level, process, logger, message) or 'json' (one object a line).",
+        check=one_of("text", "json"),
+    )
 
     def __post_init__(self) -> None:
-        for name in (
-            "interval",
-            "min_interval",
-            "peer_ttl",
-            "numwant_max",
-            "max_torrents",
-            "max_peers_per_torrent",
-            "max_scrape_hashes",
-            "max_query_bytes",
-            "connection_id_ttl",
-            "snapshot_interval",
-            "hook_queue_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("interval_jitter", "numwant_default", "passkey_cache_ttl"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
-        if self.min_interval > self.interval:
-            raise ConfigError(
-                f"min_interval ({self.min_interval}) must not exceed interval ({self.interval})"
-            )
-        if self.peer_ttl < self.interval:
-            raise ConfigError(
-                f"peer_ttl ({self.peer_ttl}) must be at least interval ({self.interval}), "
-                "or every peer expires before it re-announces"
-            )
-        if self.numwant_default > self.numwant_max:
-            raise ConfigError(
-                f"numwant_default ({self.numwant_default}) exceeds numwant_max ({self.numwant_max})"
-            )
-        if not 1 <= self.udp_port <= 65535:
-            raise ConfigError(f"udp_port must be 1-65535, got {self.udp_port}")
-        for name in ("announce_path", "scrape_path"):
-            if not getattr(self, name).startswith("/"):
-                raise ConfigError(f"{name} must start with '/', got {getattr(self, name)!r}")
-        for name in ("stats_path", "metrics_path"):
-            value = getattr(self, name)
-            if value and (not value.startswith("/") or value.endswith("/")):
-                raise ConfigError(f"{name} must start and not end with '/', got {value!r}")
-        if self.access_mode not in ("public", "whitelist", "blacklist"):
-            raise ConfigError(
-                f"access_mode must be public, whitelist or blacklist, got {self.access_mode!r}"
-            )
-        if self.access_mode != "public" and not self.access_list_file:
-            raise ConfigError(f"access_mode {self.access_mode!r} needs access_list_file")
+        for s in SETTINGS:
+            if s.follows is not None and getattr(self, s.name) is FOLLOWING:
+                object.__setattr__(self, s.name, s.follows.value(self))
+            s.validate(getattr(self, s.name))
+        for constraint in CONSTRAINTS:
+            problem = constraint(self)
+            if problem:
+                raise ConfigError(problem)
 
-    # --- loading -----------------------------------------------------------------------
     @property
     def sync_socket_path(self) -> str | None:
         """The hub socket to use, or None when sync is switched off."""
         if self.sync_socket == "off":
             return None
         return self.sync_socket or default_sync_socket()
+
+    @property
+    def sync_explicit(self) -> bool:
+        """Whether sync_socket names a hub, so that any process (flask run too) joins it."""
+        return self.sync_socket not in ("", "off")
 
     @classmethod
     def load(
@@ -187,32 +220,107 @@ class TrackerConfig:
 
         The file defaults to the one named by ``WSGI_TRACKER_CONFIG``.
         """
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        file = file or env.get(CONFIG_FILE_ENV) or None
-        if file:
-            values.update(_read_toml(Path(file)))
-        for f in dataclasses.fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is not None:
-                values[f.name] = _from_text(f, raw)
-        values.update(overrides)
-        return cls.from_mapping(values, source="settings")
+        layers = [("override", {k: (v, "override") for k, v in overrides.items()})]
+        return load_with_sources(file, env, layers)[0]
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "settings") -> TrackerConfig:
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown setting(s) in {source}: {', '.join(unknown)}")
-        checked = {name: _check_type(known[name], v) for name, v in values.items()}
-        return cls(**checked)
+        """A config from ``values`` (TOML-typed) over the defaults; ``source`` names them."""
+        return cls(**_checked(values, source))
 
     def replace(self, **changes: Any) -> TrackerConfig:
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``; a setting still at its following default keeps following."""
+        for s in SETTINGS:
+            if (
+                s.follows
+                and s.name not in changes
+                and getattr(self, s.name) == s.follows.value(self)
+            ):
+                changes[s.name] = FOLLOWING
+        return dataclasses.replace(self, **_checked(changes, "replace()", keep=FOLLOWING))
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+SETTINGS: tuple[Setting, ...] = settings_of(TrackerConfig)
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+BY_ENV: dict[str, Setting] = {s.env: s for s in SETTINGS}
+
+
+def _min_interval_within_interval(c: TrackerConfig) -> str | None:
+    if c.min_interval > c.interval:
+        return f"min_interval ({c.min_interval}) must not exceed interval ({c.interval})"
+    return None
+
+
+def _peers_outlive_interval(c: TrackerConfig) -> str | None:
+    if c.peer_ttl < c.interval:
+        return (
+            f"peer_ttl ({c.peer_ttl}) must be at least interval ({c.interval}), "
+            "or every peer expires before it re-announces"
+        )
+    return None
+
+
+def _numwant_default_within_max(c: TrackerConfig) -> str | None:
+    if c.numwant_default > c.numwant_max:
+        return f"numwant_default ({c.numwant_default}) exceeds numwant_max ({c.numwant_max})"
+    return None
+
+
+def _list_mode_has_list(c: TrackerConfig) -> str | None:
+    if c.access_mode != "public" and not c.access_list_file:
+        return f"access_mode {c.access_mode!r} needs access_list_file"
+    return None
+
+
+# Rules between settings, checked after each setting's own check.
+CONSTRAINTS: tuple[Callable[[TrackerConfig], str | None], ...] = (
+    _min_interval_within_interval,
+    _peers_outlive_interval,
+    _numwant_default_within_max,
+    _list_mode_has_list,
+)
+
+# --- loading -------------------------------------------------------------------------------
+
+# One layer of values: setting name -> (value, where it came from).
+Layer = tuple[str, Mapping[str, tuple[Any, str]]]
+
+
+def load_with_sources(
+    file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    layers: Sequence[Layer] = (),
+) -> tuple[TrackerConfig, dict[str, str]]:
+    """The config from defaults < file < environment < ``layers``, and each value's source.
+
+    A source reads ``default``, ``file PATH``, ``env WSGI_TRACKER_X``, ``flag --x``
+    (or whatever a layer says); a following default says what it follows.
+    """
+    env = os.environ if env is None else env
+    found: dict[str, tuple[Any, str]] = {}
+    file = file or env.get(CONFIG_FILE_ENV) or None
+    if file:
+        found.update(read_toml(Path(file)))
+    found.update(read_env(env))
+    for _label, values in layers:
+        found.update(values)
+    for name, (_value, where) in found.items():
+        if name not in BY_NAME:
+            raise ConfigError(f"unknown setting {name!r} in {where}{did_you_mean(name, BY_NAME)}")
+    config = TrackerConfig.from_mapping({k: v for k, (v, _) in found.items()})
+    sources = {}
+    for s in SETTINGS:
+        if s.name in found:
+            sources[s.name] = found[s.name][1]
+        elif s.follows is not None:
+            sources[s.name] = f"default (follows {', '.join(s.follows.on)})"
+        else:
+            sources[s.name] = "default"
+    return config, sources
+
+
+def read_toml(path: Path) -> dict[str, tuple[Any, str]]:
+    """Settings at the top level of ``path`` or under ``[tracker]``; any other key is an error."""
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
@@ -220,51 +328,40 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    # Allow the settings either at top level or under [tracker].
-    return dict(data.get("tracker", data))
+    section = data.pop("tracker", {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: 'tracker' must be a table ([tracker]), got {section!r}")
+    found: dict[str, tuple[Any, str]] = {}
+    for where, table in ((f"{path}", data), (f"{path} [tracker]", section)):
+        for key, value in table.items():
+            if key not in BY_NAME:
+                raise ConfigError(f"{where}: unknown setting {key!r}{did_you_mean(key, BY_NAME)}")
+            if key in found:
+                raise ConfigError(f"{path}: {key!r} is set both at top level and in [tracker]")
+            found[key] = (value, f"file {path}")
+    return found
 
 
-def _kind(f: dataclasses.Field[Any]) -> str:
-    return str(f.type).split("[")[0]
+def read_env(env: Mapping[str, str]) -> dict[str, tuple[Any, str]]:
+    """The ``WSGI_TRACKER_*`` settings in ``env``; an unknown such variable is an error."""
+    found: dict[str, tuple[Any, str]] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name in PROCESS_ENV:
+            continue
+        s = BY_ENV.get(name)
+        if s is None:
+            known = [*BY_ENV, *PROCESS_ENV]
+            raise ConfigError(f"unknown environment variable {name}{did_you_mean(name, known)}")
+        found[s.name] = (s.from_text(raw, name), f"env {name}")
+    return found
 
 
-def _from_text(f: dataclasses.Field[Any], raw: str) -> Any:
-    kind = _kind(f)
-    name = ENV_PREFIX + f.name.upper()
-    if kind == "bool":
-        low = raw.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off", ""):
-            return False
-        raise ConfigError(f"{name} must be true or false, got {raw!r}")
-    if kind == "int":
-        try:
-            return int(raw)
-        except ValueError:
-            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if kind == "tuple":
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
-    return raw
-
-
-def _check_type(f: dataclasses.Field[Any], value: Any) -> Any:
-    kind = _kind(f)
-    ok = {
-        "bool": lambda v: isinstance(v, bool),
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "str": lambda v: isinstance(v, str),
-        "tuple": lambda v: isinstance(v, list | tuple) and all(isinstance(x, str) for x in v),
-    }[kind]
-    if not ok(value):
-        raise ConfigError(f"{f.name} must be of type {f.type}, got {value!r}")
-    return tuple(value) if kind == "tuple" else value
-
-
-def describe() -> str:
-    """The documented list of settings (docs/CONFIG.md is generated from it)."""
-    lines = ["| setting | env | default | meaning |", "|---|---|---|---|"]
-    for f in dataclasses.fields(TrackerConfig):
-        env = ENV_PREFIX + f.name.upper()
-        lines.append(f"| `{f.name}` | `{env}` | `{f.default!r}` | {f.metadata['doc']} |")
-    return "\n".join(lines)
+def _checked(values: Mapping[str, Any], source: str, keep: Any = None) -> dict[str, Any]:
+    """``values`` with each name known and each value of its setting's type."""
+    checked = {}
+    for name, value in values.items():
+        s = BY_NAME.get(name)
+        if s is None:
+            raise ConfigError(f"unknown setting {name!r} in {source}{did_you_mean(name, BY_NAME)}")
+        checked[name] = value if keep is not None and value is keep else s.coerce(value)
+    return checked

@@ -77,7 +77,9 @@ class TrackerMiddleware:
         self._announce_prefix = self._announce + "/"
         self._scrape = self.config.scrape_path.rstrip("/")
         self._scrape_prefix = self._scrape + "/"
-        # Started by the first request, never before gevent has patched (docs/SYNC.md).
+        # Started by gunicorn's post_worker_init (the project's config), or by the first
+        # request when sync_socket names a hub; never before gevent has patched, and never
+        # by default in flask run, runserver or a test client (docs/SYNC.md).
         self.sync: SyncClient | None = None
         self._synced = False
         self._sync_lock = threading.Lock()
@@ -88,7 +90,7 @@ class TrackerMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if not self._synced:
-            self.start_sync()
+            self._first_request()
         path: str = environ.get("PATH_INFO") or "/"
         if path == self._announce:
             body = self.announce(environ, None)
@@ -107,10 +109,17 @@ class TrackerMiddleware:
         )
         return [body]
 
+    def _first_request(self) -> None:
+        if self.config.sync_explicit:
+            self.start_sync()
+        else:
+            self._synced = True
+
     def start_sync(self) -> None:
         """Start this process's sync client (once) and wait, bounded, for its snapshot.
 
-        The first request calls it; gunicorn's post_worker_init may call it earlier.
+        gunicorn's post_worker_init calls it (the project's config: production joins the
+        per-user default hub); the first request does when sync_socket names a hub.
         """
         path = self.config.sync_socket_path
         if path is not None:
@@ -178,6 +187,12 @@ class TrackerMiddleware:
         except TrackerError as exc:
             return encode_failure(str(exc))
         return encode_scrape(entries)
+
+
+def find_tracker(app: object) -> TrackerMiddleware | None:
+    """The TrackerMiddleware a server was given: the app itself or a Flask app's ``wsgi_app``."""
+    tracker = app if isinstance(app, TrackerMiddleware) else getattr(app, "wsgi_app", None)
+    return tracker if isinstance(tracker, TrackerMiddleware) else None
 
 
 def make_app(config: TrackerConfig | None = None) -> TrackerMiddleware:

@@ -14,6 +14,7 @@ unchanged; a chunked *request* body is refused with 411.
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -31,6 +32,7 @@ from wsgi_tracker.http.http11 import (
     response_head,
 )
 
+log = logging.getLogger("wsgi_tracker.worker")
 RECV_BYTES = 65536
 MAX_HEAD_BYTES = 65536
 DRAIN_LIMIT = 65536  # unread request body we will skip to keep a connection alive
@@ -121,13 +123,45 @@ def _send_all(sock: socket.socket, data: bytes) -> None:
         sock.sendall(data[sent:])
 
 
+def warn_without_hub_hooks(workers: int, sync_explicit: bool) -> bool:
+    """Warn, as the project's gunicorn config does, when several workers will not sync.
+
+    Without that config (``gunicorn -k ...TrackerWorker -w 2 app``) nothing joins the
+    hub unless ``sync_socket`` names one; returns whether it warned.
+    """
+    if workers <= 1 or sync_explicit:
+        return False
+    log.warning(
+        "TrackerWorker runs without the project's gunicorn config (-c "
+        "wsgi_tracker/gunicorn_conf.py or deploy/gunicorn.conf.py), so no worker joins the "
+        "sync hub: each of the %d workers sees only part of every swarm and hands out "
+        "partial peer lists; use that config, set sync_socket, or run one worker",
+        workers,
+    )
+    return True
+
+
 class TrackerWorker(GeventWorker):
     """Use with ``gunicorn -k wsgi_tracker.http.worker.TrackerWorker``."""
+
+    # Set by the project's gunicorn config (post_worker_init), which joins the sync hub.
+    hub_hooks = False
 
     def init_process(self) -> None:
         self._clock = _Clock()
         self._base: dict[str, Any] | None = None
         super().init_process()
+
+    def run(self) -> None:
+        if not self.hub_hooks:
+            # Imported here, in the patched worker: the master imports this module first.
+            from wsgi_tracker.http.middleware import find_tracker
+
+            tracker = find_tracker(self.wsgi)
+            warn_without_hub_hooks(
+                self.cfg.workers, tracker is not None and tracker.config.sync_explicit
+            )
+        super().run()
 
     def _environ_base(self, listener: socket.socket) -> dict[str, Any]:
         if self._base is None:

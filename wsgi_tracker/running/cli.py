@@ -1,8 +1,11 @@
-"""``wsgi-tracker``: run the whole tracker (gunicorn + gevent workers, and udp-sidecar)."""
+"""wsgi-tracker: run the whole tracker (gunicorn with gevent workers, and udp-sidecar), or
+print its effective settings."""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 import os
 import signal
 import socket
@@ -10,51 +13,88 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 
-from wsgi_tracker.config import ConfigError, TrackerConfig
+from wsgi_tracker.config import PROCESS_ENV, SETTINGS, ConfigError, TrackerConfig, load_with_sources
+from wsgi_tracker.running import logs
+from wsgi_tracker.running.flags import add_setting_flags, flag_layer, layer_env
+from wsgi_tracker.settings import markdown
 
 GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
+PROG = "wsgi-tracker"
+log = logging.getLogger("wsgi_tracker.serve")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="wsgi-tracker", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the HTTP tracker under gunicorn, plus udp-sidecar")
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    top.add_argument("--version", action="version", version=f"%(prog)s {version('wsgi-tracker')}")
+    sub = top.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve",
+        help="run the HTTP tracker under gunicorn, plus udp-sidecar",
+        description="Run the HTTP tracker under gunicorn (TrackerWorker) and udp-sidecar "
+        "(the UDP tracker and sync hub); stop both on SIGTERM or SIGINT.",
+    )
     serve.add_argument(
         "--bind", default="0.0.0.0:6969", help="HTTP HOST:PORT (default %(default)s)"
     )
     serve.add_argument("--workers", type=int, default=None, help="gevent workers (default: cores)")
-    serve.add_argument("--config", help="TOML config file")
+    serve.add_argument("--config", metavar="FILE", help="TOML config file")
     serve.add_argument(
         "--app",
         default="wsgi_tracker.wsgi:app",
         help="WSGI app to serve, MODULE:NAME (default %(default)s)",
     )
-    serve.add_argument("--udp-port", type=int, default=None, help="UDP port (default 6969)")
     serve.add_argument("--no-udp", action="store_true", help="run HTTP alone, no udp-sidecar")
-    sub.add_parser("config", help="print every setting with its default and meaning")
-    args = parser.parse_args(argv)
-    if args.command == "config":
-        from wsgi_tracker.config import describe
+    add_setting_flags(serve)
+    show = sub.add_parser(
+        "config",
+        help="print the effective value of every setting and where it came from",
+        description="Print every setting's effective value, as TOML, with where it came from "
+        "(default, file, env or flag).",
+    )
+    show.add_argument("--config", metavar="FILE", help="TOML config file")
+    show.add_argument(
+        "--markdown", action="store_true", help="print the settings reference (docs/CONFIG.md)"
+    )
+    add_setting_flags(show)
+    return top
 
-        print(describe())
-        return 0
-    return serve_command(args)
 
-
-def serve_command(args: argparse.Namespace) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
-        config = TrackerConfig.load(args.config)
-        if args.udp_port is not None:
-            config = config.replace(udp_port=args.udp_port)
+        layer = flag_layer(args)
+        config, sources = load_with_sources(args.config, layers=[layer])
     except ConfigError as exc:
-        print(f"wsgi-tracker: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
+    if args.command == "config":
+        print(markdown(SETTINGS, PROCESS_ENV) if args.markdown else effective(config, sources))
+        return 0
+    logs.configure(config)
+    return serve_command(args, config, layer_env(layer))
+
+
+def effective(config: TrackerConfig, sources: dict[str, str]) -> str:
+    """The settings as a TOML ``[tracker]`` table, each line saying where its value came from."""
+    lines = ["[tracker]"]
+    for s in SETTINGS:
+        lines.append(f"{s.name} = {s.to_toml(getattr(config, s.name))}  # {sources[s.name]}")
+    return "\n".join(lines)
+
+
+def serve_command(
+    args: argparse.Namespace, config: TrackerConfig, flags_env: dict[str, str]
+) -> int:
     if args.workers is not None and args.workers < 1:
-        print(f"wsgi-tracker: --workers must be at least 1, got {args.workers}", file=sys.stderr)
-        return 2
-    env = dict(os.environ)
+        return _fail(f"--workers must be at least 1, got {args.workers}")
+    try:
+        _check_bind(args.bind)
+        _check_app(args.app)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    env = {**os.environ, **flags_env}
     if args.config:
         env["WSGI_TRACKER_CONFIG"] = str(Path(args.config).resolve())
     # Both children get the socket path spelled out, so they cannot disagree on it.
@@ -62,9 +102,7 @@ def serve_command(args: argparse.Namespace) -> int:
     env["WSGI_TRACKER_SYNC_SOCKET"] = sync_socket or "off"
     children: list[subprocess.Popen[bytes]] = []
     if not args.no_udp:
-        cmd = [sys.executable, "-m", "udp_sidecar", "--port", str(config.udp_port)]
-        if args.config:
-            cmd += ["--config", args.config]
+        cmd = [sys.executable, "-m", "udp_sidecar"]
         children.append(subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent))
         if sync_socket:
             _wait_for_hub(sync_socket, children[0])
@@ -73,6 +111,50 @@ def serve_command(args: argparse.Namespace) -> int:
         gunicorn += ["--workers", str(args.workers)]
     children.append(subprocess.Popen([*gunicorn, args.app], env=env, preexec_fn=_die_with_parent))
     return _supervise(children)
+
+
+def _check_bind(bind: str) -> None:
+    """A one-line error now for an address in use, rather than gunicorn's retries later."""
+    if bind.startswith(("unix:", "fd://")):
+        return
+    host, _, port_text = bind.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"--bind {bind}: expected HOST:PORT") from None
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise ConfigError(f"cannot listen on {bind}: {reason}") from None
+
+
+def _check_app(app: str) -> None:
+    """Load ``app`` once in a throwaway process, so a bad --app is one line, not a traceback.
+
+    A separate process: importing the site here would run its module-level code
+    (and capture real locks) in the supervisor, before gevent has patched.
+    """
+    probe = (
+        "import sys\n"
+        "from gunicorn.util import import_app\n"
+        "try:\n"
+        "    import_app(sys.argv[1])\n"
+        "except BaseException as exc:\n"
+        "    print(f'{type(exc).__name__}: {exc}'.splitlines()[0], file=sys.stderr)\n"
+        "    sys.exit(1)\n"
+    )
+    env = {**os.environ, "WSGI_TRACKER_SYNC_SOCKET": "off"}
+    done = subprocess.run(
+        [sys.executable, "-c", probe, app], env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or ["it exited with " + str(done.returncode)]
+        raise ConfigError(f"--app {app} cannot be loaded: {lines[-1]}")
 
 
 def _wait_for_hub(path: str, sidecar: subprocess.Popen[bytes], timeout: float = 10) -> None:
@@ -113,7 +195,7 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
         exited = [c for c in children if c.poll() is not None]
         if exited:
             code = exited[0].returncode or 1
-            print(f"wsgi-tracker: {exited[0].args[2]} exited ({code}); stopping", file=sys.stderr)
+            log.error("%s exited (%d); stopping", exited[0].args[2], code)
             break
         time.sleep(0.2)
     # In reverse start order, each gone before the next: gunicorn's workers hand the
@@ -128,6 +210,11 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
             child.kill()
             child.wait()
     return 0 if stopping else code
+
+
+def _fail(message: str) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

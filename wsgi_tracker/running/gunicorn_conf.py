@@ -8,6 +8,15 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
+
+from wsgi_tracker.config import ConfigError, TrackerConfig
+from wsgi_tracker.running import logs
+
+try:
+    _settings = TrackerConfig.load()
+except ConfigError as exc:  # one line, not gunicorn's "Failed to read config file" traceback
+    sys.exit(f"wsgi-tracker: {exc}")
 
 bind = os.environ.get("WSGI_TRACKER_BIND", "0.0.0.0:6969")
 workers = int(os.environ.get("WSGI_TRACKER_WORKERS", multiprocessing.cpu_count()))
@@ -20,6 +29,8 @@ limit_request_line = 4094
 limit_request_fields = 50
 graceful_timeout = 10
 accesslog = None
+# gunicorn's own lines and the tracker's, in the master and every worker: one format and level.
+logconfig_dict = logs.gunicorn_logconfig(_settings)
 # gunicorn >= 25.1 opens a control socket at one fixed path under $HOME, so a second
 # tracker (or a test's) on the same machine collides with the first; older versions
 # ignore the name. deploy/gunicorn.conf.py turns it back on in the runtime directory.
@@ -33,9 +44,9 @@ def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
     swarm; the tracker app (or a Flask app wrapping it) syncs here, so even the
     first request gets full peer lists.
     """
-    from wsgi_tracker.config import TrackerConfig
     from wsgi_tracker.sync import warn_if_alone
 
+    worker.hub_hooks = True  # TrackerWorker then does not warn that nothing syncs
     tracker = _tracker(worker)
     if tracker is not None:
         tracker.start_sync()
@@ -46,7 +57,7 @@ def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
             connected=client is not None and client.connected,
         )
     else:
-        warn_if_alone(TrackerConfig.load().sync_socket_path, worker.cfg.workers)
+        warn_if_alone(_settings.sync_socket_path, worker.cfg.workers)
 
 
 def worker_exit(server, worker) -> None:  # type: ignore[no-untyped-def]
@@ -62,8 +73,6 @@ def worker_exit(server, worker) -> None:  # type: ignore[no-untyped-def]
 
 def _tracker(worker):  # type: ignore[no-untyped-def]
     """The worker's TrackerMiddleware: the app itself, or a Flask app's ``wsgi_app``."""
-    from wsgi_tracker.http.middleware import TrackerMiddleware
+    from wsgi_tracker.http.middleware import find_tracker
 
-    app = getattr(worker, "wsgi", None)  # absent if the app failed to load
-    tracker = app if isinstance(app, TrackerMiddleware) else getattr(app, "wsgi_app", None)
-    return tracker if isinstance(tracker, TrackerMiddleware) else None
+    return find_tracker(getattr(worker, "wsgi", None))  # absent if the app failed to load
