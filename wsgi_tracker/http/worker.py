@@ -133,9 +133,9 @@ def warn_without_hub_hooks(workers: int, sync_explicit: bool) -> bool:
         return False
     log.warning(
         "TrackerWorker runs without the project's gunicorn config (-c "
-        "wsgi_tracker/gunicorn_conf.py or deploy/gunicorn.conf.py), so no worker joins the "
-        "sync hub: each of the %d workers sees only part of every swarm and hands out "
-        "partial peer lists; use that config, set sync_socket, or run one worker",
+        "wsgi_tracker/running/gunicorn_conf.py or deploy/gunicorn.conf.py), so no worker "
+        "joins the sync hub: each of the %d workers sees only part of every swarm and hands "
+        "out partial peer lists; use that config, set sync_socket, or run one worker",
         workers,
     )
     return True
