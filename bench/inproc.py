@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from wsgi_tracker.config import TrackerConfig
-from wsgi_tracker.core.tracker import Announce, TrackerCore
+from wsgi_tracker.core.tracker import TrackerCore
+from wsgi_tracker.core.types import Announce
 
 
 def rss_kb() -> int:

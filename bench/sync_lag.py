@@ -229,8 +229,9 @@ def publish(path: str, rate: float, seconds: float, tag: int) -> int:
     """
     import gevent
 
-    from wsgi_tracker.core.tracker import Announce, TrackerCore
-    from wsgi_tracker.sync import SyncClient
+    from wsgi_tracker.core.tracker import TrackerCore
+    from wsgi_tracker.core.types import Announce
+    from wsgi_tracker.sync.client import SyncClient
 
     core = TrackerCore()
     client = SyncClient(core, path, role=frames.ROLE_TOOL)
@@ -306,7 +307,8 @@ def per_change_costs() -> dict[str, float]:
     import threading
     import timeit
 
-    from wsgi_tracker.core.swarm import PeerChange, SwarmStore
+    from wsgi_tracker.core.swarm import SwarmStore
+    from wsgi_tracker.core.types import PeerChange
     from wsgi_tracker.sync.replica import ChangeBuffer, apply_remote
 
     buffer = ChangeBuffer(threading.Lock(), threading.Event().set)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from wsgi_tracker.core.tracker import ScrapeEntry, TrackerCore
+from wsgi_tracker.core.tracker import TrackerCore
+from wsgi_tracker.core.types import ScrapeEntry
 
 
 @dataclass(frozen=True)

@@ -18,4 +18,5 @@ if [ "$(id -u)" = 0 ]; then
   fi
 fi
 .venv/bin/ruff check .
+.venv/bin/lint-imports --no-cache
 exec .venv/bin/python -m pytest "$@"

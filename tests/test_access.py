@@ -17,11 +17,17 @@ import pytest
 from servers import announce_url, gunicorn, http_get, scrape_url, sidecar, udp_scrape
 
 from udp_sidecar.protocol import build_announce_request, build_connect_request
-from wsgi_tracker.access.policy import parse_info_hash, parse_info_hash_list, parse_passkeys
+from wsgi_tracker.access.policy import (
+    AccessDenied,
+    parse_info_hash,
+    parse_info_hash_list,
+    parse_passkeys,
+)
 from wsgi_tracker.config import ConfigError, TrackerConfig
 from wsgi_tracker.core.addresses import pack_ip
 from wsgi_tracker.core.errors import TrackerError
-from wsgi_tracker.core.tracker import Announce, TrackerCore
+from wsgi_tracker.core.tracker import TrackerCore
+from wsgi_tracker.core.types import Announce
 
 ALLOWED = bytes.fromhex("11" * 20)
 OTHER = bytes.fromhex("22" * 20)
@@ -190,11 +196,11 @@ def test_host_callable_decides_passkeys_and_its_answers_are_cached(clock):
     assert core.access.user_for("k-alice") == 7
     assert core.access.user_for("k-bob") == "k-bob"
     for key in ("nobody", "boom"):
-        with pytest.raises(TrackerError, match="unknown passkey"):
+        with pytest.raises(AccessDenied, match="unknown passkey"):
             core.access.user_for(key)
     announce(core, ALLOWED, passkey="k-alice")
     announce(core, ALLOWED, passkey="k-alice", n=2)
-    with pytest.raises(TrackerError, match="unknown passkey"):
+    with pytest.raises(AccessDenied, match="unknown passkey"):
         core.access.user_for("nobody")
     assert asked == ["k-alice", "k-bob", "nobody", "boom"]  # one question per key
 

@@ -16,8 +16,8 @@ from werkzeug.serving import make_server
 from wsgi_tracker.access.hooks import AnnounceEvent, AnnounceHook
 from wsgi_tracker.config import TrackerConfig
 from wsgi_tracker.core.addresses import pack_ip
-from wsgi_tracker.core.swarm import EVENT_COMPLETED, EVENT_STARTED
-from wsgi_tracker.core.tracker import Announce, TrackerCore
+from wsgi_tracker.core.tracker import TrackerCore
+from wsgi_tracker.core.types import EVENT_COMPLETED, EVENT_STARTED, Announce
 from wsgi_tracker.flask import Tracker
 
 IH = bytes.fromhex("33" * 20)

@@ -10,8 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wsgi_tracker.core.errors import TrackerError
-from wsgi_tracker.core.swarm import EVENT_COMPLETED, EVENT_NONE, EVENT_STARTED, EVENT_STOPPED
-from wsgi_tracker.core.tracker import AnnounceResult, ScrapeEntry
+from wsgi_tracker.core.types import (
+    EVENT_COMPLETED,
+    EVENT_NONE,
+    EVENT_STARTED,
+    EVENT_STOPPED,
+    AnnounceResult,
+    ScrapeEntry,
+)
 from wsgi_tracker.http.codec import (
     encode_announce,
     encode_failure,

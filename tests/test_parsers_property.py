@@ -21,11 +21,13 @@ import bencodepy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from udp_sidecar.protocol import PROTOCOL_ID, ConnectionIds
+from udp_sidecar.connection_ids import ConnectionIds
+from udp_sidecar.protocol import PROTOCOL_ID
 from udp_sidecar.server import DatagramHandler
 from wsgi_tracker.config import TrackerConfig
-from wsgi_tracker.core.swarm import PeerChange, SwarmStore
+from wsgi_tracker.core.swarm import SwarmStore
 from wsgi_tracker.core.tracker import TrackerCore
+from wsgi_tracker.core.types import PeerChange
 from wsgi_tracker.http.http11 import HttpError, parse_request_head
 from wsgi_tracker.http.middleware import TrackerMiddleware
 from wsgi_tracker.sync import frames

@@ -9,13 +9,8 @@ import zlib
 
 import pytest
 
-from wsgi_tracker.core.swarm import (
-    EVENT_COMPLETED,
-    EVENT_NONE,
-    EVENT_STARTED,
-    PeerChange,
-    SwarmStore,
-)
+from wsgi_tracker.core.swarm import SwarmStore
+from wsgi_tracker.core.types import EVENT_COMPLETED, EVENT_NONE, EVENT_STARTED, PeerChange
 from wsgi_tracker.sync import snapshot
 from wsgi_tracker.sync.snapshot import Snapshot, SnapshotError, decode, encode
 

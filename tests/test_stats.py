@@ -14,7 +14,8 @@ from test_access import udp_announce
 from wsgi_tracker.config import ConfigError, TrackerConfig
 from wsgi_tracker.core.addresses import pack_ip
 from wsgi_tracker.core.errors import TrackerError
-from wsgi_tracker.core.tracker import Announce, TrackerCore
+from wsgi_tracker.core.tracker import TrackerCore
+from wsgi_tracker.core.types import Announce
 from wsgi_tracker.http.middleware import TrackerMiddleware
 from wsgi_tracker.stats.collect import (
     TOTALS_CHUNK,

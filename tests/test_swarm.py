@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wsgi_tracker.core import swarm as swarm_module
-from wsgi_tracker.core.swarm import (
+from wsgi_tracker.core.swarm import PeerList, SwarmFull, SwarmStore
+from wsgi_tracker.core.types import (
     EVENT_COMPLETED,
     EVENT_NONE,
     EVENT_STARTED,
@@ -17,9 +18,6 @@ from wsgi_tracker.core.swarm import (
     IPV4_WIDTH,
     IPV6_WIDTH,
     PeerChange,
-    PeerList,
-    SwarmFull,
-    SwarmStore,
 )
 
 TTL = 3900

@@ -388,8 +388,8 @@ def test_hub_drops_a_client_that_stops_reading_and_keeps_serving_the_others(
     from gevent import socket as gsocket
 
     from wsgi_tracker.config import TrackerConfig
-    from wsgi_tracker.core.swarm import PeerChange
     from wsgi_tracker.core.tracker import TrackerCore
+    from wsgi_tracker.core.types import PeerChange
     from wsgi_tracker.sync.hub import SyncHub
 
     path = str(tmp_path / "hub" / "sync.sock")

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wsgi_tracker.core.swarm import PeerChange
+from wsgi_tracker.core.types import PeerChange
 from wsgi_tracker.sync import frames as f
 
 V4 = b"\x7f\x00\x00\x01\x1a\xe1"

@@ -11,8 +11,15 @@ from hypothesis import strategies as st
 from wsgi_tracker.config import TrackerConfig
 from wsgi_tracker.core.addresses import pack_ip
 from wsgi_tracker.core.errors import TrackerError
-from wsgi_tracker.core.swarm import EVENT_COMPLETED, EVENT_NONE, EVENT_STARTED, EVENT_STOPPED
-from wsgi_tracker.core.tracker import Announce, ScrapeEntry, TrackerCore
+from wsgi_tracker.core.tracker import TrackerCore
+from wsgi_tracker.core.types import (
+    EVENT_COMPLETED,
+    EVENT_NONE,
+    EVENT_STARTED,
+    EVENT_STOPPED,
+    Announce,
+    ScrapeEntry,
+)
 
 IH = b"t" * 20
 V4_CLIENT = pack_ip("127.0.0.1")

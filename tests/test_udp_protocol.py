@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from udp_sidecar.connection_ids import ConnectionIds
 from udp_sidecar.protocol import (
     ACTION_ANNOUNCE,
     ACTION_CONNECT,
@@ -24,7 +25,6 @@ from udp_sidecar.protocol import (
     MAX_SCRAPE_IPV6,
     PROTOCOL_ID,
     AnnounceRequest,
-    ConnectionIds,
     ConnectRequest,
     PacketError,
     ScrapeRequest,
@@ -39,7 +39,7 @@ from udp_sidecar.protocol import (
     to_announce,
 )
 from wsgi_tracker.config import TrackerConfig
-from wsgi_tracker.core.tracker import Announce, ScrapeEntry
+from wsgi_tracker.core.types import Announce, ScrapeEntry
 
 CID = b"\x01\x02\x03\x04\x05\x06\x07\x08"
 IH = bytes(range(20))
@@ -324,7 +324,7 @@ CONFIG = TrackerConfig()
 def core_announce(packet: bytes, max_peers: int = MAX_PEERS_IPV4, ip_field: bool = True):
     req = parse_request(packet)
     assert isinstance(req, AnnounceRequest)
-    return to_announce(req, CONFIG, max_peers, ip_field)
+    return to_announce(req, CONFIG.numwant_default, CONFIG.announce_path, max_peers, ip_field)
 
 
 def test_announce_becomes_the_core_announce_field_by_field():

@@ -24,18 +24,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from servers import REPO_ROOT, free_port, has_ipv6_loopback, sidecar
 
+from udp_sidecar.connection_ids import ConnectionIds
 from udp_sidecar.protocol import (
     MAX_PEERS_IPV4,
     MAX_PEERS_IPV6,
     MAX_SCRAPE_IPV4,
     PROTOCOL_ID,
-    ConnectionIds,
     build_announce_request,
 )
 from udp_sidecar.server import DatagramHandler
 from wsgi_tracker.config import TrackerConfig
-from wsgi_tracker.core.swarm import PeerChange
 from wsgi_tracker.core.tracker import TrackerCore
+from wsgi_tracker.core.types import PeerChange
 
 KEY = bytes(range(32))
 V4 = ("127.0.0.1", 40000)

@@ -16,15 +16,12 @@ Layouts (all big-endian, BEP 15):
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import struct
 from dataclasses import dataclass
-from hmac import compare_digest
 from urllib.parse import unquote_to_bytes
 
-from wsgi_tracker.config import TrackerConfig
-from wsgi_tracker.core.tracker import Announce, ScrapeEntry
+from wsgi_tracker.core.types import Announce, ScrapeEntry
 
 PROTOCOL_ID = 0x41727101980
 PROTOCOL_ID_BYTES = PROTOCOL_ID.to_bytes(8, "big")
@@ -328,7 +325,7 @@ def build_error(transaction_id: int, message: str, limit: int | None = None) -> 
 
 
 def to_announce(
-    req: AnnounceRequest, config: TrackerConfig, max_peers: int, ip_field: bool
+    req: AnnounceRequest, numwant_default: int, announce_path: str, max_peers: int, ip_field: bool
 ) -> Announce:
     """The protocol-neutral announce for ``TrackerCore``.
 
@@ -338,7 +335,7 @@ def to_announce(
     family); the core still honours it only if ``allow_ip_param`` is set.
     """
     numwant: int | None = None if req.num_want < 0 else req.num_want
-    if (config.numwant_default if numwant is None else numwant) > max_peers:
+    if (numwant_default if numwant is None else numwant) > max_peers:
         numwant = max_peers
     # Positional: ~0.3 us against ~0.8 us with keywords, per announce. The field
     # order is Announce's; tests/test_udp_protocol.py checks every field by name.
@@ -353,7 +350,7 @@ def to_announce(
         numwant,
         str(ipaddress.IPv4Address(req.ip)) if req.ip and ip_field else None,
         req.key,
-        passkey_of(req.url_data, config.announce_path) if req.url_data else None,
+        passkey_of(req.url_data, announce_path) if req.url_data else None,
     )
 
 
@@ -368,76 +365,3 @@ def passkey_of(url_data: bytes, announce_path: str) -> str | None:
     if path.startswith(prefix) and len(path) > len(prefix):
         return path[len(prefix) :]
     return None
-
-
-# --- connection ids --------------------------------------------------------------------
-
-
-MAX_PROVEN = 65_536  # remembered proven senders (~200 B each)
-
-
-class ConnectionIds:
-    """Stateless connection ids: a keyed BLAKE2b of the client's address and a time window.
-
-    Nothing is stored per client, so spoofed connects cannot grow a table. Time
-    is cut into windows of ``ttl / windows`` seconds; an id is accepted in the
-    window it was issued in and the ``windows`` after it, so it lives between
-    ``ttl`` and ``ttl * (1 + 1/windows)`` seconds. Two windows by default (ttl
-    120: ids live 120-180 s): a client reusing an id for a minute costs 1.5
-    hashes per check on average, ~0.5 us each.
-
-    ``address`` is the sender's packed IP (4 or 16 bytes), without the port:
-    libtorrent keeps one id per tracker for the whole process and sends from
-    whichever of its sockets is at hand, and a NAT may change the port. The id
-    proves the sender receives at that address, which is what stops spoofing.
-    """
-
-    def __init__(self, key: bytes, ttl: float, windows: int = 2) -> None:
-        if ttl <= 0 or windows < 1:
-            raise ValueError(f"need ttl > 0 and windows >= 1, got {ttl} and {windows}")
-        self.period = ttl / windows
-        self.windows = windows
-        self._keyed = hashlib.blake2b(key=key, digest_size=8)
-        # A keyed hasher already fed each recent window number: copying one
-        # costs ~0.5 us against ~1 us for keying a new hasher every packet.
-        self._primed: dict[int, hashlib.blake2b] = {}
-        # address -> (window, id) of ids already proven valid. Only a sender that
-        # received our connect reply gets in, so spoofed packets cannot grow it,
-        # and it is emptied when full. It spares the hashing that was ~25% of a
-        # UDP announce's instructions (callgrind), since clients reuse one id.
-        self._proven: dict[bytes, tuple[int, bytes]] = {}
-
-    def _hasher(self, window: int) -> hashlib.blake2b:
-        hasher = self._primed.get(window)
-        if hasher is None:
-            for old in [w for w in self._primed if w < window - self.windows]:
-                del self._primed[old]
-            hasher = self._keyed.copy()
-            hasher.update(window.to_bytes(8, "big", signed=True))
-            self._primed[window] = hasher
-        return hasher
-
-    def issue(self, address: bytes, now: float) -> bytes:
-        hasher = self._hasher(int(now // self.period)).copy()
-        hasher.update(address)
-        return hasher.digest()
-
-    def valid(self, connection_id: bytes, address: bytes, now: float) -> bool:
-        """Constant-time check against the current window, then the older ones."""
-        window = int(now // self.period)
-        proven = self._proven.get(address)
-        if (
-            proven is not None
-            and window - self.windows <= proven[0] <= window
-            and compare_digest(proven[1], connection_id)
-        ):
-            return True
-        for w in range(window, window - self.windows - 1, -1):
-            hasher = self._hasher(w).copy()
-            hasher.update(address)
-            if compare_digest(hasher.digest(), connection_id):
-                if len(self._proven) >= MAX_PROVEN:
-                    self._proven.clear()
-                self._proven[address] = (w, connection_id)
-                return True
-        return False

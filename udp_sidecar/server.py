@@ -25,13 +25,13 @@ import gevent
 from gevent import monkey
 from gevent.hub import get_hub
 
+from udp_sidecar.connection_ids import ConnectionIds
 from udp_sidecar.protocol import (
     MAX_PEERS_IPV4,
     MAX_PEERS_IPV6,
     MAX_SCRAPE_IPV4,
     MAX_SCRAPE_IPV6,
     AnnounceRequest,
-    ConnectionIds,
     ConnectRequest,
     PacketError,
     build_announce,
@@ -115,7 +115,10 @@ class DatagramHandler:
 
     def _announce(self, req: AnnounceRequest, packed_ip: bytes) -> bytes:
         core = self.core
-        announce = to_announce(req, core.config, self.max_peers, ip_field=not self.ipv6)
+        config = core.config
+        announce = to_announce(
+            req, config.numwant_default, config.announce_path, self.max_peers, not self.ipv6
+        )
         try:
             result = core.announce(announce, packed_ip, both_families=False, protocol="udp")
         except TrackerError as exc:

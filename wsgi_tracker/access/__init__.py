@@ -1,1 +1,1 @@
-"""access"""
+"""Who may announce (access lists, passkeys) and what the host site hears (the announce hook)."""

@@ -26,7 +26,6 @@ from typing import Any
 from cachetools import TTLCache
 
 from wsgi_tracker.config import ConfigError, TrackerConfig
-from wsgi_tracker.core.errors import TrackerError
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +38,12 @@ PASSKEY_CACHE_SIZE = 100_000
 Authenticator = Callable[[str], Any]
 
 
-class AccessDenied(TrackerError):
-    """A refused announce or scrape; ``kind`` names the rule for the statistics."""
+class AccessDenied(Exception):
+    """A refused announce or scrape; ``kind`` names the rule for the statistics.
+
+    Not a ``TrackerError``: access sits below the core, which counts the refusal
+    and turns it into the client's failure reason.
+    """
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)

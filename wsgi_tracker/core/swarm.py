@@ -23,18 +23,17 @@ import time
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from typing import NamedTuple
 
 from cachetools import Cache, TTLCache
 
-# Announce events; the numbers are BEP 15's, so UDP needs no translation.
-EVENT_NONE = 0
-EVENT_COMPLETED = 1
-EVENT_STARTED = 2
-EVENT_STOPPED = 3
-
-IPV4_WIDTH = 6  # 4-byte address + 2-byte port
-IPV6_WIDTH = 18  # 16-byte address + 2-byte port
+from wsgi_tracker.core.types import (
+    EVENT_COMPLETED,
+    EVENT_NONE,
+    EVENT_STOPPED,
+    IPV4_WIDTH,
+    IPV6_WIDTH,
+    PeerChange,
+)
 
 
 class SwarmFull(Exception):
@@ -260,24 +259,6 @@ class Swarm:
         if self.v6 is None and create:
             self.v6 = PeerList(IPV6_WIDTH)
         return self.v6
-
-
-class PeerChange(NamedTuple):
-    """What one announce did to the store; also the unit of sync (a delta).
-
-    A NamedTuple rather than a frozen dataclass: one is built per announce,
-    and a frozen dataclass costs ~4x as much to construct.
-    """
-
-    info_hash: bytes
-    peer_id: bytes
-    endpoint: bytes
-    seeder: bool
-    event: int
-    timestamp: float
-    # The BEP 3 ``key`` as 32 bits (0: none sent), what lets a peer prove it is the same
-    # client from another address (see ``announce_key``); never handed to other peers.
-    key: int = 0
 
 
 class SwarmStore:

@@ -18,54 +18,17 @@ from wsgi_tracker.access.hooks import AnnounceEvent, AnnounceHook, OnAnnounce
 from wsgi_tracker.access.policy import AccessDenied, AccessPolicy, Authenticator
 from wsgi_tracker.config import TrackerConfig
 from wsgi_tracker.core.addresses import endpoint, pack_ip
+from wsgi_tracker.core.counters import Counters
 from wsgi_tracker.core.errors import TrackerError
-from wsgi_tracker.core.swarm import (
+from wsgi_tracker.core.swarm import PeerList, SwarmFull, SwarmStore
+from wsgi_tracker.core.types import (
     EVENT_STOPPED,
     IPV4_WIDTH,
+    Announce,
+    AnnounceResult,
     PeerChange,
-    PeerList,
-    SwarmFull,
-    SwarmStore,
+    ScrapeEntry,
 )
-from wsgi_tracker.stats.collect import Counters
-
-
-@dataclass(slots=True)
-class Announce:
-    """One announce, whatever protocol carried it."""
-
-    info_hash: bytes
-    peer_id: bytes
-    port: int
-    uploaded: int = 0
-    downloaded: int = 0
-    left: int = 0
-    event: int = 0
-    numwant: int | None = None  # None: the configured default
-    ip: str | None = None  # the client's claimed address; used only if allowed
-    key: bytes | None = None
-    passkey: str | None = None
-
-
-@dataclass(slots=True)
-class AnnounceResult:
-    interval: int
-    min_interval: int
-    complete: int
-    incomplete: int
-    peers: bytes = b""  # compact IPv4 entries, 6 bytes each
-    peers6: bytes = b""  # compact IPv6 entries, 18 bytes each
-    peer_ids: list[bytes] | None = None  # parallel to ``peers`` when asked for
-    peer_ids6: list[bytes] | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ScrapeEntry:
-    info_hash: bytes
-    complete: int
-    downloaded: int
-    incomplete: int
-
 
 # Told every change this process makes, and whether it counted a download.
 ChangeListener = Callable[[PeerChange, bool], None]
@@ -128,7 +91,7 @@ class TrackerCore:
                 user = self.access.admit(req.info_hash, req.passkey, now)
             except AccessDenied as exc:
                 self.counters.error(protocol, exc.kind)
-                raise
+                raise TrackerError(str(exc)) from None
         if cfg.allow_ip_param and req.ip:
             client_ip = pack_ip(req.ip)
         ep = endpoint(client_ip, req.port)
@@ -211,7 +174,7 @@ class TrackerCore:
                 access.admit_scrape(passkey, self.clock())
             except AccessDenied as exc:
                 self.counters.error(protocol, exc.kind)
-                raise
+                raise TrackerError(str(exc)) from None
             if access.torrents is not None:
                 allowed = access.torrent_allowed
         self.counters.scrapes[protocol] += 1

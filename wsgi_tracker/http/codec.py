@@ -16,8 +16,15 @@ import bencodepy
 
 from wsgi_tracker.core.addresses import split_endpoint
 from wsgi_tracker.core.errors import TrackerError
-from wsgi_tracker.core.swarm import EVENT_COMPLETED, EVENT_NONE, EVENT_STARTED, EVENT_STOPPED
-from wsgi_tracker.core.tracker import Announce, AnnounceResult, ScrapeEntry
+from wsgi_tracker.core.types import (
+    EVENT_COMPLETED,
+    EVENT_NONE,
+    EVENT_STARTED,
+    EVENT_STOPPED,
+    Announce,
+    AnnounceResult,
+    ScrapeEntry,
+)
 
 EVENTS = {
     b"": EVENT_NONE,

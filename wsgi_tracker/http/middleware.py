@@ -22,7 +22,7 @@ from wsgi_tracker.http.codec import (
 from wsgi_tracker.http.proxy import ClientAddress
 from wsgi_tracker.stats.collect import TrackerStats
 from wsgi_tracker.stats.endpoints import stats_routes
-from wsgi_tracker.sync import SyncClient
+from wsgi_tracker.sync.client import SyncClient
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]

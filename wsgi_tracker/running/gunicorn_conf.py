@@ -44,7 +44,7 @@ def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
     swarm; the tracker app (or a Flask app wrapping it) syncs here, so even the
     first request gets full peer lists.
     """
-    from wsgi_tracker.sync import warn_if_alone
+    from wsgi_tracker.sync.client import warn_if_alone
 
     worker.hub_hooks = True  # TrackerWorker then does not warn that nothing syncs
     tracker = _tracker(worker)

@@ -25,32 +25,18 @@ from cachetools import Cache
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from wsgi_tracker.core.counters import PROTOCOLS, Counters
+
 if TYPE_CHECKING:
     from wsgi_tracker.core.tracker import TrackerCore
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("http", "udp")
 PUBLISH_SECONDS = 1.0  # how often a process sends its report to the hub
 RATE_WINDOW = 10.0  # seconds over which "per second" is averaged
 TOTALS_MAX_AGE = 2.0  # a replica walk costs O(torrents): reuse it this long
 TOTALS_CHUNK = 2000  # torrents read between two yields to the announces
 TOTALS_PAUSE = 0.001  # seconds of each yield
-
-
-class Counters:
-    """One process's request counters, by protocol; errors by (protocol, kind)."""
-
-    __slots__ = ("announces", "errors", "scrapes")
-
-    def __init__(self) -> None:
-        self.announces = dict.fromkeys(PROTOCOLS, 0)
-        self.scrapes = dict.fromkeys(PROTOCOLS, 0)
-        self.errors: dict[tuple[str, str], int] = {}
-
-    def error(self, protocol: str, kind: str) -> None:
-        key = (protocol, kind)
-        self.errors[key] = self.errors.get(key, 0) + 1
 
 
 @dataclass

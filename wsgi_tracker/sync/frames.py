@@ -22,7 +22,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from wsgi_tracker.core.swarm import EVENT_STOPPED, IPV4_WIDTH, IPV6_WIDTH, PeerChange
+from wsgi_tracker.core.types import EVENT_STOPPED, IPV4_WIDTH, IPV6_WIDTH, PeerChange
 
 # 2: peer records may carry the key (flags bit 2). Version 1 records still decode, but a
 # version 1 process would refuse the new flag mid-stream, so the Hello tells them apart.

@@ -6,7 +6,8 @@ import collections
 from collections.abc import Callable
 from typing import Any
 
-from wsgi_tracker.core.swarm import PeerChange, SwarmFull, SwarmStore
+from wsgi_tracker.core.swarm import SwarmFull, SwarmStore
+from wsgi_tracker.core.types import PeerChange
 
 AbstractLock = Any  # threading.Lock or gevent's; both are context managers
 

@@ -36,14 +36,8 @@ from pathlib import Path
 import gevent
 import gevent.event
 
-from wsgi_tracker.core.swarm import (
-    EVENT_NONE,
-    IPV4_WIDTH,
-    IPV6_WIDTH,
-    PeerChange,
-    SwarmFull,
-    SwarmStore,
-)
+from wsgi_tracker.core.swarm import SwarmFull, SwarmStore
+from wsgi_tracker.core.types import EVENT_NONE, IPV4_WIDTH, IPV6_WIDTH, PeerChange
 from wsgi_tracker.sync.frames import MAX_TIMESTAMP
 
 log = logging.getLogger("wsgi_tracker.sync.snapshot")

@@ -1,0 +1,75 @@
+"""The values every layer exchanges: requests, results and changes, depending on nothing.
+
+The codecs (HTTP, UDP, sync) turn bytes into these and back; the core takes and
+returns them. Keeping them here, apart from the policy, lets a codec import its
+types without loading the tracker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+# Announce events; the numbers are BEP 15's, so UDP needs no translation.
+EVENT_NONE = 0
+EVENT_COMPLETED = 1
+EVENT_STARTED = 2
+EVENT_STOPPED = 3
+
+IPV4_WIDTH = 6  # 4-byte address + 2-byte port
+IPV6_WIDTH = 18  # 16-byte address + 2-byte port
+
+
+@dataclass(slots=True)
+class Announce:
+    """One announce, whatever protocol carried it."""
+
+    info_hash: bytes
+    peer_id: bytes
+    port: int
+    uploaded: int = 0
+    downloaded: int = 0
+    left: int = 0
+    event: int = 0
+    numwant: int | None = None  # None: the configured default
+    ip: str | None = None  # the client's claimed address; used only if allowed
+    key: bytes | None = None
+    passkey: str | None = None
+
+
+@dataclass(slots=True)
+class AnnounceResult:
+    interval: int
+    min_interval: int
+    complete: int
+    incomplete: int
+    peers: bytes = b""  # compact IPv4 entries, 6 bytes each
+    peers6: bytes = b""  # compact IPv6 entries, 18 bytes each
+    peer_ids: list[bytes] | None = None  # parallel to ``peers`` when asked for
+    peer_ids6: list[bytes] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScrapeEntry:
+    info_hash: bytes
+    complete: int
+    downloaded: int
+    incomplete: int
+
+
+class PeerChange(NamedTuple):
+    """What one announce did to the store; also the unit of sync (a delta).
+
+    A NamedTuple rather than a frozen dataclass: one is built per announce,
+    and a frozen dataclass costs ~4x as much to construct.
+    """
+
+    info_hash: bytes
+    peer_id: bytes
+    endpoint: bytes
+    seeder: bool
+    event: int
+    timestamp: float
+    # The BEP 3 ``key`` as 32 bits (0: none sent), what lets a peer prove it is the same
+    # client from another address (see ``announce_key``); never handed to other peers.
+    key: int = 0
