@@ -19,4 +19,5 @@ if [ "$(id -u)" = 0 ]; then
 fi
 .venv/bin/ruff check .
 .venv/bin/lint-imports --no-cache
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -100,12 +100,12 @@ class DatagramHandler:
                 exc.connection_id, packed_ip, now
             )
             return build_error(exc.transaction_id, str(exc), None if proven else len(data))
-        if type(req) is ConnectRequest:
+        if isinstance(req, ConnectRequest):
             return build_connect(req.transaction_id, self.ids.issue(packed_ip, now))
         if not self.ids.valid(req.connection_id, packed_ip, now):
             self.core.counters.error("udp", "connection_id")
             return build_error(req.transaction_id, _NOT_CONNECTED, len(data))
-        if type(req) is AnnounceRequest:
+        if isinstance(req, AnnounceRequest):
             return self._announce(req, packed_ip)
         try:
             entries = self.core.scrape(req.info_hashes, protocol="udp")

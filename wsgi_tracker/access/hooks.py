@@ -58,9 +58,17 @@ class AnnounceHook:
         self._thread: threading.Thread | None = None
         # A thread does not survive fork: a gunicorn worker starts its own.
         ref = weakref.ref(self)
-        os.register_at_fork(after_in_child=lambda: (hook := ref()) and hook._forget_thread())
+        def forget_thread() -> None:
+            if (hook := ref()) is not None:
+                hook._forget_thread()
+
+        def close() -> None:
+            if (hook := ref()) is not None:
+                hook.close()
+
+        os.register_at_fork(after_in_child=forget_thread)
         # A process that exits in order (gunicorn's graceful stop) delivers what it queued.
-        atexit.register(lambda: (hook := ref()) and hook.close())
+        atexit.register(close)
 
     @classmethod
     def from_config(

@@ -378,8 +378,7 @@ class SwarmStore:
         width = len(change.endpoint)
         if swarm is not None:
             pl = swarm.family(width, create=False)
-            slot = -1 if pl is None else pl.slot(change.peer_id)
-            if slot >= 0:
+            if pl is not None and (slot := pl.slot(change.peer_id)) >= 0:
                 if pl.addrs[slot * width : slot * width + width - 2] != change.endpoint[:-2]:
                     return
                 pl.remove_slot(slot)

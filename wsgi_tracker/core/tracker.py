@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
 from wsgi_tracker.access.hooks import AnnounceEvent, AnnounceHook, OnAnnounce
@@ -85,7 +85,7 @@ class TrackerCore:
         store = self.store
         assert store is not None
         now = self.clock()
-        user = req.passkey
+        user: Hashable = req.passkey
         if self.access is not None:
             try:
                 user = self.access.admit(req.info_hash, req.passkey, now)

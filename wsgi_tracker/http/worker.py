@@ -144,6 +144,7 @@ def warn_without_hub_hooks(workers: int, sync_explicit: bool) -> bool:
 class TrackerWorker(GeventWorker):
     """Use with ``gunicorn -k wsgi_tracker.http.worker.TrackerWorker``."""
 
+    alive: bool  # gunicorn's Worker sets it; declared for the type checker
     # Set by the project's gunicorn config (post_worker_init), which joins the sync hub.
     hub_hooks = False
 

@@ -195,7 +195,7 @@ def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
         exited = [c for c in children if c.poll() is not None]
         if exited:
             code = exited[0].returncode or 1
-            log.error("%s exited (%d); stopping", exited[0].args[2], code)
+            log.error("%s exited (%d); stopping", exited[0].args[2], code)  # type: ignore[index]
             break
         time.sleep(0.2)
     # In reverse start order, each gone before the next: gunicorn's workers hand the

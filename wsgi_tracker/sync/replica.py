@@ -35,8 +35,7 @@ def newer(store: SwarmStore, change: PeerChange) -> int:
     if swarm is None:
         return 1
     pl = swarm.family(len(change.endpoint), create=False)
-    slot = -1 if pl is None else pl.slot(change.peer_id)
-    if slot < 0:
+    if pl is None or (slot := pl.slot(change.peer_id)) < 0:
         return 1
     expires = change.timestamp + store.peer_ttl
     held = pl.expires[slot]
