@@ -1,6 +1,6 @@
 """A WSGI site exercising what a host site needs from the tracker's worker.
 
-Served by gunicorn in tests/test_worker.py; the tracker is mounted in front.
+Served by gunicorn in tests/integration/test_worker.py; the tracker is mounted in front.
 """
 
 from collections.abc import Iterable, Iterator

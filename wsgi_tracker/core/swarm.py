@@ -288,7 +288,7 @@ class SwarmStore:
         # is ~2 us of Python (a timer call, an expiry check, then the same LRU move) on
         # every announce, ~5% of a UDP announce (py-spy). The expiry check is not needed:
         # a torrent held past its TTL has only expired peers, which ``apply`` sweeps
-        # before it re-inserts the torrent. tests/test_swarm.py checks that these are the
+        # before it re-inserts the torrent. tests/unit/core/test_swarm.py checks that these are the
         # cache's own, so a cachetools that keeps them elsewhere fails there, not here.
         cache = vars(self.torrents)
         self._held: dict[bytes, Swarm] = cache["_Cache__data"]

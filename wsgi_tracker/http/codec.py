@@ -176,7 +176,7 @@ def encode_announce(result: AnnounceResult, compact: bool, no_peer_id: bool) -> 
 
     The compact form is assembled directly: bencode.py takes ~35 us per reply,
     a fifth of the whole request budget at the benchmark target, and this is
-    the reply every modern client asks for. tests/test_http_protocol.py checks
+    the reply every modern client asks for. tests/unit/http/test_http_protocol.py checks
     it byte for byte against bencode.py.
     """
     if compact:

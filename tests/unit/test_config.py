@@ -18,7 +18,7 @@ from wsgi_tracker.config import (
 )
 from wsgi_tracker.settings import markdown
 
-CONFIG_MD = Path(__file__).resolve().parent.parent / "docs" / "CONFIG.md"
+CONFIG_MD = Path(__file__).resolve().parents[2] / "docs" / "CONFIG.md"
 
 
 @pytest.fixture

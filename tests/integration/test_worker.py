@@ -12,7 +12,7 @@ import pytest
 from servers import Server, announce_url, gunicorn, http_get
 
 pytestmark = pytest.mark.integration
-TESTS_DIR = str(Path(__file__).parent)
+TESTS_DIR = str(Path(__file__).parents[1])  # the support modules: servers.py, the apps
 
 
 @pytest.fixture(scope="module")
