@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from wsgi_tracker.access.hooks import OnAnnounce
 from wsgi_tracker.access.policy import Authenticator
@@ -24,17 +24,13 @@ from wsgi_tracker.stats.collect import TrackerStats
 from wsgi_tracker.stats.endpoints import stats_routes
 from wsgi_tracker.sync.client import SyncClient
 
-Environ = dict[str, Any]
-StartResponse = Callable[..., Any]
-WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
-
 _HEADERS_PLAIN = "text/plain"
 # How long the first requests wait for the sync hub's snapshot (they then answer
 # with full peer lists); a hub that does not answer at all costs no wait.
 SYNC_SNAPSHOT_WAIT = 5.0
 
 
-def not_found(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+def not_found(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
     """The standalone app's answer to anything that is not a tracker path."""
     body = b"wsgi-tracker: nothing here; announce and scrape are the tracker's paths\n"
     start_response(
@@ -58,7 +54,7 @@ class TrackerMiddleware:
 
     def __init__(
         self,
-        app: WSGIApp | None = None,
+        app: WSGIApplication | None = None,
         config: TrackerConfig | None = None,
         *,
         core: TrackerCore | None = None,
@@ -88,7 +84,7 @@ class TrackerMiddleware:
             self._forwarded = ClientAddress(self.config.trusted_proxies)
             self.client_ip = self._forwarded_client_ip  # type: ignore[method-assign]
 
-    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if not self._synced:
             self._first_request()
         path: str = environ.get("PATH_INFO") or "/"
@@ -137,15 +133,15 @@ class TrackerMiddleware:
             client.wait_ready(SYNC_SNAPSHOT_WAIT)
         self._synced = True
 
-    def client_ip(self, environ: Environ) -> bytes:
+    def client_ip(self, environ: WSGIEnvironment) -> bytes:
         return pack_ip(environ.get("REMOTE_ADDR") or "0.0.0.0")
 
-    def _forwarded_client_ip(self, environ: Environ) -> bytes:
+    def _forwarded_client_ip(self, environ: WSGIEnvironment) -> bytes:
         """The client behind a trusted proxy (see ``proxy.ClientAddress``)."""
         remote = environ.get("REMOTE_ADDR") or ""
         return pack_ip(self._forwarded(remote, environ.get("HTTP_X_FORWARDED_FOR")) or "0.0.0.0")
 
-    def _query(self, environ: Environ) -> bytes:
+    def _query(self, environ: WSGIEnvironment) -> bytes:
         query: str = environ.get("QUERY_STRING", "")
         if len(query) > self.config.max_query_bytes:
             raise TrackerError(
@@ -155,7 +151,7 @@ class TrackerMiddleware:
         # PEP 3333 hands the raw query over as latin-1 text; this gets the bytes back.
         return query.encode("latin-1", "replace")
 
-    def announce(self, environ: Environ, passkey: str | None) -> bytes:
+    def announce(self, environ: WSGIEnvironment, passkey: str | None) -> bytes:
         try:
             parsed = parse_announce(self._query(environ), passkey)
         except TrackerError as exc:
@@ -171,7 +167,7 @@ class TrackerMiddleware:
             return encode_failure(str(exc))
         return encode_announce(result, parsed.compact, parsed.no_peer_id)
 
-    def scrape(self, environ: Environ, passkey: str | None) -> bytes:
+    def scrape(self, environ: WSGIEnvironment, passkey: str | None) -> bytes:
         """``/scrape/<passkey>`` is the scrape URL clients derive from ``/announce/<passkey>``."""
         try:
             hashes = parse_scrape(self._query(environ), self.config.max_scrape_hashes)

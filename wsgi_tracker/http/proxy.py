@@ -3,9 +3,11 @@
 A tracker hands every caller's address to other peers, so a forged address
 aims the swarm at a third party. ``X-Forwarded-For`` is therefore believed only
 when the direct peer is a proxy listed in ``trusted_proxies``; anyone else's
-header is ignored. This is werkzeug's ``ProxyFix`` rule (trust the right-most
-entries a proxy you know appended) stated with addresses instead of a hop
-count, so it stays right when a request reaches gunicorn without passing nginx.
+header is ignored. The rule is uvicorn's ``--forwarded-allow-ips`` (its
+``ProxyHeadersMiddleware``): walk the entries from the right, skip the proxies
+you trust, and the first other address is the client. werkzeug's ``ProxyFix``
+counts hops instead (``x_for=1``), which is wrong as soon as a request reaches
+gunicorn without passing nginx; addresses stay right either way.
 """
 
 from __future__ import annotations
@@ -15,12 +17,10 @@ import socket
 from collections.abc import Iterable
 
 from wsgi_tracker.config import ConfigError
+from wsgi_tracker.core.addresses import parse_ip
 
 #: The ``trusted_proxies`` entry that trusts peers on a Unix socket (their REMOTE_ADDR is empty).
 UNIX_SOCKET = "unix"
-
-_V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
-
 
 class TrustedNetworks:
     """``trusted_proxies`` parsed once: single hosts as a set of packed addresses (the
@@ -88,16 +88,11 @@ class ClientAddress:
     def _classify(self, text: str) -> tuple[str, bool] | None:
         """(address, trusted?), or None when ``text`` is not an IP address."""
         text = text.strip()
-        try:
-            if ":" not in text:
-                packed = socket.inet_pton(socket.AF_INET, text)
-            else:
-                packed = socket.inet_pton(socket.AF_INET6, text.partition("%")[0])
-                if packed.startswith(_V4_MAPPED):
-                    packed = packed[12:]
-                    text = socket.inet_ntop(socket.AF_INET, packed)
-        except (OSError, ValueError):
+        packed = parse_ip(text)
+        if packed is None:
             return None
+        if len(packed) == 4 and ":" in text:  # was IPv4-mapped
+            text = socket.inet_ntop(socket.AF_INET, packed)
         return text, packed in self._trusted
 
     def is_trusted(self, remote_addr: str) -> bool:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Callable, Iterable
-from typing import Any
 from urllib.parse import parse_qs
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from wsgi_tracker.config import TrackerConfig
 from wsgi_tracker.stats.collect import (
@@ -20,12 +20,8 @@ from wsgi_tracker.stats.collect import (
 )
 from wsgi_tracker.stats.page import render_page
 
-Environ = dict[str, Any]
-StartResponse = Callable[..., Any]
-WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
-
-def _token_of(environ: Environ) -> str:
+def _token_of(environ: WSGIEnvironment) -> str:
     auth: str = environ.get("HTTP_AUTHORIZATION", "")
     if auth.startswith("Bearer "):
         return auth[len("Bearer ") :].strip()
@@ -33,12 +29,12 @@ def _token_of(environ: Environ) -> str:
     return values[0] if values else ""
 
 
-def stats_routes(stats: TrackerStats, config: TrackerConfig) -> dict[str, WSGIApp]:
+def stats_routes(stats: TrackerStats, config: TrackerConfig) -> dict[str, WSGIApplication]:
     """PATH_INFO -> WSGI app for each statistics endpoint the config switches on."""
     token = config.stats_token.encode()
 
-    def guarded(content_type: str, render: Callable[[], bytes]) -> WSGIApp:
-        def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    def guarded(content_type: str, render: Callable[[], bytes]) -> WSGIApplication:
+        def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
             if token and not hmac.compare_digest(_token_of(environ).encode(), token):
                 body = b"statistics need the token: ?token=... or Authorization: Bearer ...\n"
                 status, content_type_sent = "403 Forbidden", "text/plain"
@@ -56,7 +52,7 @@ def stats_routes(stats: TrackerStats, config: TrackerConfig) -> dict[str, WSGIAp
 
         return app
 
-    routes: dict[str, WSGIApp] = {}
+    routes: dict[str, WSGIApplication] = {}
     if config.stats_path:
         page = render_page(config.stats_path.rsplit("/", 1)[-1])
         routes[config.stats_path] = guarded(
