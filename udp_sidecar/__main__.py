@@ -60,7 +60,6 @@ def run(config: TrackerConfig, binds: Sequence[str], port: int, sync_socket: str
         core = TrackerCore(config)
     except ConfigError as exc:
         return _fail(str(exc))
-    assert core.store is not None
     saver = None
     if config.snapshot_path:  # restore before serving, so the hub's first snapshot has it
         snapshot.load(config.snapshot_path, core.store)

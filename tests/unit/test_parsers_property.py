@@ -45,7 +45,6 @@ KEY = b"k" * 32
 
 def seeded_core() -> TrackerCore:
     core = TrackerCore(TrackerConfig(sync_socket="off"), clock=lambda: NOW)
-    assert core.store is not None
     core.store.apply(PeerChange(IH, PID, bytes([10, 0, 0, 1, 0x1A, 0xE1]), True, 1, NOW))
     return core
 

@@ -43,7 +43,6 @@ class TrackerCore:
     """
 
     config: TrackerConfig = field(default_factory=TrackerConfig)
-    store: SwarmStore | None = None
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
     listeners: list[ChangeListener] = field(default_factory=list)
@@ -53,18 +52,18 @@ class TrackerCore:
     authenticate: Authenticator | None = None
     on_announce: OnAnnounce | None = None
     counters: Counters = field(default_factory=Counters)
+    store: SwarmStore = field(init=False)  # built from the config
 
     def __post_init__(self) -> None:
         # None when public and hookless: the hot path then pays one ``is None`` test each.
         self.access = AccessPolicy.from_config(self.config, self.authenticate)
         self.hook = AnnounceHook.from_config(self.config, self.on_announce)
-        if self.store is None:
-            self.store = SwarmStore(
-                peer_ttl=self.config.peer_ttl,
-                max_torrents=self.config.max_torrents,
-                max_peers_per_torrent=self.config.max_peers_per_torrent,
-                clock=self.clock,
-            )
+        self.store = SwarmStore(
+            peer_ttl=self.config.peer_ttl,
+            max_torrents=self.config.max_torrents,
+            max_peers_per_torrent=self.config.max_peers_per_torrent,
+            clock=self.clock,
+        )
 
     def announce(
         self,
@@ -83,7 +82,6 @@ class TrackerCore:
         """
         cfg = self.config
         store = self.store
-        assert store is not None
         now = self.clock()
         user: Hashable = req.passkey
         if self.access is not None:
@@ -166,7 +164,6 @@ class TrackerCore:
         tells more than an announce would; a private tracker wants a passkey.
         """
         store = self.store
-        assert store is not None
         access = self.access
         allowed = None
         if access is not None:
@@ -192,7 +189,6 @@ class TrackerCore:
             self.counters.error(protocol, "full_scrape_disabled")
             raise TrackerError("full scrape is disabled: give at least one info_hash")
         store = self.store
-        assert store is not None
         allowed = self.access.torrent_allowed if self.access and self.access.torrents else None
         hashes = [ih for ih in store.torrents if allowed is None or allowed(ih)]
         return self.scrape(hashes, passkey=passkey, protocol=protocol)

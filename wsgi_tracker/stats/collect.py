@@ -249,7 +249,6 @@ def replica_totals(core: TrackerCore) -> tuple[int, int, int]:
     in between; counts that move meanwhile are the announces of that instant.
     """
     store = core.store
-    assert store is not None
     cache = store.torrents
     with core.lock:
         keys = list(Cache.__iter__(cache))

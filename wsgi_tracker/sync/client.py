@@ -159,7 +159,6 @@ class SyncClient:
     def _session(self, sock: socket.socket) -> None:
         core = self.core
         store = core.store
-        assert store is not None
         with core.lock:
             # What we held before this hub's snapshot is what a restarted hub lacks:
             # the totals we believed it had, and the torrents whose peers we re-send.
@@ -193,7 +192,6 @@ class SyncClient:
     def _apply(self, frame: f.Frame, resync: tuple[list[bytes], list[tuple[bytes, int]]]) -> None:
         core = self.core
         store = core.store
-        assert store is not None
         pending = self._buffer.pending_count
         joining = self._joining
         if isinstance(frame, f.Deltas | f.Snapshot):
@@ -285,7 +283,6 @@ class SyncClient:
         """
         core = self.core
         store = core.store
-        assert store is not None
         if not self._send(f.encode(f.Totals(claims))):
             return False
         chunk: list = []

@@ -241,7 +241,6 @@ class SyncHub:
         so every delta queued after them is newer than what they say.
         """
         store = self.core.store
-        assert store is not None
         low_water = self.max_queue_bytes // 4
         peers: list = []
         totals: list[tuple[bytes, int]] = []
@@ -327,7 +326,6 @@ class SyncHub:
         """Apply one frame from ``client`` (deltas and counts were forwarded already)."""
         core = self.core
         store = core.store
-        assert store is not None
         if isinstance(frame, f.Deltas):
             with core.lock:
                 for change in frame.peers:
