@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import os
+import re
 import secrets
 import signal
 import socket
@@ -218,6 +219,147 @@ def sidecar(
         yield Server(proc, binds[0], port, stderr_path, sync_socket)
 
 
+@dataclass
+class Serve:
+    """A running ``wsgi-tracker serve``: HTTP on ``http.port``, UDP on ``udp_port``."""
+
+    proc: subprocess.Popen[bytes]
+    http: Server
+    udp: Server
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def sidecar_pid(self) -> int | None:
+        return next(
+            (p for p in children(self.proc.pid) if b"-m\0udp_sidecar\0" in cmdline(p)), None
+        )
+
+    def master_pid(self) -> int | None:
+        return next((p for p in children(self.proc.pid) if b"-m\0gunicorn\0" in cmdline(p)), None)
+
+    def worker_pids(self) -> set[int]:
+        master = self.master_pid()
+        return set(children(master)) if master else set()
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid``, from /proc (zombies included)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    kids.append(int(entry))
+    return kids
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def tagged(tag: str) -> list[int]:
+    """Live processes whose environment holds ``tag`` (NAME=VALUE)."""
+    needle = tag.encode() + b"\0"
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            with contextlib.suppress(OSError):
+                if needle in Path(f"/proc/{entry}/environ").read_bytes() and alive(int(entry)):
+                    found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(predicate: Callable[[], object], within: float = START_TIMEOUT) -> bool:
+    """Poll ``predicate`` (bounded) until it is true; returns whether it became so."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+@contextlib.contextmanager
+def serve(
+    tmp: Path,
+    *,
+    workers: int = 2,
+    config: str = "",
+    http_port: int | None = None,
+    udp_port: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Iterator[Serve]:
+    """The whole stack as an operator runs it: ``wsgi-tracker serve`` with sync on.
+
+    ``config`` is appended to a TOML file that binds UDP to loopback and puts
+    the sync socket in ``tmp``. Ready once HTTP and UDP answer and every worker
+    joined the hub. On exit: SIGTERM to serve, and every process it started is
+    killed by pid if it outlives the stop.
+    """
+    tmp.mkdir(parents=True, exist_ok=True)
+    conf = tmp / "tracker.toml"
+    conf.write_text(
+        f'udp_bind = ["127.0.0.1"]\nsync_socket = "{tmp / "hub" / "sync.sock"}"\n{config}'
+    )
+    http_port = http_port or free_port()
+    udp_port = udp_port or free_port(socket.AF_INET, socket.SOCK_DGRAM)
+    cmd = [
+        sys.executable, "-m", "wsgi_tracker.running.cli", "serve", "--config", str(conf),
+        "--bind", f"127.0.0.1:{http_port}", "--workers", str(workers),
+        "--udp-port", str(udp_port),
+    ]  # fmt: skip
+    log = tmp / f"serve-{http_port}.log"
+    # Every process serve starts inherits the tag, so the test finds (and stops) them
+    # by pid even after serve itself died and they were re-parented.
+    tag_value = secrets.token_hex(8)
+    tag = f"TRACKER_TEST_RUN={tag_value}"
+    child_env = _child_env({**(env or {}), "TRACKER_TEST_RUN": tag_value}, None)
+    child_env.pop("WSGI_TRACKER_SYNC_SOCKET")  # serve names it from the config file
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=child_env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+        )
+    started = Serve(
+        proc,
+        Server(proc, "127.0.0.1", http_port, log),
+        Server(proc, "127.0.0.1", udp_port, log),
+        log,
+    )
+    try:
+        _wait_ready(
+            proc,
+            log,
+            "wsgi-tracker serve",
+            lambda: (
+                _http_answers("127.0.0.1", http_port)
+                and _udp_answers("127.0.0.1", udp_port)
+                and len(re.findall(r"sync hub: worker pid \d+ connected", started.log())) >= workers
+            ),
+        )
+        yield started
+    finally:
+        _stop(proc)
+        # Whatever outlived serve (a test that killed serve -9, a failure midway).
+        wait_until(lambda: not tagged(tag), STOP_TIMEOUT * 3)
+        for pid in tagged(tag):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 # --- small client helpers ------------------------------------------------------------------
 
 
@@ -240,6 +382,30 @@ def udp_scrape(
         raise RuntimeError(f"scrape refused: {reply[8:]!r}")
     body = reply[8:]
     return [struct.unpack("!III", body[i : i + 12]) for i in range(0, len(body), 12)]
+
+
+def udp_announce(
+    host: str, port: int, info_hash: bytes, peer_id: bytes, peer_port: int, left: int, event: int
+) -> bytes:
+    """One BEP 15 connect + announce (event: 0 none, 1 completed, 2 started, 3 stopped);
+    returns the announce reply, raising if it is not one."""
+    from udp_sidecar.protocol import build_announce_request, build_connect_request
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.connect((host, port))
+        tid = secrets.randbits(32)
+        s.send(build_connect_request(tid))
+        cid = s.recv(64)[8:16]
+        s.send(
+            build_announce_request(
+                cid, tid, info_hash, peer_id, peer_port, left=left, event=event, num_want=200
+            )
+        )
+        reply = s.recv(2048)
+    if struct.unpack_from(">II", reply) != (1, tid):
+        raise RuntimeError(f"announce refused: {reply!r}")
+    return reply
 
 
 def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:

@@ -4,3 +4,9 @@ Deliberately imports nothing: ``python -m udp_sidecar`` imports this package
 before ``__main__`` gets to monkey-patch with gevent, so nothing here may load
 ``socket`` or ``threading`` first.
 """
+
+import signal
+
+# ``wsgi-tracker serve`` has the kernel send this when serve dies (PR_SET_PDEATHSIG):
+# the sidecar then stops after the workers, who get SIGTERM at the same moment.
+ORPHANED = signal.SIGUSR1

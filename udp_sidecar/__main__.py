@@ -10,12 +10,14 @@ import logging  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from importlib.metadata import version  # noqa: E402
 
 import gevent  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
+from udp_sidecar import ORPHANED  # noqa: E402
 from udp_sidecar.server import BindError, UdpServer  # noqa: E402
 from wsgi_tracker.config import ConfigError, TrackerConfig, load_with_sources  # noqa: E402
 from wsgi_tracker.core.tracker import TrackerCore  # noqa: E402
@@ -27,6 +29,7 @@ from wsgi_tracker.sync.hub import HubError, SyncHub  # noqa: E402
 
 log = logging.getLogger("udp_sidecar")
 PROG = "udp-sidecar"
+ORPHAN_WAIT = 30.0  # gunicorn's graceful_timeout (10 s) and then some
 
 
 def parser() -> argparse.ArgumentParser:
@@ -80,15 +83,20 @@ def run(config: TrackerConfig, binds: Sequence[str], port: int, sync_socket: str
         stats = TrackerStats(core, role="udp")
         stats.share(hub.publish_stats, lambda: [entry.payload for entry in hub.cluster_stats])
     stopping = Event()
+    orphaned = Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, stopping.set)
+    gevent.signal_handler(ORPHANED, orphaned.set)
+    gevent.signal_handler(signal.SIGHUP, lambda: reload(core))
     log.info(
         "udp-sidecar listening on %s",
         ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in server.addresses),
     )
     if saver is not None:
         saver.start()
-    stopping.wait()
+    gevent.wait([stopping, orphaned], count=1)
+    if orphaned.is_set() and not stopping.is_set() and hub is not None:
+        _wait_for_workers_to_leave(hub, stopping)
     log.info("udp-sidecar stopping")
     server.stop()
     if hub is not None:
@@ -97,6 +105,24 @@ def run(config: TrackerConfig, binds: Sequence[str], port: int, sync_socket: str
     if saver is not None:  # last: after the final UDP announces and workers' deltas
         saver.stop()
     return 0
+
+
+def reload(core: TrackerCore) -> None:
+    """SIGHUP: re-read the access lists and passkeys at once; nothing stops."""
+    log.info("udp-sidecar: SIGHUP, reloading access lists and passkeys")
+    if core.access is not None:
+        core.access.reload_soon()
+
+
+def _wait_for_workers_to_leave(hub: SyncHub, stopping: Event) -> None:
+    """``serve`` is gone, so gunicorn got its SIGTERM at the same moment we got ours:
+    keep serving until its workers have handed us their last changes and left."""
+    log.info("udp-sidecar: wsgi-tracker serve is gone; stopping once the workers have left")
+    deadline = time.monotonic() + ORPHAN_WAIT
+    while hub.workers and time.monotonic() < deadline and not stopping.is_set():
+        gevent.sleep(0.05)
+    if hub.workers:
+        log.warning("udp-sidecar: %d workers still connected; stopping anyway", hub.workers)
 
 
 def _usable(binds: Sequence[str]) -> list[str]:

@@ -15,7 +15,6 @@ import re
 import secrets
 import signal
 import socket
-import struct
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -24,9 +23,9 @@ from pathlib import Path
 
 import bencodepy
 import pytest
+import servers
 from servers import Server, announce_url, gunicorn, http_get, scrape_url, sidecar, udp_scrape
 
-from udp_sidecar.protocol import build_announce_request, build_connect_request
 from wsgi_tracker.sync import snapshot
 
 pytestmark = pytest.mark.integration
@@ -100,18 +99,7 @@ def http_announce(http: Server, torrent: bytes, peer: bytes, port: int, left: in
 
 
 def udp_announce(udp: Server, torrent: bytes, peer: bytes, port: int, left: int, event: int):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(5)
-        s.connect((udp.host, udp.port))
-        tid = secrets.randbits(32)
-        s.send(build_connect_request(tid))
-        cid = s.recv(64)[8:16]
-        packet = build_announce_request(
-            cid, tid, torrent, peer, port, left=left, event=event, num_want=200
-        )
-        s.send(packet)
-        reply = s.recv(2048)
-    assert struct.unpack_from(">II", reply) == (1, tid), reply
+    servers.udp_announce(udp.host, udp.port, torrent, peer, port, left, event)
 
 
 def http_counts(http: Server, hashes: list[bytes]) -> dict[bytes, tuple[int, int, int]]:

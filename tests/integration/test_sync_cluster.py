@@ -17,8 +17,6 @@ import secrets
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,13 +26,14 @@ from urllib.parse import urlsplit
 import bencodepy
 import pytest
 from servers import (
-    REPO_ROOT,
     Server,
+    alive,
     announce_url,
-    free_port,
+    children,
     gunicorn,
     http_get,
     scrape_url,
+    serve,
     sidecar,
 )
 
@@ -450,68 +449,25 @@ def test_hub_drops_a_client_that_stops_reading_and_keeps_serving_the_others(
 # --- wsgi-tracker serve: both processes, one socket ----------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    """Direct children of ``pid``, from /proc."""
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    kids.append(int(entry))
-    return kids
-
-
 def test_serve_starts_sidecar_and_gunicorn_on_one_socket_and_stops_both(tmp_path: Path) -> None:
     sock = tmp_path / "hub" / "sync.sock"
-    config = tmp_path / "tracker.toml"
-    config.write_text(f'udp_bind = ["127.0.0.1"]\nsync_socket = "{sock}"\n')
-    http_port, udp_port = free_port(), free_port(socket.AF_INET, socket.SOCK_DGRAM)
-    log = tmp_path / "serve.log"
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    cmd = [
-        sys.executable, "-m", "wsgi_tracker.running.cli", "serve", "--config", str(config),
-        "--bind", f"127.0.0.1:{http_port}", "--workers", "2", "--udp-port", str(udp_port),
-    ]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=out)
-    try:
-        server = Server(proc, "127.0.0.1", http_port, log)
-        c = Cluster(server, Server(proc, "127.0.0.1", udp_port, log), str(sock), None)  # type: ignore[arg-type]
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError, AssertionError):
-                get(c, scrape_url(c.http.url + "/scrape", b"\0" * 20))
-                break
-            time.sleep(0.1)
+    with serve(tmp_path) as s:
+        c = Cluster(s.http, s.udp, str(sock), None)  # type: ignore[arg-type]
         udp = Udp(c.udp)
         try:
             (ih,) = torrents("serve", 1)
             http_announce(c, ih, peer_id("v", 0), 15_000, 0)
             got = eventually(lambda: udp.announce(ih, peer_id("v", 1), 15_001, 1000), {15_000})
-            assert got == {15_000}, log.read_text()
+            assert got == {15_000}, s.log()
         finally:
             udp.close()
-        kids = _children(proc.pid)
+        kids = children(s.proc.pid)
         assert len(kids) == 2  # udp-sidecar and the gunicorn master
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-        for pid in kids:
-            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(30) == 0
+        assert not any(alive(pid) for pid in kids)
         assert not sock.exists()  # the hub took its socket away
-        assert "sees only part of every swarm" not in log.read_text()
-    finally:
-        if proc.poll() is None:  # the test failed midway: stop serve and its children
-            kids = _children(proc.pid)
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                for pid in kids:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                proc.kill()
-                proc.wait()
+        assert "sees only part of every swarm" not in s.log()
 
 
 # --- other ways to run the workers ---------------------------------------------------------

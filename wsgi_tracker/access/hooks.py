@@ -58,6 +58,7 @@ class AnnounceHook:
         self._thread: threading.Thread | None = None
         # A thread does not survive fork: a gunicorn worker starts its own.
         ref = weakref.ref(self)
+
         def forget_thread() -> None:
             if (hook := ref()) is not None:
                 hook._forget_thread()

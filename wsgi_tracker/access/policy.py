@@ -194,14 +194,18 @@ class AccessPolicy:
         previous = signal.getsignal(signal.SIGHUP)
 
         def on_hup(signum: int, frame: Any) -> None:
-            self.force_reload = True
-            self.next_check = 0.0
+            self.reload_soon()
             if callable(previous):
                 previous(signum, frame)
 
         # ValueError: not the main thread of the main interpreter after all.
         with contextlib.suppress(ValueError):
             signal.signal(signal.SIGHUP, on_hup)
+
+    def reload_soon(self) -> None:
+        """Re-read every list file at the next announce or scrape, changed or not."""
+        self.force_reload = True
+        self.next_check = 0.0
 
     def refresh(self, now: float) -> None:
         self.next_check = now + RECHECK_SECONDS

@@ -15,6 +15,7 @@ unchanged; a chunked *request* body is refused with 411.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -163,6 +164,20 @@ class TrackerWorker(GeventWorker):
                 self.cfg.workers, tracker is not None and tracker.config.sync_explicit
             )
         super().run()
+
+    def notify(self) -> None:
+        """Stop gracefully when the master dies, as on SIGTERM.
+
+        gunicorn's gevent worker calls ``sys.exit`` here instead: requests in
+        flight were cut off, and a completion one of them counted after the
+        sync client's last flush was answered but never reached the hub.
+        """
+        if self.ppid != os.getppid():
+            if self.alive:
+                self.log.info("Parent changed, stopping gracefully: %s", self)
+            self.alive = False
+            return
+        super().notify()
 
     def _environ_base(self, listener: socket.socket) -> dict[str, Any]:
         if self._base is None:

@@ -7,7 +7,6 @@ import argparse
 import errno
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,12 +15,18 @@ from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 
+from udp_sidecar import ORPHANED
 from wsgi_tracker.config import PROCESS_ENV, SETTINGS, ConfigError, TrackerConfig, load_with_sources
 from wsgi_tracker.running import logs
 from wsgi_tracker.running.flags import add_setting_flags, flag_layer, layer_env
+from wsgi_tracker.running.supervisor import Child, Supervisor
 from wsgi_tracker.settings import markdown
+from wsgi_tracker.sync.socket_path import why_no_hub
 
 GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
+GUNICORN_STOP_TIMEOUT = 20.0  # its graceful_timeout (10 s), the workers' last flush, slack
+# The sidecar's last save at 1M torrents takes seconds, and the save is what keeps the counts.
+SIDECAR_STOP_TIMEOUT = 60.0
 PROG = "wsgi-tracker"
 log = logging.getLogger("wsgi_tracker.serve")
 
@@ -90,7 +95,7 @@ def serve_command(
     if args.workers is not None and args.workers < 1:
         return _fail(f"--workers must be at least 1, got {args.workers}")
     try:
-        _check_bind(args.bind)
+        listener = http_listener(args.bind)
         _check_app(args.app)
     except ConfigError as exc:
         return _fail(str(exc))
@@ -100,23 +105,44 @@ def serve_command(
     # Both children get the socket path spelled out, so they cannot disagree on it.
     sync_socket = None if args.no_udp else config.sync_socket_path
     env["WSGI_TRACKER_SYNC_SOCKET"] = sync_socket or "off"
-    children: list[subprocess.Popen[bytes]] = []
+    children: list[Child] = []
     if not args.no_udp:
-        cmd = [sys.executable, "-m", "udp_sidecar"]
-        children.append(subprocess.Popen(cmd, env=env, preexec_fn=_die_with_parent))
-        if sync_socket:
-            _wait_for_hub(sync_socket, children[0])
-    gunicorn = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--bind", args.bind]
+        children.append(
+            Child(
+                "udp-sidecar",
+                [sys.executable, "-m", "udp_sidecar"],
+                env,
+                stop_timeout=SIDECAR_STOP_TIMEOUT,
+                death_signal=ORPHANED,
+                ready=(lambda proc: _wait_for_hub(sync_socket, proc)) if sync_socket else None,
+            )
+        )
+    bind = args.bind if listener is None else f"fd://{listener.fileno()}"
+    gunicorn = [sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "--bind", bind]
     if args.workers:
         gunicorn += ["--workers", str(args.workers)]
-    children.append(subprocess.Popen([*gunicorn, args.app], env=env, preexec_fn=_die_with_parent))
-    return _supervise(children)
+    children.append(
+        Child(
+            "gunicorn",
+            [*gunicorn, args.app],
+            env,
+            stop_timeout=GUNICORN_STOP_TIMEOUT,
+            pass_fds=() if listener is None else (listener.fileno(),),
+        )
+    )
+    return Supervisor(children).run()
 
 
-def _check_bind(bind: str) -> None:
-    """A one-line error now for an address in use, rather than gunicorn's retries later."""
+def http_listener(bind: str) -> socket.socket | None:
+    """The HTTP socket, bound here so that every gunicorn ``serve`` starts gets the same one.
+
+    A gunicorn master that dies and is restarted then loses no connection: they
+    wait in this socket's backlog. ``unix:`` and ``fd://`` binds are left to
+    gunicorn (None). An address in use is a one-line ConfigError now, rather
+    than gunicorn's retries later.
+    """
     if bind.startswith(("unix:", "fd://")):
-        return
+        return None
     host, _, port_text = bind.rpartition(":")
     host = host.strip("[]") or "0.0.0.0"
     try:
@@ -124,13 +150,17 @@ def _check_bind(bind: str) -> None:
     except ValueError:
         raise ConfigError(f"--bind {bind}: expected HOST:PORT") from None
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            raise ConfigError(f"cannot listen on {bind}: {reason}") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)  # gunicorn's default backlog
+    except OSError as exc:
+        sock.close()
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise ConfigError(f"cannot listen on {bind}: {reason}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def _check_app(app: str) -> None:
@@ -161,55 +191,9 @@ def _wait_for_hub(path: str, sidecar: subprocess.Popen[bytes], timeout: float = 
     """Start the workers once the hub listens, so they join it rather than warn."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and sidecar.poll() is None:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
+        if why_no_hub(path) is None:
             return
-        except OSError:
-            time.sleep(0.05)
-        finally:
-            probe.close()
-
-
-def _die_with_parent() -> None:
-    """In each child (Linux): SIGTERM it if ``serve`` itself is killed, so none is orphaned."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
-    """Wait until a child exits or we are told to stop; then stop every child."""
-    stopping = False
-
-    def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    code = 0
-    while not stopping:
-        exited = [c for c in children if c.poll() is not None]
-        if exited:
-            code = exited[0].returncode or 1
-            log.error("%s exited (%d); stopping", exited[0].args[2], code)  # type: ignore[index]
-            break
-        time.sleep(0.2)
-    # In reverse start order, each gone before the next: gunicorn's workers hand the
-    # hub their last announces, then udp-sidecar (the hub) writes its snapshot.
-    deadline = time.monotonic() + 15
-    for child in reversed(children):
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-        try:
-            child.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-    return 0 if stopping else code
+        time.sleep(0.05)
 
 
 def _fail(message: str) -> int:

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import logging
 import os
 import socket
 import stat
+import struct
+import termios
 import time
 
 import gevent
@@ -28,7 +31,7 @@ from gevent.event import Event
 from wsgi_tracker.core.tracker import TrackerCore
 from wsgi_tracker.sync import frames as f
 from wsgi_tracker.sync.replica import FLUSH_DELAY, FLUSH_RECORDS, ChangeBuffer, apply_remote
-from wsgi_tracker.sync.socket_path import UnsafeSocketPath, check_private
+from wsgi_tracker.sync.socket_path import UnsafeSocketPath, check_private, why_no_hub
 
 log = logging.getLogger("wsgi_tracker.sync.hub")
 
@@ -131,16 +134,33 @@ class SyncHub:
         ]
         log.info("sync hub listening on %s", self.path)
 
-    def stop(self) -> None:
+    def stop(self, drain: float = 5.0) -> None:
+        """Stop accepting, apply what clients already sent (bounded by ``drain`` s), close.
+
+        A worker that exited just before us (``serve`` stops gunicorn first) left
+        its last deltas and counts in our socket buffer; under UDP load our reader
+        may not have reached them yet, and dropping the connection unread lost
+        them (0-4 completions in half the mixed HTTP + UDP stops).
+        """
         with contextlib.suppress(ValueError):
             self.core.listeners.remove(self._buffer)
-        gevent.killall(self._greenlets, timeout=2)
-        for client in list(self.clients):
-            self._drop(client, None)
+        if self._greenlets:
+            self._greenlets[0].kill()  # the accept loop, before its socket closes
         if self._listener is not None:
             _unlink_if_ours(self.path, self._inode)
             self._listener.close()
             self._listener = None
+        deadline = time.monotonic() + drain
+        while time.monotonic() < deadline and any(_unread(c.sock) for c in self.clients):
+            gevent.sleep(0.005)
+        gevent.killall(self._greenlets, timeout=2)
+        for client in list(self.clients):
+            self._drop(client, None)
+
+    @property
+    def workers(self) -> int:
+        """Connected worker processes (``udp-sidecar`` waits for none to be left)."""
+        return sum(1 for c in self.clients if c.role == f.ROLE_WORKER)
 
     # --- stats -----------------------------------------------------------------------
 
@@ -238,7 +258,9 @@ class SyncHub:
         """The replica, torrent by torrent; other greenlets run between chunks.
 
         A torrent's peers and its total are taken and queued without yielding,
-        so every delta queued after them is newer than what they say.
+        so every delta queued after them is newer than what they say. The total
+        leaves out the sidecar's own completions not yet flushed: the flush
+        brings them to this client too, which would count them twice.
         """
         store = self.core.store
         low_water = self.max_queue_bytes // 4
@@ -249,7 +271,7 @@ class SyncHub:
                 peers.extend(store.swarm_peers(ih))
                 swarm = store.peek(ih)  # a snapshot is no use: keep the eviction order
                 if swarm is not None and swarm.downloaded:
-                    totals.append((ih, swarm.downloaded))
+                    totals.append((ih, swarm.downloaded - self._buffer.pending_count(ih)))
             if len(peers) + len(totals) >= f.RECORDS_PER_FRAME:
                 client.send(f.encode(f.Snapshot(peers)) + f.encode(f.Totals(totals)))
                 peers, totals = [], []
@@ -433,16 +455,18 @@ def _remove_stale(path: str) -> None:
         return
     if not stat.S_ISSOCK(mode):
         raise HubError(f"{path} exists and is not a socket; not touching it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1)
-    try:
-        probe.connect(path)
-    except OSError:
+    if why_no_hub(path) is not None:
         os.unlink(path)  # nobody listens: left behind by a hub that died
         return
-    finally:
-        probe.close()
     raise HubError(f"another sync hub is already listening on {path}")
+
+
+def _unread(sock: socket.socket) -> int:
+    """Bytes waiting in ``sock``'s receive buffer (0 once closed)."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, bytes(4)))[0]
+    except (OSError, ValueError):
+        return 0
 
 
 def _unlink_if_ours(path: str, inode: int) -> None:

@@ -10,6 +10,7 @@ The default path sits in a world-writable ``/tmp`` when there is no
 from __future__ import annotations
 
 import os
+import socket
 
 
 class UnsafeSocketPath(OSError):
@@ -27,3 +28,18 @@ def check_private(path: str) -> None:
                 f"{where} belongs to uid {owner}, not to this user (uid {uid}) or root: "
                 "another user could replace the sync socket; choose another sync_socket"
             )
+
+
+def why_no_hub(path: str, timeout: float = 1.0) -> str | None:
+    """None if something accepts connections on the Unix socket ``path`` (a live hub),
+    else why not (``serve`` waits for a hub, a hub refuses to start beside one, a
+    worker warns when it would be alone)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(timeout)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    finally:
+        probe.close()
+    return None
