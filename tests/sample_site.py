@@ -25,9 +25,21 @@ def site(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         return _stream()
     if path == "/fail":
         raise RuntimeError("the site failed on purpose")
+    if path in MISFRAMED:  # responses that break HTTP framing, for the worker to contain
+        headers, body = MISFRAMED[path]
+        start_response("200 OK", headers)
+        return [body]
     body = f"site {path} {environ['QUERY_STRING']}".encode()
     start_response("200 OK", [("Content-Length", str(len(body)))])
     return [body]
+
+
+MISFRAMED: dict[str, tuple[list[tuple[str, str]], bytes]] = {
+    "/long": ([("Content-Length", "2")], b"hello world"),
+    "/short": ([("Content-Length", "20")], b"hi"),
+    "/inject": ([("Set-Cookie", "a=1\r\nX-Injected: 1"), ("Content-Length", "2")], b"ok"),
+    "/bad-name": ([("Bad Name", "1"), ("Content-Length", "2")], b"ok"),
+}
 
 
 def _stream() -> Iterator[bytes]:

@@ -113,6 +113,21 @@ class TrackerConfig:
     trusted_proxies: tuple[str, ...] = _setting(
         (), "Addresses or networks of reverse proxies whose X-Forwarded-For is believed."
     )
+    # --- HTTP server (wsgi_tracker.http.worker.TrackerWorker; docs/HARDENING.md) ---------
+    http_head_timeout: int = _setting(
+        10,
+        "Seconds a connection has to send a complete request head, counted from its "
+        "first byte (from the connect for a new connection); slower ones (slowloris) get "
+        "408 and are closed. Idle time between keep-alive requests is gunicorn's keepalive.",
+        check=at_least(1),
+    )
+    http_connections_per_address: int = _setting(
+        128,
+        "Most connections one client address may hold open in one TrackerWorker process "
+        "(the next get 503 and are closed), so one host cannot take every connection; "
+        "0: no cap. Unix-socket peers and trusted_proxies are exempt (limit them in the proxy).",
+        check=at_least(0),
+    )
     # --- UDP ---------------------------------------------------------------------------
     udp_port: int = _setting(6969, "UDP port of udp-sidecar.", check=between(1, 65535))
     udp_bind: tuple[str, ...] = _setting(("0.0.0.0", "::"), "Addresses udp-sidecar binds.")

@@ -269,12 +269,17 @@ CORPUS: list[Case] = [
     Case("scrape on the passkey path", raw("/scrape/x?info_hash=" + enc(IH[:3])), "got 3"),
     # --- broken HTTP: gunicorn answers before the tracker runs ----------------------------
     Case("garbage request line", b"GARBAGE\r\n\r\n", 400, whole=True),
-    Case("empty request", b"\r\n\r\n", 400, whole=True),
+    Case(
+        "empty request",
+        b"\r\n\r\n",
+        400,
+        whole=True,
+        lean=CLOSED,  # empty lines before a request line are skipped (RFC 9112 2.2)
+    ),
     Case(
         "unescaped high bytes in query",
         raw(b"/announce?info_hash=" + IH),
         400,
-        lean=M + "peer_id",  # read as the raw bytes they are
     ),
     Case("control byte in query", raw(b"/announce?x=\x01\x02"), 400),
     Case("DEL in query", raw(b"/announce?x=\x7f"), 400),
@@ -292,7 +297,6 @@ CORPUS: list[Case] = [
         request(b"/announce", b"X: \x00\r\n"),
         400,
         whole=True,
-        lean=M + "info_hash",
     ),
     Case("request line without version", b"GET /announce\r\n\r\n", 400, whole=True),
     Case(
@@ -307,7 +311,6 @@ CORPUS: list[Case] = [
         b"GET /announce HTTP/1.1\nHost: t\n\n",
         400,
         whole=True,
-        lean=CLOSED,  # it waits for CRLF CRLF, and the client has stopped sending
     ),
     Case("space in target", b"GET /announce? a=b HTTP/1.1\r\nHost: t\r\n\r\n", 400, whole=True),
     Case("NUL in request line", b"GET /ann\0ounce HTTP/1.1\r\nHost: t\r\n\r\n", 400, whole=True),
@@ -328,7 +331,6 @@ CORPUS: list[Case] = [
         request(b"/announce", b"".join(b"X-H%d: 1\r\n" % i for i in range(60))),
         431,
         whole=True,
-        lean=M + "info_hash",  # its own limit is 100 fields, not limit_request_fields
     ),
     Case(
         "bad content-length",

@@ -28,7 +28,7 @@ from wsgi_tracker.config import TrackerConfig
 from wsgi_tracker.core.swarm import SwarmStore
 from wsgi_tracker.core.tracker import TrackerCore
 from wsgi_tracker.core.types import PeerChange
-from wsgi_tracker.http.http11 import HttpError, parse_request_head
+from wsgi_tracker.http.http11 import HeadLimits, HttpError, parse_request_head
 from wsgi_tracker.http.middleware import TrackerMiddleware
 from wsgi_tracker.sync import frames
 from wsgi_tracker.sync.replica import apply_remote
@@ -132,11 +132,11 @@ REQUEST_LINES = st.one_of(
 def test_request_head_bytes_parse_or_raise_http_error_only(line, fields):
     head = b"\r\n".join([line, *fields])
     try:
-        req = parse_request_head(head, 4094)
+        req = parse_request_head(head, HeadLimits(line=4094))
     except HttpError as exc:
         assert exc.status[:3] in {"400", "414", "431", "501", "505"}
         return
-    assert req.version in ("HTTP/1.0", "HTTP/1.1")
+    assert req.version.startswith("HTTP/1.")
 
 
 # --- UDP datagrams, through the handler ------------------------------------------------------

@@ -10,32 +10,48 @@ replaces only the per-connection request loop: one ``recv`` per request head,
 It is a complete WSGI server (request bodies, keep-alive, streamed and chunked
 responses, HEAD, ``Expect: 100-continue``), so the host site's own pages work
 unchanged; a chunked *request* body is refused with 411.
+
+It is also the edge a flood meets (docs/HARDENING.md): a request head must be
+complete within ``http_head_timeout``, one address holds at most
+``http_connections_per_address`` connections, gunicorn's ``limit_request_*``
+bound the head, and a response is framed by what its head declares (never more
+body than its Content-Length, a short one closes the connection).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import time
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from email.utils import formatdate
 from typing import Any
 
 from gunicorn.http.wsgi import base_environ
 from gunicorn.workers.ggevent import GeventWorker
 
+from wsgi_tracker.config import TrackerConfig
+from wsgi_tracker.core.addresses import parse_ip
 from wsgi_tracker.http.http11 import (
+    MAX_HEAD_BYTES,
+    SERVER_ERROR,
+    HeadLimits,
     HttpError,
     RequestHead,
+    ResponseHead,
+    check_partial_head,
     environ_for,
     parse_request_head,
     response_head,
+    skip_empty_lines,
 )
+from wsgi_tracker.http.proxy import ClientAddress
 
 log = logging.getLogger("wsgi_tracker.worker")
 RECV_BYTES = 65536
-MAX_HEAD_BYTES = 65536
 DRAIN_LIMIT = 65536  # unread request body we will skip to keep a connection alive
 
 
@@ -113,6 +129,28 @@ class RequestBody:
         return self._after
 
 
+class _Sent:
+    """What gunicorn's access-log atoms read of a response: status, headers, body bytes."""
+
+    __slots__ = ("headers", "sent", "status")
+
+    def __init__(self, status: str, headers: list[tuple[str, str]], sent: int) -> None:
+        self.status = status
+        self.headers = headers
+        self.sent = sent
+
+
+def _access_log_enabled(cfg: Any) -> bool:
+    """gunicorn's own test (glogging): any access log, log config or syslog redirect."""
+    return bool(
+        cfg.accesslog
+        or cfg.logconfig
+        or cfg.logconfig_dict
+        or getattr(cfg, "logconfig_json", None)
+        or (cfg.syslog and not cfg.disable_redirect_access_to_syslog)
+    )
+
+
 def _send_all(sock: socket.socket, data: bytes) -> None:
     """``sendall``, but one plain ``send`` when the kernel takes it all (the usual case).
 
@@ -122,6 +160,22 @@ def _send_all(sock: socket.socket, data: bytes) -> None:
     sent = sock.send(data)
     if sent < len(data):
         sock.sendall(data[sent:])
+
+
+def address_key(ip: str) -> str:
+    """What the per-address cap counts: an IPv4 address, or an IPv6 address's /64.
+
+    One IPv6 host usually owns a whole /64 (SLAAC, privacy addresses), so
+    counting single addresses would give an attacker 2^64 fresh ones.
+    """
+    if ":" not in ip:
+        return ip
+    packed = parse_ip(ip)
+    if packed is None:
+        return ip
+    if len(packed) == 4:  # IPv4-mapped, from a dual-stack socket
+        return socket.inet_ntop(socket.AF_INET, packed)
+    return socket.inet_ntop(socket.AF_INET6, packed[:8] + bytes(8)) + "/64"
 
 
 def warn_without_hub_hooks(workers: int, sync_explicit: bool) -> bool:
@@ -152,6 +206,19 @@ class TrackerWorker(GeventWorker):
     def init_process(self) -> None:
         self._clock = _Clock()
         self._base: dict[str, Any] | None = None
+        cfg = self.cfg
+        self._limits = HeadLimits.from_gunicorn(
+            cfg.limit_request_line, cfg.limit_request_fields, cfg.limit_request_field_size
+        )
+        # gunicorn's keepalive <= 0 means no keep-alive; then the idle wait is moot.
+        self._keepalive = cfg.keepalive > 0
+        self._idle_timeout = cfg.keepalive if cfg.keepalive > 0 else None
+        settings = TrackerConfig.load()
+        self._head_timeout = float(settings.http_head_timeout)
+        self._per_address = settings.http_connections_per_address
+        self._exempt = ClientAddress(settings.trusted_proxies).is_trusted
+        self._connections: dict[str, int] = {}
+        self._access_log = _access_log_enabled(cfg)
         super().init_process()
 
     def run(self) -> None:
@@ -201,15 +268,42 @@ class TrackerWorker(GeventWorker):
         return self._base
 
     def handle(self, listener: socket.socket, client: socket.socket, addr: Any) -> None:
+        if not isinstance(addr, tuple):  # a Unix socket: a local proxy, never capped
+            self._handle(listener, client, {"REMOTE_ADDR": "", "REMOTE_PORT": ""})
+            return
+        ip = addr[0]
+        key = address_key(ip)
+        held = self._connections.get(key, 0)
+        if self._per_address and held >= self._per_address and not self._exempt(ip):
+            # Refused at once, so the flood's connections never wait in gunicorn's pool
+            # (worker_connections) where everyone else's would queue behind them.
+            with contextlib.suppress(OSError):
+                client.settimeout(1)
+                self._refuse(
+                    client,
+                    HttpError(
+                        "503 Service Unavailable",
+                        f"more than {self._per_address} connections from {key}",
+                    ),
+                )
+            client.close()
+            return
+        self._connections[key] = held + 1
+        try:
+            self._handle(listener, client, {"REMOTE_ADDR": ip, "REMOTE_PORT": str(addr[1])})
+        finally:
+            left = self._connections[key] - 1
+            if left:
+                self._connections[key] = left
+            else:
+                del self._connections[key]
+
+    def _handle(self, listener: socket.socket, client: socket.socket, peer: dict[str, str]) -> None:
         if client.family in (socket.AF_INET, socket.AF_INET6):
             # Without it a keep-alive reply waits ~40 ms for the client's delayed ACK.
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client.settimeout(self.cfg.keepalive or None)
-        base = self._environ_base(listener)
-        if isinstance(addr, tuple):
-            base = {**base, "REMOTE_ADDR": addr[0], "REMOTE_PORT": str(addr[1])}
-        else:
-            base = {**base, "REMOTE_ADDR": "", "REMOTE_PORT": ""}
+        client.settimeout(self._head_timeout)  # a new connection owes its first head at once
+        base = {**self._environ_base(listener), **peer}
         try:
             self._serve(client, base)
         except (OSError, TimeoutError):
@@ -219,25 +313,31 @@ class TrackerWorker(GeventWorker):
 
     def _serve(self, sock: socket.socket, base: dict[str, Any]) -> None:
         pending = b""
-        max_line = self.cfg.limit_request_line or MAX_HEAD_BYTES
         first = True
+        deadline = time.monotonic() + self._head_timeout  # the first head's, from the connect
         # A connection accepted just as a graceful stop or reload began still gets its
         # answer (with Connection: close); only a kept-alive one is closed unanswered.
         while first or self.alive:
-            first = False
+            if not pending:  # idle between requests: keepalive (the first: the head deadline)
+                pending = sock.recv(RECV_BYTES)
+                if not pending:
+                    return
+            if pending[:2] == b"\r\n":
+                pending = skip_empty_lines(pending)
             end = pending.find(b"\r\n\r\n")
-            while end < 0:
-                if len(pending) > MAX_HEAD_BYTES:
-                    self._refuse(sock, HttpError("431 Request Header Fields Too Large", "head"))
+            if end < 0:
+                if not first:
+                    deadline = time.monotonic() + self._head_timeout
+                rest = self._rest_of_head(sock, pending, deadline)
+                if rest is None:
                     return
-                chunk = sock.recv(RECV_BYTES)
-                if not chunk:
-                    return
-                pending += chunk
-                end = pending.find(b"\r\n\r\n")
+                pending, end = rest
+            elif first:
+                sock.settimeout(self._idle_timeout)
+            first = False
             head, pending = pending[:end], pending[end + 4 :]
             try:
-                req = parse_request_head(head.lstrip(b"\r\n"), max_line)
+                req = parse_request_head(head, self._limits)
                 if req.chunked:
                     raise HttpError("411 Length Required", "chunked request bodies")
             except HttpError as exc:
@@ -257,48 +357,90 @@ class TrackerWorker(GeventWorker):
                 self.log.info("Autorestarting worker after current request.")
                 self.alive = False
 
+    def _rest_of_head(
+        self, sock: socket.socket, pending: bytes, deadline: float
+    ) -> tuple[bytes, int] | None:
+        """Read until the head ends, by ``deadline``: (bytes, end of head), or None to close.
+
+        The slow path: a head that did not come in one read. What is already
+        wrong in its start is refused at once; one that is not complete by the
+        deadline gets 408, however steadily its bytes trickle in (slowloris).
+        """
+        try:
+            while True:
+                check_partial_head(pending, self._limits)
+                if len(pending) > MAX_HEAD_BYTES:
+                    raise HttpError("431 Request Header Fields Too Large", "request head")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(left)
+                chunk = sock.recv(RECV_BYTES)
+                if not chunk:
+                    return None
+                pending = skip_empty_lines(pending + chunk)
+                end = pending.find(b"\r\n\r\n")
+                if end >= 0:
+                    sock.settimeout(self._idle_timeout)
+                    return pending, end
+        except TimeoutError:
+            self._refuse(
+                sock,
+                HttpError(
+                    "408 Request Timeout",
+                    f"request head not complete within {self._head_timeout:g} s",
+                ),
+            )
+        except HttpError as exc:
+            self._refuse(sock, exc)
+        return None
+
     def _refuse(self, sock: socket.socket, exc: HttpError) -> None:
         body = f"{exc.status}: {exc}\n".encode("latin-1", "replace")
         headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
-        sock.sendall(response_head(exc.status, headers, False, False, self._clock.date()) + body)
+        frame = response_head(
+            exc.status, headers, http10=False, head_only=False, keep_alive=False,
+            date=self._clock.date(),
+        )  # fmt: skip
+        sock.sendall(frame.data + body)
 
     def _respond(self, sock: socket.socket, env: dict[str, Any], req: RequestHead) -> bool:
         """Run the app and send its response; returns whether to keep the connection."""
         started: list[Any] = []
-        sent_head = False
-        keep = req.keep_alive and self.alive
-        chunked = False
+        frame: ResponseHead | None = None
+        sent = 0  # body bytes sent
+        cut = False  # the app yielded more than its Content-Length
+        keep = req.keep_alive and self.alive and self._keepalive
+        http10 = req.version == "HTTP/1.0"
         head_only = req.method == "HEAD"
-
-        def head() -> bytes:
-            nonlocal keep, chunked
-            status, headers = started
-            if not any(n.lower() == "content-length" for n, _ in headers):
-                if req.version == "HTTP/1.1" and not head_only:
-                    chunked = True
-                else:
-                    keep = False
-            if keep and req.version == "HTTP/1.0":
-                headers = [*headers, ("Connection", "keep-alive")]
-            return response_head(status, headers, keep, chunked, self._clock.date())
+        when = datetime.now() if self._access_log else None
 
         def send(data: bytes) -> None:
-            nonlocal sent_head
+            nonlocal frame, sent, cut
             if not started:
                 raise AssertionError("the app wrote a body before calling start_response")
             out = b""
-            if not sent_head:
-                out = head()
-                sent_head = True
-            if data and not head_only:
-                out += b"%x\r\n%b\r\n" % (len(data), data) if chunked else data
+            if frame is None:
+                status, headers = started
+                frame = response_head(
+                    status, headers, http10=http10, head_only=head_only, keep_alive=keep,
+                    date=self._clock.date(),
+                )  # fmt: skip
+                out = frame.data
+            if data and frame.body:
+                length = frame.length
+                if length is not None and sent + len(data) > length:
+                    data = data[: length - sent]
+                    cut = True
+                sent += len(data)
+                out += b"%x\r\n%b\r\n" % (len(data), data) if frame.chunked and data else data
             if out:
                 _send_all(sock, out)
 
         def start_response(
             status: str, headers: list[tuple[str, str]], exc_info: Any = None
         ) -> Callable[[bytes], None]:
-            if exc_info and sent_head:
+            if exc_info and frame is not None:
                 raise exc_info[1].with_traceback(exc_info[2])
             started[:] = [status, headers]
             return send
@@ -309,9 +451,12 @@ class TrackerWorker(GeventWorker):
                 for data in result:
                     if data:
                         send(data)
-                if not sent_head:
+                        if cut:
+                            break
+                if frame is None:
                     send(b"")
-                if chunked:
+                assert frame is not None
+                if frame.chunked:
                     sock.sendall(b"0\r\n\r\n")
             finally:
                 close = getattr(result, "close", None)
@@ -319,9 +464,27 @@ class TrackerWorker(GeventWorker):
                     close()
         except OSError:
             return False
-        except Exception:
-            self.log.exception("Error handling request %s", env.get("RAW_URI"))
-            if not sent_head:
-                self._refuse(sock, HttpError("500 Internal Server Error", "the app failed"))
+        except Exception as exc:
+            if isinstance(exc, HttpError):  # the app's head broke the rules: no traceback
+                self.log.error("Refused the response to %s: %s", env.get("RAW_URI"), exc)
+            else:
+                self.log.exception("Error handling request %s", env.get("RAW_URI"))
+            if frame is None:
+                started[:] = [SERVER_ERROR, []]
+                self._refuse(sock, HttpError(SERVER_ERROR, "the app failed"))
             return False
-        return keep
+        finally:
+            if when is not None and started:
+                request_time = datetime.now() - when
+                log_headers = [(n.replace("_", "-"), v) for n, v in req.headers]
+                self.log.access(_Sent(started[0], started[1], sent), log_headers, env, request_time)
+        if frame.length is not None and frame.body and (cut or sent < frame.length):
+            self.log.error(
+                "The app sent %s body bytes than its Content-Length (%d) for %s; "
+                "the connection is closed",
+                "more" if cut else f"{sent}, fewer",
+                frame.length,
+                env.get("RAW_URI"),
+            )
+            return False
+        return frame.keep_alive

@@ -4,7 +4,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wsgi_tracker.http.http11 import HttpError, environ_for, parse_request_head, response_head
+from wsgi_tracker.http.http11 import (
+    HeadLimits,
+    HttpError,
+    check_partial_head,
+    environ_for,
+    parse_request_head,
+    response_head,
+    skip_empty_lines,
+)
+
+LIMITS = HeadLimits(line=4094, fields=100, field_size=8190)
 
 
 def test_announce_head_becomes_a_wsgi_environ() -> None:
@@ -13,7 +23,7 @@ def test_announce_head_becomes_a_wsgi_environ() -> None:
         b"Host: example.org\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\n"
         b"Content-Type: text/plain"
     )
-    req = parse_request_head(head, 4094)
+    req = parse_request_head(head, LIMITS)
     env = environ_for(req, {"wsgi.url_scheme": "http"})
     assert req.keep_alive and not req.chunked and req.content_length is None
     assert env["REQUEST_METHOD"] == "GET"
@@ -37,46 +47,158 @@ def test_announce_head_becomes_a_wsgi_environ() -> None:
 def test_keep_alive_follows_version_and_connection(
     version: bytes, connection: bytes, keep: bool
 ) -> None:
-    head = b"GET / " + version + (b"\r\n" + connection if connection else b"")
-    assert parse_request_head(head, 4094).keep_alive is keep
+    head = b"GET / " + version + b"\r\nHost: t" + (b"\r\n" + connection if connection else b"")
+    assert parse_request_head(head, LIMITS).keep_alive is keep
+
+
+def test_repeated_content_length_is_one_field() -> None:
+    head = b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5, 5\r\nContent-Length: 5"
+    req = parse_request_head(head, LIMITS)
+    assert req.content_length == 5
+    assert environ_for(req, {})["CONTENT_LENGTH"] == "5"
+
+
+H = b"\r\nHost: t"
 
 
 @pytest.mark.parametrize(
-    ("head", "status"),
+    ("head", "status", "message"),
     [
-        (b"GET /\r\nHost: x", "400 Bad Request"),
-        (b"GET / HTTP/2.0", "505 HTTP Version Not Supported"),
-        (b"G@T / HTTP/1.1", "400 Bad Request"),
-        (b"GET /a\x00b HTTP/1.1", "400 Bad Request"),
-        (b"GET / HTTP/1.1\r\nno colon here", "400 Bad Request"),
-        (b"GET / HTTP/1.1\r\nContent-Length: -1", "400 Bad Request"),
-        (b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2", "400 Bad Request"),
-        (b"GET / HTTP/1.1\r\nTransfer-Encoding: gzip", "501 Not Implemented"),
+        (b"GET /\r\nHost: x", "400", "malformed request line"),
+        (b"GET / HTTP/2.0" + H, "505", "unsupported HTTP version"),
+        (b"GET / HTTP/1" + H, "400", "malformed HTTP version"),
+        (b"G@T / HTTP/1.1" + H, "400", "malformed method"),
+        (b"GET /a\x00b HTTP/1.1" + H, "400", "control byte 0x00"),
+        (b"GET /\xff HTTP/1.1" + H, "400", "malformed request target"),
+        (b"GET / HTTP/1.1" + H + b"\r\nno colon here", "400", "malformed header field"),
+        (b"GET / HTTP/1.1" + H + b"\nContent-Length: 35", "400", "bare LF at byte 23"),
+        (b"GET / HTTP/1.1" + H + b"\r\nX: a\rb", "400", "bare CR"),
+        (b"GET / HTTP/1.1" + H + b"\r\nX: a\x01b", "400", "control byte 0x01"),
+        (b"GET / HTTP/1.1" + H + b"\r\nX: a\x7f", "400", "control byte 0x7f"),
+        (b"GET / HTTP/1.1" + H + b"\r\nX: a\r\n folded", "400", "obs-fold"),
+        (b"GET / HTTP/1.1" + H + H, "400", "more than one Host"),
+        (b"GET / HTTP/1.1\r\nX: y", "400", "missing Host"),
+        (b"GET / HTTP/1.1" + H + b"\r\nContent-Length: -1", "400", "invalid Content-Length"),
+        (b"GET / HTTP/1.1" + H + b"\r\nContent-Length: " + b"9" * 5000, "400", "invalid"),
+        (b"GET / HTTP/1.1" + H + b"\r\nContent-Length: 1, 2", "400", "conflicting"),
         (
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3",
-            "400 Bad Request",
+            b"GET / HTTP/1.1" + H + b"\r\nContent-Length: 1\r\nContent-Length: 2",
+            "400",
+            "conflicting Content-Length headers",
         ),
-        (b"GET /" + b"a" * 5000 + b" HTTP/1.1", "414 URI Too Long"),
-        (b"GET / HTTP/1.1" + b"\r\nA: b" * 101, "431 Request Header Fields Too Large"),
+        (b"GET / HTTP/1.1" + H + b"\r\nTransfer-Encoding: gzip", "501", "unsupported Transfer"),
+        (
+            b"GET / HTTP/1.1" + H + b"\r\nTransfer-Encoding: chunked" * 2,
+            "501",
+            "more than one Transfer-Encoding",
+        ),
+        (
+            b"POST / HTTP/1.1" + H + b"\r\nTransfer-Encoding: chunked\r\nContent-Length: 3",
+            "400",
+            "both Content-Length and Transfer-Encoding",
+        ),
+        (b"GET /" + b"a" * 5000 + b" HTTP/1.1" + H, "414", "request line over 4094"),
+        (b"GET / HTTP/1.1" + b"\r\nA: b" * 101, "431", "more than 100 header fields"),
+        (b"GET / HTTP/1.1" + H + b"\r\nA: " + b"b" * 8190, "431", "header field over 8190"),
     ],
 )
-def test_malformed_heads_are_refused_with_a_status(head: bytes, status: str) -> None:
+def test_malformed_heads_are_refused_with_a_status(head: bytes, status: str, message: str) -> None:
     with pytest.raises(HttpError) as info:
-        parse_request_head(head, 4094)
-    assert info.value.status == status
+        parse_request_head(head, LIMITS)
+    assert info.value.status.startswith(status)
+    assert message in str(info.value)
+
+
+def test_gunicorn_limits_are_read_as_gunicorn_reads_them() -> None:
+    assert HeadLimits.from_gunicorn(4094, 50, 8190) == HeadLimits(4094, 50, 8190)
+    assert HeadLimits.from_gunicorn(0, 0, 0) == HeadLimits(0, 32768, 0)  # 0: unlimited
+    assert HeadLimits.from_gunicorn(99999, 99999, -1) == HeadLimits(8190, 32768, 8190)
+    head = b"GET / HTTP/1.1" + H + b"".join(b"\r\nX-%d: 1" % i for i in range(50))
+    with pytest.raises(HttpError, match="more than 50 header fields"):
+        parse_request_head(head, HeadLimits(4094, 50, 8190))
+    assert parse_request_head(head, HeadLimits(4094, 51, 8190)).method == "GET"
+    with pytest.raises(HttpError, match="header field over 10 bytes"):
+        parse_request_head(b"GET / HTTP/1.1\r\nHost: 0123456789", HeadLimits(4094, 50, 10))
+    assert parse_request_head(b"GET /" + b"a" * 9000 + b" HTTP/1.1" + H, HeadLimits(0, 1, 0))
+
+
+@pytest.mark.parametrize(
+    ("start", "message"),
+    [
+        (b"GET /echo\r\n", "malformed request line"),  # HTTP/0.9: no blank line will come
+        (b"GET / HTTP/1.1\nHost: t\n", "bare LF"),  # all-LF: no CRLF CRLF will come
+        (b"GET / HTTP/7.0\r\nHost", "unsupported HTTP version"),
+        (b"GET /" + b"a" * 5000, "request line over 4094 bytes"),
+    ],
+)
+def test_a_head_that_cannot_end_well_is_refused_before_it_ends(start: bytes, message: str) -> None:
+    with pytest.raises(HttpError, match=message):
+        check_partial_head(start, LIMITS)
+
+
+def test_a_head_still_arriving_is_not_refused() -> None:
+    for start in (b"", b"GE", b"GET / HTTP/1.1\r\nHo", b"GET / HTTP/1.1\r\nHost: t\r"):
+        check_partial_head(start, LIMITS)
+
+
+def test_empty_lines_before_a_request_line_are_skipped() -> None:
+    assert skip_empty_lines(b"\r\n\r\nGET") == b"GET"
+    assert skip_empty_lines(b"\n\nGET") == b"\n\nGET"  # bare LFs stay, to be refused
 
 
 @given(st.binary(max_size=300))
 def test_arbitrary_heads_parse_or_raise_http_error(head: bytes) -> None:
     try:
-        req = parse_request_head(head, 4094)
+        req = parse_request_head(head, LIMITS)
     except HttpError:
         return
     environ_for(req, {})
 
 
+def frame(status: str, headers: list[tuple[str, str]], **kw: bool):  # type: ignore[no-untyped-def]
+    options = {"http10": False, "head_only": False, "keep_alive": True, **kw}
+    return response_head(status, headers, date=b"D", **options)
+
+
 def test_response_head_frames_the_body() -> None:
-    head = response_head("200 OK", [("Content-Length", "3")], True, False, b"D")
-    assert head == b"HTTP/1.1 200 OK\r\nDate: D\r\nContent-Length: 3\r\n\r\n"
-    head = response_head("200 OK", [], False, True, b"D")
-    assert head.endswith(b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+    head = frame("200 OK", [("Content-Length", "3")])
+    assert head.data == b"HTTP/1.1 200 OK\r\nDate: D\r\nContent-Length: 3\r\n\r\n"
+    assert (head.length, head.chunked, head.body, head.keep_alive) == (3, False, True, True)
+    head = frame("200 OK", [], keep_alive=False)
+    assert head.data.endswith(b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+    assert head.chunked and head.length is None
+    head = frame("200 OK", [], http10=True)
+    assert not head.chunked and not head.keep_alive  # the close ends the body
+    head = frame("200 OK", [("Content-Length", "3")], http10=True)
+    assert head.data.endswith(b"Connection: keep-alive\r\n\r\n") and head.keep_alive
+
+
+@pytest.mark.parametrize("status", ["204 No Content", "304 Not Modified", "101 Switching"])
+def test_responses_without_a_body_are_not_chunked(status: str) -> None:
+    head = frame(status, [])
+    assert not head.body and not head.chunked and head.keep_alive
+    assert not frame("200 OK", [], head_only=True).body
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        ("200 OK", [("Set-Cookie", "a=1\r\nX-Injected: 1")]),
+        ("200 OK", [("Set-Cookie", "a=1\nX-Injected: 1")]),
+        ("200 OK", [("X-Null", "a\x00")]),
+        ("200 OK", [("Bad Name", "1")]),
+        ("200 OK", [("Bad:Name", "1")]),
+        ("200 OK", [("", "1")]),
+        ("200 OK", [("X-Unicode", "\u2603")]),
+        ("200 OK", [("Content-Length", "ten")]),
+        ("200 OK", [("Content-Length", "1"), ("Content-Length", "2")]),
+        ("200 OK\r\nX-Injected: 1", []),
+        ("OK", []),
+    ],
+)
+def test_app_status_or_header_with_crlf_or_bad_chars_is_a_500(
+    status: str, headers: list[tuple[str, str]]
+) -> None:
+    with pytest.raises(HttpError) as info:
+        frame(status, headers)
+    assert info.value.status.startswith("500")
