@@ -302,13 +302,15 @@ def serve(
     http_port: int | None = None,
     udp_port: int | None = None,
     env: Mapping[str, str] | None = None,
+    app: str | None = None,
 ) -> Iterator[Serve]:
     """The whole stack as an operator runs it: ``wsgi-tracker serve`` with sync on.
 
     ``config`` is appended to a TOML file that binds UDP to loopback and puts
-    the sync socket in ``tmp``. Ready once HTTP and UDP answer and every worker
-    joined the hub. On exit: SIGTERM to serve, and every process it started is
-    killed by pid if it outlives the stop.
+    the sync socket in ``tmp``; ``app`` is serve's ``--app`` (default: the tracker
+    alone). Ready once HTTP and UDP answer and every worker joined the hub. On
+    exit: SIGTERM to serve, and every process it started is killed by pid if it
+    outlives the stop.
     """
     tmp.mkdir(parents=True, exist_ok=True)
     conf = tmp / "tracker.toml"
@@ -320,7 +322,7 @@ def serve(
     cmd = [
         sys.executable, "-m", "wsgi_tracker.running.cli", "serve", "--config", str(conf),
         "--bind", f"127.0.0.1:{http_port}", "--workers", str(workers),
-        "--udp-port", str(udp_port),
+        "--udp-port", str(udp_port), *(["--app", app] if app else []),
     ]  # fmt: skip
     log = tmp / f"serve-{http_port}.log"
     # Every process serve starts inherits the tag, so the test finds (and stops) them

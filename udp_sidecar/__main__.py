@@ -94,6 +94,7 @@ def run(config: TrackerConfig, binds: Sequence[str], port: int, sync_socket: str
     )
     if saver is not None:
         saver.start()
+    core.start()
     gevent.wait([stopping, orphaned], count=1)
     if orphaned.is_set() and not stopping.is_set() and hub is not None:
         _wait_for_workers_to_leave(hub, stopping)

@@ -74,6 +74,7 @@ def test_a_slow_hook_never_holds_up_announces_and_a_full_queue_drops_and_counts(
         got.extend(e.left for e in events)
 
     core = TrackerCore(TrackerConfig(hook_queue_size=10), on_announce=slow)
+    core.start()
     core.announce(Announce(IH, pid(0), 6881, left=0), CLIENT)
     wait_for(lambda: not core.hook.queue)  # the first event is in the stuck callback
     for n in range(1, 31):
@@ -93,6 +94,7 @@ def test_a_failing_hook_loses_its_batch_only():
             raise RuntimeError("database down")
 
     hook = AnnounceHook(flaky)
+    hook.start()
     event = AnnounceEvent(None, IH, pid(1), 0, 0, 0, 0, 0.0)
     hook.put(event)
     wait_for(lambda: hook.failed_batches == 1)

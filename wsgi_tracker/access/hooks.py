@@ -2,8 +2,8 @@
 
 A site doing ratio accounting wants every announce's counters, but must not
 slow announces down. ``AnnounceHook.put`` only appends to a bounded deque
-(atomic under the GIL, no lock); a background thread (a greenlet once gevent
-has patched ``threading``) hands the host callable lists of events every
+(atomic under the GIL, no lock); a background thread started by ``start``
+(a greenlet once gevent has patched ``threading``) hands the host callable lists of events every
 ``FLUSH_SECONDS``. When the queue is full, new events are dropped and counted
 rather than blocking or growing without bound.
 """
@@ -46,7 +46,7 @@ OnAnnounce = Callable[[list[AnnounceEvent]], object]
 
 
 class AnnounceHook:
-    """Batches events to ``callback`` from a background thread, started on first use."""
+    """Batches events to ``callback`` from a background thread (``start``)."""
 
     def __init__(self, callback: OnAnnounce, max_queue: int = 10_000) -> None:
         self.callback = callback
@@ -85,15 +85,18 @@ class AnnounceHook:
         self._thread = None
 
     def put(self, event: AnnounceEvent) -> None:
-        """Queue one event; never blocks. Called under ``TrackerCore.lock``."""
+        """Queue one event; never blocks, never switches greenlets (the caller holds
+        ``TrackerCore.lock``): the thread is started by ``start``, not here."""
         if len(self.queue) >= self.max_queue:
             self.dropped += 1
             return
         self.queue.append(event)
-        if self._thread is None:
-            self._start()
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start delivering (once per process; ``TrackerCore.start``). It yields under
+        gevent, so it is never called with a lock held."""
+        if self._thread is not None:
+            return
         stop = threading.Event()
         self._stop = stop
         self._thread = threading.Thread(

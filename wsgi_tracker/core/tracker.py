@@ -9,7 +9,6 @@ bounds) lives here, so the two protocols cannot disagree.
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from wsgi_tracker.config import TrackerConfig
 from wsgi_tracker.core.addresses import endpoint, pack_ip
 from wsgi_tracker.core.counters import Counters
 from wsgi_tracker.core.errors import TrackerError
+from wsgi_tracker.core.locks import ProcessLock
 from wsgi_tracker.core.swarm import PeerList, SwarmFull, SwarmStore
 from wsgi_tracker.core.types import (
     EVENT_STOPPED,
@@ -46,13 +46,14 @@ class TrackerCore:
     clock: Callable[[], float] = time.time
     rng: random.Random = field(default_factory=random.Random)
     listeners: list[ChangeListener] = field(default_factory=list)
-    # Serialises the store for threaded WSGI servers; uncontended under gevent.
-    lock: threading.Lock = field(default_factory=threading.Lock)
     # Host-app callables (else config.authenticate / config.announce_hook); docs/ACCESS.md.
     authenticate: Authenticator | None = None
     on_announce: OnAnnounce | None = None
     counters: Counters = field(default_factory=Counters)
     store: SwarmStore = field(init=False)  # built from the config
+    # Serialises the store for threaded WSGI servers; uncontended under gevent. Made
+    # in the process that uses it, so it is gevent's where gevent runs (locks.py).
+    lock = ProcessLock()
 
     def __post_init__(self) -> None:
         # None when public and hookless: the hot path then pays one ``is None`` test each.
@@ -64,6 +65,15 @@ class TrackerCore:
             max_peers_per_torrent=self.config.max_peers_per_torrent,
             clock=self.clock,
         )
+
+    def start(self) -> None:
+        """Start this process's background work (the hook's delivery), outside any lock.
+
+        Starting a thread yields under gevent, so it never happens on the
+        announce path, where the caller holds ``lock``.
+        """
+        if self.hook is not None:
+            self.hook.start()
 
     def announce(
         self,

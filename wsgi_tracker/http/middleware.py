@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
@@ -11,6 +10,7 @@ from wsgi_tracker.access.policy import Authenticator
 from wsgi_tracker.config import TrackerConfig
 from wsgi_tracker.core.addresses import pack_ip
 from wsgi_tracker.core.errors import TrackerError
+from wsgi_tracker.core.locks import ProcessLock
 from wsgi_tracker.core.tracker import TrackerCore
 from wsgi_tracker.http.codec import (
     encode_announce,
@@ -52,6 +52,8 @@ class TrackerMiddleware:
     statistics endpoints show (default: this process's own numbers).
     """
 
+    _sync_lock = ProcessLock()
+
     def __init__(
         self,
         app: WSGIApplication | None = None,
@@ -78,7 +80,6 @@ class TrackerMiddleware:
         # by default in flask run, runserver or a test client (docs/SYNC.md).
         self.sync: SyncClient | None = None
         self._synced = False
-        self._sync_lock = threading.Lock()
         if self.config.trusted_proxies:
             # Swapped in only when proxies are listed: the direct case stays one lookup.
             self._forwarded = ClientAddress(self.config.trusted_proxies)
@@ -106,17 +107,20 @@ class TrackerMiddleware:
         return [body]
 
     def _first_request(self) -> None:
+        self.core.start()  # outside any lock: starting a thread yields under gevent
         if self.config.sync_explicit:
             self.start_sync()
         else:
             self._synced = True
 
     def start_sync(self) -> None:
-        """Start this process's sync client (once) and wait, bounded, for its snapshot.
+        """Start this process's background work: the hook's delivery, and the sync
+        client (once), waiting, bounded, for its snapshot.
 
         gunicorn's post_worker_init calls it (the project's config: production joins the
         per-user default hub); the first request does when sync_socket names a hub.
         """
+        self.core.start()
         path = self.config.sync_socket_path
         if path is not None:
             with self._sync_lock:

@@ -1,0 +1,63 @@
+"""Locks made in the process that uses them, after gevent has patched it.
+
+gunicorn's master imports the tracker (the worker class, a preloaded app)
+before its gevent worker patches ``threading`` in the forked child. A lock
+made then, or a ``threading.Lock`` captured as a default at import, is the
+real ``_thread.lock``: a greenlet that yields while holding it (a socket call,
+gevent's ``Thread.start()``) blocks the whole worker, every other greenlet
+included (issue 15: the announce hook hung every worker with sync on).
+
+So the tracker never keeps a lock object across a fork or from import time:
+``ProcessLock`` is an attribute that makes its lock on first use in each
+process, through ``threading.Lock`` looked up at that moment, which is
+gevent's once gevent has patched and the real one otherwise (a threaded WSGI
+server). Nothing that can switch greenlets runs while these locks are held.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+# Bumped in every forked child: a lock made in an earlier generation is the parent's.
+_generation = 0
+# Guards only the making of a lock (no yield inside), so two threads of one process
+# never make two locks for one attribute.
+_making = threading.Lock()
+
+
+def _forked() -> None:
+    global _generation, _making
+    _generation += 1
+    _making = threading.Lock()  # the parent's may have been held across the fork
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def new_lock() -> Any:
+    """A lock that suits this process as it is now (gevent's once patched)."""
+    return threading.Lock()
+
+
+class ProcessLock:
+    """A per-instance lock attribute, made on first use in each process.
+
+    ``lock = ProcessLock()`` in a class body; ``with self.lock:`` as usual.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._slot = f"_{name}_of_process"
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        held = obj.__dict__.get(self._slot)
+        if held is not None and held[0] == _generation:
+            return held[1]
+        with _making:
+            held = obj.__dict__.get(self._slot)
+            if held is None or held[0] != _generation:
+                held = obj.__dict__[self._slot] = (_generation, new_lock())
+        return held[1]
