@@ -109,6 +109,29 @@ class TrackerConfig:
     )
     full_scrape: bool = _setting(False, "Answer a scrape without info_hash with every torrent.")
     max_query_bytes: int = _setting(2048, "Longest HTTP query string accepted.", check=at_least(1))
+    # --- WebSocket (WebTorrent) peers, docs/WEBTORRENT.md; aquatic_ws's defaults ----------
+    ws_interval: int = _setting(
+        120, "Seconds a WebSocket peer should wait between announces.", check=at_least(1)
+    )
+    ws_peer_ttl: int = _setting(
+        300,
+        "Seconds a WebSocket peer is kept without re-announcing (its socket may be gone).",
+        check=at_least(1),
+    )
+    ws_idle_timeout: int = _setting(
+        180,
+        "Seconds a WebSocket connection may stay silent before it is closed.",
+        check=at_least(1),
+    )
+    ws_max_offers: int = _setting(
+        10, "Most WebRTC offers in one WebSocket announce.", check=at_least(0)
+    )
+    ws_max_message_bytes: int = _setting(
+        65536, "Largest WebSocket message accepted.", check=at_least(1)
+    )
+    ws_max_frame_bytes: int = _setting(
+        16384, "Largest WebSocket frame accepted.", check=at_least(1)
+    )
     # --- reverse proxy -----------------------------------------------------------------
     trusted_proxies: tuple[str, ...] = _setting(
         (), "Addresses or networks of reverse proxies whose X-Forwarded-For is believed."

@@ -48,32 +48,32 @@ def test_core_counts_announces_scrapes_and_errors_by_protocol(clock):
     with pytest.raises(TrackerError, match="full scrape"):
         core.full_scrape()
     c = core.counters
-    assert c.announces == {"http": 2, "udp": 1}
-    assert c.scrapes == {"http": 0, "udp": 1}
+    assert c.announces == {"http": 2, "udp": 1, "ws": 0}
+    assert c.scrapes == {"http": 0, "udp": 1, "ws": 0}
     assert c.errors == {("udp", "swarm_full"): 1, ("http", "full_scrape_disabled"): 1}
 
 
 def test_rate_is_averaged_over_the_last_ten_seconds(clock):
     counters = Counters()
     meter = RateMeter(clock=clock)
-    assert meter.rates(counters)[0] == {"http": 0.0, "udp": 0.0}
+    assert meter.rates(counters)[0] == {"http": 0.0, "udp": 0.0, "ws": 0.0}
     for _ in range(20):
         clock.advance(1.0)
         counters.announces["http"] += 100
         counters.announces["udp"] += 10
         announce_rate, scrape_rate = meter.rates(counters)
-    assert announce_rate == {"http": 100.0, "udp": 10.0}
-    assert scrape_rate == {"http": 0.0, "udp": 0.0}
+    assert announce_rate == {"http": 100.0, "udp": 10.0, "ws": 0.0}
+    assert scrape_rate == {"http": 0.0, "udp": 0.0, "ws": 0.0}
     assert len(meter.samples) <= 12
 
 
 def report(id_: str, http: int, udp: int, errors=()) -> dict:
     return {
         "id": id_,
-        "announces": {"http": http, "udp": udp},
-        "scrapes": {"http": 1, "udp": 0},
-        "announce_rate": {"http": 1.5, "udp": 0.0},
-        "scrape_rate": {"http": 0.0, "udp": 0.0},
+        "announces": {"http": http, "udp": udp, "ws": 0},
+        "scrapes": {"http": 1, "udp": 0, "ws": 0},
+        "announce_rate": {"http": 1.5, "udp": 0.0, "ws": 0.0},
+        "scrape_rate": {"http": 0.0, "udp": 0.0, "ws": 0.0},
         "errors": [list(e) for e in errors],
     }
 
@@ -87,12 +87,13 @@ def test_reports_of_several_processes_sum_up():
         ]
     )
     assert merged["processes"] == 3
-    assert merged["announces"] == {"http": 15, "udp": 7, "total": 22}
+    assert merged["announces"] == {"http": 15, "udp": 7, "ws": 0, "total": 22}
     assert merged["scrapes"]["total"] == 3
     assert merged["announce_rate"]["total"] == 4.5
     assert merged["errors"] == {
         "http": {"malformed": 3, "torrent_not_allowed": 4},
         "udp": {"connection_id": 3},
+        "ws": {},
     }
 
 
@@ -116,7 +117,7 @@ def test_whole_tracker_view_counts_this_process_live_and_others_from_their_repor
     core.announce(Announce(IH, pid(2), 6881, left=5), CLIENT)
     snap = stats.snapshot()
     assert (snap["scope"], snap["served_by"], snap["processes"]) == ("tracker", own_id, 2)
-    assert snap["announces"] == {"http": 2, "udp": 5, "total": 7}
+    assert snap["announces"] == {"http": 2, "udp": 5, "ws": 0, "total": 7}
     assert (snap["torrents"], snap["peers"], snap["seeders"], snap["leechers"]) == (1, 2, 1, 1)
 
 
@@ -198,7 +199,7 @@ def test_stats_count_what_clients_did_over_http():
     call(app, "/announce", "info_hash=short")
     call(app, "/scrape", scrape_url("", IH)[1:])
     snap = json.loads(call(app, "/stats")[2])
-    assert snap["announces"] == {"http": 41, "udp": 0, "total": 41}
+    assert snap["announces"] == {"http": 41, "udp": 0, "ws": 0, "total": 41}
     assert snap["scrapes"]["http"] == 1
     assert snap["errors"]["http"] == {"malformed": 1}
     assert (snap["peers"], snap["seeders"], snap["leechers"]) == (39, 19, 20)
@@ -253,9 +254,9 @@ def test_every_worker_reports_exact_whole_tracker_totals(tmp_path):
         for _ in range(malformed):
             http_get(web.url + "/announce?info_hash=short")
         expected = {
-            "announces": {"http": http_n, "udp": udp_n, "total": http_n + udp_n},
-            "scrapes": {"http": http_scrapes, "udp": udp_scrapes, "total": 11},
-            "errors": {"http": {"malformed": malformed}, "udp": {}},
+            "announces": {"http": http_n, "udp": udp_n, "ws": 0, "total": http_n + udp_n},
+            "scrapes": {"http": http_scrapes, "udp": udp_scrapes, "ws": 0, "total": 11},
+            "errors": {"http": {"malformed": malformed}, "udp": {}, "ws": {}},
             "processes": WHOLE_WORKERS + 1,
             "peers": http_n + udp_n,
             "scope": "tracker",

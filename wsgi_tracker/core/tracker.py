@@ -29,6 +29,7 @@ from wsgi_tracker.core.types import (
     PeerChange,
     ScrapeEntry,
 )
+from wsgi_tracker.core.ws_swarm import WsSwarms
 
 # Told every change this process makes, and whether it counted a download.
 ChangeListener = Callable[[PeerChange, bool], None]
@@ -51,6 +52,8 @@ class TrackerCore:
     on_announce: OnAnnounce | None = None
     counters: Counters = field(default_factory=Counters)
     store: SwarmStore = field(init=False)  # built from the config
+    # WebSocket (WebTorrent) peers: a swarm of their own kind, see core/ws_swarm.py.
+    ws: WsSwarms = field(init=False)
     # Serialises the store for threaded WSGI servers; uncontended under gevent. Made
     # in the process that uses it, so it is gevent's where gevent runs (locks.py).
     lock = ProcessLock()
@@ -64,6 +67,9 @@ class TrackerCore:
             max_torrents=self.config.max_torrents,
             max_peers_per_torrent=self.config.max_peers_per_torrent,
             clock=self.clock,
+        )
+        self.ws = WsSwarms(
+            self.config.ws_peer_ttl, self.config.max_torrents, self.config.max_peers_per_torrent
         )
 
     def start(self) -> None:

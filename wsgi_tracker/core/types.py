@@ -73,3 +73,14 @@ class PeerChange(NamedTuple):
     # The BEP 3 ``key`` as 32 bits (0: none sent), what lets a peer prove it is the same
     # client from another address (see ``announce_key``); never handed to other peers.
     key: int = 0
+
+
+class WsChange(NamedTuple):
+    """What one WebSocket announce (or a closed socket) did; the unit of sync."""
+
+    info_hash: bytes
+    peer_id: bytes
+    holder: int  # pid of the process holding the peer's socket
+    seeder: bool
+    event: int
+    timestamp: float

@@ -30,6 +30,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
+# The environ key of an Upgrade request's socket hand-over, offered by TrackerWorker:
+# the app calls ``environ[UPGRADE_KEY](handler)`` instead of answering, and once it
+# returns the worker runs ``handler(socket, bytes_already_read)`` on the connection,
+# which is then the handler's (the WebSocket tracker uses it, see websocket/server.py).
+UPGRADE_KEY = "wsgi_tracker.upgrade"
+
 MAX_HEAD_BYTES = 65536  # a longer head is refused (431) whatever the limits say
 MAX_REQUEST_LINE = 8190  # gunicorn's ceiling for limit_request_line
 MAX_FIELDS = 32768  # gunicorn's ceiling for limit_request_fields

@@ -19,10 +19,13 @@ from wsgi_tracker.http.codec import (
     parse_announce,
     parse_scrape,
 )
+from wsgi_tracker.http.http11 import UPGRADE_KEY
 from wsgi_tracker.http.proxy import ClientAddress
 from wsgi_tracker.stats.collect import TrackerStats
 from wsgi_tracker.stats.endpoints import stats_routes
 from wsgi_tracker.sync.client import SyncClient
+from wsgi_tracker.websocket.codec import HandshakeError, accept_token, wants_websocket
+from wsgi_tracker.websocket.relay import WsTracker
 
 _HEADERS_PLAIN = "text/plain"
 # How long the first requests wait for the sync hub's snapshot (they then answer
@@ -80,6 +83,7 @@ class TrackerMiddleware:
         # by default in flask run, runserver or a test client (docs/SYNC.md).
         self.sync: SyncClient | None = None
         self._synced = False
+        self._ws: WsTracker | None = None
         if self.config.trusted_proxies:
             # Swapped in only when proxies are listed: the direct case stays one lookup.
             self._forwarded = ClientAddress(self.config.trusted_proxies)
@@ -89,10 +93,11 @@ class TrackerMiddleware:
         if not self._synced:
             self._first_request()
         path: str = environ.get("PATH_INFO") or "/"
-        if path == self._announce:
-            body = self.announce(environ, None)
-        elif path.startswith(self._announce_prefix):
-            body = self.announce(environ, path[len(self._announce_prefix) :])
+        if path == self._announce or path.startswith(self._announce_prefix):
+            passkey = path[len(self._announce_prefix) :] if path != self._announce else None
+            if wants_websocket(environ):
+                return self.websocket(environ, start_response, passkey)
+            body = self.announce(environ, passkey)
         elif path == self._scrape:
             body = self.scrape(environ, None)
         elif path.startswith(self._scrape_prefix):
@@ -128,6 +133,12 @@ class TrackerMiddleware:
                 if client is None:
                     client = self.sync = SyncClient(self.core, path)
             if starting:
+                ws = self.ws_tracker()
+                ws.publish, ws.remote, client.on_relay = (
+                    client.publish_ws,
+                    client.relay_ws,
+                    ws.receive,
+                )
                 client.start()
                 self.stats.share(
                     client.publish_stats,
@@ -136,6 +147,46 @@ class TrackerMiddleware:
                 )
             client.wait_ready(SYNC_SNAPSHOT_WAIT)
         self._synced = True
+
+    def websocket(
+        self, environ: WSGIEnvironment, start_response: StartResponse, passkey: str | None
+    ) -> Iterable[bytes]:
+        """A WebTorrent client's upgrade: hand the socket to the WebSocket tracker.
+
+        Only a server that offers the socket hand-over (``TrackerWorker``) can
+        hold the connection; any other gets a plain refusal saying so.
+        """
+        # Imported here: under other WSGI servers we never load gevent or wsproto.
+        from wsgi_tracker.websocket.server import serve_upgraded
+
+        take = environ.get(UPGRADE_KEY)
+        try:
+            if take is None:
+                raise HandshakeError(
+                    "501 Not Implemented",
+                    "WebSocket announces need gunicorn with wsgi_tracker.worker.TrackerWorker",
+                )
+            token = accept_token(environ)
+        except HandshakeError as exc:
+            body = f"{exc}\n".encode()
+            start_response(
+                exc.status,
+                [
+                    ("Content-Type", _HEADERS_PLAIN),
+                    ("Content-Length", str(len(body))),
+                    ("Sec-WebSocket-Version", "13"),
+                ],
+            )
+            return [body]
+        tracker = self.ws_tracker()
+        take(lambda sock, buffered: serve_upgraded(sock, buffered, tracker, token, passkey))
+        return []
+
+    def ws_tracker(self) -> WsTracker:
+        """This process's WebSocket tracker, made on first use (after gevent patched)."""
+        if self._ws is None:
+            self._ws = WsTracker(self.core)
+        return self._ws
 
     def client_ip(self, environ: WSGIEnvironment) -> bytes:
         return pack_ip(environ.get("REMOTE_ADDR") or "0.0.0.0")

@@ -38,6 +38,7 @@ from wsgi_tracker.core.addresses import parse_ip
 from wsgi_tracker.http.http11 import (
     MAX_HEAD_BYTES,
     SERVER_ERROR,
+    UPGRADE_KEY,
     HeadLimits,
     HttpError,
     RequestHead,
@@ -51,6 +52,11 @@ from wsgi_tracker.http.http11 import (
 from wsgi_tracker.http.proxy import ClientAddress
 
 log = logging.getLogger("wsgi_tracker.worker")
+
+# The socket hand-over of an Upgrade request (http11.UPGRADE_KEY): the handler the app
+# passes gets the socket and the bytes already read after the request head.
+Handler = Callable[[socket.socket, bytes], None]
+
 RECV_BYTES = 65536
 DRAIN_LIMIT = 65536  # unread request body we will skip to keep a connection alive
 
@@ -346,9 +352,16 @@ class TrackerWorker(GeventWorker):
             body = RequestBody(sock, pending, req.content_length or 0, req.expect_continue)
             env = environ_for(req, base)
             env["wsgi.input"] = body
-            if not self._respond(sock, env, req):
+            upgrade: list[Handler] = []
+            if "HTTP_UPGRADE" in env:
+                env[UPGRADE_KEY] = upgrade.append
+            if not self._respond(sock, env, req, upgrade):
                 return
             after = body.finish()
+            if upgrade:
+                if after is not None:
+                    upgrade[0](sock, after)
+                return
             if after is None:
                 return
             pending = after
@@ -404,8 +417,11 @@ class TrackerWorker(GeventWorker):
         )  # fmt: skip
         sock.sendall(frame.data + body)
 
-    def _respond(self, sock: socket.socket, env: dict[str, Any], req: RequestHead) -> bool:
-        """Run the app and send its response; returns whether to keep the connection."""
+    def _respond(
+        self, sock: socket.socket, env: dict[str, Any], req: RequestHead, upgrade: list[Handler]
+    ) -> bool:
+        """Run the app and send its response (none if it took the socket over, see
+        UPGRADE_KEY); returns whether to keep the connection."""
         started: list[Any] = []
         frame: ResponseHead | None = None
         sent = 0  # body bytes sent
@@ -448,6 +464,8 @@ class TrackerWorker(GeventWorker):
         try:
             result: Iterable[bytes] = self.wsgi(env, start_response)
             try:
+                if upgrade:
+                    return True
                 for data in result:
                     if data:
                         send(data)

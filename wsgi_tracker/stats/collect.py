@@ -25,7 +25,7 @@ from cachetools import Cache
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from wsgi_tracker.core.counters import PROTOCOLS, Counters
+from wsgi_tracker.core.counters import PROTOCOLS, RELAYED, Counters
 
 if TYPE_CHECKING:
     from wsgi_tracker.core.tracker import TrackerCore
@@ -75,6 +75,7 @@ def process_report(core: TrackerCore, meter: RateMeter, role: str) -> dict[str, 
         "errors": [[p, k, n] for (p, k), n in c.errors.items()],
         "announce_rate": announce_rate,
         "scrape_rate": scrape_rate,
+        "websocket": {"connections": c.ws_connections, **c.relayed},
     }
     if core.hook is not None:
         h = core.hook
@@ -116,8 +117,12 @@ def merge_reports(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "errors": {p: {} for p in PROTOCOLS},
     }
     hook: dict[str, int] = {}
+    ws = dict.fromkeys(("connections", *RELAYED), 0)
     for r in reports:
         total["processes"] += 1
+        for key, n in r.get("websocket", {}).items():
+            if key in ws and isinstance(n, int):
+                ws[key] += n
         for key in ("announces", "scrapes", "announce_rate", "scrape_rate"):
             for p in PROTOCOLS:
                 total[key][p] += r.get(key, {}).get(p, 0)
@@ -133,6 +138,7 @@ def merge_reports(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
         total[key]["total"] = round(sum(total[key][p] for p in PROTOCOLS), 2)
     if hook:
         total["hook"] = hook
+    total["websocket"] = ws
     return total
 
 
@@ -222,6 +228,14 @@ class TrackerStats:
                     reports.append(r)
         merged = merge_reports(reports)
         torrents, seeders, leechers = self._replica_totals()
+        with self.core.lock:
+            ws_torrents, ws_seeders, ws_leechers = self.core.ws.totals()
+        merged["websocket"].update(
+            torrents=ws_torrents,
+            peers=ws_seeders + ws_leechers,
+            seeders=ws_seeders,
+            leechers=ws_leechers,
+        )
         sync = self.sync_status() if self.sync_status is not None else None
         # Cut off from the hub, the others' reports are stale: say it is one process's view.
         whole = self.peer_reports is not None and (sync is None or bool(sync.get("connected")))
@@ -307,6 +321,22 @@ class _SnapshotCollector:
             ("processes", "Processes whose counters are included."),
         ):
             yield GaugeMetricFamily(f"wsgi_tracker_{name}", doc, value=s[name])
+        ws = s["websocket"]
+        for name, doc in (
+            ("connections", "WebSocket connections held."),
+            ("torrents", "Torrents with live WebSocket peers."),
+            ("peers", "Live WebSocket (WebTorrent) peers."),
+            ("seeders", "Live WebSocket seeders."),
+        ):
+            yield GaugeMetricFamily(f"wsgi_tracker_websocket_{name}", doc, value=ws[name])
+        relayed = CounterMetricFamily(
+            "wsgi_tracker_websocket_relayed",
+            "WebRTC offers and answers relayed between WebSocket peers.",
+            labels=["kind"],
+        )
+        for kind in RELAYED:
+            relayed.add_metric([kind], ws[kind])
+        yield relayed
         if s.get("hook"):
             hook = CounterMetricFamily(
                 "wsgi_tracker_hook_events", "Announce-hook events, by outcome.", labels=["outcome"]

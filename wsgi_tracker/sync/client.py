@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable
 
 from wsgi_tracker.core.tracker import TrackerCore
+from wsgi_tracker.core.types import WsChange
+from wsgi_tracker.core.ws_swarm import WsSwarmFull
 from wsgi_tracker.sync import frames as f
 from wsgi_tracker.sync.replica import FLUSH_DELAY, FLUSH_RECORDS, ChangeBuffer, apply_remote
 from wsgi_tracker.sync.socket_path import UnsafeSocketPath, check_private, why_no_hub
@@ -78,6 +80,8 @@ class SyncClient:
         self._stats_payload: bytes | None = None
         self._stopped = False
         self._threads: list[threading.Thread] = []
+        # Where WebSocket relays for this process's sockets go: (info_hash, peer_id, text).
+        self.on_relay: Callable[[bytes, bytes, str], object] | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -113,6 +117,17 @@ class SyncClient:
         self._close()
         for thread in self._threads:
             thread.join(timeout=2)
+
+    def publish_ws(self, change: WsChange) -> None:
+        """A WebSocket peer's change, to every other process (the WebSocket tracker's seam)."""
+        # Sent at once, not batched: a relay sent next must find this peer known.
+        # Lost while the hub is away; the resync after reconnecting re-sends them.
+        if self.connected:
+            self._send(f.encode(f.WsPeers([change])))
+
+    def relay_ws(self, holder: int, info_hash: bytes, peer_id: bytes, text: str) -> bool:
+        """An offer or answer for a socket process ``holder`` holds; whether it left."""
+        return self.connected and self._send(f.encode(f.WsRelay(holder, info_hash, peer_id, text)))
 
     def publish_stats(self, payload: bytes) -> None:
         """This process's stats payload; sent to the hub with the next flush or heartbeat."""
@@ -231,6 +246,15 @@ class SyncClient:
             self.ready.set()
             self._wake.set()
             log.info("sync hub at %s: snapshot applied", self.path)
+        elif isinstance(frame, f.WsPeers):
+            now = time.time()
+            with core.lock:
+                for ws_change in frame.changes:
+                    with contextlib.suppress(WsSwarmFull):
+                        core.ws.apply(ws_change, now)
+        elif isinstance(frame, f.WsRelay):
+            if self.on_relay is not None:
+                self.on_relay(frame.info_hash, frame.peer_id, frame.text)
         elif isinstance(frame, f.Stats):
             self.cluster_stats = frame.entries
             if self.on_stats is not None:
@@ -309,7 +333,11 @@ class SyncClient:
                 if not self._send(f.encode(f.Snapshot(chunk))):
                     return False
                 chunk = []
-        return self._send(f.encode(f.Snapshot(chunk)) + f.encode(f.SnapshotDone()))
+        with core.lock:
+            held = core.ws.held_by(os.getpid())
+        return self._send(
+            f.encode(f.Snapshot(chunk)) + f.encode(f.WsPeers(held)) + f.encode(f.SnapshotDone())
+        )
 
 
 def start_client(

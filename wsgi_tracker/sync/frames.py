@@ -11,7 +11,14 @@ where flags bit 0 is "seeder", bit 1 "IPv6" (an 18-byte endpoint instead of
 6) and bit 2 "key": the peer's BEP 3 key follows the endpoint. The key travels
 so that every replica can apply the same identity rule (only the key a peer
 first sent lets it change address); a record without one is byte for byte a
-version 1 record. Nothing here touches a socket or a clock: the hub and the client are thin
+version 1 record. WebSocket peers (version 3) have no endpoint but a holder, the pid
+of the process holding their socket; a relay names the holder it is routed
+to::
+
+    ws peer:  info_hash (20) | peer_id (20) | holder (u32) | timestamp (f64) | flags | event
+    ws relay: holder (u32) | info_hash (20) | peer_id (20) | JSON text (UTF-8, the rest)
+
+Nothing here touches a socket or a clock: the hub and the client are thin
 shells that move these bytes (see docs/SYNC.md for the conversation).
 """
 
@@ -22,11 +29,12 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from wsgi_tracker.core.types import EVENT_STOPPED, IPV4_WIDTH, IPV6_WIDTH, PeerChange
+from wsgi_tracker.core.types import EVENT_STOPPED, IPV4_WIDTH, IPV6_WIDTH, PeerChange, WsChange
 
 # 2: peer records may carry the key (flags bit 2). Version 1 records still decode, but a
 # version 1 process would refuse the new flag mid-stream, so the Hello tells them apart.
-VERSION = 2
+# 3: WebSocket peers and relays (WS_PEERS, WS_RELAY).
+VERSION = 3
 MAGIC = b"WTSY"
 MAX_BODY = 1 << 20
 # The store keeps expiry times as 32-bit seconds (until 2106): a later "time" would
@@ -47,6 +55,8 @@ _KEY_FIELD = struct.Struct(">I")
 _COUNT = struct.Struct(">20sI")
 _TOTAL = struct.Struct(">20sQ")
 _STATS_ENTRY = struct.Struct(">IBI")
+_WS_PEER = struct.Struct(">20s20sIdBB")
+_WS_RELAY = struct.Struct(">I20s20s")
 
 _SEEDER = 1
 _IPV6 = 2
@@ -119,7 +129,36 @@ class Stats:
     entries: list[StatsEntry] = field(default_factory=list)
 
 
-Frame = Hello | Snapshot | Totals | SnapshotDone | Deltas | Counts | Heartbeat | Stats
+@dataclass(frozen=True, slots=True)
+class WsPeers:
+    """WebSocket peers' changes (in a snapshot: their state), in the order they happened."""
+
+    changes: list[WsChange]
+
+
+@dataclass(frozen=True, slots=True)
+class WsRelay:
+    """An offer or answer for the peer ``peer_id`` of ``info_hash``, whose socket
+    process ``holder`` holds: the hub passes it to that process only."""
+
+    holder: int
+    info_hash: bytes
+    peer_id: bytes
+    text: str
+
+
+Frame = (
+    Hello
+    | Snapshot
+    | Totals
+    | SnapshotDone
+    | Deltas
+    | Counts
+    | Heartbeat
+    | Stats
+    | WsPeers
+    | WsRelay
+)
 
 KIND_HELLO = 1
 KIND_SNAPSHOT = 2
@@ -129,6 +168,8 @@ KIND_DELTAS = 5
 KIND_COUNTS = 6
 KIND_HEARTBEAT = 7
 KIND_STATS = 8
+KIND_WS_PEERS = 9
+KIND_WS_RELAY = 10
 
 
 # --- encoding ------------------------------------------------------------------------
@@ -173,6 +214,21 @@ def _pair_frames(kind: int, rec: struct.Struct, pairs: list[tuple[bytes, int]]) 
     )
 
 
+def _ws_peer_frames(changes: list[WsChange]) -> bytes:
+    pack = _WS_PEER.pack
+    step = MAX_BODY // _WS_PEER.size
+    return b"".join(
+        _frame(
+            KIND_WS_PEERS,
+            b"".join(
+                pack(c.info_hash, c.peer_id, c.holder, c.timestamp, c.seeder, c.event)
+                for c in changes[i : i + step]
+            ),
+        )
+        for i in range(0, len(changes), step)
+    )
+
+
 def encode(frame: Frame) -> bytes:
     """The bytes of one frame; peer, count and total lists split into several as needed."""
     match frame:
@@ -197,6 +253,10 @@ def encode(frame: Frame) -> bytes:
                     _STATS_ENTRY.pack(e.pid, e.role, len(e.payload)) + e.payload for e in entries
                 ),
             )
+        case WsPeers(changes):
+            return _ws_peer_frames(changes)
+        case WsRelay(holder, info_hash, peer_id, text):
+            return _frame(KIND_WS_RELAY, _WS_RELAY.pack(holder, info_hash, peer_id) + text.encode())
     raise TypeError(f"not a sync frame: {frame!r}")
 
 
@@ -273,6 +333,34 @@ def _decode_stats(body: bytes) -> Stats:
     return Stats(entries)
 
 
+def _decode_ws_peers(body: bytes) -> WsPeers:
+    if len(body) % _WS_PEER.size:
+        raise FrameError(
+            f"ws peers frame of {len(body)} bytes is not a multiple of {_WS_PEER.size}"
+        )
+    changes = []
+    for ih, peer_id, holder, ts, flags, event in _WS_PEER.iter_unpack(body):
+        if flags & ~_SEEDER:
+            raise FrameError(f"ws peer record flags {flags:#x} has unknown bits")
+        if event > EVENT_STOPPED:
+            raise FrameError(f"ws peer record event {event} is not 0-3")
+        if not math.isfinite(ts) or not 0 <= ts < MAX_TIMESTAMP:
+            raise FrameError(f"ws peer record timestamp {ts} is not a time")
+        changes.append(WsChange(ih, peer_id, holder, bool(flags), event, ts))
+    return WsPeers(changes)
+
+
+def _decode_ws_relay(body: bytes) -> WsRelay:
+    if len(body) < _WS_RELAY.size:
+        raise FrameError(f"ws relay frame of {len(body)} bytes is shorter than {_WS_RELAY.size}")
+    holder, ih, peer_id = _WS_RELAY.unpack_from(body)
+    try:
+        text = body[_WS_RELAY.size :].decode()
+    except UnicodeDecodeError as exc:
+        raise FrameError(f"ws relay text is not UTF-8 at byte {exc.start}") from None
+    return WsRelay(holder, ih, peer_id, text)
+
+
 def _empty(frame: Frame, name: str):  # type: ignore[no-untyped-def]
     def decode(body: bytes) -> Frame:
         if body:
@@ -291,6 +379,8 @@ _DECODERS = {
     KIND_COUNTS: lambda body: Counts(_decode_pairs(body, _COUNT, "counts")),
     KIND_HEARTBEAT: _empty(Heartbeat(), "heartbeat"),
     KIND_STATS: _decode_stats,
+    KIND_WS_PEERS: _decode_ws_peers,
+    KIND_WS_RELAY: _decode_ws_relay,
 }
 
 

@@ -23,12 +23,15 @@ import stat
 import struct
 import termios
 import time
+from collections.abc import Callable
 
 import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
 from wsgi_tracker.core.tracker import TrackerCore
+from wsgi_tracker.core.types import EVENT_STOPPED
+from wsgi_tracker.core.ws_swarm import WsSwarmFull
 from wsgi_tracker.sync import frames as f
 from wsgi_tracker.sync.replica import FLUSH_DELAY, FLUSH_RECORDS, ChangeBuffer, apply_remote
 from wsgi_tracker.sync.socket_path import UnsafeSocketPath, check_private, why_no_hub
@@ -119,6 +122,10 @@ class SyncHub:
         self._inode = 0
         self._greenlets: list[gevent.Greenlet] = []
         self._accepted = 0
+        # The seam for routing beyond this machine (Redis): called with a relay for a
+        # holder pid no local client has, and its wire bytes; returns whether it went.
+        self.relay_elsewhere: Callable[[f.WsRelay, bytes], bool] | None = None
+        self.relays_undeliverable = 0
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -198,6 +205,21 @@ class SyncHub:
         if reason:
             log.warning("sync hub: dropping %s: %s", client.name, reason)
         client.close()
+        if client.role == f.ROLE_WORKER and client.pid:
+            self._stop_ws_peers(client.pid)
+
+    def _stop_ws_peers(self, pid: int) -> None:
+        """A worker is gone and its sockets with it: its WebSocket peers stop everywhere.
+
+        Each stop carries the peer's own last timestamp, so the worker's re-sent
+        replica (after a reconnect) brings them back rather than losing to it.
+        """
+        with self.core.lock:
+            stops = [c._replace(event=EVENT_STOPPED) for c in self.core.ws.held_by(pid)]
+            for change in stops:
+                self.core.ws.apply(change, change.timestamp)
+        if stops:
+            self._fan_out(f.encode(f.WsPeers(stops)))
 
     # --- greenlets -------------------------------------------------------------------
 
@@ -280,9 +302,12 @@ class SyncHub:
                     gevent.sleep(0.01)
                 if client.closed:
                     return
+        with self.core.lock:
+            ws_peers = list(self.core.ws.peers())
         client.send(
             f.encode(f.Snapshot(peers))
             + f.encode(f.Totals(totals))
+            + f.encode(f.WsPeers(ws_peers))
             + f.encode(f.SnapshotDone())
             + (f.encode(f.Stats(self.cluster_stats)) if self._stats else b"")
         )
@@ -308,8 +333,11 @@ class SyncHub:
                     self._greet(client, received.pop(0)[1])
                     greeted = True
                 self._forward(client, received)
-                for _, frame in received:
-                    self._handle(client, frame)
+                for raw, frame in received:
+                    if isinstance(frame, f.WsRelay):
+                        self._route(frame, raw.wire)
+                    else:
+                        self._handle(client, frame)
             except f.FrameError as exc:
                 log.error("sync hub: refusing %s: %s", client.name, exc)
                 self._drop(client, None)
@@ -340,9 +368,22 @@ class SyncHub:
         totals) commutes with deltas and counts: the newest change wins and state
         loses a tie, and counts add.
         """
-        wire = [raw.wire for raw, frame in received if isinstance(frame, f.Deltas | f.Counts)]
+        wire = [
+            raw.wire
+            for raw, frame in received
+            if isinstance(frame, f.Deltas | f.Counts | f.WsPeers)
+        ]
         if wire:
             self._fan_out(b"".join(wire), exclude=client)
+
+    def _route(self, relay: f.WsRelay, wire: bytes) -> None:
+        """An offer or answer goes to the one process holding its target's socket."""
+        for client in self.clients:
+            if client.pid == relay.holder and client.role == f.ROLE_WORKER:
+                client.send(wire)
+                return
+        if self.relay_elsewhere is None or not self.relay_elsewhere(relay, wire):
+            self.relays_undeliverable += 1
 
     def _handle(self, client: _Client, frame: f.Frame) -> None:
         """Apply one frame from ``client`` (deltas and counts were forwarded already)."""
@@ -374,6 +415,12 @@ class SyncHub:
                         store.add_downloaded(ih, claim - have)
                         raised.append((ih, claim - have))
             self._fan_out(f.encode(f.Counts(raised)))
+        elif isinstance(frame, f.WsPeers):
+            now = time.time()
+            with core.lock:
+                for ws_change in frame.changes:
+                    with contextlib.suppress(WsSwarmFull):
+                        core.ws.apply(ws_change, now)
         elif isinstance(frame, f.SnapshotDone):
             log.info("sync hub: %s re-sent %d peers", client.name, client.resynced)
         elif isinstance(frame, f.Stats):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wsgi_tracker.core.types import PeerChange
+from wsgi_tracker.core.types import PeerChange, WsChange
 from wsgi_tracker.sync import frames as f
 
 V4 = b"\x7f\x00\x00\x01\x1a\xe1"
@@ -42,6 +42,8 @@ EVERY_FRAME = [
     f.Counts([(b"c" * 20, 1), (b"d" * 20, 3)]),
     f.Heartbeat(),
     f.Stats([f.StatsEntry(10, f.ROLE_WORKER, b'{"announces": 5}'), f.StatsEntry(11, 0, b"")]),
+    f.WsPeers([WsChange(b"e" * 20, b"\xff" * 20, 4242, True, 1, 1_700_000_000.5)]),
+    f.WsRelay(4242, b"f" * 20, b"\x00" * 20, '{"offer":{"sdp":"v=0 \u00e9"}}'),
 ]
 
 
@@ -115,7 +117,9 @@ def test_unknown_frame_kind_is_refused() -> None:
 
 def test_wrong_version_is_refused_with_who_and_which_version() -> None:
     wire = f.encode(f.Hello(f.ROLE_WORKER, 777, version=f.VERSION + 1))
-    with pytest.raises(f.FrameError, match=r"pid 777 \(worker\) speaks protocol version 3"):
+    with pytest.raises(
+        f.FrameError, match=rf"pid 777 \(worker\) speaks protocol version {f.VERSION + 1}"
+    ):
         f.decode_all(wire)
     with pytest.raises(f.FrameError, match=r"speaks protocol version 1, this process speaks 2"):
         f.decode_all(f.encode(f.Hello(f.ROLE_HUB, 1, version=1)))
@@ -153,6 +157,39 @@ def test_bad_event_and_flags_are_refused() -> None:
     bad_flags = bytes(body[:48]) + b"\x80" + bytes(body[49:])
     with pytest.raises(f.FrameError, match="unknown bits"):
         f.decode_all(struct.pack(">IB", len(body), f.KIND_DELTAS) + bad_flags)
+
+
+def test_ws_records_with_bad_fields_are_refused() -> None:
+    good = f.encode(f.WsPeers([WsChange(b"e" * 20, b"p" * 20, 1, False, 0, 1.0)]))
+    for offset, value, match in ((-2, 4, "unknown bits"), (-1, 9, "event 9")):
+        bad = bytearray(good)
+        bad[offset] = value
+        with pytest.raises(f.FrameError, match=match):
+            f.decode_all(bytes(bad))
+    relay = f.encode(f.WsRelay(1, b"e" * 20, b"p" * 20, "x"))[:-1] + b"\xff"
+    with pytest.raises(f.FrameError, match="not UTF-8"):
+        f.decode_all(relay)
+
+
+@given(
+    st.lists(
+        st.builds(
+            WsChange,
+            st.binary(min_size=20, max_size=20),
+            st.binary(min_size=20, max_size=20),
+            st.integers(0, 2**32 - 1),
+            st.booleans(),
+            st.integers(0, 3),
+            st.floats(0, f.MAX_TIMESTAMP, exclude_max=True),
+        ),
+        max_size=50,
+    ),
+    st.integers(0, 2**32 - 1),
+    st.text(max_size=300),
+)
+def test_ws_peers_and_relays_round_trip(changes: list[WsChange], holder: int, text: str) -> None:
+    frames = [f.WsPeers(changes), f.WsRelay(holder, b"i" * 20, b"p" * 20, text)]
+    assert f.decode_all(b"".join(f.encode(fr) for fr in frames)) == frames[int(not changes) :]
 
 
 def test_heartbeat_with_a_body_is_refused() -> None:
@@ -204,7 +241,7 @@ def test_valid_frames_with_garbage_spliced_in_raise_only_frame_error(
         decoder.close()
 
 
-@given(st.sampled_from(range(1, 9)), st.binary(max_size=512))
+@given(st.sampled_from(range(1, 11)), st.binary(max_size=512))
 def test_any_body_under_a_valid_header_raises_only_frame_error(kind: int, body: bytes) -> None:
     with contextlib.suppress(f.FrameError):
         f.decode_all(struct.pack(">IB", len(body), kind) + body)

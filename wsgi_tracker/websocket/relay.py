@@ -1,0 +1,213 @@
+"""One process's WebSocket tracker: messages in, replies and relayed offers/answers out.
+
+A ``Session`` is one socket: what it sends to and which (info_hash, peer_id)
+pairs it announced. ``WsTracker`` applies a parsed message to the replicated
+``WsSwarms`` (core.ws), answers the sender, and delivers offers and answers to
+their targets: straight to a session of this process, or, for a peer whose
+socket another process holds, through ``remote`` (the sync client; the hub
+routes by holder pid). No sockets here: the gevent shell is ``server.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable
+
+from wsgi_tracker.access.policy import AccessDenied
+from wsgi_tracker.core.tracker import TrackerCore
+from wsgi_tracker.core.types import EVENT_STOPPED, WsChange
+from wsgi_tracker.core.ws_swarm import WsSwarmFull
+from wsgi_tracker.websocket.codec import (
+    Limits,
+    Message,
+    WsAnnounce,
+    WsAnswer,
+    WsError,
+    WsScrape,
+    encode_announce_reply,
+    encode_answer,
+    encode_failure,
+    encode_offer,
+    encode_scrape_reply,
+    parse_message,
+)
+
+log = logging.getLogger("wsgi_tracker.websocket")
+
+# (holder pid, info_hash, peer_id, text) -> whether it left this process.
+RemoteSend = Callable[[int, bytes, bytes, str], bool]
+# A change this process made to the WebSocket swarms, for sync to replicate.
+Publish = Callable[[WsChange], None]
+
+
+class Session:
+    """One WebSocket connection as the tracker sees it."""
+
+    __slots__ = ("held", "passkey", "send")
+
+    def __init__(self, send: Callable[[str], None], passkey: str | None = None) -> None:
+        self.send = send
+        self.passkey = passkey
+        self.held: set[tuple[bytes, bytes]] = set()
+
+
+class WsTracker:
+    """Route WebTorrent messages between the sessions of every process."""
+
+    def __init__(
+        self,
+        core: TrackerCore,
+        limits: Limits | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        cfg = core.config
+        self.core = core
+        self.swarms = core.ws
+        self.limits = limits or Limits(
+            max_offers=cfg.ws_max_offers,
+            max_scrape_hashes=cfg.max_scrape_hashes,
+            max_message_bytes=cfg.ws_max_message_bytes,
+            max_frame_bytes=cfg.ws_max_frame_bytes,
+        )
+        self.rng = rng or random.Random()
+        self.pid = os.getpid()
+        self.local: dict[tuple[bytes, bytes], Session] = {}
+        self.counters = core.counters
+        # The sync seams, set when this process joins a hub (None: standalone).
+        self.remote: RemoteSend | None = None
+        self.publish: Publish | None = None
+
+    # --- sessions --------------------------------------------------------------------
+
+    def opened(self, session: Session) -> None:
+        self.counters.ws_connections += 1
+
+    def closed(self, session: Session) -> None:
+        """The socket is gone: its peers stop, everywhere, now (not after their TTL)."""
+        self.counters.ws_connections -= 1
+        now = self.core.clock()
+        for ih, peer_id in list(session.held):
+            self._apply(session, WsChange(ih, peer_id, self.pid, False, EVENT_STOPPED, now))
+
+    # --- messages --------------------------------------------------------------------
+
+    def handle(self, session: Session, text: str) -> None:
+        """One text message from ``session``. Raises WsError only when the socket must close."""
+        try:
+            message = parse_message(text, self.limits)
+            self._dispatch(session, message)
+        except WsError as exc:
+            if exc.close_code is not None:
+                self.core.counters.error("ws", "malformed")
+                raise
+            self.core.counters.error("ws", "refused")
+            session.send(encode_failure(exc))
+
+    def _dispatch(self, session: Session, message: Message) -> None:
+        if isinstance(message, WsAnnounce):
+            self._announce(session, message)
+        elif isinstance(message, WsAnswer):
+            self._answer(session, message)
+        else:
+            self._scrape(session, message)
+
+    def _announce(self, session: Session, msg: WsAnnounce) -> None:
+        core = self.core
+        now = core.clock()
+        key = (msg.info_hash, msg.peer_id)
+        if core.access is not None:
+            try:
+                core.access.admit(msg.info_hash, session.passkey, now)
+            except AccessDenied as exc:
+                raise WsError(str(exc), info_hash=msg.info_hash) from None
+        with core.lock:
+            if key not in session.held:
+                holder = self.swarms.holder(*key, now)
+                if key in self.local or (holder is not None and holder != self.pid):
+                    raise WsError(
+                        "peer_id is in use on another connection, nothing was changed",
+                        info_hash=msg.info_hash,
+                    )
+            change = WsChange(*key, self.pid, msg.seeder, msg.event, now)
+            self._apply(session, change)
+            complete, incomplete, _ = self.swarms.counts(msg.info_hash)
+            core.counters.announces["ws"] += 1
+            targets = []
+            if msg.offers and msg.event != EVENT_STOPPED:
+                want = len(msg.offers) if msg.numwant is None else min(len(msg.offers), msg.numwant)
+                targets = self.swarms.targets(*key, msg.seeder, want, self.rng, now)
+        session.send(
+            encode_announce_reply(msg.info_hash, core.config.ws_interval, complete, incomplete)
+        )
+        for (to_peer, holder), offer in zip(targets, msg.offers, strict=False):
+            if self._deliver(holder, msg.info_hash, to_peer, encode_offer(*key, offer)):
+                self.counters.relayed["offer"] += 1
+
+    def _apply(self, session: Session, change: WsChange) -> None:
+        key = (change.info_hash, change.peer_id)
+        try:
+            self.swarms.apply(change, change.timestamp)
+        except WsSwarmFull as exc:
+            raise WsError(f"{exc}, nothing was changed", info_hash=change.info_hash) from None
+        if change.event == EVENT_STOPPED:
+            session.held.discard(key)
+            self.local.pop(key, None)
+        else:
+            session.held.add(key)
+            self.local[key] = session
+        if self.publish is not None:
+            self.publish(change)
+
+    def _answer(self, session: Session, msg: WsAnswer) -> None:
+        if (msg.info_hash, msg.peer_id) not in session.held:
+            raise WsError(
+                "answer from a peer_id this connection has not announced, nothing was changed",
+                info_hash=msg.info_hash,
+            )
+        with self.core.lock:
+            holder = self.swarms.holder(msg.info_hash, msg.to_peer_id, self.core.clock())
+        if holder is None or not self._deliver(
+            holder, msg.info_hash, msg.to_peer_id, encode_answer(msg)
+        ):
+            raise WsError(
+                "answer to an unknown peer: to_peer_id is not in this swarm, nothing was changed",
+                info_hash=msg.info_hash,
+            )
+        self.counters.relayed["answer"] += 1
+
+    def _scrape(self, session: Session, msg: WsScrape) -> None:
+        core = self.core
+        hashes = msg.info_hashes
+        if not hashes and not core.config.full_scrape:
+            raise WsError(
+                "full scrape is disabled: give at least one info_hash, nothing was changed",
+                action="scrape",
+            )
+        with core.lock:
+            if not hashes:
+                hashes = tuple(self.swarms.torrents)
+            allowed = core.access.torrent_allowed if core.access and core.access.torrents else None
+            files = [
+                (ih, *self.swarms.counts(ih)) if allowed is None or allowed(ih) else (ih, 0, 0, 0)
+                for ih in hashes
+            ]
+            core.counters.scrapes["ws"] += 1
+        session.send(encode_scrape_reply(files))
+
+    # --- delivery --------------------------------------------------------------------
+
+    def _deliver(self, holder: int, info_hash: bytes, peer_id: bytes, text: str) -> bool:
+        if holder == self.pid:
+            return self.receive(info_hash, peer_id, text)
+        return self.remote is not None and self.remote(holder, info_hash, peer_id, text)
+
+    def receive(self, info_hash: bytes, peer_id: bytes, text: str) -> bool:
+        """Hand ``text`` to the local session holding the peer; False if none does."""
+        session = self.local.get((info_hash, peer_id))
+        if session is None:
+            return False
+        session.send(text)
+        return True

@@ -1,0 +1,172 @@
+"""The gevent shell of the WebSocket tracker: one upgraded socket, wsproto, WsTracker.
+
+``TrackerWorker`` hands over the socket of a request the middleware accepted
+as a WebSocket upgrade (see ``worker.UPGRADE_KEY``); this sends the 101, then
+moves bytes between the socket and wsproto's sans-IO connection, and text
+messages between wsproto and ``WsTracker``.
+
+Sends never block the greenlet that relays: a message to a peer goes out
+with a non-blocking send, and only what the kernel did not take waits in
+that connection's outbox for its own writer greenlet (spawned on demand). A
+peer that lets more than ``MAX_OUTBOX_BYTES`` pile up is closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections import deque
+
+import gevent
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+from wsproto.utilities import LocalProtocolError
+
+from wsgi_tracker.websocket.codec import (
+    CLOSE_NORMAL,
+    CLOSE_UNSUPPORTED,
+    MessageBuffer,
+    WsError,
+    switching_protocols,
+)
+from wsgi_tracker.websocket.relay import Session, WsTracker
+
+log = logging.getLogger("wsgi_tracker.websocket")
+
+RECV_BYTES = 65536
+MAX_OUTBOX_BYTES = 1 << 20
+
+
+class _Outbox:
+    """Bytes to one socket, in order, without ever blocking the sender."""
+
+    __slots__ = ("broken", "pending", "queued", "sock", "writer")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.pending: deque[bytes] = deque()
+        self.queued = 0
+        self.writer: gevent.Greenlet | None = None
+        self.broken = False
+
+    def send(self, data: bytes) -> None:
+        if self.broken or not data:
+            return
+        if not self.pending:
+            try:
+                sent = self.sock.send(data, 0, timeout=0.0)  # type: ignore[call-arg]
+            except OSError:
+                sent = 0  # full (EAGAIN) or broken: the writer finds out which
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self.pending.append(data)
+        self.queued += len(data)
+        if self.queued > MAX_OUTBOX_BYTES:
+            self.break_off()
+        elif self.writer is None:
+            self.writer = gevent.spawn(self._write)
+
+    def _write(self) -> None:
+        try:
+            while self.pending and not self.broken:
+                data = self.pending.popleft()
+                self.queued -= len(data)
+                self.sock.sendall(data)
+        except OSError:
+            self.break_off()
+        finally:
+            self.writer = None
+
+    def break_off(self) -> None:
+        """Stop writing and wake the reader (it sees EOF and cleans up)."""
+        self.broken = True
+        self.pending.clear()
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+    def flush(self, timeout: float) -> None:
+        writer = self.writer
+        if writer is not None:
+            writer.join(timeout)
+
+
+class WsConnection:
+    """One upgraded socket served until it closes, idles out, or breaks a rule."""
+
+    def __init__(self, sock: socket.socket, tracker: WsTracker, passkey: str | None) -> None:
+        self.sock = sock
+        self.tracker = tracker
+        self.ws = Connection(ConnectionType.SERVER)
+        self.outbox = _Outbox(sock)
+        self.session = Session(self.send_text, passkey)
+        self.buffer = MessageBuffer(tracker.limits)
+
+    def send_text(self, text: str) -> None:
+        if self.ws.state is ConnectionState.OPEN:
+            self.outbox.send(self.ws.send(TextMessage(text)))
+
+    def close(self, code: int, reason: str) -> None:
+        if self.ws.state is ConnectionState.OPEN:
+            self.outbox.send(self.ws.send(CloseConnection(code, reason[:120])))
+
+    def serve(self, token: str, buffered: bytes) -> None:
+        idle = self.tracker.core.config.ws_idle_timeout
+        self.sock.settimeout(idle)
+        self.outbox.send(switching_protocols(token))
+        tracker = self.tracker
+        tracker.opened(self.session)
+        try:
+            data = buffered
+            while self.ws.state is not ConnectionState.CLOSED and not self.outbox.broken:
+                if not data:
+                    try:
+                        data = self.sock.recv(RECV_BYTES)
+                    except TimeoutError:
+                        self.close(CLOSE_NORMAL, f"idle for {idle} s")
+                        break
+                    except OSError:
+                        break
+                self.ws.receive_data(data or None)
+                if not data:
+                    break
+                data = b""
+                if not self._events():
+                    break
+        finally:
+            tracker.closed(self.session)
+            self.outbox.flush(1.0)
+
+    def _events(self) -> bool:
+        """Handle what wsproto made of the bytes so far; False once the socket should close."""
+        try:
+            for event in self.ws.events():
+                if isinstance(event, TextMessage):
+                    text = self.buffer.add(event.data, event.frame_finished, event.message_finished)
+                    if text is not None:
+                        self.tracker.handle(self.session, text)
+                elif isinstance(event, BytesMessage):
+                    raise WsError("binary message: this protocol is JSON text", CLOSE_UNSUPPORTED)
+                elif isinstance(event, Ping):
+                    self.outbox.send(self.ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    if self.ws.state is ConnectionState.REMOTE_CLOSING:
+                        self.outbox.send(self.ws.send(event.response()))
+                    else:  # wsproto could not parse a frame (still open): say why
+                        self.close(event.code, event.reason or "protocol error")
+                    return False
+        except WsError as exc:
+            assert exc.close_code is not None
+            self.close(exc.close_code, exc.reason)
+            return False
+        return True
+
+
+def serve_upgraded(
+    sock: socket.socket, buffered: bytes, tracker: WsTracker, token: str, passkey: str | None
+) -> None:
+    """What the worker runs on a socket handed over for a WebSocket (see middleware)."""
+    # A peer gone mid-send ends here; serve() has closed its session already.
+    with contextlib.suppress(OSError, LocalProtocolError):
+        WsConnection(sock, tracker, passkey).serve(token, buffered)
