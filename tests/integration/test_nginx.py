@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import bencodepy
 import pytest
+import websocket
 from servers import REPO_ROOT, announce_url, free_port, gunicorn, scrape_url
 
 from wsgi_tracker.running import gunicorn_conf
@@ -269,3 +271,27 @@ def test_site_pages_pass_through_nginx_untouched(edge: int) -> None:
     finally:
         conn.close()
     assert response.status == 404  # the standalone tracker's own answer, proxied as is
+
+
+def test_websocket_announces_pass_through_nginx_and_relay_offers(edge: int) -> None:
+    """The upgrade reaches the tracker through nginx, and so do relayed offers and answers."""
+    url = f"ws://127.0.0.1:{edge}/announce"
+    ih = f"ws-{edge}".ljust(20, ".")
+    a = websocket.create_connection(url, timeout=10)
+    b = websocket.create_connection(url, timeout=10)
+    try:
+        a.send(json.dumps({"action": "announce", "info_hash": ih, "peer_id": "a" * 20, "left": 5}))
+        assert json.loads(a.recv())["incomplete"] == 1
+        offer = {"offer_id": "o" * 20, "offer": {"type": "offer", "sdp": "v=0"}}
+        b.send(json.dumps({"action": "announce", "info_hash": ih, "peer_id": "b" * 20,
+                           "left": 0, "offers": [offer]}))  # fmt: skip
+        assert json.loads(b.recv())["complete"] == 1
+        got = json.loads(a.recv())
+        assert (got["peer_id"], got["offer"]) == ("b" * 20, offer["offer"])
+        a.send(json.dumps({"action": "announce", "info_hash": ih, "peer_id": "a" * 20,
+                           "to_peer_id": "b" * 20, "offer_id": "o" * 20,
+                           "answer": {"type": "answer", "sdp": "v=0 a"}}))  # fmt: skip
+        assert json.loads(b.recv())["answer"] == {"type": "answer", "sdp": "v=0 a"}
+    finally:
+        a.close()
+        b.close()

@@ -1,0 +1,370 @@
+"""The WebTorrent tracker over real WebSocket connections to ``wsgi-tracker serve``.
+
+Two gunicorn workers and udp-sidecar as the sync hub, as operators run it.
+Which worker holds a connection is read from /proc (the server end of the
+client's TCP connection is an fd of exactly one worker), so the cross-worker
+relay is tested on purpose, not by luck. Every wait is bounded; nothing is
+asserted about speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import websocket
+from servers import Server, children, http_get, serve
+
+pytestmark = pytest.mark.integration
+
+WITHIN = 15.0  # seconds: a bound on every wait, not a figure under test
+IH = "w" * 20
+ABNF = websocket.ABNF
+
+
+def pid(n: int) -> str:
+    return f"-WW0001-{n:012d}"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    settings = 'stats_path = "/stats"\nmetrics_path = "/metrics"\nws_idle_timeout = 3'
+    with serve(tmp_path_factory.mktemp("ws"), workers=2, settings=settings) as s:
+        yield s
+
+
+def workers(server: Server) -> list[int]:
+    """The gunicorn workers' pids: serve -> gunicorn master -> workers."""
+    deadline = time.monotonic() + WITHIN
+    while time.monotonic() < deadline:
+        found = [w for kid in children(server.proc.pid) for w in children(kid)]
+        if len(found) == 2:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"two workers expected, found {found}")
+
+
+def holder(server: Server, ws: websocket.WebSocket) -> int:
+    """The worker whose fd is the server end of ``ws``'s TCP connection."""
+    port = ws.sock.getsockname()[1]
+    want = f"0100007F:{port:04X}"
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[2] == want and fields[1].endswith(f":{server.port:04X}"):
+            inode = fields[9]
+    assert inode is not None, f"no server socket for client port {port}"
+    for worker in workers(server):
+        for fd in os.listdir(f"/proc/{worker}/fd"):
+            try:
+                if os.readlink(f"/proc/{worker}/fd/{fd}") == f"socket:[{inode}]":
+                    return worker
+            except OSError:
+                continue
+    raise AssertionError(f"no worker holds socket {inode}")
+
+
+def connect(server: Server, path: str = "/announce") -> websocket.WebSocket:
+    return websocket.create_connection(f"ws://127.0.0.1:{server.port}{path}", timeout=WITHIN)
+
+
+def in_each_worker(server: Server) -> tuple[websocket.WebSocket, websocket.WebSocket]:
+    """Two connections held by different workers (bounded tries; extras are closed)."""
+    held: dict[int, websocket.WebSocket] = {}
+    spare = []
+    for _ in range(40):
+        ws = connect(server)
+        w = holder(server, ws)
+        if w in held:
+            spare.append(ws)
+        else:
+            held[w] = ws
+        if len(held) == 2:
+            break
+    for ws in spare:
+        ws.close()
+    assert len(held) == 2, "40 connections all landed in one worker"
+    a, b = held.values()
+    return a, b
+
+
+def send(ws: websocket.WebSocket, **msg: object) -> None:
+    ws.send(json.dumps(msg))
+
+
+def recv(ws: websocket.WebSocket) -> dict:
+    return json.loads(ws.recv())
+
+
+def announce(ws: websocket.WebSocket, peer: str, ih: str = IH, **extra: object) -> dict:
+    fields = {"left": 100, "event": "started", **extra}
+    send(ws, action="announce", info_hash=ih, peer_id=peer, **fields)
+    reply = recv(ws)
+    assert reply["action"] == "announce" and reply["info_hash"] == ih, reply
+    return reply
+
+
+def offer(n: int) -> dict:
+    return {"offer_id": f"offer-{n:014d}", "offer": {"type": "offer", "sdp": f"v=0 sdp {n}"}}
+
+
+def answer_to(ws: websocket.WebSocket, me: str, got: dict, ih: str = IH) -> None:
+    send(
+        ws,
+        action="announce",
+        info_hash=ih,
+        peer_id=me,
+        to_peer_id=got["peer_id"],
+        offer_id=got["offer_id"],
+        answer={"type": "answer", "sdp": f"answer from {me}"},
+    )
+
+
+def scrape(ws: websocket.WebSocket, ih: str) -> dict:
+    send(ws, action="scrape", info_hash=ih)
+    reply = recv(ws)
+    return reply["files"][ih]
+
+
+def eventually_scrape(ws: websocket.WebSocket, ih: str, want: dict) -> dict:
+    deadline = time.monotonic() + WITHIN
+    got = scrape(ws, ih)
+    while got != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+        got = scrape(ws, ih)
+    return got
+
+
+def closed_with(ws: websocket.WebSocket) -> tuple[int, str]:
+    """The close frame the server sent: (code, reason)."""
+    deadline = time.monotonic() + WITHIN
+    while time.monotonic() < deadline:
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == ABNF.OPCODE_CLOSE:
+            return struct.unpack(">H", data[:2])[0], data[2:].decode()
+    raise AssertionError("no close frame")
+
+
+# --- relaying ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("across", [False, True], ids=["same worker", "different workers"])
+def test_an_offer_reaches_a_peer_and_its_answer_comes_back(server: Server, across: bool) -> None:
+    ih = ("X" if across else "S") * 20
+    a, b = in_each_worker(server)
+    if not across:
+        b.close()
+        b = connect(server)
+        for _ in range(40):
+            if holder(server, b) == holder(server, a):
+                break
+            b.close()
+            b = connect(server)
+        assert holder(server, b) == holder(server, a)
+    try:
+        announce(a, pid(1), ih)
+        # The seeder's worker must know the leecher before it picks offer targets.
+        assert eventually_scrape(b, ih, {"complete": 0, "incomplete": 1, "downloaded": 0})
+        reply = announce(b, pid(2), ih, left=0, numwant=3, offers=[offer(1), offer(2)])
+        assert (reply["complete"], reply["incomplete"]) == (1, 1)
+        got = recv(a)
+        assert got == {
+            "action": "announce",
+            "info_hash": ih,
+            "peer_id": pid(2),
+            "offer_id": offer(1)["offer_id"],
+            "offer": offer(1)["offer"],
+        }
+        answer_to(a, pid(1), got, ih)
+        assert recv(b) == {
+            "action": "announce",
+            "info_hash": ih,
+            "peer_id": pid(1),
+            "offer_id": offer(1)["offer_id"],
+            "answer": {"type": "answer", "sdp": f"answer from {pid(1)}"},
+        }
+    finally:
+        a.close()
+        b.close()
+
+
+def test_scrape_counts_websocket_peers_of_every_worker(server: Server) -> None:
+    ih = "C" * 20
+    a, b = in_each_worker(server)
+    try:
+        announce(a, pid(1), ih, left=0)
+        announce(b, pid(2), ih)
+        assert eventually_scrape(a, ih, {"complete": 1, "incomplete": 1, "downloaded": 0}) == {
+            "complete": 1,
+            "incomplete": 1,
+            "downloaded": 0,
+        }
+        assert eventually_scrape(b, ih, {"complete": 1, "incomplete": 1, "downloaded": 0})
+        send(b, action="announce", info_hash=ih, peer_id=pid(2), left=0, event="completed")
+        recv(b)
+        want = {"complete": 2, "incomplete": 0, "downloaded": 1}
+        assert eventually_scrape(a, ih, want) == want
+        send(a, action="scrape", info_hash=[ih, "u" * 20])
+        files = recv(a)["files"]
+        assert files["u" * 20] == {"complete": 0, "incomplete": 0, "downloaded": 0}
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_closed_connection_leaves_the_swarm_in_every_worker(server: Server) -> None:
+    ih = "L" * 20
+    a, b = in_each_worker(server)
+    try:
+        announce(a, pid(1), ih)
+        assert eventually_scrape(b, ih, {"complete": 0, "incomplete": 1, "downloaded": 0})
+        a.close()
+        want = {"complete": 0, "incomplete": 0, "downloaded": 0}
+        assert eventually_scrape(b, ih, want) == want
+    finally:
+        b.close()
+
+
+def test_stats_and_metrics_count_websocket_peers_and_connections(server: Server) -> None:
+    ih = "M" * 20
+    a, b = in_each_worker(server)
+    try:
+        announce(a, pid(1), ih)
+        announce(b, pid(2), ih, offers=[offer(3)])
+        recv(a)  # the offer
+        deadline = time.monotonic() + WITHIN
+        while time.monotonic() < deadline:
+            stats = json.loads(http_get(server.url + "/stats")[1])
+            ws = stats["websocket"]
+            if ws["connections"] >= 2 and ws["peers"] >= 2 and ws["offer"] >= 1:
+                break
+            time.sleep(0.2)
+        assert ws["connections"] >= 2 and ws["peers"] >= 2 and ws["offer"] >= 1, stats
+        assert stats["announces"]["ws"] >= 2
+        metrics = http_get(server.url + "/metrics")[1].decode()
+        assert "wsgi_tracker_websocket_peers " in metrics
+        assert 'wsgi_tracker_websocket_relayed_total{kind="offer"}' in metrics
+        assert 'wsgi_tracker_announces_total{protocol="ws"}' in metrics
+    finally:
+        a.close()
+        b.close()
+
+
+# --- bad input: a clear reason, no state changed -------------------------------------------
+
+
+def test_not_json_closes_with_1007_and_a_reason(server: Server) -> None:
+    ws = connect(server)
+    ws.send("hello")
+    code, reason = closed_with(ws)
+    assert code == 1007 and "not JSON" in reason
+    ws.close()
+
+
+def test_a_binary_message_closes_with_1003(server: Server) -> None:
+    ws = connect(server)
+    ws.send_binary(b'{"action": "scrape"}')
+    assert closed_with(ws) == (1003, "binary message: this protocol is JSON text")
+    ws.close()
+
+
+def test_an_oversized_frame_closes_with_1009_before_it_is_all_read(server: Server) -> None:
+    ws = connect(server)
+    ws.send(json.dumps({"action": "scrape", "pad": "x" * 20_000}))
+    code, reason = closed_with(ws)
+    assert code == 1009 and "frame over 16384 bytes" in reason
+    ws.close()
+
+
+def test_an_idle_connection_is_closed(server: Server) -> None:
+    ws = connect(server)  # the fixture sets ws_idle_timeout = 3
+    assert closed_with(ws) == (1000, "idle for 3 s")
+    ws.close()
+
+
+@pytest.mark.parametrize(
+    ("msg", "reason"),
+    [
+        ({"action": "connect"}, "unknown action 'connect'"),
+        ({"action": "announce", "info_hash": "B" * 20, "peer_id": 5}, "peer_id must be a 20"),
+        ({"action": "announce", "info_hash": "B" * 20, "peer_id": pid(5), "left": "x"}, "left"),
+        (
+            {
+                "action": "announce",
+                "info_hash": "B" * 20,
+                "peer_id": pid(5),
+                "offers": [offer(n) for n in range(11)],
+            },
+            "too many offers: 11, at most 10",
+        ),
+        (
+            {
+                "action": "announce",
+                "info_hash": "B" * 20,
+                "peer_id": pid(5),
+                "to_peer_id": pid(6),
+                "offer_id": "o" * 20,
+                "answer": {"type": "answer", "sdp": ""},
+            },
+            "has not announced",
+        ),
+    ],
+)
+def test_a_bad_message_is_refused_and_changes_nothing(
+    server: Server, msg: dict, reason: str
+) -> None:
+    ws = connect(server)
+    try:
+        send(ws, **msg)
+        reply = recv(ws)
+        failure = reply["failure reason"]
+        assert reason in failure and "nothing was changed" in failure
+        assert scrape(ws, "B" * 20) == {"complete": 0, "incomplete": 0, "downloaded": 0}
+        send(ws, action="scrape", info_hash="B" * 20)  # the connection is still open
+        assert recv(ws)["action"] == "scrape"
+    finally:
+        ws.close()
+
+
+def test_an_answer_to_an_unknown_peer_is_refused(server: Server) -> None:
+    ws = connect(server)
+    try:
+        announce(ws, pid(7), "U" * 20)
+        answer_to(ws, pid(7), {"peer_id": pid(8), "offer_id": "o" * 20}, "U" * 20)
+        reply = recv(ws)
+        assert "answer to an unknown peer" in reply["failure reason"]
+        assert reply["info_hash"] == "U" * 20
+        assert scrape(ws, "U" * 20) == {"complete": 0, "incomplete": 1, "downloaded": 0}
+    finally:
+        ws.close()
+
+
+def test_a_peer_id_in_use_elsewhere_is_refused(server: Server) -> None:
+    a, b = in_each_worker(server)
+    try:
+        announce(a, pid(9), "H" * 20)
+        want = {"complete": 0, "incomplete": 1, "downloaded": 0}
+        assert eventually_scrape(b, "H" * 20, want) == want
+        send(b, action="announce", info_hash="H" * 20, peer_id=pid(9), left=0, event="stopped")
+        assert "in use on another connection" in recv(b)["failure reason"]
+        assert scrape(a, "H" * 20) == want
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_bad_upgrade_gets_an_http_error_with_the_reason(server: Server) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WITHIN) as s:
+        s.sendall(
+            b"GET /announce HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: bad\r\n\r\n"
+        )
+        reply = s.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 400 ")
+    assert b"Sec-WebSocket-Key is not 16 bytes of base64" in reply
