@@ -9,6 +9,7 @@ asserted about speed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -40,10 +41,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def workers(server: Server) -> list[int]:
-    """The gunicorn workers' pids: serve -> gunicorn master -> workers."""
+    """The gunicorn workers' pids: serve -> gunicorn master -> workers (the sidecar's
+    own children, such as a snapshot writer, are not workers)."""
     deadline = time.monotonic() + WITHIN
     while time.monotonic() < deadline:
-        found = [w for kid in children(server.proc.pid) for w in children(kid)]
+        masters = [
+            kid
+            for kid in children(server.proc.pid)
+            if b"gunicorn" in Path(f"/proc/{kid}/cmdline").read_bytes()
+        ]
+        found = [w for master in masters for w in children(master)]
         if len(found) == 2:
             return found
         time.sleep(0.1)
@@ -52,22 +59,22 @@ def workers(server: Server) -> list[int]:
 
 def holder(server: Server, ws: websocket.WebSocket) -> int:
     """The worker whose fd is the server end of ``ws``'s TCP connection."""
-    port = ws.sock.getsockname()[1]
-    want = f"0100007F:{port:04X}"
-    inode = None
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[2] == want and fields[1].endswith(f":{server.port:04X}"):
-            inode = fields[9]
-    assert inode is not None, f"no server socket for client port {port}"
-    for worker in workers(server):
-        for fd in os.listdir(f"/proc/{worker}/fd"):
-            try:
-                if os.readlink(f"/proc/{worker}/fd/{fd}") == f"socket:[{inode}]":
-                    return worker
-            except OSError:
-                continue
-    raise AssertionError(f"no worker holds socket {inode}")
+    want = f"0100007F:{ws.sock.getsockname()[1]:04X}"
+    deadline = time.monotonic() + WITHIN
+    while time.monotonic() < deadline:
+        inodes = {
+            fields[9]
+            for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+            if (fields := line.split())[2] == want and fields[1].endswith(f":{server.port:04X}")
+        }
+        for worker in workers(server):
+            for fd in os.listdir(f"/proc/{worker}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{worker}/fd/{fd}")
+                    if link in {f"socket:[{inode}]" for inode in inodes}:
+                        return worker
+        time.sleep(0.05)
+    raise AssertionError(f"no worker holds the server end of {want}")
 
 
 def connect(server: Server, path: str = "/announce") -> websocket.WebSocket:
