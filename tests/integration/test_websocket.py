@@ -35,7 +35,7 @@ def pid(n: int) -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    settings = 'stats_path = "/stats"\nmetrics_path = "/metrics"\nws_idle_timeout = 3'
+    settings = 'stats_path = "/stats"\nmetrics_path = "/metrics"\nws_idle_timeout = 6'
     with serve(tmp_path_factory.mktemp("ws"), workers=2, settings=settings) as s:
         yield s
 
@@ -243,17 +243,28 @@ def test_stats_and_metrics_count_websocket_peers_and_connections(server: Server)
     a, b = in_each_worker(server)
     try:
         announce(a, pid(1), ih)
+        assert eventually_scrape(b, ih, {"complete": 0, "incomplete": 1, "downloaded": 0})
         announce(b, pid(2), ih, offers=[offer(3)])
         recv(a)  # the offer
+
+        def counted(stats: dict) -> bool:
+            ws = stats["websocket"]
+            return (
+                ws["connections"] >= 2
+                and ws["peers"] >= 2
+                and ws["offer"] >= 1
+                and stats["announces"]["ws"] >= 2
+            )
+
         deadline = time.monotonic() + WITHIN
         while time.monotonic() < deadline:
-            stats = json.loads(http_get(server.url + "/stats")[1])
-            ws = stats["websocket"]
-            if ws["connections"] >= 2 and ws["peers"] >= 2 and ws["offer"] >= 1:
+            status, body = http_get(server.url + "/stats")
+            assert status == 200, (status, body)
+            stats = json.loads(body)
+            if counted(stats):
                 break
             time.sleep(0.2)
-        assert ws["connections"] >= 2 and ws["peers"] >= 2 and ws["offer"] >= 1, stats
-        assert stats["announces"]["ws"] >= 2
+        assert counted(stats), stats
         metrics = http_get(server.url + "/metrics")[1].decode()
         assert "wsgi_tracker_websocket_peers " in metrics
         assert 'wsgi_tracker_websocket_relayed_total{kind="offer"}' in metrics
@@ -290,8 +301,8 @@ def test_an_oversized_frame_closes_with_1009_before_it_is_all_read(server: Serve
 
 
 def test_an_idle_connection_is_closed(server: Server) -> None:
-    ws = connect(server)  # the fixture sets ws_idle_timeout = 3
-    assert closed_with(ws) == (1000, "idle for 3 s")
+    ws = connect(server)  # the fixture sets ws_idle_timeout = 6
+    assert closed_with(ws) == (1000, "idle for 6 s")
     ws.close()
 
 
