@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import websocket
-from servers import Server, children, http_get, serve
+from servers import Serve, Server, http_get, serve
 
 pytestmark = pytest.mark.integration
 
@@ -34,30 +34,26 @@ def pid(n: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    settings = 'stats_path = "/stats"\nmetrics_path = "/metrics"\nws_idle_timeout = 6'
-    with serve(tmp_path_factory.mktemp("ws"), workers=2, settings=settings) as s:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+    settings = 'stats_path = "/stats"\nmetrics_path = "/metrics"\nws_idle_timeout = 6\n'
+    with serve(tmp_path_factory.mktemp("ws"), workers=2, config=settings) as s:
         yield s
 
 
-def workers(server: Server) -> list[int]:
-    """The gunicorn workers' pids: serve -> gunicorn master -> workers (the sidecar's
-    own children, such as a snapshot writer, are not workers)."""
-    deadline = time.monotonic() + WITHIN
-    while time.monotonic() < deadline:
-        masters = [
-            kid
-            for kid in children(server.proc.pid)
-            if b"gunicorn" in Path(f"/proc/{kid}/cmdline").read_bytes()
-        ]
-        found = [w for master in masters for w in children(master)]
-        if len(found) == 2:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"two workers expected, found {found}")
+@pytest.fixture(scope="module")
+def server(stack: Serve) -> Server:
+    return stack.http
 
 
-def holder(server: Server, ws: websocket.WebSocket) -> int:
+@pytest.fixture(scope="module")
+def workers(stack: Serve) -> set[int]:
+    """The two gunicorn workers (the sidecar's own children, a snapshot writer, are not)."""
+    pids = stack.worker_pids()
+    assert len(pids) == 2, pids
+    return pids
+
+
+def holder(server: Server, ws: websocket.WebSocket, workers: set[int]) -> int:
     """The worker whose fd is the server end of ``ws``'s TCP connection."""
     want = f"0100007F:{ws.sock.getsockname()[1]:04X}"
     deadline = time.monotonic() + WITHIN
@@ -67,7 +63,7 @@ def holder(server: Server, ws: websocket.WebSocket) -> int:
             for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
             if (fields := line.split())[2] == want and fields[1].endswith(f":{server.port:04X}")
         }
-        for worker in workers(server):
+        for worker in workers:
             for fd in os.listdir(f"/proc/{worker}/fd"):
                 with contextlib.suppress(OSError):
                     link = os.readlink(f"/proc/{worker}/fd/{fd}")
@@ -81,13 +77,15 @@ def connect(server: Server, path: str = "/announce") -> websocket.WebSocket:
     return websocket.create_connection(f"ws://127.0.0.1:{server.port}{path}", timeout=WITHIN)
 
 
-def in_each_worker(server: Server) -> tuple[websocket.WebSocket, websocket.WebSocket]:
+def in_each_worker(
+    server: Server, workers: set[int]
+) -> tuple[websocket.WebSocket, websocket.WebSocket]:
     """Two connections held by different workers (bounded tries; extras are closed)."""
     held: dict[int, websocket.WebSocket] = {}
     spare = []
     for _ in range(40):
         ws = connect(server)
-        w = holder(server, ws)
+        w = holder(server, ws, workers)
         if w in held:
             spare.append(ws)
         else:
@@ -162,18 +160,20 @@ def closed_with(ws: websocket.WebSocket) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("across", [False, True], ids=["same worker", "different workers"])
-def test_an_offer_reaches_a_peer_and_its_answer_comes_back(server: Server, across: bool) -> None:
+def test_an_offer_reaches_a_peer_and_its_answer_comes_back(
+    server: Server, workers: set[int], across: bool
+) -> None:
     ih = ("X" if across else "S") * 20
-    a, b = in_each_worker(server)
+    a, b = in_each_worker(server, workers)
     if not across:
         b.close()
         b = connect(server)
         for _ in range(40):
-            if holder(server, b) == holder(server, a):
+            if holder(server, b, workers) == holder(server, a, workers):
                 break
             b.close()
             b = connect(server)
-        assert holder(server, b) == holder(server, a)
+        assert holder(server, b, workers) == holder(server, a, workers)
     try:
         announce(a, pid(1), ih)
         # The seeder's worker must know the leecher before it picks offer targets.
@@ -201,9 +201,9 @@ def test_an_offer_reaches_a_peer_and_its_answer_comes_back(server: Server, acros
         b.close()
 
 
-def test_scrape_counts_websocket_peers_of_every_worker(server: Server) -> None:
+def test_scrape_counts_websocket_peers_of_every_worker(server: Server, workers: set[int]) -> None:
     ih = "C" * 20
-    a, b = in_each_worker(server)
+    a, b = in_each_worker(server, workers)
     try:
         announce(a, pid(1), ih, left=0)
         announce(b, pid(2), ih)
@@ -225,9 +225,11 @@ def test_scrape_counts_websocket_peers_of_every_worker(server: Server) -> None:
         b.close()
 
 
-def test_a_closed_connection_leaves_the_swarm_in_every_worker(server: Server) -> None:
+def test_a_closed_connection_leaves_the_swarm_in_every_worker(
+    server: Server, workers: set[int]
+) -> None:
     ih = "L" * 20
-    a, b = in_each_worker(server)
+    a, b = in_each_worker(server, workers)
     try:
         announce(a, pid(1), ih)
         assert eventually_scrape(b, ih, {"complete": 0, "incomplete": 1, "downloaded": 0})
@@ -238,9 +240,11 @@ def test_a_closed_connection_leaves_the_swarm_in_every_worker(server: Server) ->
         b.close()
 
 
-def test_stats_and_metrics_count_websocket_peers_and_connections(server: Server) -> None:
+def test_stats_and_metrics_count_websocket_peers_and_connections(
+    server: Server, workers: set[int]
+) -> None:
     ih = "M" * 20
-    a, b = in_each_worker(server)
+    a, b = in_each_worker(server, workers)
     try:
         announce(a, pid(1), ih)
         assert eventually_scrape(b, ih, {"complete": 0, "incomplete": 1, "downloaded": 0})
@@ -363,8 +367,8 @@ def test_an_answer_to_an_unknown_peer_is_refused(server: Server) -> None:
         ws.close()
 
 
-def test_a_peer_id_in_use_elsewhere_is_refused(server: Server) -> None:
-    a, b = in_each_worker(server)
+def test_a_peer_id_in_use_elsewhere_is_refused(server: Server, workers: set[int]) -> None:
+    a, b = in_each_worker(server, workers)
     try:
         announce(a, pid(9), "H" * 20)
         want = {"complete": 0, "incomplete": 1, "downloaded": 0}
