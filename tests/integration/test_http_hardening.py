@@ -306,17 +306,24 @@ def test_keepalive_zero_closes_after_each_response() -> None:
     assert b"site /a" in reply and b"Connection: close" in reply and b"site /b" not in reply
 
 
-def test_access_logfile_writes_gunicorn_format_lines() -> None:
+def test_access_logfile_writes_gunicorn_format_lines(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
     fmt = '%(h)s "%(r)s" %(s)s %(b)s "%(a)s" %({x-test}i)s %({content-length}o)s'
-    args = ("--pythonpath", TESTS_DIR, "--access-logfile", "-", "--access-logformat", fmt)
+    args = ("--pythonpath", TESTS_DIR, "--access-logfile", str(log), "--access-logformat", fmt)
     with gunicorn("sample_site:app", extra_args=args) as srv:
-        request = get(
-            b"/hello?a=1", b"User-Agent: probe/1\r\nX-Test: seen\r\nConnection: close\r\n"
-        )
+        fields = b"User-Agent: probe/1\r\nX-Test: seen\r\nConnection: close\r\n"
+        request = get(b"/hello?a=1", fields)
         assert status(talk(srv, request, source="127.0.0.1")) == 200
         line = '127.0.0.1 "GET /hello?a=1 HTTP/1.1" 200 15 "probe/1" seen 15'
         for _ in range(100):  # bounded: the log line is written right after the reply
-            if line in srv.stderr():
+            if log.exists() and line in log.read_text():
                 break
             time.sleep(0.05)
-        assert line in srv.stderr()
+        assert line in log.read_text()
+        assert "GET /hello" not in srv.stderr()  # to the file named, not to the error log
+
+
+def test_no_access_lines_without_access_logfile(site: Server) -> None:
+    assert status(talk(site, get(b"/unlogged", b"Connection: close\r\n"))) == 200
+    assert http_get(site.url + "/after-unlogged")[0] == 200
+    assert "/unlogged" not in site.stderr()  # the project's log config leaves access lines off

@@ -146,15 +146,19 @@ class _Sent:
         self.sent = sent
 
 
-def _access_log_enabled(cfg: Any) -> bool:
-    """gunicorn's own test (glogging): any access log, log config or syslog redirect."""
-    return bool(
+def _access_log_enabled(cfg: Any, log: Any) -> bool:
+    """Whether an access line would go anywhere: gunicorn's own test (glogging: an access
+    log, a log config or a syslog redirect), and a handler on its access logger, so that
+    a log config which leaves that logger alone costs no per-request formatting."""
+    configured = bool(
         cfg.accesslog
         or cfg.logconfig
         or cfg.logconfig_dict
         or getattr(cfg, "logconfig_json", None)
         or (cfg.syslog and not cfg.disable_redirect_access_to_syslog)
     )
+    access = getattr(log, "access_log", None)  # absent from a custom logger_class: trust it
+    return configured and (access is None or access.hasHandlers())
 
 
 def _send_all(sock: socket.socket, data: bytes) -> None:
@@ -210,6 +214,7 @@ class TrackerWorker(GeventWorker):
     hub_hooks = False
 
     def init_process(self) -> None:
+        self._access_log = _access_log_enabled(self.cfg, self.log)
         self._clock = _Clock()
         self._base: dict[str, Any] | None = None
         cfg = self.cfg
@@ -224,7 +229,6 @@ class TrackerWorker(GeventWorker):
         self._per_address = settings.http_connections_per_address
         self._exempt = ClientAddress(settings.trusted_proxies).is_trusted
         self._connections: dict[str, int] = {}
-        self._access_log = _access_log_enabled(cfg)
         super().init_process()
 
     def run(self) -> None:

@@ -69,8 +69,9 @@ def gunicorn_logconfig(config: Any) -> dict[str, Any]:
             }
         },
         "root": {"level": level, "handlers": ["console"]},
+        # gunicorn.access is left to gunicorn's own accesslog settings: configured here, it
+        # would print every request to stderr and send --access-logfile's lines there too.
         "loggers": {
-            name: {"level": level, "handlers": ["console"], "propagate": False}
-            for name in ("gunicorn.error", "gunicorn.access")
+            "gunicorn.error": {"level": level, "handlers": ["console"], "propagate": False}
         },
     }
