@@ -188,6 +188,20 @@ def address_key(ip: str) -> str:
     return socket.inet_ntop(socket.AF_INET6, packed[:8] + bytes(8)) + "/64"
 
 
+#: gunicorn settings whose code this worker replaces without doing what they ask.
+NOT_APPLIED = ("pre_request", "post_request", "proxy_protocol")
+
+
+def settings_not_applied(cfg: Any) -> list[str]:
+    """The NOT_APPLIED settings changed from gunicorn's default: each is warned about at start,
+    so none is ignored silently."""
+    return [
+        name
+        for name in NOT_APPLIED
+        if name in cfg.settings and cfg.settings[name].value != cfg.settings[name].default
+    ]
+
+
 def warn_without_hub_hooks(workers: int, sync_explicit: bool) -> bool:
     """Warn, as the project's gunicorn config does, when several workers will not sync.
 
@@ -214,6 +228,10 @@ class TrackerWorker(GeventWorker):
     hub_hooks = False
 
     def init_process(self) -> None:
+        for name in settings_not_applied(self.cfg):
+            self.log.warning(
+                "TrackerWorker does not apply gunicorn's %s setting; it is ignored", name
+            )
         self._access_log = _access_log_enabled(self.cfg, self.log)
         self._clock = _Clock()
         self._base: dict[str, Any] | None = None
