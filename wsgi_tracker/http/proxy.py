@@ -22,6 +22,7 @@ from wsgi_tracker.core.addresses import parse_ip
 #: The ``trusted_proxies`` entry that trusts peers on a Unix socket (their REMOTE_ADDR is empty).
 UNIX_SOCKET = "unix"
 
+
 class TrustedNetworks:
     """``trusted_proxies`` parsed once: single hosts as a set of packed addresses (the
     common case, one set lookup), wider networks as (value, mask) integers per family."""
