@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a file: python bench/sync_lag.py
     sys.path.insert(0, str(REPO))
 
+from bench.procs import LOOPBACK_CROWD  # noqa: E402
 from wsgi_tracker.sync import frames  # noqa: E402
 
 UDP_PROTOCOL_ID = 0x41727101980
@@ -112,7 +113,7 @@ def tracker(tmp: Path, workers: int, sync: bool, worker_class: str | None) -> It
     """gunicorn (none if ``workers`` is 0) and, with sync, udp-sidecar as the hub;
     yields their ports and the socket."""
     sock = str(tmp / "hub" / "sync.sock")
-    env = dict(os.environ, WSGI_TRACKER_SYNC_SOCKET=sock if sync else "off")
+    env = dict(os.environ, **LOOPBACK_CROWD, WSGI_TRACKER_SYNC_SOCKET=sock if sync else "off")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     http_port, udp_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
     pids: list[int] = []

@@ -73,6 +73,9 @@ def _child_env(env: Mapping[str, str] | None, config_file: str | None) -> dict[s
     merged.setdefault("PYTHONUNBUFFERED", "1")
     merged.update(env or {})
     merged.setdefault("WSGI_TRACKER_SYNC_SOCKET", "off")
+    # The tests play whole swarms from 127.0.0.1: lift the per-address cap (16) unless the
+    # test sets it; the tests of the cap itself do, from 127.0.0.2 and 127.0.0.3.
+    merged.setdefault("WSGI_TRACKER_MAX_PEERS_PER_ADDRESS", "1000000")
     if config_file is not None:
         merged["WSGI_TRACKER_CONFIG"] = str(config_file)
     # The repo root first, so `examples.*` and the working tree's packages import.
@@ -303,20 +306,21 @@ def serve(
     udp_port: int | None = None,
     env: Mapping[str, str] | None = None,
     app: str | None = None,
+    default_socket: bool = False,
 ) -> Iterator[Serve]:
     """The whole stack as an operator runs it: ``wsgi-tracker serve`` with sync on.
 
     ``config`` is appended to a TOML file that binds UDP to loopback and puts
-    the sync socket in ``tmp``; ``app`` is serve's ``--app`` (default: the tracker
-    alone). Ready once HTTP and UDP answer and every worker joined the hub. On
-    exit: SIGTERM to serve, and every process it started is killed by pid if it
-    outlives the stop.
+    the sync socket in ``tmp`` (``default_socket``: where the tracker puts it by
+    default, which ``env`` decides); ``app`` is serve's ``--app`` (default: the
+    tracker alone). Ready once HTTP and UDP answer and every worker joined the
+    hub. On exit: SIGTERM to serve, and every process it started is killed by
+    pid if it outlives the stop.
     """
     tmp.mkdir(parents=True, exist_ok=True)
     conf = tmp / "tracker.toml"
-    conf.write_text(
-        f'udp_bind = ["127.0.0.1"]\nsync_socket = "{tmp / "hub" / "sync.sock"}"\n{config}'
-    )
+    sock = "" if default_socket else f'sync_socket = "{tmp / "hub" / "sync.sock"}"\n'
+    conf.write_text(f'udp_bind = ["127.0.0.1"]\n{sock}{config}')
     http_port = http_port or free_port()
     udp_port = udp_port or free_port(socket.AF_INET, socket.SOCK_DGRAM)
     cmd = [

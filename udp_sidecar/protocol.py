@@ -38,7 +38,7 @@ OPTION_URL_DATA = 2
 # Connection ids stay raw 8-byte strings end to end: compared with
 # compare_digest and echoed, never used as numbers.
 _HEADER = struct.Struct(">8sII")
-_ANNOUNCE = struct.Struct(">8sII20s20sqqqII4siH")
+_ANNOUNCE = struct.Struct(">8sII20s20sqqqIIIiH")
 _CONNECT_REPLY = struct.Struct(">II8s")
 _ANNOUNCE_REPLY = struct.Struct(">IIIII")
 _REPLY_HEADER = struct.Struct(">II")
@@ -94,7 +94,7 @@ class AnnounceRequest:
     uploaded: int
     event: int
     ip: int  # IPv4 address as a number; 0 means "use the sender's"
-    key: bytes
+    key: int  # 0: none (the store keeps keys as these 32 bits)
     num_want: int  # negative (BEP 15: -1) means the tracker's default
     port: int
     url_data: bytes = b""
@@ -272,7 +272,7 @@ def build_announce_request(
             uploaded,
             event,
             ip,
-            key.to_bytes(4, "big"),
+            key,
             num_want,
             port,
         )

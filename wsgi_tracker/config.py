@@ -45,9 +45,24 @@ PROCESS_ENV = {
 }
 
 
-def default_sync_socket() -> str:
-    """A per-user runtime directory, so two users' trackers never share a hub."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/wsgi-tracker-{os.getuid()}"
+def default_sync_socket(
+    environ: Mapping[str, str] | None = None, run_user: str = "/run/user"
+) -> str:
+    """A per-user runtime directory, so two users' trackers never share a hub.
+
+    ``$XDG_RUNTIME_DIR``, else ``/run/user/<uid>`` where it exists (systemd
+    makes both, 0700, owned by the user: nobody else can be there first).
+    Only without either does it fall back to ``$TMPDIR`` or ``/tmp``, where
+    another user may have made the directory first; the hub and ``serve``
+    then refuse to start and say which setting to use (``sync_socket``).
+    """
+    env = os.environ if environ is None else environ
+    uid = os.getuid()
+    base = env.get("XDG_RUNTIME_DIR") or ""
+    if not base and os.path.isdir(f"{run_user}/{uid}"):
+        base = f"{run_user}/{uid}"
+    if not base:
+        base = str(Path(env.get("TMPDIR") or "/tmp") / f"wsgi-tracker-{uid}")
     return str(Path(base) / "wsgi-tracker" / "sync.sock")
 
 
@@ -102,6 +117,19 @@ class TrackerConfig:
     max_peers_per_torrent: int = _setting(
         200_000,
         "Most peers in one torrent; past it new peers are refused ('swarm is full').",
+        check=at_least(1),
+    )
+    max_peers_per_address: int = _setting(
+        16,
+        "Most peers in one torrent from one address (an IPv4 address or an IPv6 /64); "
+        "past it that address's new peers are refused. Sized for a household behind one "
+        "NAT (docs/HARDENING.md).",
+        check=at_least(1),
+    )
+    max_peers: int = _setting(
+        5_000_000,
+        "Most peers one process holds over all torrents (~200 bytes each); past it new "
+        "peers are refused ('tracker is full').",
         check=at_least(1),
     )
     max_scrape_hashes: int = _setting(

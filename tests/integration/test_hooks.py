@@ -52,7 +52,9 @@ class Recorder:
 
 def test_accepted_announces_reach_the_hook_in_batches_with_their_counters(clock):
     recorder = Recorder()
-    core = TrackerCore(TrackerConfig(), clock=clock, on_announce=recorder)
+    # Fifty clients from one address: lift the per-address cap (16).
+    config = TrackerConfig(max_peers_per_address=50)
+    core = TrackerCore(config, clock=clock, on_announce=recorder)
     for n in range(50):
         req = Announce(IH, pid(n), 6881, uploaded=n, downloaded=2 * n, left=3 * n, passkey="k")
         core.announce(req, CLIENT)
@@ -73,7 +75,8 @@ def test_a_slow_hook_never_holds_up_announces_and_a_full_queue_drops_and_counts(
         release.wait(WAIT)  # stuck until the test lets go
         got.extend(e.left for e in events)
 
-    core = TrackerCore(TrackerConfig(hook_queue_size=10), on_announce=slow)
+    config = TrackerConfig(hook_queue_size=10, max_peers_per_address=50)
+    core = TrackerCore(config, on_announce=slow)
     core.start()
     core.announce(Announce(IH, pid(0), 6881, left=0), CLIENT)
     wait_for(lambda: not core.hook.queue)  # the first event is in the stuck callback

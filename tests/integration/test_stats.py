@@ -191,7 +191,8 @@ def test_statistics_paths_are_configurable_and_token_guarded():
 
 
 def test_stats_count_what_clients_did_over_http():
-    app = TrackerMiddleware(None, TrackerConfig(stats_path="/stats", sync_socket="off"))
+    config = TrackerConfig(stats_path="/stats", sync_socket="off", max_peers_per_address=100)
+    app = TrackerMiddleware(None, config)
     for n in range(40):
         q = announce_url("", IH, pid(n), 6881, n % 2)[1:]
         assert b"failure" not in call(app, "/announce", q)[2]

@@ -229,19 +229,20 @@ def test_packets_that_are_not_bep15_are_dropped(core, clock, packet):
 
 
 def test_reply_peer_lists_are_capped_to_one_datagram_per_family(clock):
-    core = TrackerCore(TrackerConfig(numwant_max=500, numwant_default=50), clock=clock)
+    config = TrackerConfig(numwant_max=500, numwant_default=50, max_peers_per_address=400)
+    core = TrackerCore(config, clock=clock)
     v4, v6 = handlers(core, clock)
     for n in range(MAX_PEERS_IPV4 + 10):
         core.store.apply(_change(n, v4_entry("10.0.0.1", 1000 + n), clock()))
         core.store.apply(_change(n + 10_000, v6_entry("2001:db8::1", 1000 + n), clock()))
     cid, cid6 = connected(v4, V4), connected(v6, V6)
     got = read_announce(
-        v4.handle(announce_packet(cid, 1, ih(1), pid(1), 1, num_want=400), V4), 1, 6
+        v4.handle(announce_packet(cid, 1, ih(1), pid(90_001), 1, num_want=400), V4), 1, 6
     )
     assert len(got.peers) == MAX_PEERS_IPV4
-    reply6 = v6.handle(announce_packet(cid6, 1, ih(1), pid(2), 1, num_want=-1), V6)
+    reply6 = v6.handle(announce_packet(cid6, 1, ih(1), pid(90_002), 1, num_want=-1), V6)
     assert len(read_announce(reply6, 1, 18).peers) == 50
-    reply6 = v6.handle(announce_packet(cid6, 2, ih(1), pid(2), 1, num_want=400), V6)
+    reply6 = v6.handle(announce_packet(cid6, 2, ih(1), pid(90_002), 1, num_want=400), V6)
     assert len(read_announce(reply6, 2, 18).peers) == MAX_PEERS_IPV6
     assert len(reply6) + 48 <= 1280
 

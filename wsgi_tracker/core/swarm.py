@@ -36,13 +36,47 @@ from wsgi_tracker.core.types import (
 )
 
 
-class SwarmFull(Exception):
+class PeerRefused(Exception):
+    """An announce the store will not apply; nothing changed.
+
+    The message is the client's failure reason; ``kind`` names the rule for
+    the error counters.
+    """
+
+    kind = "refused"
+
+
+class SwarmFull(PeerRefused):
     """A new peer was refused because its torrent already holds the maximum."""
+
+    kind = "swarm_full"
+
+
+class AddressFull(PeerRefused):
+    """A new (or moving) peer was refused: its address already has the most peers allowed."""
+
+    kind = "address_full"
+
+
+class StoreFull(PeerRefused):
+    """A new peer was refused: this process holds the most peers allowed in all."""
+
+    kind = "store_full"
+
+
+class NotYourPeer(PeerRefused):
+    """The peer_id is held from another address, and the announce does not carry its key."""
+
+    kind = "peer_identity"
 
 
 STOP_MEMORY = 30.0  # seconds a stop outranks older announces (sync lag is milliseconds)
 MAX_STOPS_REMEMBERED = 100_000  # bounds that memory under a flood of stops
 SMALL_LIST = 16  # up to this many peers a list is searched instead of indexed
+# The part of an endpoint that is "the address" for identity and per-address limits: an
+# IPv4 address, or an IPv6 /64 (one host's or household's prefix: privacy addresses rotate
+# inside it, and anyone can pick any of its 2^64 addresses).
+HOST_WIDTH = {IPV4_WIDTH: 4, IPV6_WIDTH: 8}
 
 
 class PeerList:
@@ -51,19 +85,35 @@ class PeerList:
     Most torrents are small, and a dict costs ~350 bytes even for ten peers
     (35 B/peer at 100k torrents x 10 peers, against a 200 B/peer budget), so a
     list of up to ``SMALL_LIST`` peers finds a peer id by a linear search of
-    ``ids`` (C-speed, a few hundred ns) and only a larger one keeps ``index``.
+    ``ids`` (C-speed, a few hundred ns) and only a larger one keeps ``index``,
+    and ``hosts`` (peers per address, for the per-address cap) likewise: a small
+    list counts an address by searching ``addrs``.
     """
 
-    __slots__ = ("addrs", "expires", "ids", "index", "seeders", "sweep_at", "width")
+    __slots__ = (
+        "addrs",
+        "expires",
+        "host_width",
+        "hosts",
+        "ids",
+        "index",
+        "keys",
+        "seeders",
+        "sweep_at",
+        "width",
+    )
 
     def __init__(self, width: int) -> None:
         self.width = width
+        self.host_width = HOST_WIDTH[width]
         self.addrs = bytearray()
         self.ids: list[bytes] = []
         # Absolute expiry to the microsecond, so two announces of one peer in the same
         # second still order (sync keeps the newer); 8 bytes a peer.
         self.expires = array("d")
+        self.keys = array("I")  # each peer's BEP 3 key as 32 bits, 0 for none; 4 bytes a peer
         self.index: dict[bytes, int] | None = None
+        self.hosts: dict[bytes, int] | None = None
         self.seeders = 0
         self.sweep_at = 0
 
@@ -82,32 +132,82 @@ class PeerList:
         except ValueError:
             return -1
 
+    def host_count(self, host: bytes) -> int:
+        """How many peers of this list announce from ``host`` (``host_width`` bytes).
+
+        O(1) for an indexed list; a small one searches its at most ``SMALL_LIST``
+        packed entries in C (``find``), skipping matches that straddle two entries.
+        """
+        hosts = self.hosts
+        if hosts is not None:
+            return hosts.get(host, 0)
+        addrs, w = self.addrs, self.width
+        n = 0
+        pos = addrs.find(host)
+        while pos >= 0:
+            if pos % w:
+                pos = addrs.find(host, pos + 1)
+            else:
+                n += 1
+                pos = addrs.find(host, pos + w)
+        return n
+
+    def rehost(self, slot: int, endpoint: bytes) -> None:
+        """Move the peer in ``slot`` to another address (its key was checked)."""
+        hosts = self.hosts
+        if hosts is not None:
+            at, hw = slot * self.width, self.host_width
+            old = bytes(self.addrs[at : at + hw])
+            if hosts[old] == 1:
+                del hosts[old]
+            else:
+                hosts[old] -= 1
+            new = endpoint[:hw]
+            hosts[new] = hosts.get(new, 0) + 1
+        self.addrs[slot * self.width : (slot + 1) * self.width] = endpoint
+
     def _swap(self, i: int, j: int) -> None:
         if i == j:
             return
         w = self.width
-        a, ids, exp = self.addrs, self.ids, self.expires
+        a, ids, exp, keys = self.addrs, self.ids, self.expires, self.keys
         a[i * w : i * w + w], a[j * w : j * w + w] = a[j * w : j * w + w], a[i * w : i * w + w]
         ids[i], ids[j] = ids[j], ids[i]
         exp[i], exp[j] = exp[j], exp[i]
+        keys[i], keys[j] = keys[j], keys[i]
         if self.index is not None:
             self.index[ids[i]] = i
             self.index[ids[j]] = j
 
-    def upsert(self, peer_id: bytes, endpoint: bytes, seeder: bool, expires: float) -> int:
-        """Add or refresh a peer; returns its slot. The caller checks capacity first."""
-        index = self.index  # slot() inlined for the common, indexed case
-        slot = index.get(peer_id, -1) if index is not None else self.slot(peer_id)
+    def upsert(
+        self, slot: int, peer_id: bytes, endpoint: bytes, seeder: bool, expires: float, key: int
+    ) -> int:
+        """Add (``slot`` -1) or refresh the peer; returns its slot.
+
+        The caller found the slot and checked capacity and identity first; a
+        refresh keeps the address (``rehost`` moves it) but may change the port.
+        """
         w = self.width
         if slot < 0:
             slot = len(self.ids)
             self.ids.append(peer_id)
             self.addrs += endpoint
             self.expires.append(expires)
+            self.keys.append(key)
             if self.index is not None:
                 self.index[peer_id] = slot
+                counts = self.hosts
+                assert counts is not None  # kept whenever the index is
+                host = endpoint[: self.host_width]
+                counts[host] = counts.get(host, 0) + 1
             elif slot >= SMALL_LIST:
                 self.index = {pid: n for n, pid in enumerate(self.ids)}
+                hw = self.host_width
+                hosts: dict[bytes, int] = {}
+                for at in range(0, len(self.addrs), w):
+                    host = bytes(self.addrs[at : at + hw])
+                    hosts[host] = hosts.get(host, 0) + 1
+                self.hosts = hosts
             if seeder:
                 self._swap(slot, self.seeders)
                 slot = self.seeders
@@ -134,8 +234,17 @@ class PeerList:
         self._swap(slot, last)
         if self.index is not None:
             del self.index[self.ids[last]]
+            hosts = self.hosts
+            assert hosts is not None
+            at = last * self.width
+            host = bytes(self.addrs[at : at + self.host_width])
+            if hosts[host] == 1:
+                del hosts[host]
+            else:
+                hosts[host] -= 1
         self.ids.pop()
         self.expires.pop()
+        self.keys.pop()
         del self.addrs[last * self.width :]
 
     def is_seeder(self, peer_id: bytes) -> bool:
@@ -261,8 +370,48 @@ class Swarm:
         return self.v6
 
 
+class _Torrents(TTLCache[bytes, Swarm]):
+    """The torrent cache, telling the store how many peers leave with a dropped torrent.
+
+    ``SwarmStore.peers_held`` bounds the whole replica, so it must see the peers
+    of every torrent the cache expires or evicts. Re-inserting a torrent (the
+    TTL refresh) may first expire that same entry: its peers stay, so they are
+    not counted out.
+    """
+
+    def __init__(self, maxsize: int, ttl: float, timer: Callable[[], float], store: SwarmStore):
+        super().__init__(maxsize=maxsize, ttl=ttl, timer=timer)
+        self._store = store
+        self._keeping: Swarm | None = None
+
+    def __setitem__(self, key: bytes, value: Swarm) -> None:  # type: ignore[override]
+        self._keeping = value
+        try:
+            super().__setitem__(key, value)
+        finally:
+            self._keeping = None
+
+    def expire(self, time: float | None = None) -> list[tuple[bytes, Swarm]]:  # type: ignore[override]
+        expired = list(super().expire(time))
+        for _, swarm in expired:
+            if swarm is not self._keeping:
+                self._store.peers_held -= len(swarm)
+        return expired
+
+    def popitem(self) -> tuple[bytes, Swarm]:
+        key, swarm = super().popitem()
+        self._store.peers_held -= len(swarm)
+        return key, swarm
+
+
 class SwarmStore:
-    """This process's replica of every swarm. Single-threaded: call from one greenlet."""
+    """This process's replica of every swarm. Single-threaded: call from one greenlet.
+
+    Bounds (each refuses a newcomer with its own ``PeerRefused``, and keeps the
+    peers it has): ``max_peers_per_torrent``, ``max_peers_per_address`` (in one
+    torrent, per IPv4 address or IPv6 /64) and ``max_peers`` over the whole
+    replica; ``max_torrents`` evicts the stalest torrent instead.
+    """
 
     def __init__(
         self,
@@ -270,19 +419,24 @@ class SwarmStore:
         peer_ttl: int = 3900,
         max_torrents: int = 1_000_000,
         max_peers_per_torrent: int = 200_000,
+        max_peers_per_address: int = 16,
+        max_peers: int = 5_000_000,
         sweep_every: int = 60,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.peer_ttl = peer_ttl
         self.max_peers_per_torrent = max_peers_per_torrent
+        self.max_peers_per_address = max_peers_per_address
+        self.max_peers = max_peers
+        self.peers_held = 0  # every peer entry in the replica, expired but unswept included
         self.sweep_every = sweep_every
         self.clock = clock
         # A torrent's TTL is refreshed at most once per sweep period (re-inserting into
         # the TTLCache on every announce was ~9% of a UDP announce), so the cache keeps it
         # one period longer: it never expires before its last peer.
         self._stops: dict[bytes, float] = {}  # info_hash + peer_id -> time of its stop
-        self.torrents: TTLCache[bytes, Swarm] = TTLCache(
-            maxsize=max_torrents, ttl=peer_ttl + sweep_every, timer=clock
+        self.torrents: TTLCache[bytes, Swarm] = _Torrents(
+            max_torrents, peer_ttl + sweep_every, clock, self
         )
         # ``apply`` reads the cache's own dict and LRU order directly: TTLCache.__getitem__
         # is ~2 us of Python (a timer call, an expiry check, then the same LRU move) on
@@ -322,7 +476,11 @@ class SwarmStore:
         Idempotent but for the download counter: only the process that received
         the announce counts it (``count_download``); replicas learn the count
         from sync's counter increments (``add_downloaded``).
-        Raises SwarmFull for a new peer in a full torrent; nothing changes then.
+        Raises a ``PeerRefused`` (nothing changes then) for a peer held from
+        another address without its key (``NotYourPeer``), and for a newcomer
+        past a bound (``SwarmFull``, ``AddressFull``, ``StoreFull``). The same
+        rules run for local announces and replicated ones, so every replica
+        refuses what one refuses.
         """
         ih = change.info_hash
         swarm = self._held.get(ih)
@@ -348,10 +506,19 @@ class SwarmStore:
         for due in (v4, v6):
             if due is not None and now >= due.sweep_at:
                 due.sweep_at = now + self.sweep_every
-                due.sweep(now)
+                self.peers_held -= due.sweep(now)
         peer_id = change.peer_id
-        if len(swarm) >= self.max_peers_per_torrent and peer_id not in pl:
-            raise SwarmFull(f"torrent {ih.hex()} already has {len(swarm)} peers")
+        index = pl.index  # slot() inlined for the common, indexed case
+        slot = index.get(peer_id, -1) if index is not None else pl.slot(peer_id)
+        if slot < 0:
+            self._admit(swarm, pl, change)
+        else:
+            w = pl.width
+            at = slot * w
+            if pl.addrs[at : at + w] != endpoint:
+                self._move(pl, slot, change)
+            elif change.key and not pl.keys[slot]:
+                pl.keys[slot] = change.key  # a keyless peer takes the first key it sends
         counted = False
         if (
             count_download
@@ -360,28 +527,115 @@ class SwarmStore:
         ):
             swarm.downloaded += 1
             counted = True
-        slot = pl.upsert(peer_id, change.endpoint, change.seeder, change.timestamp + self.peer_ttl)
+        if slot < 0:
+            self.peers_held += 1
+        slot = pl.upsert(
+            slot, peer_id, endpoint, change.seeder, change.timestamp + self.peer_ttl, change.key
+        )
         if now - swarm.touched >= self.sweep_every:
             # Re-inserting refreshes the torrent's TTL and its place in the LRU order.
             swarm.touched = now
             self.torrents[ih] = swarm
         return swarm, slot, counted
 
+    def _admit(self, swarm: Swarm, pl: PeerList, change: PeerChange) -> None:
+        """Raise unless a new peer may join: the bounds, and the peer's other family.
+
+        A dual-stack client is one peer_id in both families' lists. When the
+        other family holds it with a key, only that key may add this family's
+        entry: otherwise anyone who read the peer_id could take the place the
+        client's own second announce will need, and keep it.
+        """
+        if self.peers_held >= self.max_peers:
+            raise StoreFull(
+                f"tracker is full: {self.peers_held} peers held, the most allowed; retry later"
+            )
+        if len(swarm) >= self.max_peers_per_torrent:
+            raise SwarmFull("swarm is full: this torrent has the most peers allowed")
+        host = change.endpoint[: pl.host_width]
+        if pl.host_count(host) >= self.max_peers_per_address:
+            raise AddressFull(
+                f"too many peers from your address: this torrent already has "
+                f"{self.max_peers_per_address} from it"
+            )
+        other = swarm.v6 if pl is swarm.v4 else swarm.v4
+        if other is not None:
+            oslot = other.slot(change.peer_id)
+            if oslot >= 0 and other.keys[oslot] and other.keys[oslot] != change.key:
+                raise NotYourPeer(
+                    "peer_id is in use by another client in this torrent: send the key "
+                    "it announced with, or use a peer_id of your own"
+                )
+
+    def _move(self, pl: PeerList, slot: int, change: PeerChange) -> None:
+        """A known peer announces another endpoint: a new port, or (with its key) a new address.
+
+        Peer ids are no secret (non-compact replies and every handshake show
+        them), so an address change is taken only with the key the peer first
+        sent; a peer that never sent one stays where it is until it expires.
+        """
+        hw = pl.host_width
+        at = slot * pl.width
+        if pl.addrs[at : at + hw] == change.endpoint[:hw]:
+            if change.key and not pl.keys[slot]:
+                pl.keys[slot] = change.key
+            return
+        held = pl.keys[slot]
+        if not held or held != change.key:
+            raise NotYourPeer(
+                "peer_id is in use from another address: announce from that address, "
+                "or send the key it first announced with"
+            )
+        if pl.host_count(change.endpoint[:hw]) >= self.max_peers_per_address:
+            raise AddressFull(
+                f"too many peers from your address: this torrent already has "
+                f"{self.max_peers_per_address} from it"
+            )
+        pl.rehost(slot, change.endpoint)
+
+    def learn_key(self, change: PeerChange) -> None:
+        """Give a keyless peer the key of a stale copy of it from its own address.
+
+        A replica restored from the sidecar's snapshot file holds its peers
+        without keys; the workers' re-sent replicas carry them but are no newer,
+        so they are not applied. Their keys still are: the record is the same
+        peer at the same address, which is all the identity rule asks.
+        """
+        swarm = self._held.get(change.info_hash)
+        pl = None if swarm is None else swarm.family(len(change.endpoint), create=False)
+        if pl is None:
+            return
+        slot = pl.slot(change.peer_id)
+        if slot < 0 or pl.keys[slot]:
+            return
+        at, hw = slot * pl.width, pl.host_width
+        if pl.addrs[at : at + hw] == change.endpoint[:hw]:
+            pl.keys[slot] = change.key
+
     def _stop(self, swarm: Swarm | None, change: PeerChange) -> None:
         """Remove a stopped peer, and remember the stop for ``STOP_MEMORY`` seconds.
 
-        Only the peer's own host may stop it: peer ids are no secret (non-compact
-        replies and every handshake show them), the sender's address is proven.
-        The memory keeps a copy of an earlier announce, arriving late from
-        another process through sync, from bringing the peer back as a ghost.
+        Only the peer itself may stop it: from its own address, or from
+        another with its key (``_move``'s rule); anything else raises
+        ``NotYourPeer`` and changes nothing. The memory keeps a copy of an
+        earlier announce, arriving late from another process through sync, from
+        bringing the peer back as a ghost.
         """
         width = len(change.endpoint)
         if swarm is not None:
             pl = swarm.family(width, create=False)
             if pl is not None and (slot := pl.slot(change.peer_id)) >= 0:
-                if pl.addrs[slot * width : slot * width + width - 2] != change.endpoint[:-2]:
-                    return
+                hw = pl.host_width
+                at = slot * width
+                if pl.addrs[at : at + hw] != change.endpoint[:hw] and (
+                    not pl.keys[slot] or pl.keys[slot] != change.key
+                ):
+                    raise NotYourPeer(
+                        "peer_id is in use from another address: only the peer itself "
+                        "may stop it (from its address, or with the key it announced with)"
+                    )
                 pl.remove_slot(slot)
+                self.peers_held -= 1
         stops = self._stops
         key = change.info_hash + change.peer_id
         stops.pop(key, None)  # re-inserted at the young end: the dict stays in time order
@@ -423,7 +677,7 @@ class SwarmStore:
         now = int(self.clock())
         for swarm in list(self.torrents.values()):
             for pl in swarm.lists():
-                pl.sweep(now)
+                self.peers_held -= pl.sweep(now)
                 pl.sweep_at = now + self.sweep_every
 
     def peers(self) -> Iterator[PeerChange]:
@@ -440,7 +694,7 @@ class SwarmStore:
         out: list[PeerChange] = []
         for pl in swarm.lists():
             w = pl.width
-            addrs, expires, seeders = pl.addrs, pl.expires, pl.seeders
+            addrs, expires, seeders, keys = pl.addrs, pl.expires, pl.seeders, pl.keys
             for slot, pid in enumerate(pl.ids):
                 out.append(
                     PeerChange(
@@ -450,6 +704,7 @@ class SwarmStore:
                         slot < seeders,
                         EVENT_NONE,
                         float(expires[slot] - ttl),
+                        keys[slot],
                     )
                 )
         return out

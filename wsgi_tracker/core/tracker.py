@@ -20,7 +20,7 @@ from wsgi_tracker.core.addresses import endpoint, pack_ip
 from wsgi_tracker.core.counters import Counters
 from wsgi_tracker.core.errors import TrackerError
 from wsgi_tracker.core.locks import ProcessLock
-from wsgi_tracker.core.swarm import PeerList, SwarmFull, SwarmStore
+from wsgi_tracker.core.swarm import PeerList, PeerRefused, SwarmStore
 from wsgi_tracker.core.types import (
     EVENT_STOPPED,
     IPV4_WIDTH,
@@ -66,6 +66,8 @@ class TrackerCore:
             peer_ttl=self.config.peer_ttl,
             max_torrents=self.config.max_torrents,
             max_peers_per_torrent=self.config.max_peers_per_torrent,
+            max_peers_per_address=self.config.max_peers_per_address,
+            max_peers=self.config.max_peers,
             clock=self.clock,
         )
         self.ws = WsSwarms(
@@ -110,12 +112,12 @@ class TrackerCore:
             client_ip = pack_ip(req.ip)
         ep = endpoint(client_ip, req.port)
         seeder = req.left == 0
-        change = PeerChange(req.info_hash, req.peer_id, ep, seeder, req.event, now)
+        change = PeerChange(req.info_hash, req.peer_id, ep, seeder, req.event, now, req.key)
         try:
             swarm, slot, counted = store.apply(change)
-        except SwarmFull:
-            self.counters.error(protocol, "swarm_full")
-            raise TrackerError("swarm is full: this torrent has the most peers allowed") from None
+        except PeerRefused as exc:
+            self.counters.error(protocol, exc.kind)
+            raise TrackerError(str(exc)) from None
         self.counters.announces[protocol] += 1
         for listener in self.listeners:
             listener(change, counted)

@@ -33,7 +33,7 @@ class Announce:
     event: int = 0
     numwant: int | None = None  # None: the configured default
     ip: str | None = None  # the client's claimed address; used only if allowed
-    key: bytes | None = None
+    key: int = 0  # the BEP 3 key as 32 bits, 0 for none (``http.codec`` says how HTTP's reads)
     passkey: str | None = None
 
 
@@ -71,7 +71,7 @@ class PeerChange(NamedTuple):
     event: int
     timestamp: float
     # The BEP 3 ``key`` as 32 bits (0: none sent), what lets a peer prove it is the same
-    # client from another address (see ``announce_key``); never handed to other peers.
+    # client from another address (``SwarmStore._move``); never handed to other peers.
     key: int = 0
 
 

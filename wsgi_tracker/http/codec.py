@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import binascii
 import re
+import zlib
 from collections.abc import Sequence
 from urllib.parse import unquote_to_bytes
 
@@ -105,6 +106,26 @@ def _flag(name: str, value: bytes) -> bool:
     raise TrackerError(f"invalid {name}: expected 0 or 1, got {value[:24]!r}")
 
 
+def key_of(raw: bytes | None) -> int:
+    """The HTTP ``key`` parameter as the 32 bits the store keeps (0: none).
+
+    BEP 3 leaves the key's form open. libtorrent sends its 32-bit key as eight
+    hex digits over HTTP and as the same number in the UDP key field, so eight
+    hex digits are read as that number: a client's HTTP and UDP announces then
+    prove the same identity. Any other string is reduced by CRC-32: an
+    attacker does not know the string, and guessing the 32 bits is all one
+    could do either way. A key that maps to 0 counts as none.
+    """
+    if not raw:
+        return 0
+    if len(raw) == 8:
+        try:
+            return int.from_bytes(binascii.unhexlify(raw), "big")
+        except binascii.Error:
+            pass
+    return zlib.crc32(raw)
+
+
 class AnnounceQuery:
     """An announce's parameters, with what only HTTP knows (compact, no_peer_id)."""
 
@@ -145,7 +166,7 @@ def parse_announce(query: bytes, passkey: str | None = None) -> AnnounceQuery:
         event=event,
         numwant=None if numwant_raw is None else _integer("numwant", numwant_raw, 0, 2**31 - 1),
         ip=ip_raw.decode("latin-1") if ip_raw else None,
-        key=get(b"key"),
+        key=key_of(get(b"key")),
         passkey=passkey,
     )
     compact_raw = get(b"compact")

@@ -21,7 +21,7 @@ from wsgi_tracker.running import logs
 from wsgi_tracker.running.flags import add_setting_flags, flag_layer, layer_env
 from wsgi_tracker.running.supervisor import Child, Supervisor
 from wsgi_tracker.settings import markdown
-from wsgi_tracker.sync.socket_path import why_no_hub
+from wsgi_tracker.sync.socket_path import UnsafeSocketPath, check_private, why_no_hub
 
 GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
 GUNICORN_STOP_TIMEOUT = 20.0  # its graceful_timeout (10 s), the workers' last flush, slack
@@ -104,6 +104,12 @@ def serve_command(
         env["WSGI_TRACKER_CONFIG"] = str(Path(args.config).resolve())
     # Both children get the socket path spelled out, so they cannot disagree on it.
     sync_socket = None if args.no_udp else config.sync_socket_path
+    if sync_socket:  # refuse a squatted directory in one line, before anything starts
+        try:
+            check_private(sync_socket, missing_ok=True)
+        except UnsafeSocketPath as exc:
+            print(f"wsgi-tracker: {exc}", file=sys.stderr)
+            return 2
     env["WSGI_TRACKER_SYNC_SOCKET"] = sync_socket or "off"
     children: list[Child] = []
     if not args.no_udp:

@@ -6,7 +6,7 @@ import collections
 from collections.abc import Callable
 from typing import Any
 
-from wsgi_tracker.core.swarm import SwarmFull, SwarmStore
+from wsgi_tracker.core.swarm import PeerRefused, SwarmStore
 from wsgi_tracker.core.types import PeerChange
 
 AbstractLock = Any  # threading.Lock or gevent's; both are context managers
@@ -50,13 +50,16 @@ def apply_remote(store: SwarmStore, change: PeerChange, state: bool = False) -> 
     record (a snapshot or re-sent replica, ``state`` True) loses a tie: it may
     be older than what we hold within the same second. Downloads are never
     counted here (they arrive as counter increments). Returns whether it was
-    applied; a full swarm refuses a new peer here too.
+    applied: the store's rules refuse here what they refuse locally (a full
+    swarm, a peer held from another address without its key).
     """
     if newer(store, change) < (1 if state else 0):
+        if change.key:
+            store.learn_key(change)
         return False
     try:
         store.apply(change, count_download=False)
-    except SwarmFull:
+    except PeerRefused:
         return False
     return True
 

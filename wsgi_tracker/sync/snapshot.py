@@ -36,7 +36,7 @@ from pathlib import Path
 import gevent
 import gevent.event
 
-from wsgi_tracker.core.swarm import SwarmFull, SwarmStore
+from wsgi_tracker.core.swarm import PeerRefused, SwarmStore
 from wsgi_tracker.core.types import EVENT_NONE, IPV4_WIDTH, IPV6_WIDTH, PeerChange
 from wsgi_tracker.sync.frames import MAX_TIMESTAMP
 
@@ -260,7 +260,7 @@ def load(
             change = change._replace(timestamp=now)
         try:
             store.apply(change, count_download=False)
-        except SwarmFull:
+        except PeerRefused:
             refused += 1
     for ih, total in snap.downloaded.items():
         store.set_downloaded(ih, total)

@@ -3,8 +3,9 @@
 Whoever can replace the socket file can receive every announce and inject
 peers, so both ends check the directory before they listen or connect: it must
 belong to this user, and its parent to this user or root (``/tmp``, ``/run``).
-The default path sits in a world-writable ``/tmp`` when there is no
-``XDG_RUNTIME_DIR``, where another user could have made the directory first.
+The default path sits in a world-writable ``/tmp`` when there is neither
+``XDG_RUNTIME_DIR`` nor ``/run/user/<uid>``, where another user could have
+made the directory first: the refusal then names the setting that avoids it.
 """
 
 from __future__ import annotations
@@ -17,16 +18,27 @@ class UnsafeSocketPath(OSError):
     """The socket's directory belongs to someone else; the message names it."""
 
 
-def check_private(path: str) -> None:
-    """Raise UnsafeSocketPath unless ``path``'s directory is this user's."""
+def check_private(path: str, missing_ok: bool = False) -> None:
+    """Raise UnsafeSocketPath unless ``path``'s directory is this user's.
+
+    ``missing_ok``: a directory that does not exist yet passes (the hub will
+    make it, 0700); ``serve`` checks this way before it starts anything.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     uid = os.getuid()
     for where, allowed in ((directory, {uid}), (os.path.dirname(directory), {uid, 0})):
-        owner = os.stat(where).st_uid
+        try:
+            owner = os.stat(where).st_uid
+        except FileNotFoundError:
+            if missing_ok:
+                continue
+            raise
         if owner not in allowed:
             raise UnsafeSocketPath(
                 f"{where} belongs to uid {owner}, not to this user (uid {uid}) or root: "
-                "another user could replace the sync socket; choose another sync_socket"
+                "another user could replace the sync socket; set sync_socket "
+                "(WSGI_TRACKER_SYNC_SOCKET) to a path in a directory of your own, "
+                "or run with XDG_RUNTIME_DIR set"
             )
 
 

@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wsgi_tracker.core import swarm as swarm_module
-from wsgi_tracker.core.swarm import PeerList, SwarmFull, SwarmStore
+from wsgi_tracker.core.swarm import (
+    AddressFull,
+    NotYourPeer,
+    PeerList,
+    StoreFull,
+    SwarmFull,
+    SwarmStore,
+)
 from wsgi_tracker.core.types import (
     EVENT_COMPLETED,
     EVENT_NONE,
@@ -32,8 +39,10 @@ def v4(n: int, port: int = 6881) -> bytes:
     return bytes([10, 0, n >> 8 & 255, n & 255]) + port.to_bytes(2, "big")
 
 
-def v6(n: int, port: int = 6881) -> bytes:
-    return b"\xfd" + bytes(13) + n.to_bytes(2, "big") + port.to_bytes(2, "big")
+def v6(n: int, port: int = 6881, net: int = 0) -> bytes:
+    """An address in the /64 ``net`` (the unit of IPv6 identity and limits)."""
+    host = n.to_bytes(2, "big") + port.to_bytes(2, "big")
+    return b"\xfd" + net.to_bytes(7, "big") + bytes(6) + host
 
 
 @pytest.fixture
@@ -41,8 +50,8 @@ def store(clock) -> SwarmStore:
     return SwarmStore(peer_ttl=TTL, clock=clock)
 
 
-def announce(store, n, *, seeder=False, event=EVENT_NONE, ih=IH, ep=None, count=True):
-    change = PeerChange(ih, pid(n), ep or v4(n), seeder, event, store.clock())
+def announce(store, n, *, seeder=False, event=EVENT_NONE, ih=IH, ep=None, count=True, key=0):
+    change = PeerChange(ih, pid(n), ep or v4(n), seeder, event, store.clock(), key)
     return store.apply(change, count_download=count)
 
 
@@ -51,11 +60,18 @@ def check_invariants(pl: PeerList) -> None:
     n = len(pl.ids)
     assert len(pl.addrs) == n * pl.width
     assert len(pl.expires) == n
+    assert len(pl.keys) == n
     assert 0 <= pl.seeders <= n
     assert len(set(pl.ids)) == n
     assert all(pl.slot(p) == slot for slot, p in enumerate(pl.ids))
+    hosts: dict[bytes, int] = {}
+    for at in range(0, len(pl.addrs), pl.width):
+        host = bytes(pl.addrs[at : at + pl.host_width])
+        hosts[host] = hosts.get(host, 0) + 1
+    assert all(pl.host_count(h) == c for h, c in hosts.items())
     if pl.index is not None:
         assert pl.index == {p: slot for slot, p in enumerate(pl.ids)}
+        assert pl.hosts == hosts
 
 
 # --- expiry ------------------------------------------------------------------------------
@@ -126,12 +142,12 @@ def test_replicated_change_expires_from_its_own_timestamp(store, clock):
 # --- events and counters -----------------------------------------------------------------
 
 
-def test_reannounce_refreshes_address_and_seeder_state(store):
+def test_reannounce_refreshes_port_and_seeder_state(store):
     announce(store, 1, ep=v4(1, 1000))
-    announce(store, 1, seeder=True, ep=v4(9, 2000))
+    announce(store, 1, seeder=True, ep=v4(1, 2000))
     pl = store.get(IH).v4
     assert (pl.seeders, len(pl)) == (1, 1)
-    assert bytes(pl.addrs) == v4(9, 2000)
+    assert bytes(pl.addrs) == v4(1, 2000)
     assert store.scrape(IH) == (1, 0, 0)
     announce(store, 1, seeder=False)
     assert store.scrape(IH) == (0, 0, 1)
@@ -151,10 +167,12 @@ def test_stopped_removes_the_peer_where_it_announced_from(store):
 
 def test_stop_from_another_host_cannot_remove_a_peer(store):
     """Peer ids are public (non-compact replies, handshakes): an id alone proves nothing."""
-    announce(store, 1, ep=v4(1))
-    announce(store, 1, ep=v6(1))
-    announce(store, 1, event=EVENT_STOPPED, ep=v4(66))
-    announce(store, 1, event=EVENT_STOPPED, ep=v6(66))
+    announce(store, 1, ep=v4(1), key=7)
+    announce(store, 1, ep=v6(1), key=7)
+    for ep, key in ((v4(66), 0), (v6(66, net=1), 0), (v4(66), 8), (v6(66, net=1), 8)):
+        with pytest.raises(NotYourPeer, match="only the peer itself may stop it"):
+            announce(store, 1, event=EVENT_STOPPED, ep=ep, key=key)
+    assert not store._stops  # a refused stop leaves no memory either
     swarm = store.get(IH)
     assert pid(1) in swarm.v4 and pid(1) in swarm.v6
     assert store.scrape(IH) == (0, 0, 2)
@@ -219,7 +237,7 @@ def filled(seeders: int, leechers: int) -> PeerList:
     order = [True] * seeders + [False] * leechers
     random.Random(seeders * 7919 + leechers).shuffle(order)
     for n, is_seeder in enumerate(order):
-        pl.upsert(pid(n), v4(n), is_seeder, 10**6)
+        pl.upsert(-1, pid(n), v4(n), is_seeder, 10**6, 0)
     return pl
 
 
@@ -318,54 +336,197 @@ def test_full_torrent_refuses_new_peers_but_known_peers_reannounce(clock):
     assert store.scrape(IH) == (1, 1, 2)
 
 
+# --- identity: only the peer itself moves, stops or changes it ---------------------------
+
+
+def test_peer_cannot_be_moved_to_another_address_without_its_key(store):
+    announce(store, 1, ep=v4(1), key=7)
+    announce(store, 2, ep=v4(2))  # never sent a key: bound to its address for good
+    for n, key in ((1, 0), (1, 8), (2, 0), (2, 5)):
+        with pytest.raises(NotYourPeer, match="in use from another address"):
+            announce(store, n, ep=v4(66), key=key, seeder=True)
+    with pytest.raises(NotYourPeer):
+        announce(store, 1, ep=v6(1), key=8)  # nor can another key add its other family
+    pl = store.get(IH).v4
+    assert bytes(pl.addrs) == v4(1) + v4(2)
+    assert store.scrape(IH) == (0, 0, 2)
+
+
+def test_peer_moves_with_the_key_it_first_sent(store):
+    announce(store, 1, ep=v4(1), key=7)
+    announce(store, 1, ep=v4(1), key=9)  # same address: accepted, the first key stays
+    announce(store, 1, ep=v4(5, 7000), key=7, seeder=True)
+    pl = store.get(IH).v4
+    assert (bytes(pl.addrs), list(pl.keys), pl.seeders) == (v4(5, 7000), [7], 1)
+    assert (pl.host_count(v4(1)[:4]), pl.host_count(v4(5)[:4])) == (0, 1)
+    announce(store, 1, ep=v6(1), key=7)  # its other family, with the same key
+    assert pid(1) in store.get(IH).v6
+
+
+def test_keyless_peer_takes_the_first_key_it_sends_from_its_own_address(store):
+    announce(store, 1, ep=v4(1))
+    announce(store, 1, ep=v4(1, 9999), key=42)  # a new port at the same address
+    assert list(store.get(IH).v4.keys) == [42]
+    with pytest.raises(NotYourPeer):
+        announce(store, 1, ep=v4(2), key=41)
+    announce(store, 1, ep=v4(2), key=42)
+    assert bytes(store.get(IH).v4.addrs) == v4(2)
+
+
+def test_stop_with_the_key_from_another_address_removes_the_peer(store):
+    announce(store, 1, ep=v4(1), key=7)
+    announce(store, 1, event=EVENT_STOPPED, ep=v4(3), key=7)
+    assert store.scrape(IH) == (0, 0, 0)
+    assert store.peers_held == 0
+
+
+def test_an_ipv6_peer_is_bound_to_its_64(store):
+    """Privacy addresses rotate inside a /64: a keyless client still re-announces there."""
+    announce(store, 1, ep=v6(1))
+    announce(store, 1, ep=v6(77, 7000))  # the same /64, another interface id and port
+    assert bytes(store.get(IH).v6.addrs) == v6(77, 7000)
+    with pytest.raises(NotYourPeer):
+        announce(store, 1, ep=v6(1, net=9))
+    announce(store, 1, event=EVENT_STOPPED, ep=v6(5))  # the /64 may stop it too
+    assert store.scrape(IH) == (0, 0, 0)
+
+
+def test_replicas_refuse_a_move_through_sync_as_the_origin_would(store):
+    from wsgi_tracker.sync.replica import apply_remote
+
+    announce(store, 1, ep=v4(1), key=7)
+    now = store.clock()
+    assert not apply_remote(store, PeerChange(IH, pid(1), v4(66), True, EVENT_NONE, now + 1, 8))
+    assert not apply_remote(store, PeerChange(IH, pid(1), v4(66), True, EVENT_NONE, now + 1))
+    stop = PeerChange(IH, pid(1), v4(66), False, EVENT_STOPPED, now + 1)
+    assert not apply_remote(store, stop)
+    assert bytes(store.get(IH).v4.addrs) == v4(1)
+    assert apply_remote(store, PeerChange(IH, pid(1), v4(5), True, EVENT_NONE, now + 2, 7))
+    assert bytes(store.get(IH).v4.addrs) == v4(5)
+
+
+def test_a_stale_copy_from_the_peers_address_still_brings_its_key(store):
+    """The sidecar's snapshot file keeps no keys; the workers' re-sent replicas do."""
+    from wsgi_tracker.sync.replica import apply_remote
+
+    now = store.clock()
+    announce(store, 1, ep=v4(1))
+    resent = PeerChange(IH, pid(1), v4(1), False, EVENT_NONE, now - 5, 7)
+    assert not apply_remote(store, resent, state=True)
+    assert list(store.get(IH).v4.keys) == [7]
+    elsewhere = PeerChange(IH, pid(1), v4(2), False, EVENT_NONE, now - 5, 9)
+    apply_remote(store, elsewhere, state=True)
+    assert list(store.get(IH).v4.keys) == [7]
+
+
+# --- abuse bounds: per address, per replica ------------------------------------------------
+
+
+@pytest.mark.parametrize("peers", [3, 40])  # a small list (searched) and an indexed one
+def test_one_address_cannot_fill_a_swarm(clock, peers):
+    store = SwarmStore(peer_ttl=TTL, max_peers_per_address=peers, clock=clock)
+    for n in range(peers):
+        announce(store, n, ep=v4(7, 1000 + n))
+        announce(store, 100 + n, ep=v6(n, net=7))  # every address of one /64
+    for ep in (v4(7, 2000), v6(999, net=7)):
+        with pytest.raises(AddressFull, match=f"already has {peers} from it"):
+            announce(store, 999, ep=ep)
+    announce(store, 999, ep=v4(8))  # another address still gets in
+    announce(store, 998, ep=v6(1, net=8))
+    announce(store, 1, ep=v4(7, 5000))  # a member may still change its port
+    announce(store, 0, event=EVENT_STOPPED, ep=v4(7, 1000))  # one leaves: one place frees
+    announce(store, 996, ep=v4(7, 4000))
+    assert store.scrape(IH) == (0, 0, 2 * peers + 2)
+    check_invariants(store.get(IH).v4)
+
+
+def test_a_peer_cannot_move_onto_a_full_address(clock):
+    store = SwarmStore(peer_ttl=TTL, max_peers_per_address=2, clock=clock)
+    announce(store, 1, ep=v4(7, 1))
+    announce(store, 2, ep=v4(7, 2))
+    announce(store, 3, ep=v4(3), key=9)
+    with pytest.raises(AddressFull):
+        announce(store, 3, ep=v4(7, 3), key=9)
+    assert bytes(store.get(IH).v4.addrs[12:]) == v4(3)
+
+
+def test_max_peers_bounds_the_whole_replica(clock):
+    store = SwarmStore(peer_ttl=TTL, max_peers=6, max_torrents=2, clock=clock)
+    hashes = [bytes([n]) * 20 for n in range(3)]
+    for n in range(3):
+        announce(store, n, ih=hashes[0])
+    for n in range(3, 6):
+        announce(store, n, ih=hashes[1])
+    with pytest.raises(StoreFull, match="tracker is full"):
+        announce(store, 6, ih=hashes[0])
+    announce(store, 4, ih=hashes[1], seeder=True)  # known peers go on re-announcing
+    clock.advance(1)
+    announce(store, 0, ih=hashes[0])
+    announce(store, 2, event=EVENT_STOPPED, ih=hashes[0])
+    announce(store, 6, ih=hashes[2])  # a third torrent: the cache evicts the stalest
+    assert store.get(hashes[1]) is None
+    assert store.peers_held == 3  # the evicted torrent's three peers left the count
+    clock.advance(TTL + store.sweep_every)
+    store.expire()
+    assert (store.peers_held, len(store)) == (0, 0)
+
+
 # --- random operation sequences against a plain model ------------------------------------
 
 HASHES = [bytes([n]) * 20 for n in range(3)]
 SWEEP = SwarmStore().sweep_every
 MAX_PEERS = 6
+MAX_PER_ADDRESS = 3
+MAX_HELD = 14
 
 operation = st.one_of(
     st.tuples(
         st.just("announce"),
         st.sampled_from(HASHES),
         st.integers(0, 9),  # peer
+        st.integers(0, 3),  # the host it announces from
         st.sampled_from([IPV4_WIDTH, IPV6_WIDTH]),
         st.booleans(),  # seeder
         st.sampled_from([EVENT_NONE, EVENT_STARTED, EVENT_COMPLETED, EVENT_STOPPED]),
         st.booleans(),  # count_download
+        st.integers(0, 2),  # key (0: none)
     ),
     st.tuples(st.just("tick"), st.integers(1, TTL)),
     st.tuples(st.just("add"), st.sampled_from(HASHES), st.integers(1, 3)),
-    st.tuples(
-        st.just("stop"),
-        st.sampled_from(HASHES),
-        st.integers(0, 9),  # peer
-        st.integers(0, 9),  # the host the stop comes from
-        st.sampled_from([IPV4_WIDTH, IPV6_WIDTH]),
-    ),
 )
+
+
+def endpoint_of(width: int, host: int, peer: int) -> bytes:
+    """The peer's endpoint from ``host``; its port tells peers apart. IPv6 hosts are /64s."""
+    if width == IPV4_WIDTH:
+        return v4(host, 1000 + peer)
+    return b"\xfd" + bytes(6) + bytes([host]) + peer.to_bytes(8, "big") + (1000).to_bytes(2, "big")
 
 
 class Model:
     """What the store should hold: plain dicts, recomputed from scratch."""
 
     def __init__(self) -> None:
-        self.peers: dict[tuple[bytes, int], dict[bytes, tuple[bytes, bool, int]]] = {}
+        # (info_hash, width) -> peer_id -> (endpoint, seeder, expiry, key, host)
+        self.peers: dict[tuple[bytes, int], dict[bytes, tuple[bytes, bool, int, int, int]]] = {}
         self.downloaded: dict[bytes, int] = {}
         # When the store's torrent cache drops each torrent, and when it last refreshed it
         # (-1: never by an announce): the cache is refreshed at most once a sweep period.
         self.expiry: dict[bytes, float] = {}
         self.refreshed: dict[bytes, float] = {}
 
-    def family(self, ih: bytes, width: int) -> dict[bytes, tuple[bytes, bool, int]]:
+    def family(self, ih: bytes, width: int) -> dict[bytes, tuple[bytes, bool, int, int, int]]:
         return self.peers.setdefault((ih, width), {})
 
     def size(self, ih: bytes) -> int:
         return sum(len(self.family(ih, w)) for w in (IPV4_WIDTH, IPV6_WIDTH))
 
+    def held(self) -> int:
+        return sum(len(fam) for fam in self.peers.values())
+
     def counts(self, ih: bytes) -> tuple[int, int, int]:
         members = [p for w in (IPV4_WIDTH, IPV6_WIDTH) for p in self.family(ih, w).values()]
-        seeders = sum(1 for _, s, _ in members if s)
+        seeders = sum(1 for m in members if m[1])
         return seeders, self.downloaded.get(ih, 0), len(members) - seeders
 
     def drop(self, ih: bytes) -> None:
@@ -374,6 +535,32 @@ class Model:
         self.downloaded.pop(ih, None)
         for w in (IPV4_WIDTH, IPV6_WIDTH):
             self.peers.pop((ih, w), None)
+
+    def refusal(self, ih: bytes, peer: int, host: int, width: int, key: int, stop: bool):
+        """The error the rules give this announce, or None: the rules, spelled out plainly."""
+        fam = self.family(ih, width)
+        known = fam.get(pid(peer))
+        if known is not None:
+            if known[4] == host:
+                return None
+            if not known[3] or known[3] != key:
+                return NotYourPeer
+            if stop:
+                return None
+            at_host = sum(1 for m in fam.values() if m[4] == host)
+            return AddressFull if at_host >= MAX_PER_ADDRESS else None
+        if stop:
+            return None
+        if self.held() >= MAX_HELD:
+            return StoreFull
+        if self.size(ih) >= MAX_PEERS:
+            return SwarmFull
+        if sum(1 for m in fam.values() if m[4] == host) >= MAX_PER_ADDRESS:
+            return AddressFull
+        twin = self.family(ih, IPV6_WIDTH if width == IPV4_WIDTH else IPV4_WIDTH).get(pid(peer))
+        if twin is not None and twin[3] and twin[3] != key:
+            return NotYourPeer
+        return None
 
 
 @pytest.mark.parametrize("small_list", [swarm_module.SMALL_LIST, 2])
@@ -389,7 +576,13 @@ def test_random_operations_match_a_simple_model(small_list, ops):
 
 def _check_random_operations(ops):
     clock_now = [1_000_000]
-    store = SwarmStore(peer_ttl=TTL, max_peers_per_torrent=MAX_PEERS, clock=lambda: clock_now[0])
+    store = SwarmStore(
+        peer_ttl=TTL,
+        max_peers_per_torrent=MAX_PEERS,
+        max_peers_per_address=MAX_PER_ADDRESS,
+        max_peers=MAX_HELD,
+        clock=lambda: clock_now[0],
+    )
     model = Model()
     for op in ops:
         _compare(store, model)  # the state the previous operation left
@@ -401,8 +594,8 @@ def _check_random_operations(ops):
                 if expiry <= now:
                     model.drop(ih)
             for fam in model.peers.values():
-                for p, (_, _, exp) in list(fam.items()):
-                    if exp <= now:
+                for p, m in list(fam.items()):
+                    if m[2] <= now:
                         del fam[p]
         elif op[0] == "add":
             _, ih, n = op
@@ -410,28 +603,23 @@ def _check_random_operations(ops):
             if ih not in model.expiry:
                 model.expiry[ih], model.refreshed[ih] = now + TTL + SWEEP, -1
             model.downloaded[ih] = model.downloaded.get(ih, 0) + n
-        elif op[0] == "stop":
-            _, ih, peer, host, width = op
-            ep = (v4 if width == IPV4_WIDTH else v6)(host)
-            store.apply(PeerChange(ih, pid(peer), ep, False, EVENT_STOPPED, now))
-            if host == peer:  # anyone else's stop for this peer id changes nothing
-                model.family(ih, width).pop(pid(peer), None)
         else:
-            _, ih, peer, width, seeder, event, count = op
-            ep = (v4 if width == IPV4_WIDTH else v6)(peer)
-            change = PeerChange(ih, pid(peer), ep, seeder, event, now)
-            if event == EVENT_STOPPED:  # sent from the peer's own host, in one family
-                store.apply(change, count)
-                model.family(ih, width).pop(pid(peer), None)
-                continue
+            _, ih, peer, host, width, seeder, event, count, key = op
+            ep = endpoint_of(width, host, peer)
+            change = PeerChange(ih, pid(peer), ep, seeder, event, now, key)
             fam = model.family(ih, width)
-            if pid(peer) not in fam and model.size(ih) >= MAX_PEERS:
-                with pytest.raises(SwarmFull):
+            refused = model.refusal(ih, peer, host, width, key, event == EVENT_STOPPED)
+            if refused is not None:
+                with pytest.raises(refused):
                     store.apply(change, count)
+                continue
+            if event == EVENT_STOPPED:
+                store.apply(change, count)
+                fam.pop(pid(peer), None)
                 continue
             swarm, slot, counted = store.apply(change, count)
             was_seeder = any(
-                model.family(ih, w).get(pid(peer), (b"", False, 0))[1]
+                model.family(ih, w).get(pid(peer), (b"", False))[1]
                 for w in (IPV4_WIDTH, IPV6_WIDTH)
             )
             expect_count = count and event == EVENT_COMPLETED and not was_seeder
@@ -441,7 +629,8 @@ def _check_random_operations(ops):
                 model.expiry[ih], model.refreshed[ih] = now + TTL + SWEEP, -1
             if now - model.refreshed[ih] >= SWEEP:
                 model.expiry[ih], model.refreshed[ih] = now + TTL + SWEEP, now
-            fam[pid(peer)] = (ep, seeder, now + TTL)
+            old_key = fam[pid(peer)][3] if pid(peer) in fam else 0
+            fam[pid(peer)] = (ep, seeder, now + TTL, old_key or key, host)
             pl = swarm.family(width, create=False)
             assert pl.ids[slot] == pid(peer)
             assert (slot < pl.seeders) == seeder
@@ -449,6 +638,7 @@ def _check_random_operations(ops):
 
 
 def _compare(store: SwarmStore, model: Model) -> None:
+    assert store.peers_held == model.held()
     for ih in HASHES:
         assert store.scrape(ih) == model.counts(ih)
         swarm = store.get(ih)
@@ -459,10 +649,11 @@ def _compare(store: SwarmStore, model: Model) -> None:
             want = model.family(ih, pl.width)
             assert set(pl.ids) == set(want)
             for slot, p in enumerate(pl.ids):
-                ep, seeder, exp = want[p]
+                ep, seeder, exp, key, _ = want[p]
                 assert bytes(pl.addrs[slot * pl.width : (slot + 1) * pl.width]) == ep
                 assert (slot < pl.seeders) == seeder
                 assert pl.expires[slot] == exp
+                assert pl.keys[slot] == key
             for exclude in (-1, *range(len(pl))):
                 for for_seeder in (False, True):
                     check_sample(pl, 3, for_seeder, exclude, random.Random(exclude))

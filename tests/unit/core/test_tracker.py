@@ -35,7 +35,8 @@ def v4ip(n: int) -> bytes:
 
 
 def v6ip(n: int) -> bytes:
-    return b"\xfd" + bytes(13) + n.to_bytes(2, "big")
+    """A host in its own /64: a /64 is one address to the per-address limit."""
+    return b"\xfd" + bytes(5) + n.to_bytes(2, "big") + bytes(7) + b"\x01"
 
 
 @pytest.fixture
@@ -133,12 +134,14 @@ def test_stopped_gets_counts_but_no_peers(core):
     assert (result.peers, result.peers6, result.complete, result.incomplete) == (b"", b"", 1, 0)
 
 
-def test_stop_in_another_peers_name_is_ignored(core):
+def test_stop_in_another_peers_name_is_refused(core):
     join(core, 1, v4ip(1))
     join(core, 66, v4ip(66), with_ids=True)  # learns peer 1's id from the reply...
     stop = Announce(IH, pid(1), 6881, left=1, event=EVENT_STOPPED)
-    core.announce(stop, v4ip(66))  # ...and tries to stop it from its own address
+    with pytest.raises(TrackerError, match="only the peer itself may stop it"):
+        core.announce(stop, v4ip(66))  # ...and tries to stop it from its own address
     assert ports_of(join(core, 2).peers, 6) == {v4ip(1), v4ip(66)}
+    assert core.counters.errors[("http", "peer_identity")] == 1
 
 
 def test_interval_jitter_stays_within_its_bounds(clock):

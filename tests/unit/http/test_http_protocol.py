@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from urllib.parse import quote_from_bytes
 
 import bencodepy
@@ -64,7 +65,7 @@ def test_minimal_announce_gets_documented_defaults():
         EVENT_NONE,
         None,
         None,
-        None,
+        0,
     )
     assert parsed.compact is True  # BEP 23: compact unless asked otherwise
     assert parsed.no_peer_id is False
@@ -101,10 +102,19 @@ def test_full_announce_fields_are_read():
     )
     a = parsed.announce
     assert (a.uploaded, a.downloaded, a.left, a.event, a.numwant) == (5, 7, 0, EVENT_COMPLETED, 30)
-    assert a.key == b"\x01\xffk"
+    assert a.key == zlib.crc32(b"\x01\xffk")  # any string: reduced to 32 bits
     assert a.ip == "10.0.0.1"
     assert a.passkey == "sekrit"
     assert (parsed.compact, parsed.no_peer_id) == (False, True)
+
+
+def test_an_eight_hex_digit_key_is_the_number_udp_carries():
+    """libtorrent sends its key as %08X over HTTP and as the same u32 over UDP."""
+    assert parse_announce(announce_query(key="DEADBEEF")).announce.key == 0xDEADBEEF
+    assert parse_announce(announce_query(key="0000002a")).announce.key == 42
+    assert parse_announce(announce_query(key="00000000")).announce.key == 0  # means none
+    assert parse_announce(announce_query(key="")).announce.key == 0
+    assert parse_announce(announce_query(key="xyzxyzxy")).announce.key == zlib.crc32(b"xyzxyzxy")
 
 
 @pytest.mark.parametrize(

@@ -152,7 +152,7 @@ def test_announce_fields_are_read():
         uploaded=3,
         event=1,
         ip=0x7F000001,
-        key=b"\xde\xad\xbe\xef",
+        key=0xDEADBEEF,
         num_want=30,
         port=6881,
         url_data=b"",
@@ -342,7 +342,7 @@ def test_announce_becomes_the_core_announce_field_by_field():
             event=3,
             numwant=20,
             ip="10.0.0.1",
-            key=b"\xde\xad\xbe\xef",
+            key=0xDEADBEEF,
             passkey="pk",
         )
     )
