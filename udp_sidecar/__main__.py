@@ -19,6 +19,7 @@ from gevent.event import Event  # noqa: E402
 
 from udp_sidecar import ORPHANED  # noqa: E402
 from udp_sidecar.server import BindError, UdpServer  # noqa: E402
+from wsgi_tracker.cluster import ClusterNode  # noqa: E402
 from wsgi_tracker.config import ConfigError, TrackerConfig, load_with_sources  # noqa: E402
 from wsgi_tracker.core.tracker import TrackerCore  # noqa: E402
 from wsgi_tracker.running import logs  # noqa: E402
@@ -58,7 +59,11 @@ def run(config: TrackerConfig, binds: Sequence[str], port: int, sync_socket: str
 
     ``sync_socket`` is where the sync hub will listen (None: sync off); the
     hub is started and stopped here, next to the UDP server, on the same core.
+    With ``redis_url`` the hub is also a cluster node, which joins (bounded)
+    before the hub listens, so the first workers get the cluster's state.
     """
+    if config.redis_url and not sync_socket:
+        return _fail("redis_url needs the sync hub (it is the cluster node); sync_socket is 'off'")
     try:  # settings that only the core checks (access lists, passkeys, hooks)
         core = TrackerCore(config)
     except ConfigError as exc:
@@ -73,14 +78,30 @@ def run(config: TrackerConfig, binds: Sequence[str], port: int, sync_socket: str
     except BindError as exc:
         return _fail(str(exc))
     hub = SyncHub(core, sync_socket) if sync_socket else None
+    node = None
+    if hub is not None and config.redis_url:
+        node = ClusterNode(
+            hub,
+            config.redis_url,
+            name=config.cluster_name,
+            node=config.cluster_node,
+            maxlen=config.cluster_stream_maxlen,
+            snapshot_interval=config.cluster_snapshot_interval,
+        )
+        node.start()
     if hub is not None:
         try:
             hub.start()
         except HubError as exc:
             server.stop()
+            if node is not None:
+                node.stop()
             return _fail(str(exc))
-        # The sidecar's UDP counters join every worker's in the whole-tracker /stats.
-        stats = TrackerStats(core, role="udp")
+        # The sidecar's UDP counters join every worker's in the whole-tracker /stats; its
+        # report also carries the cluster's node list.
+        stats = TrackerStats(
+            core, role="udp", extra=None if node is None else lambda: {"cluster": node.status()}
+        )
         stats.share(hub.publish_stats, lambda: [entry.payload for entry in hub.cluster_stats])
     stopping = Event()
     orphaned = Event()
@@ -103,6 +124,8 @@ def run(config: TrackerConfig, binds: Sequence[str], port: int, sync_socket: str
     if hub is not None:
         stats.stop_sharing()
         hub.stop()
+    if node is not None:  # after the hub: the workers' last changes go up too
+        node.stop()
     if saver is not None:  # last: after the final UDP announces and workers' deltas
         saver.stop()
     return 0

@@ -21,6 +21,7 @@ from typing import Any
 from wsgi_tracker.settings import (
     ENV_PREFIX,
     FOLLOWING,
+    Check,
     ConfigError,
     Follows,
     Setting,
@@ -194,6 +195,26 @@ class TrackerConfig:
     )
     snapshot_path: str = _setting("", "File the sidecar saves the swarms to; empty: no snapshot.")
     snapshot_interval: int = _setting(60, "Seconds between snapshots.", check=at_least(1))
+    # --- cluster (docs/CLUSTER.md) -----------------------------------------------------
+    redis_url: str = _setting(
+        "",
+        "Redis (or Valkey) joining this machine's tracker to others: redis:// or rediss:// "
+        "(TLS), credentials in the URL; empty: this machine alone.",
+    )
+    cluster_name: str = _setting(
+        "wsgi-tracker",
+        "Prefix of the cluster's Redis keys (several clusters can share a Redis).",
+        check=Check("be non-empty and without braces", lambda v: v and not set(v) & set("{}")),
+    )
+    cluster_node: str = _setting("", "This node's name in stats; empty: the host name.")
+    cluster_stream_maxlen: int = _setting(
+        100_000, "Entries (batches of changes) the cluster stream keeps, about.", check=at_least(1)
+    )
+    cluster_snapshot_interval: int = _setting(
+        30,
+        "Seconds between the cluster snapshots in Redis (one node writes each).",
+        check=at_least(1),
+    )
     # --- access (docs/ACCESS.md) -------------------------------------------------------
     access_mode: str = _setting(
         "public",
@@ -338,12 +359,21 @@ def _list_mode_has_list(c: TrackerConfig) -> str | None:
     return None
 
 
+def _redis_url_scheme(c: TrackerConfig) -> str | None:
+    # Not a Check: its error would show the value, and the URL holds the password.
+    scheme = c.redis_url.split("://", 1)[0]
+    if c.redis_url and scheme not in ("redis", "rediss", "unix"):
+        return f"redis_url must start with redis://, rediss:// or unix://, got {scheme!r}"
+    return None
+
+
 # Rules between settings, checked after each setting's own check.
 CONSTRAINTS: tuple[Callable[[TrackerConfig], str | None], ...] = (
     _min_interval_within_interval,
     _peers_outlive_interval,
     _numwant_default_within_max,
     _list_mode_has_list,
+    _redis_url_scheme,
 )
 
 # --- loading -------------------------------------------------------------------------------

@@ -157,9 +157,11 @@ class TrackerStats:
         role: str = "http",
         peer_reports: Callable[[], Iterable[bytes]] | None = None,
         sync_status: Callable[[], dict[str, Any] | None] | None = None,
+        extra: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.core = core
         self.role = role
+        self.extra = extra  # more keys for this process's report (the cluster node's list)
         self.peer_reports = peer_reports
         self.sync_status = sync_status
         self.meter = RateMeter()
@@ -203,7 +205,10 @@ class TrackerStats:
 
     def report(self) -> dict[str, Any]:
         with self.core.lock:
-            return process_report(self.core, self.meter, self.role)
+            report = process_report(self.core, self.meter, self.role)
+        if self.extra is not None:
+            report.update(self.extra())
+        return report
 
     def payload(self) -> bytes:
         """This process's report as sync's opaque STATS payload."""
@@ -227,6 +232,9 @@ class TrackerStats:
                 if r is not None and r["id"] != own["id"]:
                     reports.append(r)
         merged = merge_reports(reports)
+        # Only this machine's hub names the cluster's nodes (other nodes' reports come
+        # without it), so at most one report has it.
+        cluster = next((r["cluster"] for r in reports if isinstance(r.get("cluster"), dict)), None)
         torrents, seeders, leechers = self._replica_totals()
         with self.core.lock:
             ws_torrents, ws_seeders, ws_leechers = self.core.ws.totals()
@@ -249,6 +257,7 @@ class TrackerStats:
             "leechers": leechers,
             **merged,
             "sync": sync,
+            "cluster": cluster,
         }
 
 
@@ -344,6 +353,22 @@ class _SnapshotCollector:
             hook.add_metric(["delivered"], s["hook"].get("delivered", 0))
             hook.add_metric(["dropped"], s["hook"].get("dropped", 0))
             yield hook
+        cluster = s.get("cluster") or {}
+        if cluster.get("nodes"):
+            yield GaugeMetricFamily(
+                "wsgi_tracker_cluster_nodes",
+                "Nodes of the cluster heard from.",
+                len(cluster["nodes"]),
+            )
+            node_lag = GaugeMetricFamily(
+                "wsgi_tracker_cluster_lag_seconds",
+                "Send-to-apply time of the latest batch from each other node.",
+                labels=["node"],
+            )
+            for n in cluster["nodes"]:
+                if isinstance(n.get("lag_seconds"), int | float):
+                    node_lag.add_metric([str(n.get("node"))], n["lag_seconds"])
+            yield node_lag
         lag = (s.get("sync") or {}).get("lag_seconds")
         if isinstance(lag, int | float):
             yield GaugeMetricFamily(

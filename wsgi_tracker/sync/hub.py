@@ -23,14 +23,14 @@ import stat
 import struct
 import termios
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
 from wsgi_tracker.core.tracker import TrackerCore
-from wsgi_tracker.core.types import EVENT_STOPPED
+from wsgi_tracker.core.types import EVENT_STOPPED, PeerChange
 from wsgi_tracker.core.ws_swarm import WsSwarmFull
 from wsgi_tracker.sync import frames as f
 from wsgi_tracker.sync.replica import FLUSH_DELAY, FLUSH_RECORDS, ChangeBuffer, apply_remote
@@ -42,6 +42,10 @@ MAX_QUEUE_BYTES = 32 << 20  # ~500k peer records: seconds of full load
 HEARTBEAT = 1.0
 DEAD_AFTER = 10.0  # a client silent this long (it heartbeats every second) is gone
 RECV_BYTES = 256 << 10
+
+# Where the changes made on this machine also go (the cluster node, wsgi_tracker/cluster/):
+# called with the decoded Deltas, Snapshot (news) and Counts frames, never blocking.
+Uplink = Callable[[Sequence[f.Frame]], None]
 
 
 class HubError(Exception):
@@ -115,6 +119,8 @@ class SyncHub:
         self.dead_after = dead_after
         self.clients: set[_Client] = set()
         self._stats: dict[tuple[int, int], f.StatsEntry] = {}
+        self._remote_stats: list[f.StatsEntry] = []
+        self.uplink: Uplink | None = None
         self._stats_changed = False
         self._wake = Event()
         self._buffer = ChangeBuffer(core.lock, self._wake.set)
@@ -177,8 +183,20 @@ class SyncHub:
 
     @property
     def cluster_stats(self) -> list[f.StatsEntry]:
-        """The latest payload of every connected process, the hub's own included."""
+        """The latest payload of every connected process, the hub's own included, and
+        of every process on the other nodes of a cluster."""
+        return [*self._stats.values(), *self._remote_stats]
+
+    @property
+    def local_stats(self) -> list[f.StatsEntry]:
+        """The latest payload of every process on this machine (what a node shares)."""
         return list(self._stats.values())
+
+    def set_remote_stats(self, entries: list[f.StatsEntry]) -> None:
+        """The other nodes' processes' payloads, sent on to clients with the local ones."""
+        if entries or self._remote_stats:
+            self._remote_stats = entries
+            self._stats_changed = True
 
     def _set_stats(self, entry: f.StatsEntry) -> None:
         self._stats[(entry.role, entry.pid)] = entry
@@ -375,6 +393,8 @@ class SyncHub:
         ]
         if wire:
             self._fan_out(b"".join(wire), exclude=client)
+            if self.uplink is not None:
+                self.uplink([fr for _, fr in received if isinstance(fr, f.Deltas | f.Counts)])
 
     def _route(self, relay: f.WsRelay, wire: bytes) -> None:
         """An offer or answer goes to the one process holding its target's socket."""
@@ -385,8 +405,36 @@ class SyncHub:
         if self.relay_elsewhere is None or not self.relay_elsewhere(relay, wire):
             self.relays_undeliverable += 1
 
-    def _handle(self, client: _Client, frame: f.Frame) -> None:
-        """Apply one frame from ``client`` (deltas and counts were forwarded already)."""
+    # --- the cluster's seam ----------------------------------------------------------
+
+    def receive(self, received: list[tuple[f.RawFrame, f.Frame]]) -> None:
+        """Frames from another node: applied here and passed on to every client (never
+        back up the uplink). Deltas and counts go on byte for byte, state as news only."""
+        wire = [raw.wire for raw, frame in received if isinstance(frame, f.Deltas | f.Counts)]
+        if wire:
+            self._fan_out(b"".join(wire))
+        for _, frame in received:
+            if isinstance(frame, f.Snapshot):
+                self.merge_state(frame.peers)
+            else:
+                self._apply(frame)
+
+    def merge_state(
+        self, peers: list[PeerChange], exclude: _Client | None = None
+    ) -> list[PeerChange]:
+        """Merge re-sent or snapshot state; pass on to the clients (but ``exclude``) only
+        what was news here, still as state, so it never overrides a same-second announce.
+        Returns the news."""
+        core = self.core
+        store = core.store
+        with core.lock:
+            news = [c for c in peers if apply_remote(store, c, state=True)]
+        if news:
+            self._fan_out(f.encode(f.Snapshot(news)), exclude=exclude)
+        return news
+
+    def _apply(self, frame: f.Frame) -> None:
+        """Apply deltas or counts to this replica (forwarding is the caller's)."""
         core = self.core
         store = core.store
         if isinstance(frame, f.Deltas):
@@ -397,13 +445,19 @@ class SyncHub:
             with core.lock:
                 for ih, n in frame.counts:
                     store.add_downloaded(ih, n)
+
+    def _handle(self, client: _Client, frame: f.Frame) -> None:
+        """Apply one frame from ``client`` (deltas and counts were forwarded already)."""
+        core = self.core
+        store = core.store
+        if isinstance(frame, f.Deltas | f.Counts):
+            self._apply(frame)
         elif isinstance(frame, f.Snapshot):
-            # A client re-sending its replica: pass on only what was news here,
-            # still as state, so it never overrides a same-second announce.
-            with core.lock:
-                news = [c for c in frame.peers if apply_remote(store, c, state=True)]
+            # A client re-sending its replica: what was news here is news to the cluster.
             client.resynced += len(frame.peers)
-            self._fan_out(f.encode(f.Snapshot(news)), exclude=client)
+            news = self.merge_state(frame.peers, exclude=client)
+            if news and self.uplink is not None:
+                self.uplink([f.Snapshot(news)])
         elif isinstance(frame, f.Totals):
             # The totals a client last knew: more than ours means we lost some
             # (a restart); the difference goes to everyone, the sender too.
@@ -414,6 +468,8 @@ class SyncHub:
                     if claim > have:
                         store.add_downloaded(ih, claim - have)
                         raised.append((ih, claim - have))
+            # Not up the uplink: these were counted once already, and a cluster node
+            # claims its totals (rather than adding them) when it joins.
             self._fan_out(f.encode(f.Counts(raised)))
         elif isinstance(frame, f.WsPeers):
             now = time.time()
@@ -443,6 +499,8 @@ class SyncHub:
             last = time.monotonic()
             changes, counts = self._buffer.take()
             self._fan_out(f.encode(f.Deltas(changes)) + f.encode(f.Counts(counts)))
+            if self.uplink is not None:
+                self.uplink([f.Deltas(changes), f.Counts(counts)])
 
     def _heartbeat_loop(self) -> None:
         beat = f.encode(f.Heartbeat())

@@ -1,0 +1,262 @@
+"""Three machines, one swarm view: three whole ``wsgi-tracker serve`` stacks joined through Redis.
+
+Each node is a whole stack (udp-sidecar as hub and cluster node, gunicorn with
+one worker), with its own ports, sync socket and snapshot file; Debian's
+``redis-server`` is this module's own process on a free loopback port, with no
+persistence, so restarting it is a Redis that lost everything. Every wait polls
+with a bound; the one bound that is the promise under test is REJOIN_WITHIN
+(a node with an empty disk has the full state within 10 s of its start,
+where waiting for re-announces would take half an hour). Cross-node lag is
+measured by ``python -m bench.cluster_lag``, not here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import bencodepy
+import pytest
+import redis
+from servers import (
+    RedisServer,
+    Stack,
+    Udp,
+    announce_url,
+    http_get,
+    ports,
+    redis_server,
+    scrape_url,
+    start_serve,
+)
+
+pytestmark = pytest.mark.integration
+
+NODES = 3
+WITHIN = 20.0  # seconds: a bound on every wait, not a figure under test
+REJOIN_WITHIN = 10.0  # the issue's promise for a node that starts with an empty disk
+EVENT_COMPLETED = 1
+T = TypeVar("T")
+
+
+@dataclass
+class Cluster:
+    tmp: Path
+    redis: RedisServer
+    nodes: list[Stack] = field(default_factory=list)
+
+    def directory(self, i: int) -> Path:
+        return self.tmp / f"node{i}"
+
+    def start(self, i: int) -> Stack:
+        disk = self.directory(i) / "disk"
+        disk.mkdir(parents=True, exist_ok=True)
+        return start_serve(
+            self.directory(i),
+            {
+                "redis_url": self.redis.url,
+                "cluster_node": f"node{i}",
+                "cluster_snapshot_interval": 2,
+                "snapshot_path": str(disk / "swarms.snap"),
+                "stats_path": "/stats",
+                "metrics_path": "/metrics",
+            },
+        )
+
+    def totals(self, ih: bytes) -> int:
+        client = redis.Redis.from_url(self.redis.url)
+        try:
+            return int(client.hget(b"{wsgi-tracker}:downloaded", ih) or 0)
+        finally:
+            client.close()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("cluster")
+    with redis_server(tmp / "redis") as server:
+        c = Cluster(tmp, server)
+        try:
+            for i in range(NODES):
+                c.nodes.append(c.start(i))
+            yield c
+        finally:
+            for stack in c.nodes:
+                stack.stop()
+
+
+# --- clients -----------------------------------------------------------------------------
+
+
+def torrent(tag: str) -> bytes:
+    return f"cluster-{tag}".encode().ljust(20, b".")
+
+
+def peer(tag: str, i: int) -> bytes:
+    return f"-CL0001-{tag}{i}".encode().ljust(20, b"_")[:20]
+
+
+def http_announce(
+    stack: Stack, ih: bytes, pid: bytes, port: int, left: int, event: str = ""
+) -> set[int]:
+    extra = {"event": event} if event else {}
+    url = announce_url(stack.http.url + "/announce", ih, pid, port, left, numwant=200, **extra)
+    status, body = http_get(url)
+    reply = bencodepy.decode(body)
+    assert status == 200 and b"failure reason" not in reply, reply
+    return ports(reply.get(b"peers", b""))
+
+
+def udp_announce(
+    stack: Stack, ih: bytes, pid: bytes, port: int, left: int, event: int = 0
+) -> set[int]:
+    udp = Udp(stack.udp)
+    try:
+        return udp.announce(ih, pid, port, left, event)
+    finally:
+        udp.close()
+
+
+def http_scrape(stack: Stack, ih: bytes) -> tuple[int, int, int]:
+    """(seeders, downloaded, leechers), in UDP's order."""
+    _, body = http_get(scrape_url(stack.http.url + "/scrape", ih))
+    files = bencodepy.decode(body)[b"files"]
+    got = files.get(ih, {})
+    return got.get(b"complete", 0), got.get(b"downloaded", 0), got.get(b"incomplete", 0)
+
+
+def udp_scrape(stack: Stack, ih: bytes) -> tuple[int, int, int]:
+    udp = Udp(stack.udp)
+    try:
+        return udp.scrape([ih])[ih]
+    finally:
+        udp.close()
+
+
+def eventually(ask: Callable[[], T], ok: Callable[[T], bool], within: float = WITHIN) -> T:
+    """Ask until the answer is ok or ``within`` seconds pass; the last answer."""
+    deadline = time.monotonic() + within
+    got = ask()
+    while not ok(got) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        got = ask()
+    return got
+
+
+def every_node_hands_out(c: Cluster, ih: bytes, want: set[int], tag: str) -> dict[str, set[int]]:
+    """What a fresh leecher gets from each node over each protocol, once all hold ``want``."""
+    seen: dict[str, set[int]] = {}
+    for i, stack in enumerate(c.nodes):
+        for proto, announce in (("http", http_announce), ("udp", udp_announce)):
+            probe = 30_000 + 10 * i + (proto == "udp")
+            seen[f"node{i}/{proto}"] = eventually(
+                lambda a=announce, s=stack, p=probe, name=f"{proto}{i}": a(
+                    s, ih, peer(tag + name, 0), p, 1000
+                ),
+                lambda got: want <= got,
+            )
+    return seen
+
+
+def every_node_scrapes(c: Cluster, ih: bytes, want: tuple[int, int, int]) -> dict[str, tuple]:
+    seen: dict[str, tuple] = {}
+    for i, stack in enumerate(c.nodes):
+        seen[f"node{i}/http"] = eventually(lambda s=stack: http_scrape(s, ih), want.__eq__)
+        seen[f"node{i}/udp"] = eventually(lambda s=stack: udp_scrape(s, ih), want.__eq__)
+    return seen
+
+
+# --- the tests ---------------------------------------------------------------------------
+
+
+def test_a_peer_announced_on_one_node_is_handed_out_by_every_node(cluster: Cluster) -> None:
+    ih = torrent("spread")
+    http_announce(cluster.nodes[0], ih, peer("s", 0), 20_001, 1000)
+    udp_announce(cluster.nodes[1], ih, peer("s", 1), 20_002, 0)
+    seen = every_node_hands_out(cluster, ih, {20_001, 20_002}, "spread")
+    assert all({20_001, 20_002} <= got for got in seen.values()), seen
+
+
+def test_completions_spread_over_nodes_give_one_exact_count_everywhere(cluster: Cluster) -> None:
+    ih = torrent("done")
+    for k in range(9):
+        stack = cluster.nodes[k % NODES]
+        if k % 2:
+            udp_announce(stack, ih, peer("d", k), 21_000 + k, 0, EVENT_COMPLETED)
+        else:
+            http_announce(stack, ih, peer("d", k), 21_000 + k, 0, "completed")
+    seen = every_node_scrapes(cluster, ih, (9, 9, 0))
+    assert set(seen.values()) == {(9, 9, 0)}, seen
+    assert cluster.totals(ih) == 9
+    # Re-announcing as seeders is no new download anywhere.
+    http_announce(cluster.nodes[2], ih, peer("d", 0), 21_000, 0, "completed")
+    seen = every_node_scrapes(cluster, ih, (9, 9, 0))
+    assert set(seen.values()) == {(9, 9, 0)}, seen
+
+
+def test_stats_sum_the_whole_cluster_and_list_its_nodes(cluster: Cluster) -> None:
+    def stats() -> dict:
+        return json.loads(http_get(cluster.nodes[1].http.url + "/stats")[1])
+
+    got = eventually(
+        stats, lambda s: s["processes"] == 2 * NODES and len(s["cluster"]["nodes"]) == NODES
+    )
+    assert got["processes"] == 2 * NODES, got  # each node: one worker and its sidecar
+    nodes = {n["node"].split("#")[0]: n for n in got["cluster"]["nodes"]}
+    assert sorted(nodes) == [f"node{i}" for i in range(NODES)], got["cluster"]
+    assert nodes["node1"]["self"] and got["cluster"]["connected"]
+    metrics = http_get(cluster.nodes[1].http.url + "/metrics")[1].decode()
+    assert f"wsgi_tracker_cluster_nodes {NODES}.0" in metrics
+
+
+def test_a_killed_node_with_its_disk_gone_rejoins_with_the_full_state(cluster: Cluster) -> None:
+    ih = torrent("rejoin")
+    http_announce(cluster.nodes[0], ih, peer("r", 0), 22_000, 1000)
+    udp_announce(cluster.nodes[1], ih, peer("r", 1), 22_001, 0, EVENT_COMPLETED)
+    http_announce(cluster.nodes[2], ih, peer("r", 2), 22_002, 0, "completed")
+    every_node_scrapes(cluster, ih, (2, 2, 1))
+    cluster.nodes[2].kill()
+    shutil.rmtree(cluster.directory(2) / "disk")
+    cluster.nodes[2] = stack = cluster.start(2)
+    started = time.monotonic()
+    scraped = eventually(lambda: http_scrape(stack, ih), (2, 2, 1).__eq__, REJOIN_WITHIN)
+    handed = eventually(
+        lambda: http_announce(stack, ih, peer("rprobe", 0), 22_010, 1000),
+        lambda got: {22_000, 22_001, 22_002} <= got,
+        max(0.0, REJOIN_WITHIN - (time.monotonic() - started)),
+    )
+    assert scraped == (2, 2, 1), stack.log()
+    assert {22_000, 22_001, 22_002} <= handed, stack.log()
+    assert time.monotonic() - started <= REJOIN_WITHIN
+    # The sidecar's replica too, with the probe as a new leecher.
+    assert eventually(lambda: udp_scrape(stack, ih), (2, 2, 2).__eq__) == (2, 2, 2)
+
+
+def test_after_redis_restarts_empty_the_nodes_converge_and_lose_nothing(cluster: Cluster) -> None:
+    ih = torrent("outage")
+    http_announce(cluster.nodes[0], ih, peer("o", 0), 23_000, 0, "completed")
+    every_node_scrapes(cluster, ih, (1, 1, 0))
+    logs = [len(stack.log()) for stack in cluster.nodes]
+    cluster.redis.stop()
+    for stack, start in zip(cluster.nodes, logs, strict=True):
+        eventually(lambda s=stack, n=start: s.log()[n:], lambda log: " lost (" in log)
+    # While Redis is away every node serves from its own replica.
+    http_announce(cluster.nodes[0], ih, peer("o", 1), 23_001, 1000)
+    udp_announce(cluster.nodes[1], ih, peer("o", 2), 23_002, 0, EVENT_COMPLETED)
+    http_announce(cluster.nodes[2], ih, peer("o", 3), 23_003, 1000)
+    assert udp_scrape(cluster.nodes[1], ih) == (2, 2, 0)
+    cluster.redis.start()
+    seen = every_node_scrapes(cluster, ih, (2, 2, 2))
+    assert set(seen.values()) == {(2, 2, 2)}, seen
+    handed = every_node_hands_out(cluster, ih, {23_000, 23_001, 23_002, 23_003}, "outage")
+    assert all({23_000, 23_001, 23_002, 23_003} <= got for got in handed.values()), handed
+    assert cluster.totals(ih) == 2
+    for stack, start in zip(cluster.nodes, logs, strict=True):
+        log = stack.log()[start:]
+        assert log.count("cluster: Redis at") == 2, log  # lost once, back once
+        assert "lost" in log and "back after" in log, log
