@@ -190,8 +190,11 @@ def wrk(port: int, seconds: float, connections: int, delay_ms: float, tmp: Path)
     return float(match.group(1))
 
 
-def udp_sender(port: int, rate: float, seconds: float, done: multiprocessing.Queue) -> None:
-    """Paced BEP 15 announces from 5000 simulated peers; puts the count sent."""
+def udp_sender(
+    port: int, rate: float, seconds: float, done: multiprocessing.Queue, tag: bytes = b"-UD"
+) -> None:
+    """Paced BEP 15 announces from 5000 simulated peers (peer ids start with ``tag``);
+    puts the count sent."""
     socks = []
     for _ in range(4):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -208,7 +211,7 @@ def udp_sender(port: int, rate: float, seconds: float, done: multiprocessing.Que
             sock, cid = socks[c % 4]
             ih = b"%020d" % ((c * 7 + secrets.randbelow(20)) % 1000)
             packet = struct.pack(
-                ">8sII20s20sQQQIIIiH", cid, 1, sent, ih, b"-UD0001-%012d" % c,
+                ">8sII20s20sQQQIIIiH", cid, 1, sent, ih, tag + b"0001-%012d" % c,
                 0, 0 if c % 5 == 0 else 1000, 0, 0, 0, 0, 50, 40000 + c,
             )  # fmt: skip
             with contextlib.suppress(OSError):
@@ -272,9 +275,12 @@ def publisher(
     done.put(int(out.stdout.strip() or 0))
 
 
-def observer(path: str, seconds: float, done: multiprocessing.Queue) -> None:
-    """A sync client that only listens: lag of every delta it receives, by origin."""
-    lags: dict[str, list[float]] = {"http": [], "udp": [], "core": []}
+def observer(
+    path: str, seconds: float, done: multiprocessing.Queue, origins: dict[bytes, str] = ORIGINS
+) -> None:
+    """A sync client that only listens: lag of every delta it receives, by origin
+    (``origins`` maps a peer id's first two bytes to a name; others count as http)."""
+    lags: dict[str, list[float]] = {name: [] for name in (*origins.values(), "http")}
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
     sock.sendall(frames.encode(frames.Hello(frames.ROLE_TOOL, os.getpid())))
@@ -297,7 +303,7 @@ def observer(path: str, seconds: float, done: multiprocessing.Queue) -> None:
         for frame in decoder.feed(data):
             if isinstance(frame, frames.Deltas) and now_m - start > WARMUP:
                 for p in frame.peers:
-                    lags[ORIGINS.get(p.peer_id[:2], "http")].append(now - p.timestamp)
+                    lags[origins.get(p.peer_id[:2], "http")].append(now - p.timestamp)
     sock.close()
     done.put(lags)
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ import bencodepy
 import pytest
 import redis
 from servers import (
+    REPO_ROOT,
     RedisServer,
     Stack,
     Udp,
@@ -260,3 +263,36 @@ def test_after_redis_restarts_empty_the_nodes_converge_and_lose_nothing(cluster:
         log = stack.log()[start:]
         assert log.count("cluster: Redis at") == 2, log  # lost once, back once
         assert "lost" in log and "back after" in log, log
+
+
+def test_a_malformed_entry_is_skipped_with_a_warning_and_nothing_else_stops(
+    cluster: Cluster,
+) -> None:
+    """Whoever can write to Redis can write garbage: it is refused entry by entry."""
+    client = redis.Redis.from_url(cluster.redis.url)
+    try:
+        client.xadd(
+            b"{wsgi-tracker}:changes", {b"n": b"rogue#1", b"t": b"1", b"f": b"\0\0\0\2\5xx"}
+        )
+        client.xadd(b"{wsgi-tracker}:changes", {b"t": b"1"})
+    finally:
+        client.close()
+    ih = torrent("garbage")
+    http_announce(cluster.nodes[0], ih, peer("g", 0), 24_000, 0)
+    every_node_scrapes(cluster, ih, (1, 0, 0))
+    for stack in cluster.nodes:
+        log = eventually(stack.log, lambda text: "skipping entry" in text)
+        assert "of node rogue#1: peer record truncated" in log, log
+        assert "lacks field b'n'" in log, log
+
+
+def test_redis_url_without_the_sync_hub_is_a_one_line_error(tmp_path: Path) -> None:
+    env = {"WSGI_TRACKER_REDIS_URL": "redis://127.0.0.1:1/0", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "-m", "udp_sidecar", "--udp-bind", "127.0.0.1", "--sync-socket", "off"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "udp-sidecar: redis_url needs the sync hub (it is the cluster node); sync_socket is 'off'"
+    )

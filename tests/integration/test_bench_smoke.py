@@ -51,3 +51,15 @@ def test_udp_load_announces_and_scrapes_get_valid_replies(workload):
             assert run.result["malformed"] == 0
             assert run.result["bad_tid"] == 0
             assert run.result["errors"] == 0
+
+
+@pytest.mark.skipif(not shutil.which("redis-server"), reason="redis-server is not installed")
+def test_cluster_lag_sees_other_nodes_changes_and_reads_redis_costs(tmp_path: Path) -> None:
+    from argparse import Namespace
+
+    from bench import cluster_lag
+
+    got = cluster_lag.measure(Namespace(nodes=2, rate=400, seconds=1.5), tmp_path)
+    assert got["deltas"] > 0  # node 1's announces reached node 0's observer through Redis
+    assert got["published_rate"] > 0
+    assert got["redis_evalsha_per_1k"] > 0 and got["redis_bytes_out_per_1k"] > 0

@@ -253,3 +253,12 @@ def test_bad_flag_value_is_one_line_naming_the_flag():
     done = cli("udp_sidecar", "--udp-port", "0")
     assert done.returncode == 2
     assert done.stderr == "udp-sidecar: udp_port must be 1-65535, got 0\n"
+
+
+def test_redis_url_needs_a_redis_scheme_and_the_error_never_shows_the_password():
+    assert TrackerConfig(redis_url="rediss://u:pw@redis.internal:6380/0").redis_url
+    with pytest.raises(ConfigError, match="redis_url must start with redis://") as err:
+        TrackerConfig(redis_url="http://u:s3cret@redis.internal/")
+    assert "s3cret" not in str(err.value)
+    with pytest.raises(ConfigError, match="cluster_name"):
+        TrackerConfig(cluster_name="{x}")
