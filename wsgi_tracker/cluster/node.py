@@ -306,10 +306,11 @@ class ClusterNode:
     def _join(self) -> None:
         """Catch up with the cluster, then let the publisher run."""
         r = self.redis
-        r.set(self.keys.epoch, secrets.token_hex(8), nx=True)
+        # A Redis without an epoch is new or has lost its data: whatever this node
+        # holds (a replica kept through the outage, or restored from its disk) is news.
+        fresh = bool(r.set(self.keys.epoch, secrets.token_hex(8), nx=True))
         epoch = r.get(self.keys.epoch)
-        rejoin = self._epoch is not None
-        redis_lost = rejoin and epoch != self._epoch
+        redis_lost = fresh or (self._epoch is not None and epoch != self._epoch)
         self._epoch = epoch
         if self._inflight is not None:
             self._send_batch()  # before any new batch number, or the retry would be dropped
@@ -533,6 +534,7 @@ class ClusterNode:
         if gone:
             self.redis.hdel(self.keys.stats, *gone)
         self.nodes = nodes
+        self._lag = {node: lag for node, lag in self._lag.items() if node in nodes}
         self.hub.set_remote_stats(entries)
 
     def status(self) -> dict[str, Any]:
