@@ -76,12 +76,12 @@ class Keys:
 
 def parse_id(raw: bytes | str) -> StreamId:
     """``b"1700000000000-3"`` -> (1700000000000, 3): stream ids compare as numbers."""
-    text = raw.decode() if isinstance(raw, bytes) else raw
-    ms, _, seq = text.partition("-")
     try:
+        text = raw.decode("ascii") if isinstance(raw, bytes) else raw
+        ms, _, seq = text.partition("-")
         return int(ms), int(seq or 0)
-    except ValueError:
-        raise EntryError(f"stream id {text!r} is not <ms>-<seq>") from None
+    except ValueError:  # UnicodeDecodeError included
+        raise EntryError(f"stream id {raw!r} is not <ms>-<seq>") from None
 
 
 def format_id(sid: StreamId) -> bytes:
