@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote_from_bytes, urlsplit
 
-from udp_sidecar.protocol import build_announce_request
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = REPO_ROOT / "wsgi_tracker" / "running" / "gunicorn_conf.py"
 START_TIMEOUT = 30.0  # generous: CI runners share two busy cores
@@ -472,63 +470,7 @@ def ports(compact: bytes) -> set[int]:
     }
 
 
-class Udp:
-    """A BEP 15 client on one socket; it connects anew on every call (the sidecar may restart)."""
-
-    def __init__(self, server: Server) -> None:
-        self.addr = (server.host, server.port)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.settimeout(1)
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def _ask(self, packet: Callable[[int], bytes]) -> bytes:
-        for _ in range(5):
-            tid = secrets.randbits(32)
-            try:
-                self.sock.sendto(packet(tid), self.addr)
-                reply = self.sock.recv(65536)
-            except OSError:
-                continue
-            if struct.unpack_from(">I", reply, 4)[0] == tid:
-                return reply
-        raise AssertionError(f"no UDP answer from {self.addr}")
-
-    def _connection_id(self) -> bytes:
-        reply = self._ask(lambda tid: struct.pack(">QII", UDP_CONNECT_MAGIC, 0, tid))
-        return reply[8:16]
-
-    def announce(self, ih: bytes, peer: bytes, port: int, left: int, event: int = 0) -> set[int]:
-        cid = self._connection_id()
-        reply = self._ask(
-            lambda tid: build_announce_request(
-                cid, tid, ih, peer, port, left=left, event=event, num_want=200
-            )
-        )
-        assert struct.unpack_from(">I", reply)[0] == 1, reply
-        return ports(reply[20:])
-
-    def scrape(self, hashes: list[bytes]) -> dict[bytes, tuple[int, int, int]]:
-        cid = self._connection_id()
-        reply = self._ask(lambda tid: struct.pack(">8sII", cid, 2, tid) + b"".join(hashes))
-        assert struct.unpack_from(">I", reply)[0] == 2, reply
-        return {ih: struct.unpack_from(">III", reply, 8 + 12 * i) for i, ih in enumerate(hashes)}
-
-
-# --- whole stacks: wsgi-tracker serve, redis-server ------------------------------------------
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of ``pid``, from /proc."""
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                stat = Path(f"/proc/{entry}/stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    kids.append(int(entry))
-    return kids
+# --- a machine that dies, and redis-server ----------------------------------------------------
 
 
 def descendants(pid: int) -> list[int]:
@@ -542,93 +484,12 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-@dataclass
-class Stack:
-    """A running ``wsgi-tracker serve``: its HTTP and UDP ends, and its log."""
-
-    proc: subprocess.Popen[bytes]
-    http: Server
-    udp: Server
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        """SIGKILL serve and every process under it, as a machine that dies would."""
-        pids = descendants(self.proc.pid)
-        self.proc.kill()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.proc.wait(STOP_TIMEOUT)
-
-    def stop(self) -> None:
-        """SIGTERM serve (it stops gunicorn, then the sidecar); SIGKILL whatever is left."""
-        if self.proc.poll() is not None:
-            return
-        pids = descendants(self.proc.pid)
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def start_serve(
-    directory: Path, settings: Mapping[str, object], *, workers: int = 1, udp_port: int = 0
-) -> Stack:
-    """``wsgi-tracker serve`` with a TOML file of ``settings`` in ``directory`` (sync
-    socket and logs there too), once its HTTP and UDP both answer. The caller stops it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    sync_socket = str(directory / "hub" / "sync.sock")
-    values: dict[str, object] = {"udp_bind": ["127.0.0.1"], "sync_socket": sync_socket}
-    values.update(settings)
-    config = directory / "tracker.toml"
-    config.write_text("".join(f"{k} = {_toml(v)}\n" for k, v in values.items()))
-    http_port = free_port()
-    udp_port = udp_port or free_port(socket.AF_INET, socket.SOCK_DGRAM)
-    log_path = directory / "serve.log"
-    cmd = [
-        sys.executable, "-m", "wsgi_tracker.running.cli", "serve", "--config", str(config),
-        "--bind", f"127.0.0.1:{http_port}", "--workers", str(workers),
-        "--udp-port", str(udp_port),
-    ]  # fmt: skip
-    env = _child_env({"WSGI_TRACKER_SYNC_SOCKET": sync_socket}, None)
-    with log_path.open("ab") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out
-        )
-    stack = Stack(
-        proc,
-        Server(proc, "127.0.0.1", http_port, log_path),
-        Server(proc, "127.0.0.1", udp_port, log_path),
-        log_path,
-    )
-    try:
-        _wait_ready(
-            proc,
-            log_path,
-            "wsgi-tracker serve",
-            lambda: _udp_answers("127.0.0.1", udp_port) and _http_answers("127.0.0.1", http_port),
-        )
-    except BaseException:
-        stack.stop()
-        raise
-    return stack
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+def kill_all(pid: int) -> None:
+    """SIGKILL ``pid`` and every process under it, as a machine that dies would."""
+    pids = [pid, *descendants(pid)]
+    for victim in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)
 
 
 class RedisServer:

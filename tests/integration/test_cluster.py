@@ -12,6 +12,7 @@ measured by ``python -m bench.cluster_lag``, not here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -28,15 +29,17 @@ import redis
 from servers import (
     REPO_ROOT,
     RedisServer,
-    Stack,
-    Udp,
+    Serve,
     announce_url,
     http_get,
+    kill_all,
     ports,
     redis_server,
     scrape_url,
-    start_serve,
+    serve,
 )
+from servers import udp_announce as udp_announce_reply
+from servers import udp_scrape as udp_scrape_hashes
 
 pytestmark = pytest.mark.integration
 
@@ -51,25 +54,38 @@ T = TypeVar("T")
 class Cluster:
     tmp: Path
     redis: RedisServer
-    nodes: list[Stack] = field(default_factory=list)
+    nodes: list[Serve] = field(default_factory=list)
+    stops: list[contextlib.ExitStack] = field(default_factory=list)
 
     def directory(self, i: int) -> Path:
         return self.tmp / f"node{i}"
 
-    def start(self, i: int) -> Stack:
+    def start(self, i: int) -> None:
+        """Node ``i``: a whole ``serve`` stack with one worker (stopped by ``stop_all``)."""
         disk = self.directory(i) / "disk"
         disk.mkdir(parents=True, exist_ok=True)
-        return start_serve(
-            self.directory(i),
-            {
-                "redis_url": self.redis.url,
-                "cluster_node": f"node{i}",
-                "cluster_snapshot_interval": 2,
-                "snapshot_path": str(disk / "swarms.snap"),
-                "stats_path": "/stats",
-                "metrics_path": "/metrics",
-            },
+        config = (
+            f'redis_url = "{self.redis.url}"\ncluster_node = "node{i}"\n'
+            f'cluster_snapshot_interval = 2\nsnapshot_path = "{disk / "swarms.snap"}"\n'
+            'stats_path = "/stats"\nmetrics_path = "/metrics"\n'
         )
+        stop = contextlib.ExitStack()
+        node = stop.enter_context(serve(self.directory(i), workers=1, config=config))
+        if i < len(self.nodes):
+            self.nodes[i], self.stops[i] = node, stop
+        else:
+            self.nodes.append(node)
+            self.stops.append(stop)
+
+    def kill(self, i: int) -> None:
+        """kill -9 every process of node ``i``."""
+        kill_all(self.nodes[i].proc.pid)
+        self.nodes[i].proc.wait()
+        self.stops[i].close()
+
+    def stop_all(self) -> None:
+        for stop in self.stops:
+            stop.close()
 
     def totals(self, ih: bytes) -> int:
         client = redis.Redis.from_url(self.redis.url)
@@ -86,11 +102,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         c = Cluster(tmp, server)
         try:
             for i in range(NODES):
-                c.nodes.append(c.start(i))
+                c.start(i)
             yield c
         finally:
-            for stack in c.nodes:
-                stack.stop()
+            c.stop_all()
 
 
 # --- clients -----------------------------------------------------------------------------
@@ -105,7 +120,7 @@ def peer(tag: str, i: int) -> bytes:
 
 
 def http_announce(
-    stack: Stack, ih: bytes, pid: bytes, port: int, left: int, event: str = ""
+    stack: Serve, ih: bytes, pid: bytes, port: int, left: int, event: str = ""
 ) -> set[int]:
     extra = {"event": event} if event else {}
     url = announce_url(stack.http.url + "/announce", ih, pid, port, left, numwant=200, **extra)
@@ -116,16 +131,14 @@ def http_announce(
 
 
 def udp_announce(
-    stack: Stack, ih: bytes, pid: bytes, port: int, left: int, event: int = 0
+    stack: Serve, ih: bytes, pid: bytes, port: int, left: int, event: int = 0
 ) -> set[int]:
-    udp = Udp(stack.udp)
-    try:
-        return udp.announce(ih, pid, port, left, event)
-    finally:
-        udp.close()
+    return ports(
+        udp_announce_reply(stack.udp.host, stack.udp.port, ih, pid, port, left, event)[20:]
+    )
 
 
-def http_scrape(stack: Stack, ih: bytes) -> tuple[int, int, int]:
+def http_scrape(stack: Serve, ih: bytes) -> tuple[int, int, int]:
     """(seeders, downloaded, leechers), in UDP's order."""
     _, body = http_get(scrape_url(stack.http.url + "/scrape", ih))
     files = bencodepy.decode(body)[b"files"]
@@ -133,12 +146,9 @@ def http_scrape(stack: Stack, ih: bytes) -> tuple[int, int, int]:
     return got.get(b"complete", 0), got.get(b"downloaded", 0), got.get(b"incomplete", 0)
 
 
-def udp_scrape(stack: Stack, ih: bytes) -> tuple[int, int, int]:
-    udp = Udp(stack.udp)
-    try:
-        return udp.scrape([ih])[ih]
-    finally:
-        udp.close()
+def udp_scrape(stack: Serve, ih: bytes) -> tuple[int, int, int]:
+    (got,) = udp_scrape_hashes(stack.udp.host, stack.udp.port, ih)
+    return got
 
 
 def eventually(ask: Callable[[], T], ok: Callable[[T], bool], within: float = WITHIN) -> T:
@@ -223,9 +233,10 @@ def test_a_killed_node_with_its_disk_gone_rejoins_with_the_full_state(cluster: C
     udp_announce(cluster.nodes[1], ih, peer("r", 1), 22_001, 0, EVENT_COMPLETED)
     http_announce(cluster.nodes[2], ih, peer("r", 2), 22_002, 0, "completed")
     every_node_scrapes(cluster, ih, (2, 2, 1))
-    cluster.nodes[2].kill()
+    cluster.kill(2)
     shutil.rmtree(cluster.directory(2) / "disk")
-    cluster.nodes[2] = stack = cluster.start(2)
+    cluster.start(2)
+    stack = cluster.nodes[2]
     started = time.monotonic()
     scraped = eventually(lambda: http_scrape(stack, ih), (2, 2, 1).__eq__, REJOIN_WITHIN)
     handed = eventually(

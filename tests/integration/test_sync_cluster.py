@@ -32,6 +32,7 @@ from servers import (
     children,
     gunicorn,
     http_get,
+    ports,
     scrape_url,
     serve,
     sidecar,
@@ -115,14 +116,6 @@ def http_scrape(c: Cluster, hashes: list[bytes]) -> tuple[str, dict[bytes, tuple
     return pid, {
         ih: (files[ih][b"complete"], files[ih][b"downloaded"], files[ih][b"incomplete"])
         for ih in hashes
-    }
-
-
-def ports(compact: bytes) -> set[int]:
-    return {
-        int.from_bytes(compact[i + 4 : i + 6], "big")
-        for i in range(0, len(compact), 6)
-        if compact[i : i + 4] == LOOPBACK
     }
 
 
