@@ -58,6 +58,52 @@ def home() -> str:
     )
 
 
+# Browser peers (WebTorrent) meet through the same tracker, over WebSocket on the
+# announce path. ?seed=1 shares a small generated file and shows its magnet link;
+# ?magnet=... downloads it and shows its SHA-256 (docs/WEBTORRENT.md).
+WEBTORRENT = """<p id="status">starting</p><pre id="result"></pre>
+<script type="module">
+import WebTorrent from "/static/webtorrent/webtorrent.min.js";
+const tracker = location.origin.replace(/^http/, "ws") + {{ announce_path|tojson }};
+const params = new URLSearchParams(location.search);
+const state = (window.wt = { tracker, error: null });
+const show = (status) => { document.getElementById("status").textContent = status; };
+const client = new WebTorrent({ dht: false, lsd: false, utPex: false });
+client.on("error", (err) => { state.error = String(err); show("error: " + err); });
+if (params.get("seed")) {
+  const data = new Uint8Array(Number(params.get("size") || 65536));
+  for (let i = 0; i < data.length; i++) data[i] = (i * 7 + (i >> 8)) % 251;
+  const file = new File([data], "sample.bin");
+  client.seed(file, { announce: [tracker], private: false }, (torrent) => {
+    state.magnet = torrent.magnetURI;
+    state.infoHash = torrent.infoHash;
+    torrent.on("wire", () => { state.wires = torrent.numPeers; });
+    show("seeding " + torrent.infoHash);
+  });
+} else if (params.get("magnet")) {
+  client.add(params.get("magnet"), { announce: [tracker] }, (torrent) => {
+    show("downloading " + torrent.infoHash);
+    torrent.on("done", async () => {
+      const buffer = await torrent.files[0].arrayBuffer();
+      const digest = await crypto.subtle.digest("SHA-256", buffer);
+      const hex = (b) => b.toString(16).padStart(2, "0");
+      state.sha256 = [...new Uint8Array(digest)].map(hex).join("");
+      state.length = buffer.byteLength;
+      show("done");
+      document.getElementById("result").textContent = state.sha256;
+    });
+  });
+}
+</script>"""
+
+
+@app.get("/webtorrent")
+def webtorrent() -> str:
+    return page(
+        "Share in the browser", WEBTORRENT, announce_path=tracker.middleware.config.announce_path
+    )
+
+
 @app.get("/torrents")
 def torrents() -> str:
     counts = live_counts(tracker.middleware.core, CATALOGUE)
