@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import websocket
-from servers import Serve, Server, http_get, serve
+from servers import Serve, Server, gunicorn, http_get, serve
 
 pytestmark = pytest.mark.integration
 
@@ -390,3 +390,15 @@ def test_a_bad_upgrade_gets_an_http_error_with_the_reason(server: Server) -> Non
         reply = s.recv(4096)
     assert reply.startswith(b"HTTP/1.1 400 ")
     assert b"Sec-WebSocket-Key is not 16 bytes of base64" in reply
+
+
+def test_the_upgrade_works_under_a_mount_prefix() -> None:
+    with gunicorn("tests.mounted_app:app") as mounted:
+        url = f"ws://127.0.0.1:{mounted.port}/tracker/announce"
+        ws = websocket.create_connection(url, timeout=WITHIN)
+        try:
+            assert announce(ws, pid(1), "P" * 20)["incomplete"] == 1
+        finally:
+            ws.close()
+        with pytest.raises(websocket.WebSocketBadStatusException):
+            websocket.create_connection(f"ws://127.0.0.1:{mounted.port}/announce", timeout=WITHIN)
