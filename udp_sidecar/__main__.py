@@ -27,6 +27,7 @@ from wsgi_tracker.running.flags import add_setting_flags, flag_layer  # noqa: E4
 from wsgi_tracker.stats.collect import TrackerStats  # noqa: E402
 from wsgi_tracker.sync import snapshot  # noqa: E402
 from wsgi_tracker.sync.hub import HubError, SyncHub  # noqa: E402
+from wsgi_tracker.sync.journal import JournalError  # noqa: E402
 
 log = logging.getLogger("udp_sidecar")
 PROG = "udp-sidecar"
@@ -68,16 +69,23 @@ def run(config: TrackerConfig, binds: Sequence[str], port: int, sync_socket: str
         core = TrackerCore(config)
     except ConfigError as exc:
         return _fail(str(exc))
-    saver = None
+    saver = journal = None
     if config.snapshot_path:  # restore before serving, so the hub's first snapshot has it
-        snapshot.load(config.snapshot_path, core.store)
-        saver = snapshot.PeriodicSaver(core.store, config.snapshot_path, config.snapshot_interval)
+        try:
+            journal = snapshot.open_store_files(config.snapshot_path, core.store)
+        except (snapshot.SnapshotPathError, JournalError) as exc:
+            return _fail(str(exc))
+        # First among the listeners: a UDP completion is journaled before it is answered.
+        core.listeners.insert(0, journal.listener)
+        saver = snapshot.Saver(core.store, config.snapshot_path, config.snapshot_interval, journal)
     server = UdpServer(core, binds, port)
     try:
         server.start()
     except BindError as exc:
         return _fail(str(exc))
-    hub = SyncHub(core, sync_socket) if sync_socket else None
+    hub = None
+    if sync_socket:
+        hub = SyncHub(core, sync_socket, on_counts=journal.append if journal else None)
     node = None
     if hub is not None and config.redis_url:
         node = ClusterNode(

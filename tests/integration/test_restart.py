@@ -241,17 +241,22 @@ def wait_for_snapshot(path: str, tally: Tally) -> dict[bytes, int]:
     return counters
 
 
-def test_corrupt_snapshot_is_reported_and_the_sidecar_starts_empty(paths):
-    Path(paths.snapshot).write_bytes(b"WTSN\x01 this is not a snapshot")
+def test_corrupt_snapshot_is_kept_aside_and_the_sidecar_starts_empty(paths):
+    damaged = b"WTSN\x02 this is not a snapshot"
+    Path(paths.snapshot).write_bytes(damaged)
     with tracker(paths) as (http, udp):
         assert udp_scrape(udp.host, udp.port, ih("alpha")) == [(0, 0, 0)]
         http_announce(http, ih("alpha"), pid("alpha", 1), 7001, 0, "completed")
         all_agree(http, udp, {ih("alpha"): (1, 1, 0)})
         log = udp.stderr()
-        assert log.count(f"snapshot {paths.snapshot}: ignored") == 1, log
+        where = re.escape(paths.snapshot)
+        damage = rf"ERROR \[\d+\] wsgi_tracker.sync.snapshot: snapshot {where} is damaged"
+        assert len(re.findall(damage, log)) == 1, log
         assert "Traceback" not in log
-    # ...and on the way out it wrote a good one over the bad.
+    # ...on the way out it wrote a good one, and the damaged one is still beside it.
     assert snapshot.decode(Path(paths.snapshot).read_bytes()).downloaded == {ih("alpha"): 1}
+    (aside,) = Path(paths.snapshot).parent.glob("swarms.snap.damaged-*")
+    assert aside.read_bytes() == damaged
 
 
 def test_graceful_reload_keeps_answering_and_keeps_the_swarms(paths):

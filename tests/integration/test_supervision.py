@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import secrets
 import signal
 import socket
@@ -62,6 +63,7 @@ class Load:
         self.unsure: Counter[bytes] = Counter()
         self.http_errors = 0
         self.refused: list[bytes] = []  # failure replies: none is expected
+        self.log: list[tuple[float, bytes, str]] = []  # (when, torrent, "http"/"udp") per ack
         self.http_answered = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -83,9 +85,11 @@ class Load:
             t.join(WITHIN)
         assert not self.refused, self.refused[:3]
 
-    def _count(self, tally: Counter[bytes], torrent: bytes) -> None:
+    def _count(self, tally: Counter[bytes], torrent: bytes, via: str = "") -> None:
         with self._lock:
             tally[torrent] += 1
+            if via:
+                self.log.append((time.monotonic(), torrent, via))
 
     def _http(self) -> None:
         n = 0
@@ -109,7 +113,7 @@ class Load:
             if b"failure reason" in body:
                 self.refused.append(body)
             else:
-                self._count(self.acked, torrent)
+                self._count(self.acked, torrent, "http")
 
     def _udp(self) -> None:
         n = 0
@@ -141,7 +145,7 @@ class Load:
                     cid = None
                     continue
                 if struct.unpack_from(">II", reply) == (1, tid):
-                    self._count(self.acked, torrent)
+                    self._count(self.acked, torrent, "udp")
                 else:  # an error packet (a connection id from before a restart, say)
                     cid = None
 
@@ -283,6 +287,29 @@ def test_stopping_serve_under_mixed_load_keeps_every_count(tmp_path: Path, signu
         assert_counts(s, load)
 
 
+def test_every_process_killed_at_once_loses_at_most_the_last_second(tmp_path: Path) -> None:
+    """A power cut, as near as a test gets: every process SIGKILLed in the same instant.
+
+    No periodic save runs (interval one hour): the counts come back from the
+    journal. A UDP completion is journaled before it is answered, so all of them
+    come back; an HTTP one reaches the journal when its worker's flush reaches
+    the hub (milliseconds), so those answered a second before the cut must too.
+    """
+    with serve(tmp_path, config=config(tmp_path)) as s:
+        with Load(s) as load:
+            time.sleep(2.5)
+            cut = time.monotonic()
+            s.kill_everything()
+        assert not (tmp_path / "swarms.snap").exists()  # nothing was saved: all from the journal
+    with serve(tmp_path, config=config(tmp_path)) as s:
+        assert "replayed" in s.log()
+        got = udp_downloaded(s)
+        must = Counter(ih for t, ih, via in load.log if via == "udp" or t < cut - 1.0)
+        for ih in TORRENTS:
+            assert must[ih] <= got[ih] <= load.acked[ih] + load.unsure[ih], (ih, got, must)
+        assert sum(must.values()) > 0
+
+
 def test_sighup_reloads_lists_and_workers_and_stops_nothing(tmp_path: Path) -> None:
     blocked = b"blocked".ljust(20, b".")
     access = tmp_path / "blacklist.txt"
@@ -307,6 +334,34 @@ def test_sighup_reloads_lists_and_workers_and_stops_nothing(tmp_path: Path) -> N
         assert b"not allowed" in conn.getresponse().read()
         conn.close()
         assert_counts(s, load)
+
+
+def test_damaged_snapshot_is_kept_aside_and_serve_starts(tmp_path: Path) -> None:
+    damaged = b"WTSN\x02 not a snapshot at all"
+    (tmp_path / "swarms.snap").write_bytes(damaged)
+    with serve(tmp_path, config=config(tmp_path)) as s:
+        load = run_load(s, 0.5)
+        assert_counts(s, load)
+        (aside,) = tmp_path.glob("swarms.snap.damaged-*")
+        assert aside.read_bytes() == damaged
+        where = re.escape(str(tmp_path / "swarms.snap"))
+        damage = rf"ERROR \[\d+\] wsgi_tracker.sync.snapshot: snapshot {where} is damaged"
+        assert re.search(damage, s.log()), s.log()
+    # the next save wrote a good file beside it, and the damaged copy is still there
+    assert aside.read_bytes() == damaged
+    assert snapshot.decode((tmp_path / "swarms.snap").read_bytes()).downloaded
+
+
+def test_unwritable_snapshot_path_fails_at_start_in_one_line(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir" / "swarms.snap"
+    with (
+        pytest.raises(RuntimeError, match="exited") as failure,
+        serve(tmp_path, config=f'snapshot_path = "{missing}"\n'),
+    ):
+        pass
+    text = str(failure.value)
+    assert f"udp-sidecar: snapshot_path {missing}: cannot write in" in text
+    assert "Traceback" not in text
 
 
 def test_a_child_that_cannot_start_stops_serve_with_one_line(tmp_path: Path) -> None:

@@ -392,7 +392,8 @@ def test_hub_drops_a_client_that_stops_reading_and_keeps_serving_the_others(
     def join() -> gsocket.socket:
         s = gsocket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(path)
-        s.sendall(frames.encode(frames.Hello(frames.ROLE_TOOL, 1000 + len(socks))))
+        hello = frames.encode(frames.Hello(frames.ROLE_TOOL, 1000 + len(socks)))
+        s.sendall(hello + frames.encode(frames.SnapshotDone()))  # nothing of its own to re-send
         socks.append(s)
         return s
 

@@ -28,9 +28,13 @@ from wsgi_tracker.websocket.codec import HandshakeError, accept_token, wants_web
 from wsgi_tracker.websocket.relay import WsTracker
 
 _HEADERS_PLAIN = "text/plain"
-# How long the first requests wait for the sync hub's snapshot (they then answer
-# with full peer lists); a hub that does not answer at all costs no wait.
+# How long gunicorn's post_worker_init waits for the sync hub's snapshot (the master
+# kills a worker that does not report in within its timeout, 30 s); a hub that does
+# not answer at all costs no wait.
 SYNC_SNAPSHOT_WAIT = 5.0
+# How long a request waits for a snapshot still arriving after that: it answers from
+# a full replica, not a half-filled one (a million torrents take seconds to join).
+SYNC_JOIN_WAIT = 30.0
 
 
 def not_found(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -113,14 +117,18 @@ class TrackerMiddleware:
 
     def _first_request(self) -> None:
         self.core.start()  # outside any lock: starting a thread yields under gevent
-        if self.config.sync_explicit:
-            self.start_sync()
+        if self.sync is not None or self.config.sync_explicit:
+            self.start_sync(SYNC_JOIN_WAIT)
         else:
             self._synced = True
 
-    def start_sync(self) -> None:
+    def start_sync(self, wait: float = SYNC_SNAPSHOT_WAIT) -> None:
         """Start this process's background work: the hook's delivery, and the sync
         client (once), waiting, bounded, for its snapshot.
+
+        Until the snapshot is in (or no hub answered), each request waits for it
+        again, at most ``wait``: a worker never answers from a half-filled replica
+        while its join progresses.
 
         gunicorn's post_worker_init calls it (the project's config: production joins the
         per-user default hub); the first request does when sync_socket names a hub.
@@ -145,7 +153,8 @@ class TrackerMiddleware:
                     lambda: [entry.payload for entry in client.cluster_stats],
                     lambda: {"connected": client.connected, "lag_seconds": client.delta_lag},
                 )
-            client.wait_ready(SYNC_SNAPSHOT_WAIT)
+            if not client.wait_ready(wait):
+                return
         self._synced = True
 
     def websocket(

@@ -29,16 +29,24 @@ from wsgi_tracker.core.tracker import TrackerCore
 from wsgi_tracker.core.types import WsChange
 from wsgi_tracker.core.ws_swarm import WsSwarmFull
 from wsgi_tracker.sync import frames as f
-from wsgi_tracker.sync.replica import FLUSH_DELAY, FLUSH_RECORDS, ChangeBuffer, apply_remote
+from wsgi_tracker.sync.replica import (
+    DEAD_AFTER,
+    FLUSH_DELAY,
+    HEARTBEAT,
+    JOIN_WAIT,
+    RECV_BYTES,
+    ChangeBuffer,
+    apply_remote,
+    batch_wait,
+    walk,
+)
+from wsgi_tracker.sync.session import FROM_HUB, Conversation, Phase
 from wsgi_tracker.sync.socket_path import UnsafeSocketPath, check_private, why_no_hub
 
 log = logging.getLogger("wsgi_tracker.sync")
 
-HEARTBEAT = 1.0
-DEAD_AFTER = 10.0  # the hub heartbeats every second; this much silence means it hangs
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 2.0
-RECV_BYTES = 256 << 10
 
 
 class SyncClient:
@@ -196,19 +204,22 @@ class SyncClient:
         # Torrents whose total the hub has spoken for in this session; None once
         # the snapshot is complete.
         self._joining = set()
-        greeted = False
+        talk = Conversation(FROM_HUB, "the hub")
+        since = time.monotonic()
         while not self._stopped:
-            data = sock.recv(RECV_BYTES)
+            try:
+                data = sock.recv(RECV_BYTES)
+            except TimeoutError:
+                if talk.phase is Phase.JOINING and time.monotonic() - since < JOIN_WAIT:
+                    continue  # a hub walking a large store may pause; it is not gone
+                raise
             if not data:
                 decoder.close()
                 raise OSError("hub closed the connection")
             for frame in decoder.feed(data):
-                if greeted:
+                talk.receive(frame)  # SyncStateError if it has no place now
+                if not isinstance(frame, f.Hello):
                     self._apply(frame, resync)
-                elif isinstance(frame, f.Hello):
-                    greeted = True
-                else:
-                    raise f.FrameError(f"first frame is {type(frame).__name__}, not hello")
 
     def _apply(self, frame: f.Frame, resync: tuple[list[bytes], list[tuple[bytes, int]]]) -> None:
         core = self.core
@@ -259,8 +270,6 @@ class SyncClient:
             self.cluster_stats = frame.entries
             if self.on_stats is not None:
                 self.on_stats(frame.entries)
-        elif isinstance(frame, f.Hello):
-            raise f.FrameError("a second hello on one connection")
 
     # --- sending ---------------------------------------------------------------------
 
@@ -295,10 +304,8 @@ class SyncClient:
                 resync, self._resync = self._resync, None
                 if not self._send_replica(*resync):
                     continue
-            # At most one batch per flush_delay: a lone change goes at once, a stream
-            # is batched.
-            wait = last + self.flush_delay - time.monotonic()
-            if woken and not stopping and wait > 0 and len(self._buffer) < FLUSH_RECORDS:
+            wait = batch_wait(last, time.monotonic(), len(self._buffer), self.flush_delay)
+            if woken and not stopping and wait:
                 time.sleep(wait)
             last = time.monotonic()
             changes, counts = self._buffer.take()
@@ -325,19 +332,12 @@ class SyncClient:
         store = core.store
         if not self._send(f.encode(f.Totals(claims))):
             return False
-        chunk: list = []
-        for ih in torrents:
-            with core.lock:
-                chunk.extend(store.swarm_peers(ih))
-            if len(chunk) >= f.RECORDS_PER_FRAME:
-                if not self._send(f.encode(f.Snapshot(chunk))):
-                    return False
-                chunk = []
+        for peers, _ in walk(store, torrents, core.lock, lambda _ih, _n: 0):
+            if not self._send(f.encode(f.Snapshot(peers))):
+                return False
         with core.lock:
             held = core.ws.held_by(os.getpid())
-        return self._send(
-            f.encode(f.Snapshot(chunk)) + f.encode(f.WsPeers(held)) + f.encode(f.SnapshotDone())
-        )
+        return self._send(f.encode(f.WsPeers(held)) + f.encode(f.SnapshotDone()))
 
 
 def start_client(

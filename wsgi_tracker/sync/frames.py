@@ -37,8 +37,10 @@ from wsgi_tracker.core.types import EVENT_STOPPED, IPV4_WIDTH, IPV6_WIDTH, PeerC
 VERSION = 3
 MAGIC = b"WTSY"
 MAX_BODY = 1 << 20
-# The store keeps expiry times as 32-bit seconds (until 2106): a later "time" would
-# overflow it, so a record carrying one is refused here, where it enters.
+# The store keeps expiry times as doubles (to the microsecond), which would hold any
+# time; the bound is a sanity rule where records enter: no announce happens after 2106,
+# so a record "from" then is damage or mischief, and refusing it here keeps it out of
+# every replica. (When the store kept 32-bit seconds, such a record overflowed it.)
 MAX_TIMESTAMP = 2**32 - 2**24
 # Peer records per frame: 68-72 bytes each (IPv6 with a key) keeps a frame well under MAX_BODY.
 RECORDS_PER_FRAME = 4096

@@ -33,15 +33,24 @@ from wsgi_tracker.core.tracker import TrackerCore
 from wsgi_tracker.core.types import EVENT_STOPPED, PeerChange
 from wsgi_tracker.core.ws_swarm import WsSwarmFull
 from wsgi_tracker.sync import frames as f
-from wsgi_tracker.sync.replica import FLUSH_DELAY, FLUSH_RECORDS, ChangeBuffer, apply_remote
+from wsgi_tracker.sync.replica import (
+    DEAD_AFTER,
+    FLUSH_DELAY,
+    HEARTBEAT,
+    JOIN_WAIT,
+    RECV_BYTES,
+    WRITE_CHUNK,
+    ChangeBuffer,
+    apply_remote,
+    batch_wait,
+    walk,
+)
+from wsgi_tracker.sync.session import FROM_CLIENT, Conversation, Phase
 from wsgi_tracker.sync.socket_path import UnsafeSocketPath, check_private, why_no_hub
 
 log = logging.getLogger("wsgi_tracker.sync.hub")
 
 MAX_QUEUE_BYTES = 32 << 20  # ~500k peer records: seconds of full load
-HEARTBEAT = 1.0
-DEAD_AFTER = 10.0  # a client silent this long (it heartbeats every second) is gone
-RECV_BYTES = 256 << 10
 
 # Where the changes made on this machine also go (the cluster node, wsgi_tracker/cluster/):
 # called with the decoded Deltas, Snapshot (news) and Counts frames, never blocking.
@@ -65,8 +74,13 @@ class _Client:
         self.ready = Event()  # something to write, or closed
         self.writing = False  # the writer has bytes in flight: nothing may overtake them
         self.closed = False
+        # It closed its end (EPIPE): nothing more goes to it, but what it sent before
+        # leaving is still in our receive buffer, and its reader takes it to EOF.
+        self.gone = False
         self.resynced = 0
         self.snapshot: gevent.Greenlet | None = None
+        self.since = time.monotonic()
+        self.talk = Conversation(FROM_CLIENT, self.name)
 
     def send(self, data: bytes) -> None:
         """Write ``data`` now if the socket takes it, else queue it for the writer.
@@ -76,6 +90,8 @@ class _Client:
         here, and in udp-sidecar after a batch of datagrams (up to 64, a few
         ms under load). Order is kept: only an idle client is written to here.
         """
+        if self.gone:
+            return
         if not self.queue and not self.writing and not self.closed:
             try:
                 sent = self.sock.send(data, 0, timeout=0.0)  # type: ignore[call-arg]
@@ -110,8 +126,12 @@ class SyncHub:
         flush_delay: float = FLUSH_DELAY,
         heartbeat: float = HEARTBEAT,
         dead_after: float = DEAD_AFTER,
+        on_counts: Callable[[list[tuple[bytes, int]]], None] | None = None,
     ) -> None:
+        """``on_counts`` sees every increment the hub applies from a client (the
+        journal), before it is applied."""
         self.core = core
+        self.on_counts = on_counts
         self.path = path
         self.max_queue_bytes = max_queue_bytes
         self.flush_delay = flush_delay
@@ -285,7 +305,16 @@ class SyncHub:
             client.queue.clear()
             client.writing = True
             try:
-                sock.sendall(data)
+                view = memoryview(data)
+                for start in range(0, len(data), WRITE_CHUNK):
+                    sock.sendall(view[start : start + WRITE_CHUNK])
+            except (BrokenPipeError, ConnectionResetError):
+                # A worker that exited: a stop's last deltas and counts may still be
+                # unread here. Closing now lost them; the reader ends at their EOF.
+                client.gone = True
+                client.queue.clear()
+                client.queued = 0
+                return
             except OSError as exc:
                 # A probe that connects and leaves (no hello) is not worth a warning.
                 self._drop(client, f"send failed: {exc}" if client.pid else None)
@@ -304,28 +333,21 @@ class SyncHub:
         """
         store = self.core.store
         low_water = self.max_queue_bytes // 4
-        peers: list = []
-        totals: list[tuple[bytes, int]] = []
-        for ih in list(store.torrents.keys()):
-            with self.core.lock:
-                peers.extend(store.swarm_peers(ih))
-                swarm = store.peek(ih)  # a snapshot is no use: keep the eviction order
-                if swarm is not None and swarm.downloaded:
-                    totals.append((ih, swarm.downloaded - self._buffer.pending_count(ih)))
-            if len(peers) + len(totals) >= f.RECORDS_PER_FRAME:
-                client.send(f.encode(f.Snapshot(peers)) + f.encode(f.Totals(totals)))
-                peers, totals = [], []
-                gevent.sleep(0)
-                while client.queued > low_water and not client.closed:
-                    gevent.sleep(0.01)
-                if client.closed:
-                    return
+        pending = self._buffer.pending_count
+        chunks = walk(
+            store, list(store.torrents.keys()), self.core.lock, lambda ih, n: n - pending(ih)
+        )
+        for peers, totals in chunks:
+            client.send(f.encode(f.Snapshot(peers)) + f.encode(f.Totals(totals)))
+            gevent.sleep(0)
+            while client.queued > low_water and not client.closed:
+                gevent.sleep(0.01)
+            if client.closed:
+                return
         with self.core.lock:
             ws_peers = list(self.core.ws.peers())
         client.send(
-            f.encode(f.Snapshot(peers))
-            + f.encode(f.Totals(totals))
-            + f.encode(f.WsPeers(ws_peers))
+            f.encode(f.WsPeers(ws_peers))
             + f.encode(f.SnapshotDone())
             + (f.encode(f.Stats(self.cluster_stats)) if self._stats else b"")
         )
@@ -334,11 +356,13 @@ class SyncHub:
         sock = client.sock
         sock.settimeout(self.dead_after)
         decoder = f.FrameDecoder()
-        greeted = False
         while not client.closed:
             try:
                 data = sock.recv(RECV_BYTES)
             except TimeoutError:
+                joining = client.talk.phase in (Phase.HELLO, Phase.JOINING)
+                if joining and time.monotonic() - client.since < JOIN_WAIT:
+                    continue
                 self._drop(client, f"silent for {self.dead_after:.0f} s")
                 return
             except OSError:
@@ -346,10 +370,14 @@ class SyncHub:
             if not data:
                 return
             try:
-                received = [(raw, raw.decode()) for raw in decoder.feed_raw(data)]
-                if not greeted and received:
-                    self._greet(client, received.pop(0)[1])
-                    greeted = True
+                received: list[tuple[f.RawFrame, f.Frame]] = []
+                for raw in decoder.feed_raw(data):
+                    frame = raw.decode()
+                    client.talk.receive(frame)  # SyncStateError if it has no place now
+                    if isinstance(frame, f.Hello):
+                        self._greet(client, frame)
+                    else:
+                        received.append((raw, frame))
                 self._forward(client, received)
                 for raw, frame in received:
                     if isinstance(frame, f.WsRelay):
@@ -366,10 +394,8 @@ class SyncHub:
                 # and timers). Small reads, the usual case, skip this loop turn.
                 gevent.idle()
 
-    def _greet(self, client: _Client, frame: f.Frame) -> None:
+    def _greet(self, client: _Client, frame: f.Hello) -> None:
         """Name the client after its hello and start its snapshot."""
-        if not isinstance(frame, f.Hello):
-            raise f.FrameError(f"first frame is {type(frame).__name__}, not hello")
         client.pid, client.role = frame.pid, frame.role
         client.name = f"{f.ROLE_NAMES[frame.role]} pid {frame.pid}"
         log.info("sync hub: %s connected", client.name)
@@ -442,6 +468,8 @@ class SyncHub:
                 for change in frame.peers:
                     apply_remote(store, change)
         elif isinstance(frame, f.Counts):
+            if self.on_counts is not None:
+                self.on_counts(frame.counts)
             with core.lock:
                 for ih, n in frame.counts:
                     store.add_downloaded(ih, n)
@@ -468,6 +496,8 @@ class SyncHub:
                     if claim > have:
                         store.add_downloaded(ih, claim - have)
                         raised.append((ih, claim - have))
+            if raised and self.on_counts is not None:
+                self.on_counts(raised)
             # Not up the uplink: these were counted once already, and a cluster node
             # claims its totals (rather than adding them) when it joins.
             self._fan_out(f.encode(f.Counts(raised)))
@@ -482,8 +512,6 @@ class SyncHub:
         elif isinstance(frame, f.Stats):
             for entry in frame.entries[:1]:
                 self._set_stats(f.StatsEntry(client.pid, client.role, entry.payload))
-        elif isinstance(frame, f.Hello):
-            raise f.FrameError("a second hello on one connection")
 
     def _flush_loop(self) -> None:
         """Send the sidecar's own changes (UDP announces) every few milliseconds."""
@@ -493,8 +521,8 @@ class SyncHub:
             self._wake.clear()
             # At most one batch per flush_delay: a lone change goes at once, a stream
             # is batched.
-            wait = last + self.flush_delay - time.monotonic()
-            if wait > 0 and len(self._buffer) < FLUSH_RECORDS:
+            wait = batch_wait(last, time.monotonic(), len(self._buffer), self.flush_delay)
+            if wait:
                 gevent.sleep(wait)
             last = time.monotonic()
             changes, counts = self._buffer.take()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from wsgi_tracker.core.swarm import PeerRefused, SwarmStore
 from wsgi_tracker.core.types import PeerChange
+from wsgi_tracker.sync.frames import RECORDS_PER_FRAME
 
 AbstractLock = Any  # threading.Lock or gevent's; both are context managers
 
@@ -21,6 +23,61 @@ MAX_BUFFERED = 200_000
 FLUSH_DELAY = 0.001
 # A batch this large is sent at once rather than after the flush delay.
 FLUSH_RECORDS = 256
+# Both ends heartbeat after this much silence, and give the other up after DEAD_AFTER.
+HEARTBEAT = 1.0
+DEAD_AFTER = 10.0
+RECV_BYTES = 256 << 10  # one read from a sync socket
+# A join of a million torrents takes seconds on both ends: the joining client is
+# silent while it applies (its reader always has data waiting), and the hub may
+# be slow to send while it walks its store. Until the join is done, silence
+# ends the connection only after this long.
+JOIN_WAIT = 120.0
+# The hub writes a client's queue in pieces this big: a socket timeout then means
+# no progress for DEAD_AFTER, not a large queue drained slowly.
+WRITE_CHUNK = 256 << 10
+
+
+def batch_wait(last: float, now: float, buffered: int, flush_delay: float = FLUSH_DELAY) -> float:
+    """How long a flusher holds the batch it was woken for; the one rule of both flushers.
+
+    At most one batch per ``flush_delay``: a lone change (the delay since the
+    ``last`` batch has passed) goes at once, a stream is batched, and a batch of
+    ``FLUSH_RECORDS`` goes without waiting.
+    """
+    if buffered >= FLUSH_RECORDS:
+        return 0.0
+    return max(0.0, last + flush_delay - now)
+
+
+def walk(
+    store: SwarmStore,
+    torrents: Iterable[bytes],
+    lock: AbstractLock | None = None,
+    total: Callable[[bytes, int], int] = lambda _ih, n: n,
+) -> Iterator[tuple[list[PeerChange], list[tuple[bytes, int]]]]:
+    """The replica torrent by torrent, in chunks of about ``RECORDS_PER_FRAME`` records.
+
+    The one walk behind the hub's snapshot for a joining client, a client's
+    re-sent replica and the snapshot file. Each torrent's peers and total
+    (``total(info_hash, downloaded)``, 0 to leave it out) are taken together
+    under ``lock``; the generator never yields control inside a chunk, so the
+    caller decides what runs between chunks. Reads ``peek``: a walk is no use,
+    the eviction order stays. The last chunk may be empty.
+    """
+    guard = contextlib.nullcontext() if lock is None else lock
+    peers: list[PeerChange] = []
+    totals: list[tuple[bytes, int]] = []
+    for ih in torrents:
+        with guard:
+            peers.extend(store.swarm_peers(ih))
+            swarm = store.peek(ih)
+            count = total(ih, swarm.downloaded) if swarm is not None and swarm.downloaded else 0
+        if count:
+            totals.append((ih, count))
+        if len(peers) + len(totals) >= RECORDS_PER_FRAME:
+            yield peers, totals
+            peers, totals = [], []
+    yield peers, totals
 
 
 def newer(store: SwarmStore, change: PeerChange) -> int:

@@ -1,69 +1,86 @@
 """The sidecar's on-disk snapshot: every live peer and every completed-download counter.
 
 A restart (a deploy, a crash) must not lose the swarms or the counters, which
-the tracker cannot learn back from clients. The format is our own and
-boring on purpose: never pickle (a file on disk must not be able to run code).
+the tracker cannot learn back from clients. Never pickle (a file on disk must
+not be able to run code): the body is the sync protocol's own Totals and
+Snapshot frames (``frames.py``), the records a joining worker receives, so one
+tested codec reads both the socket and the disk.
 
-Layout: a fixed header ``WTSN``, format version, time saved, compressed and
-inflated lengths and a CRC-32 of header and body; the body is zlib-compressed and
-holds three sections, each a record count followed by fixed-width records, so
-decoding is a bounds check and ``struct.iter_unpack``:
+Layout: a fixed header ``WTSN``, format version, time saved, the journal
+generation the snapshot folds in everything before, compressed and inflated
+lengths, and a CRC-32 of header and body; then the zlib-compressed frames.
+``decode`` inflates to exactly the length the header gives (never more, so a
+lying header cannot balloon memory) and accepts only Totals and Snapshot
+frames.
 
-* counters: info_hash, downloaded
-* IPv4 peers: info_hash, peer_id, seeder flag, compact endpoint (6 bytes), last seen
-* IPv6 peers: the same with an 18-byte endpoint
+``encode``/``decode`` are pure; ``save``/``load`` are the thin file shell and
+``Saver`` the sidecar's timer. ``write`` goes to a temporary file in the same
+directory, fsyncs it and renames it over the old one, so a crash mid-write
+leaves the previous snapshot whole. ``load`` never starts over a damaged file:
+it renames it aside (``<path>.damaged-<time>``), logs an ERROR naming both, and
+the sidecar starts from the journal alone; a snapshot it cannot read or
+rename, or a directory it cannot write, is ``SnapshotPathError``: the sidecar
+refuses to start, in one line.
 
-``encode``/``decode`` are pure functions over bytes; ``save``/``load`` are the
-thin file shell, and ``PeriodicSaver`` the sidecar's timer around them.
-``save`` writes a temporary file in the same directory, fsyncs it and renames
-it over the old one, so a crash mid-write leaves the previous snapshot whole.
-``load`` never raises for a bad file: it logs one line and the sidecar starts
-empty rather than not at all.
+Saving copies the store in a forked child (copy-on-write, as Redis's BGSAVE):
+the serving process pays for ``fork`` and for the pages it writes to while the
+child runs, never for the walk or the encoding.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import struct
 import tempfile
 import time
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import gevent
 import gevent.event
+from gevent import monkey
 
 from wsgi_tracker.core.swarm import PeerRefused, SwarmStore
-from wsgi_tracker.core.types import EVENT_NONE, IPV4_WIDTH, IPV6_WIDTH, PeerChange
-from wsgi_tracker.sync.frames import MAX_TIMESTAMP
+from wsgi_tracker.core.types import EVENT_NONE, PeerChange
+from wsgi_tracker.sync import frames as f
+from wsgi_tracker.sync.journal import Journal, fsync_dir
+from wsgi_tracker.sync.replica import walk
 
 log = logging.getLogger("wsgi_tracker.sync.snapshot")
 
 MAGIC = b"WTSN"
-VERSION = 1
-# magic, version, pad, saved_at, body length, inflated length, CRC-32 of header + body
-HEADER = struct.Struct(">4sBxxxdQQI")
-COUNT = struct.Struct(">I")
-PAUSE_EVERY = 256  # torrents copied between pauses while capturing
-COUNTER = struct.Struct(">20sQ")
-PEER4 = struct.Struct(f">20s20sB{IPV4_WIDTH}sd")
-PEER6 = struct.Struct(f">20s20sB{IPV6_WIDTH}sd")
+VERSION = 2  # 1 had a record format of its own; 2 is sync frames
+# magic, version, pad, saved_at, journal generation, body length, inflated length,
+# CRC-32 of header + body
+HEADER = struct.Struct(">4sBxxxdQQQI")
+MAX_INFLATED = 8 << 30  # far above 1M torrents x 1M peers (~70 MB); a header past it lies
+_fork = monkey.get_original("os", "fork")  # the plain one: the child never runs gevent
 
 
 class SnapshotError(ValueError):
     """The bytes are not a snapshot this version can read; the message says where."""
 
 
+class SnapshotPathError(OSError):
+    """The snapshot cannot be kept safe where it must be; the message names the file."""
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Swarm state at one moment: counters per torrent and every peer as a change."""
+    """Swarm state at one moment: counters per torrent and every peer as a change.
+
+    ``generation``: the journal generations below it are folded in.
+    """
 
     saved_at: float
     downloaded: dict[bytes, int] = field(default_factory=dict)
     peers: list[PeerChange] = field(default_factory=list)
+    generation: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,44 +92,41 @@ class LoadReport:
     refused: int
     counters: int
     saved_at: float
+    generation: int
 
 
 def encode(snapshot: Snapshot) -> bytes:
     """The file's bytes. Raises SnapshotError for a field a record cannot hold."""
-    v4: list[bytes] = []
-    v6: list[bytes] = []
+    for p in snapshot.peers:
+        if len(p.info_hash) != 20 or len(p.peer_id) != 20:
+            # struct would silently pad or cut them; a changed id is a different peer.
+            raise SnapshotError(f"peer {p.peer_id[:24]!r}: ids must be 20 bytes")
+        if len(p.endpoint) not in (6, 18):
+            raise SnapshotError(f"peer endpoint of {len(p.endpoint)} bytes (expected 6 or 18)")
+    if any(len(ih) != 20 for ih in snapshot.downloaded):
+        raise SnapshotError("counter keys must be 20-byte info_hashes")
+    totals = [(ih, n) for ih, n in snapshot.downloaded.items() if n]
     try:
-        if any(len(ih) != 20 for ih in snapshot.downloaded):
-            raise SnapshotError("counter keys must be 20-byte info_hashes")
-        counters = [COUNTER.pack(ih, n) for ih, n in snapshot.downloaded.items() if n]
-        for p in snapshot.peers:
-            if len(p.info_hash) != 20 or len(p.peer_id) != 20:
-                # struct would silently pad or cut them; a changed id is a different peer.
-                raise SnapshotError(f"peer {p.peer_id[:24]!r}: ids must be 20 bytes")
-            if len(p.endpoint) == IPV4_WIDTH:
-                v4.append(PEER4.pack(p.info_hash, p.peer_id, p.seeder, p.endpoint, p.timestamp))
-            elif len(p.endpoint) == IPV6_WIDTH:
-                v6.append(PEER6.pack(p.info_hash, p.peer_id, p.seeder, p.endpoint, p.timestamp))
-            else:
-                raise SnapshotError(f"peer endpoint of {len(p.endpoint)} bytes (expected 6 or 18)")
-    except struct.error as exc:
+        raw = f.encode(f.Totals(totals)) + f.encode(f.Snapshot(snapshot.peers))
+    except (struct.error, f.FrameError) as exc:
         raise SnapshotError(f"record does not fit the snapshot format: {exc}") from None
-    raw = b"".join(
-        [COUNT.pack(len(counters)), *counters, COUNT.pack(len(v4)), *v4, COUNT.pack(len(v6)), *v6]
-    )
+    return _frame(snapshot.saved_at, snapshot.generation, raw)
+
+
+def _frame(saved_at: float, generation: int, raw: bytes) -> bytes:
     body = zlib.compress(raw, 6)
-    fields = (MAGIC, VERSION, snapshot.saved_at, len(body), len(raw))
+    fields = (MAGIC, VERSION, saved_at, generation, len(body), len(raw))
     crc = zlib.crc32(body, zlib.crc32(HEADER.pack(*fields, 0)))
     return HEADER.pack(*fields, crc) + body
 
 
 def decode(data: bytes) -> Snapshot:
     """Parse a snapshot file's bytes; any damage raises SnapshotError, nothing else."""
+    if data[:4] != MAGIC[: len(data)]:
+        raise SnapshotError(f"not a wsgi-tracker snapshot (magic {data[:4]!r})")
     if len(data) < HEADER.size:
         raise SnapshotError(f"truncated header: {len(data)} of {HEADER.size} bytes")
-    magic, version, saved_at, length, raw_length, crc = HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise SnapshotError(f"not a wsgi-tracker snapshot (magic {magic!r})")
+    _, version, saved_at, generation, length, raw_length, crc = HEADER.unpack_from(data)
     if version != VERSION:
         raise SnapshotError(f"snapshot format version {version}; this build reads {VERSION}")
     body = data[HEADER.size :]
@@ -120,28 +134,26 @@ def decode(data: bytes) -> Snapshot:
         raise SnapshotError(f"body is {len(body)} bytes, header says {length} (truncated?)")
     if zlib.crc32(body, zlib.crc32(data[: HEADER.size - 4] + bytes(4))) != crc:
         raise SnapshotError("body checksum mismatch (file damaged)")
-    raw = _inflate(body, raw_length)
+    try:
+        frames = f.decode_all(_inflate(body, raw_length))
+    except f.FrameError as exc:
+        raise SnapshotError(f"body: {exc}") from None
     downloaded: dict[bytes, int] = {}
     peers: list[PeerChange] = []
-    pos = 0
-    rows, pos = _section(raw, pos, COUNTER, "counters")
-    for ih, n in rows:
-        downloaded[ih] = n
-    for rec, name in ((PEER4, "IPv4 peers"), (PEER6, "IPv6 peers")):
-        rows, pos = _section(raw, pos, rec, name)
-        for ih, pid, seeder, ep, seen in rows:
-            if seeder > 1:
-                raise SnapshotError(f"{name}: seeder flag {seeder} is not 0 or 1")
-            if not 0 <= seen < MAX_TIMESTAMP:  # also refuses NaN
-                raise SnapshotError(f"{name}: last-seen time {seen} is not a time")
-            peers.append(PeerChange(ih, pid, ep, bool(seeder), EVENT_NONE, seen))
-    if pos != len(raw):
-        raise SnapshotError(f"{len(raw) - pos} stray bytes after the last section")
-    return Snapshot(saved_at, downloaded, peers)
+    for frame in frames:
+        if isinstance(frame, f.Totals):
+            downloaded.update(frame.totals)
+        elif isinstance(frame, f.Snapshot):
+            peers.extend(p._replace(event=EVENT_NONE) for p in frame.peers)
+        else:
+            raise SnapshotError(f"a {type(frame).__name__} frame has no place in a snapshot")
+    return Snapshot(saved_at, downloaded, peers, generation)
 
 
 def _inflate(body: bytes, length: int) -> bytes:
     """Inflate to exactly ``length`` bytes; never more, so a bad header cannot balloon memory."""
+    if length > MAX_INFLATED:
+        raise SnapshotError(f"header says the body inflates to {length} bytes: not a snapshot")
     inflater = zlib.decompressobj()
     try:
         raw = inflater.decompress(body, max(1, length))
@@ -152,47 +164,26 @@ def _inflate(body: bytes, length: int) -> bytes:
     return raw
 
 
-def _section(raw: bytes, pos: int, record: struct.Struct, name: str) -> tuple[list[tuple], int]:
-    if len(raw) - pos < COUNT.size:
-        raise SnapshotError(f"{name}: missing record count")
-    (count,) = COUNT.unpack_from(raw, pos)
-    pos += COUNT.size
-    end = pos + count * record.size
-    if end > len(raw):
-        raise SnapshotError(f"{name}: {count} records do not fit in the file")
-    return list(record.iter_unpack(raw[pos:end])), end
-
-
-def capture(
-    store: SwarmStore,
-    now: float,
-    pause: Callable[[], None] | None = None,
-    every: int = PAUSE_EVERY,
-) -> Snapshot:
-    """The store's live state as a Snapshot, torrent by torrent.
-
-    Call it from the thread that owns the store. ``pause`` (if given) runs
-    after every ``every`` torrents, so the sidecar's other greenlets keep
-    serving while a large store is copied; each torrent is copied whole.
-    """
+def capture(store: SwarmStore, now: float, generation: int = 0) -> Snapshot:
+    """The store's live state as a Snapshot (sync's torrent-by-torrent walk; ``peek`` keeps
+    the eviction order). Call it where nothing else changes the store: in the forked
+    child, or once serving has stopped."""
     downloaded: dict[bytes, int] = {}
     peers: list[PeerChange] = []
-    for n, ih in enumerate(list(store.torrents.keys()), 1):
-        peers.extend(store.swarm_peers(ih))
-        swarm = store.peek(ih)  # a snapshot is not a use: the eviction order stays
-        if swarm is not None and swarm.downloaded:
-            downloaded[ih] = swarm.downloaded
-        if pause is not None and n % every == 0:
-            pause()
-    return Snapshot(now, downloaded, peers)
+    for chunk, totals in walk(store, list(store.torrents.keys())):
+        peers.extend(chunk)
+        downloaded.update(totals)
+    return Snapshot(now, downloaded, peers, generation)
 
 
-def save(store: SwarmStore, path: str | os.PathLike[str], now: float | None = None) -> int:
+def save(
+    store: SwarmStore, path: str | os.PathLike[str], now: float | None = None, generation: int = 0
+) -> int:
     """Write the store atomically to ``path``; returns the bytes written.
 
     Raises OSError if the file cannot be written; the old snapshot is untouched then.
     """
-    return write(path, encode(capture(store, time.time() if now is None else now)))
+    return write(path, encode(capture(store, time.time() if now is None else now, generation)))
 
 
 def write(path: str | os.PathLike[str], data: bytes) -> int:
@@ -208,22 +199,55 @@ def write(path: str | os.PathLike[str], data: bytes) -> int:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     return len(data)
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (POSIX: the directory entry lives in the directory)."""
+def saved_generation(path: str | os.PathLike[str]) -> int | None:
+    """The journal generation in the header of the file at ``path`` (None: unreadable)."""
     try:
-        fd = os.open(directory, os.O_RDONLY)
+        with open(path, "rb") as fh:
+            head = fh.read(HEADER.size)
     except OSError:
-        return
+        return None
+    if len(head) < HEADER.size or head[:4] != MAGIC:
+        return None
+    return HEADER.unpack(head)[3]
+
+
+def check_writable(path: str | os.PathLike[str]) -> None:
+    """Raise SnapshotPathError unless a snapshot (and its journal) can be written at ``path``.
+
+    Checked at start, so an impossible path is one line then, not an error every period.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise SnapshotPathError(f"snapshot_path {target} is a directory")
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".probe")
+    except OSError as exc:
+        raise SnapshotPathError(
+            f"snapshot_path {target}: cannot write in {target.parent}: {exc.strerror or exc}"
+        ) from None
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def set_aside(path: Path, now: float) -> Path:
+    """Rename a damaged snapshot out of the way of the next save; returns its new name."""
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ")
+    for n in range(1000):
+        aside = path.with_name(f"{path.name}.damaged-{stamp}" + (f"-{n}" if n else ""))
+        if not aside.exists():
+            try:
+                os.rename(path, aside)
+            except OSError as exc:
+                raise SnapshotPathError(
+                    f"snapshot {path} is damaged and cannot be renamed aside "
+                    f"({exc.strerror or exc}); refusing to start over it"
+                ) from None
+            return aside
+    raise SnapshotPathError(f"snapshot {path} is damaged and 1000 damaged copies exist already")
 
 
 def load(
@@ -231,46 +255,34 @@ def load(
     store: SwarmStore,
     now: float | None = None,
 ) -> LoadReport | None:
-    """Restore a snapshot into ``store``; None if there was none or it was unreadable.
+    """Restore a snapshot into ``store``; None if there was none or it was damaged.
 
     Peers whose TTL ran out while the sidecar was down are dropped; counters are
-    adopted as they were (``set_downloaded``). Never raises for a bad file: a
-    corrupt snapshot is reported in one log line and the sidecar starts empty.
+    adopted as they were (``set_downloaded``). A damaged, truncated or
+    other-version file is renamed aside (never overwritten) with an ERROR.
+    Raises SnapshotPathError for a file it cannot read or set aside.
     """
     now = time.time() if now is None else now
+    target = Path(path)
     try:
-        data = Path(path).read_bytes()
+        data = target.read_bytes()
     except FileNotFoundError:
         log.info("snapshot %s: none yet, starting empty", path)
         return None
     except OSError as exc:
-        log.warning("snapshot %s: cannot read (%s); starting empty", path, exc.strerror or exc)
-        return None
+        raise SnapshotPathError(f"snapshot {path}: cannot read: {exc.strerror or exc}") from None
     try:
         snap = decode(data)
     except SnapshotError as exc:
-        log.warning("snapshot %s: ignored, %s; starting empty", path, exc)
+        aside = set_aside(target, now)
+        log.error(
+            "snapshot %s is damaged (%s): kept as %s; starting from the journal alone",
+            path,
+            exc,
+            aside,
+        )
         return None
-    expired = refused = 0
-    for change in snap.peers:
-        if change.timestamp + store.peer_ttl <= now:
-            expired += 1
-            continue
-        if change.timestamp > now:  # saved by a clock that ran ahead: seen now, not later
-            change = change._replace(timestamp=now)
-        try:
-            store.apply(change, count_download=False)
-        except PeerRefused:
-            refused += 1
-    for ih, total in snap.downloaded.items():
-        store.set_downloaded(ih, total)
-    report = LoadReport(
-        peers=len(snap.peers) - expired - refused,
-        expired=expired,
-        refused=refused,
-        counters=len(snap.downloaded),
-        saved_at=snap.saved_at,
-    )
+    report = restore(snap, store, now)
     log.info(
         "snapshot %s: restored %d peers and %d counters saved %.0f s ago "
         "(%d peers expired meanwhile, %d refused by limits)",
@@ -284,62 +296,144 @@ def load(
     return report
 
 
-class PeriodicSaver:
-    """The sidecar's saver: a snapshot every ``interval`` seconds and a last one on stop.
+def restore(snap: Snapshot, store: SwarmStore, now: float) -> LoadReport:
+    expired = refused = 0
+    for change in snap.peers:
+        if change.timestamp + store.peer_ttl <= now:
+            expired += 1
+            continue
+        if change.timestamp > now:  # saved by a clock that ran ahead: seen now, not later
+            change = change._replace(timestamp=now)
+        try:
+            store.apply(change, count_download=False)
+        except PeerRefused:
+            refused += 1
+    for ih, total in snap.downloaded.items():
+        store.set_downloaded(ih, total)
+    return LoadReport(
+        peers=len(snap.peers) - expired - refused,
+        expired=expired,
+        refused=refused,
+        counters=len(snap.downloaded),
+        saved_at=snap.saved_at,
+        generation=snap.generation,
+    )
 
-    Copying the store happens in the serving thread with pauses between
-    torrents; encoding, writing and fsync run in gevent's thread pool, so a
-    large snapshot or a slow disk does not stall UDP or the sync hub. A failed
-    save is one log line; the next period tries again.
+
+class Saver:
+    """The sidecar's saver: a snapshot every ``interval`` seconds and a last one on stop,
+    each folding the journal in.
+
+    A periodic save starts the journal's next generation and forks at the same
+    instant (nothing yields in between), so the child's copy holds exactly the
+    increments of the older journals; they are deleted once its file is renamed
+    into place. A failed save is one log line, and the journals stay. The final
+    save runs in this process, serving having stopped.
     """
 
     def __init__(
-        self,
-        store: SwarmStore,
-        path: str | os.PathLike[str],
-        interval: float,
-        clock: Callable[[], float] = time.time,
+        self, store: SwarmStore, path: str | os.PathLike[str], interval: float, journal: Journal
     ) -> None:
         self.store = store
         self.path = path
         self.interval = interval
-        self.clock = clock
+        self.journal = journal
         self._stop = gevent.event.Event()
-        self._loop: gevent.Greenlet | None = None
+        self._loops: list[gevent.Greenlet] = []
+        self._child = 0  # pid of a saving child, while one runs
 
     def start(self) -> None:
-        self._loop = gevent.spawn(self._run)
+        self._loops = [gevent.spawn(self._run), gevent.spawn(self._fsync_loop)]
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.save_now(final=False)
+            self.save_in_background()
+
+    def _fsync_loop(self) -> None:
+        """``appendfsync everysec``: the journal reaches the disk at least once a second."""
+        pool = gevent.get_hub().threadpool
+        while not self._stop.wait(1.0):
+            pool.apply(self.journal.fsync)
+
+    def save_in_background(self) -> bool:
+        started = time.monotonic()
+        generation = self.journal.rotate()
+        pid = self._child = _fork()
+        if pid == 0:  # the child: a frozen copy of the store; no gevent, no logging
+            code = 1
+            try:
+                save(self.store, self.path, time.time(), generation)
+                code = 0
+            finally:
+                os._exit(code)
+        while True:  # poll, so the loop serves meanwhile
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by someone else: the file tells
+                break
+            if done:
+                break
+            gevent.sleep(0.02)
+        self._child = 0
+        # The file, not the exit status, says whether it worked: it holds our generation.
+        if saved_generation(self.path) != generation:
+            log.error("snapshot %s: not saved (the saving child failed)", self.path)
+            return False
+        self.journal.drop_before(generation)
+        log.debug(
+            "snapshot %s: saved in a child process in %.0f ms",
+            self.path,
+            (time.monotonic() - started) * 1000,
+        )
+        return True
 
     def stop(self) -> bool:
-        """Finish any save under way, then write the last snapshot; returns its success."""
-        self._stop.set()
-        if self._loop is not None:
-            self._loop.join()
-        return self.save_now(final=True)
+        """Write the last snapshot; returns its success.
 
-    def save_now(self, final: bool) -> bool:
+        A periodic save still running is killed first: the final one supersedes
+        it, and waiting for it could cost the stop its deadline at a million
+        torrents. Its journals stay until the final save has replaced them.
+        """
+        self._stop.set()
+        if self._child:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._child, signal.SIGKILL)
+        gevent.joinall(self._loops)
         started = time.monotonic()
-        snap = capture(self.store, self.clock(), pause=lambda: gevent.sleep(0))
+        generation = self.journal.rotate()
+        snap = capture(self.store, time.time(), generation)
         try:
-            size = gevent.get_hub().threadpool.apply(_encode_and_write, (self.path, snap))
+            size = write(self.path, encode(snap))
         except (OSError, SnapshotError) as exc:
-            log.error("snapshot %s: not saved: %s", self.path, exc)
+            log.error("snapshot %s: not saved before exit: %s", self.path, exc)
+            self.journal.close()
             return False
-        (log.info if final else log.debug)(
-            "snapshot %s: saved %d peers and %d counters (%d bytes, %.0f ms)%s",
+        self.journal.drop_before(generation)
+        self.journal.close()
+        log.info(
+            "snapshot %s: saved %d peers and %d counters (%d bytes, %.0f ms) before exit",
             self.path,
             len(snap.peers),
             len(snap.downloaded),
             size,
             (time.monotonic() - started) * 1000,
-            " before exit" if final else "",
         )
         return True
 
 
-def _encode_and_write(path: str | os.PathLike[str], snap: Snapshot) -> int:
-    return write(path, encode(snap))
+def open_store_files(path: str, store: SwarmStore) -> Journal:
+    """At start: check ``path``, restore the snapshot, replay the journal, open the next one.
+
+    Raises SnapshotPathError (or JournalError) with one line naming the file.
+    """
+    check_writable(path)
+    target = Path(path)
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):  # a saving child killed midway
+        stale.unlink(missing_ok=True)
+    report = load(path, store)
+    journal = Journal(path)
+    replayed = journal.replay(report.generation if report else 0, store.add_downloaded)
+    if replayed:
+        log.info("journal of %s: replayed %d completed downloads", path, replayed)
+    journal.open(journal.next_generation())
+    return journal

@@ -11,6 +11,7 @@ import pytest
 
 from wsgi_tracker.core.swarm import SwarmStore
 from wsgi_tracker.core.types import EVENT_COMPLETED, EVENT_NONE, EVENT_STARTED, PeerChange
+from wsgi_tracker.sync import frames as f
 from wsgi_tracker.sync import snapshot
 from wsgi_tracker.sync.snapshot import Snapshot, SnapshotError, decode, encode
 
@@ -101,37 +102,39 @@ def test_lying_length_header_cannot_balloon_memory():
 
 def framed(body: bytes, raw_length: int) -> bytes:
     """A header with a valid checksum around ``body``: damage the checksum cannot see."""
-    fields = (b"WTSN", 1, NOW, len(body), raw_length)
+    fields = (b"WTSN", snapshot.VERSION, NOW, 0, len(body), raw_length)
     crc = zlib.crc32(body, zlib.crc32(snapshot.HEADER.pack(*fields, 0)))
     return snapshot.HEADER.pack(*fields, crc) + body
+
+
+def peer_frame(timestamp: float) -> bytes:
+    """A Snapshot frame of one IPv4 peer seen at ``timestamp`` (which encode would refuse)."""
+    record = ih(1) + pid(1) + struct.pack(">dBB", timestamp, 0, 0) + v4(1)
+    return struct.pack(">IB", len(record), f.KIND_SNAPSHOT) + record
 
 
 @pytest.mark.parametrize(
     ("raw", "problem"),
     [
-        (struct.pack(">I", 10**9), "counters: 1000000000 records"),
-        (struct.pack(">I", 0), "IPv4 peers: missing record count"),
-        (struct.pack(">III", 0, 0, 0) + b"x", "stray bytes"),
-        (
-            struct.pack(">III", 0, 1, 0)[:8]
-            + snapshot.PEER4.pack(ih(1), pid(1), 7, v4(1), NOW)
-            + struct.pack(">I", 0),
-            "seeder flag 7",
-        ),
-        *[
-            (
-                struct.pack(">II", 0, 1)
-                + snapshot.PEER4.pack(ih(1), pid(1), 0, v4(1), t)
-                + struct.pack(">I", 0),
-                "is not a time",
-            )
-            for t in (-1.0, float("nan"), float("inf"), 2.0**32, 1e300)
-        ],
+        (f.encode(f.Deltas([PeerChange(ih(1), pid(1), v4(1), False, 0, NOW)])), "no place"),
+        (f.encode(f.Hello(f.ROLE_HUB, 1)), "no place"),
+        (struct.pack(">IB", 1, 99) + b"x", "unknown frame kind 99"),
+        (struct.pack(">IB", 16, f.KIND_TOTALS), "stream ended inside a frame"),
+        (struct.pack(">IB", 7, f.KIND_TOTALS) + bytes(7), "not a multiple"),
+        *[(peer_frame(t), "is not a time") for t in (-1.0, float("nan"), float("inf"), 1e300)],
     ],
 )
-def test_well_checksummed_nonsense_is_refused_by_section(raw, problem):
+def test_well_checksummed_nonsense_is_refused_by_frame(raw, problem):
     with pytest.raises(SnapshotError, match=problem):
         decode(framed(zlib.compress(raw), len(raw)))
+
+
+def test_the_body_is_sync_frames():
+    """One codec for the socket and the disk: the inflated body decodes as sync frames."""
+    data = encode(snapshot.capture(populated_store(), NOW))
+    raw = zlib.decompress(data[snapshot.HEADER.size :])
+    kinds = {type(frame) for frame in f.decode_all(raw)}
+    assert kinds == {f.Totals, f.Snapshot}
 
 
 def test_save_then_load_restores_counters_and_peers_exactly(tmp_path):
@@ -205,7 +208,7 @@ def test_missing_file_starts_empty_quietly(tmp_path, caplog):
     [b"", b"garbage", b"WTSN", b"WTSN\x01" + bytes(200)],
     ids=["empty", "garbage", "magic-only", "zeros"],
 )
-def test_corrupt_file_is_one_warning_and_an_empty_start(tmp_path, caplog, content):
+def test_damaged_file_is_kept_aside_with_an_error_and_the_start_is_empty(tmp_path, caplog, content):
     path = tmp_path / "s.snap"
     path.write_bytes(content)
     store = make_store()
@@ -213,18 +216,54 @@ def test_corrupt_file_is_one_warning_and_an_empty_start(tmp_path, caplog, conten
         assert snapshot.load(path, store, now=NOW) is None
     assert len(store) == 0
     (record,) = caplog.records
-    assert record.levelno == logging.WARNING and str(path) in record.getMessage()
+    (aside,) = tmp_path.iterdir()
+    assert aside.name.startswith("s.snap.damaged-") and aside.read_bytes() == content
+    assert record.levelno == logging.ERROR
+    assert str(path) in record.getMessage() and str(aside) in record.getMessage()
 
 
-def test_truncated_real_snapshot_is_ignored(tmp_path, caplog):
+def test_a_second_damaged_file_does_not_overwrite_the_first(tmp_path):
+    path = tmp_path / "s.snap"
+    for content in (b"first", b"second"):
+        path.write_bytes(content)
+        snapshot.load(path, make_store(), now=NOW)
+    assert sorted(p.read_bytes() for p in tmp_path.iterdir()) == [b"first", b"second"]
+
+
+def test_future_version_is_kept_aside(tmp_path, caplog):
+    path = tmp_path / "s.snap"
+    data = bytearray(encode(Snapshot(NOW, {ih(1): 5})))
+    data[4] = snapshot.VERSION + 1
+    path.write_bytes(bytes(data))
+    with caplog.at_level(logging.ERROR, logger="wsgi_tracker.sync.snapshot"):
+        assert snapshot.load(path, make_store(), now=NOW) is None
+    assert f"version {snapshot.VERSION + 1}" in caplog.records[0].getMessage()
+    (aside,) = tmp_path.iterdir()
+    assert aside.read_bytes() == bytes(data)
+
+
+def test_unwritable_or_unreadable_paths_are_one_error_at_start(tmp_path):
+    with pytest.raises(snapshot.SnapshotPathError, match="cannot write in"):
+        snapshot.check_writable(tmp_path / "absent-dir" / "s.snap")
+    with pytest.raises(snapshot.SnapshotPathError, match="is a directory"):
+        snapshot.check_writable(tmp_path)
+    unreadable = tmp_path / "dir.snap"
+    unreadable.mkdir()
+    with pytest.raises(snapshot.SnapshotPathError, match="cannot read"):
+        snapshot.load(unreadable, make_store(), now=NOW)
+
+
+def test_truncated_real_snapshot_is_kept_aside(tmp_path, caplog):
     path = tmp_path / "s.snap"
     snapshot.save(populated_store(), path, now=NOW)
-    path.write_bytes(path.read_bytes()[:-7])
+    cut = path.read_bytes()[:-7]
+    path.write_bytes(cut)
     store = make_store()
     with caplog.at_level(logging.WARNING, logger="wsgi_tracker.sync.snapshot"):
         assert snapshot.load(path, store, now=NOW) is None
     assert len(store) == 0
     assert "truncated" in caplog.records[0].getMessage()
+    assert [p.read_bytes() for p in tmp_path.iterdir()] == [cut]
 
 
 def test_save_replaces_atomically_and_leaves_no_temp_files(tmp_path):
