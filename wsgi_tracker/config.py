@@ -37,6 +37,11 @@ from wsgi_tracker.settings import setting as _setting
 __all__ = ["ENV_PREFIX", "ConfigError", "TrackerConfig", "load_with_sources"]
 
 CONFIG_FILE_ENV = "WSGI_TRACKER_CONFIG"
+# peer_id prefixes: 1-20 characters of latin-1 (peer ids are bytes; clients use ASCII).
+_PEER_ID_PREFIXES = Check(
+    "be 1-20 latin-1 characters each",
+    lambda v: all(0 < len(p) <= 20 and all(ord(c) < 256 for c in p) for p in v),
+)
 # Variables read by the processes around the tracker rather than by TrackerConfig.
 PROCESS_ENV = {
     CONFIG_FILE_ENV: "The TOML file to read when no `--config` is given.",
@@ -246,9 +251,30 @@ class TrackerConfig:
         "", "Announce hook as 'module:callable', given lists of AnnounceEvent (docs/ACCESS.md)."
     )
     hook_queue_size: int = _setting(
-        10_000,
+        100_000,
         "Announce events held for the hook; past it new events are dropped and counted.",
         check=at_least(1),
+    )
+    hook_flush_seconds: int = _setting(
+        3,
+        "Seconds between the announce hook's batches (each one database transaction).",
+        check=at_least(1),
+    )
+    client_allow: tuple[str, ...] = _setting(
+        (),
+        "Only clients whose peer_id starts with one of these may announce (e.g. -qB, -TR, "
+        "-LT, -DE); empty: any client.",
+        check=_PEER_ID_PREFIXES,
+    )
+    client_deny: tuple[str, ...] = _setting(
+        (),
+        "Clients whose peer_id starts with one of these are refused (checked before client_allow).",
+        check=_PEER_ID_PREFIXES,
+    )
+    min_interval_enforced: bool = _setting(
+        False,
+        "Refuse a regular announce sooner than min_interval after the peer's previous one "
+        "(started, completed and stopped always pass).",
     )
     # --- statistics (docs/STATS.md) ----------------------------------------------------
     stats_path: str = _setting(

@@ -62,7 +62,7 @@ def test_accepted_announces_reach_the_hook_in_batches_with_their_counters(clock)
     assert len(recorder.events) == 50
     assert len(recorder.batches) < 50  # batched, not one call per announce
     first = recorder.events[0]
-    assert first == AnnounceEvent("k", IH, pid(0), 0, 0, 0, 0, clock.now)
+    assert first == AnnounceEvent("k", IH, pid(0), 0, 0, 0, 0, clock.now, "127.0.0.1", 6881, "http")
     assert [e.uploaded for e in recorder.events] == list(range(50))
     assert core.hook.delivered == 50
 
@@ -75,11 +75,12 @@ def test_a_slow_hook_never_holds_up_announces_and_a_full_queue_drops_and_counts(
         release.wait(WAIT)  # stuck until the test lets go
         got.extend(e.left for e in events)
 
-    config = TrackerConfig(hook_queue_size=10, max_peers_per_address=50)
+    config = TrackerConfig(hook_queue_size=10, hook_flush_seconds=1, max_peers_per_address=50)
     core = TrackerCore(config, on_announce=slow)
     core.start()
     core.announce(Announce(IH, pid(0), 6881, left=0), CLIENT)
-    wait_for(lambda: not core.hook.queue)  # the first event is in the stuck callback
+    hook, ledger = core.hook, core.accounting.ledger
+    wait_for(lambda: not ledger.pending and not hook.queue)  # in the stuck callback
     for n in range(1, 31):
         core.announce(Announce(IH, pid(n), 6881, left=n), CLIENT)  # returns: never waits
     assert core.hook.dropped == 20
@@ -96,7 +97,7 @@ def test_a_failing_hook_loses_its_batch_only():
         if len(calls) == 1:
             raise RuntimeError("database down")
 
-    hook = AnnounceHook(flaky)
+    hook = AnnounceHook(flaky, flush_seconds=0.05)
     hook.start()
     event = AnnounceEvent(None, IH, pid(1), 0, 0, 0, 0, 0.0)
     hook.put(event)
@@ -119,7 +120,7 @@ def flask_site():
 
     Tracker(
         app,
-        TrackerConfig(private=True, sync_socket="off"),
+        TrackerConfig(private=True, sync_socket="off", hook_flush_seconds=1),
         authenticate=users.get,
         on_announce=recorder,
     )

@@ -274,6 +274,44 @@ class AccessPolicy:
         return answer
 
 
+@dataclass(frozen=True)
+class ClientList:
+    """Which BitTorrent clients may announce, by peer_id prefix (``client_allow`` /
+    ``client_deny``): private trackers admit only clients they have vetted.
+
+    Azureus-style ids name the client in their first characters (``-qB4630-``
+    is qBittorrent 4.6.3), so a prefix picks a client or one of its versions.
+    A deny match wins over the allow list; one ``startswith`` each.
+    """
+
+    allow: tuple[bytes, ...]
+    deny: tuple[bytes, ...]
+
+    @classmethod
+    def from_config(cls, config: TrackerConfig) -> ClientList | None:
+        """The lists ``config`` sets, or None when every client is welcome."""
+        if not config.client_allow and not config.client_deny:
+            return None
+        return cls(
+            tuple(p.encode("latin-1") for p in config.client_allow),
+            tuple(p.encode("latin-1") for p in config.client_deny),
+        )
+
+    def check(self, peer_id: bytes) -> None:
+        """Raises AccessDenied when the client is banned or not on the allow list."""
+        if self.deny and peer_id.startswith(self.deny):
+            banned = next(p for p in self.deny if peer_id.startswith(p))
+            raise AccessDenied(
+                "client_not_allowed",
+                f"client not allowed: peer_id {banned.decode('latin-1')}... is banned here",
+            )
+        if self.allow and not peer_id.startswith(self.allow):
+            allowed = ", ".join(p.decode("latin-1") for p in self.allow)
+            raise AccessDenied(
+                "client_not_allowed", f"client not allowed: use one of these clients: {allowed}"
+            )
+
+
 def resolve_callable(setting: str, name: str) -> Callable[..., Any]:
     """The callable a setting names as 'package.module:attribute'."""
     try:

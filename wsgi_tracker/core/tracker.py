@@ -8,23 +8,27 @@ bounds) lives here, so the two protocols cannot disagree.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 
-from wsgi_tracker.access.hooks import AnnounceEvent, AnnounceHook, OnAnnounce
-from wsgi_tracker.access.policy import AccessDenied, AccessPolicy, Authenticator
+from wsgi_tracker.access.hooks import AnnounceHook, OnAnnounce
+from wsgi_tracker.access.policy import AccessDenied, AccessPolicy, Authenticator, ClientList
 from wsgi_tracker.config import TrackerConfig
+from wsgi_tracker.core.accounting import Accounting
 from wsgi_tracker.core.addresses import endpoint, pack_ip
 from wsgi_tracker.core.counters import Counters
 from wsgi_tracker.core.errors import TrackerError
 from wsgi_tracker.core.locks import ProcessLock
 from wsgi_tracker.core.swarm import PeerList, PeerRefused, SwarmStore
 from wsgi_tracker.core.types import (
+    EVENT_NONE,
     EVENT_STOPPED,
     IPV4_WIDTH,
     Announce,
+    AnnounceReport,
     AnnounceResult,
     PeerChange,
     ScrapeEntry,
@@ -61,6 +65,7 @@ class TrackerCore:
     def __post_init__(self) -> None:
         # None when public and hookless: the hot path then pays one ``is None`` test each.
         self.access = AccessPolicy.from_config(self.config, self.authenticate)
+        self.clients = ClientList.from_config(self.config)
         self.hook = AnnounceHook.from_config(self.config, self.on_announce)
         self.store = SwarmStore(
             peer_ttl=self.config.peer_ttl,
@@ -72,6 +77,9 @@ class TrackerCore:
         )
         self.ws = WsSwarms(
             self.config.ws_peer_ttl, self.config.max_torrents, self.config.max_peers_per_torrent
+        )
+        self.accounting = (
+            None if self.hook is None else Accounting(self.hook, self.config.peer_ttl, self.clock)
         )
 
     def start(self) -> None:
@@ -108,9 +116,23 @@ class TrackerCore:
             except AccessDenied as exc:
                 self.counters.error(protocol, exc.kind)
                 raise TrackerError(str(exc)) from None
+        if self.clients is not None:
+            try:
+                self.clients.check(req.peer_id)
+            except AccessDenied as exc:
+                self.counters.error(protocol, exc.kind)
+                raise TrackerError(str(exc)) from None
         if cfg.allow_ip_param and req.ip:
             client_ip = pack_ip(req.ip)
         ep = endpoint(client_ip, req.port)
+        if cfg.min_interval_enforced and req.event == EVENT_NONE:
+            wait = self._wait_left(req.info_hash, req.peer_id, len(ep), now)
+            if wait:
+                self.counters.error(protocol, "announce_too_soon")
+                raise TrackerError(
+                    f"announce too soon: the min interval is {cfg.min_interval} s, "
+                    f"wait {wait} s more"
+                )
         seeder = req.left == 0
         change = PeerChange(req.info_hash, req.peer_id, ep, seeder, req.event, now, req.key)
         try:
@@ -121,12 +143,14 @@ class TrackerCore:
         self.counters.announces[protocol] += 1
         for listener in self.listeners:
             listener(change, counted)
-        if self.hook is not None:
-            self.hook.put(
-                AnnounceEvent(
-                    user,
+        if self.accounting is not None:
+            self.accounting.record(
+                AnnounceReport(
                     req.info_hash,
                     req.peer_id,
+                    user,
+                    ep,
+                    protocol,
                     req.uploaded,
                     req.downloaded,
                     req.left,
@@ -155,6 +179,22 @@ class TrackerCore:
             runs = other.sample(want, seeder, other.slot(req.peer_id), self.rng)
             self._fill(result, other, runs, with_ids)
         return result
+
+    def _wait_left(self, info_hash: bytes, peer_id: bytes, width: int, now: float) -> int:
+        """Whole seconds until this peer may make a regular announce again (0: now).
+
+        Its previous announce is read off its expiry in this replica, which sync
+        keeps the same everywhere, so an early announce is refused whichever
+        process or protocol the previous one used.
+        """
+        store = self.store
+        swarm = store.peek(info_hash)
+        pl = None if swarm is None else swarm.family(width, create=False)
+        slot = -1 if pl is None else pl.slot(peer_id)
+        if pl is None or slot < 0:
+            return 0
+        since = now - (pl.expires[slot] - store.peer_ttl)
+        return max(0, math.ceil(self.config.min_interval - since))
 
     @staticmethod
     def _fill(

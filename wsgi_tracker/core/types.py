@@ -7,6 +7,7 @@ types without loading the tracker.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -82,5 +83,25 @@ class WsChange(NamedTuple):
     peer_id: bytes
     holder: int  # pid of the process holding the peer's socket
     seeder: bool
+    event: int
+    timestamp: float
+
+
+@dataclass(frozen=True, slots=True)
+class AnnounceReport:
+    """One accepted announce as the admitting process saw it.
+
+    ``core/accounting.py`` turns these into the hook's events; with sync on,
+    workers send them to the hub in Reports frames (``sync/frames.py``).
+    """
+
+    info_hash: bytes
+    peer_id: bytes
+    user: Hashable  # str, int or None once it has crossed a process boundary
+    endpoint: bytes  # packed address + port, 6 or 18 bytes
+    protocol: str  # "http" or "udp"
+    uploaded: int
+    downloaded: int
+    left: int
     event: int
     timestamp: float

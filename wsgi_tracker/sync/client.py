@@ -36,6 +36,7 @@ from wsgi_tracker.sync.replica import (
     JOIN_WAIT,
     RECV_BYTES,
     ChangeBuffer,
+    ReportBuffer,
     apply_remote,
     batch_wait,
     walk,
@@ -81,6 +82,7 @@ class SyncClient:
         self.ready = threading.Event()  # first snapshot applied, or no hub at the start
         self._wake = threading.Event()
         self._buffer = ChangeBuffer(core.lock, self._wake.set)
+        self._reports = ReportBuffer(core.lock)
         self._send_lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._resync: tuple[list[bytes], list[tuple[bytes, int]]] | None = None
@@ -95,6 +97,16 @@ class SyncClient:
 
     def start(self) -> None:
         self.core.listeners.append(self._buffer)
+        accounting = self.core.accounting
+        if accounting is not None:
+            # The hub's ledger sees every process's announces: accounting runs there.
+            accounting.sink = self._reports.offer
+            if self.core.on_announce is not None and not self.core.config.announce_hook:
+                log.warning(
+                    "with sync on, the announce hook runs in the hub (udp-sidecar), which "
+                    "calls the announce_hook setting; the on_announce callable given to "
+                    "this process is not called: name it as announce_hook instead"
+                )
         for target, name in (
             (self._connection_loop, "sync-conn"),
             (self._flush_loop, "sync-flush"),
@@ -309,7 +321,12 @@ class SyncClient:
                 time.sleep(wait)
             last = time.monotonic()
             changes, counts = self._buffer.take()
-            data = f.encode(f.Deltas(changes)) + f.encode(f.Counts(counts))
+            reports = self._reports.take()
+            data = (
+                f.encode(f.Deltas(changes))
+                + f.encode(f.Counts(counts))
+                + f.encode(f.Reports(reports))
+            )
             payload, self._stats_payload = self._stats_payload, None
             if payload is not None:
                 data += f.encode(f.Stats([f.StatsEntry(os.getpid(), self.role, payload)]))
@@ -317,6 +334,7 @@ class SyncClient:
                 data = f.encode(f.Heartbeat())
             if not self._send(data):
                 self._buffer.put_back(changes, counts)
+                self._reports.put_back(reports)
                 if payload is not None and self._stats_payload is None:
                     self._stats_payload = payload
             if stopping:

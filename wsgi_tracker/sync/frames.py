@@ -18,8 +18,16 @@ to::
     ws peer:  info_hash (20) | peer_id (20) | holder (u32) | timestamp (f64) | flags | event
     ws relay: holder (u32) | info_hash (20) | peer_id (20) | JSON text (UTF-8, the rest)
 
-Nothing here touches a socket or a clock: the hub and the client are thin
-shells that move these bytes (see docs/SYNC.md for the conversation).
+Reports frames (version 4) carry announce accounting to the hub (docs/ACCESS.md), one
+record per accepted announce::
+
+    info_hash (20) | peer_id (20) | timestamp (f64) | uploaded (u64) | downloaded (u64)
+    | left (u64) | event (u8) | flags (u8) | user kind (u8) | endpoint | user
+
+where flags bit 0 is "IPv6" and bit 1 "came over UDP"; the user is nothing
+(kind 0), an i64 (kind 1) or u16-length-prefixed UTF-8 (kind 2). Nothing here
+touches a socket or a clock: the hub and the client are thin shells that move
+these bytes (see docs/SYNC.md for the conversation).
 """
 
 from __future__ import annotations
@@ -29,12 +37,20 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from wsgi_tracker.core.types import EVENT_STOPPED, IPV4_WIDTH, IPV6_WIDTH, PeerChange, WsChange
+from wsgi_tracker.core.types import (
+    EVENT_STOPPED,
+    IPV4_WIDTH,
+    IPV6_WIDTH,
+    AnnounceReport,
+    PeerChange,
+    WsChange,
+)
 
 # 2: peer records may carry the key (flags bit 2). Version 1 records still decode, but a
 # version 1 process would refuse the new flag mid-stream, so the Hello tells them apart.
 # 3: WebSocket peers and relays (WS_PEERS, WS_RELAY).
-VERSION = 3
+# 4: Reports frames (announce accounting, kind 11).
+VERSION = 4
 MAGIC = b"WTSY"
 MAX_BODY = 1 << 20
 # The store keeps expiry times as doubles (to the microsecond), which would hold any
@@ -44,6 +60,9 @@ MAX_BODY = 1 << 20
 MAX_TIMESTAMP = 2**32 - 2**24
 # Peer records per frame: 68-72 bytes each (IPv6 with a key) keeps a frame well under MAX_BODY.
 RECORDS_PER_FRAME = 4096
+# Report records are at most ~1.1 kB (a 1 kB user id), so 512 fit in MAX_BODY.
+REPORTS_PER_FRAME = 512
+MAX_USER_BYTES = 1024
 
 ROLE_HUB = 0
 ROLE_WORKER = 1
@@ -59,6 +78,9 @@ _TOTAL = struct.Struct(">20sQ")
 _STATS_ENTRY = struct.Struct(">IBI")
 _WS_PEER = struct.Struct(">20s20sIdBB")
 _WS_RELAY = struct.Struct(">I20s20s")
+_REPORT = struct.Struct(">20s20sdQQQBBB")
+_USER_INT = struct.Struct(">q")
+_USER_LEN = struct.Struct(">H")
 
 _SEEDER = 1
 _IPV6 = 2
@@ -149,6 +171,13 @@ class WsRelay:
     text: str
 
 
+@dataclass(frozen=True, slots=True)
+class Reports:
+    """Accepted announces with their counters, for the hub's one ledger (client to hub)."""
+
+    reports: list[AnnounceReport]
+
+
 Frame = (
     Hello
     | Snapshot
@@ -160,6 +189,7 @@ Frame = (
     | Stats
     | WsPeers
     | WsRelay
+    | Reports
 )
 
 KIND_HELLO = 1
@@ -172,6 +202,11 @@ KIND_HEARTBEAT = 7
 KIND_STATS = 8
 KIND_WS_PEERS = 9
 KIND_WS_RELAY = 10
+KIND_REPORTS = 11
+
+_REPORT_IPV6 = 1
+_REPORT_UDP = 2
+_USER_NONE, _USER_INT_KIND, _USER_TEXT = 0, 1, 2
 
 
 # --- encoding ------------------------------------------------------------------------
@@ -248,6 +283,12 @@ def encode(frame: Frame) -> bytes:
             return _frame(KIND_SNAPSHOT_DONE, b"")
         case Heartbeat():
             return _frame(KIND_HEARTBEAT, b"")
+        case Reports(reports):
+            step = REPORTS_PER_FRAME
+            return b"".join(
+                _frame(KIND_REPORTS, b"".join(map(_report_record, reports[i : i + step])))
+                for i in range(0, len(reports), step)
+            )
         case Stats(entries):
             return _frame(
                 KIND_STATS,
@@ -320,6 +361,83 @@ def _decode_pairs(body: bytes, rec: struct.Struct, what: str) -> list[tuple[byte
     return list(rec.iter_unpack(body))
 
 
+def user_on_the_wire(user: object) -> int | str | None:
+    """The user id as it crosses processes: None, an int that fits i64, else text."""
+    if user is None or (isinstance(user, int) and -(2**63) <= user < 2**63):
+        return user  # type: ignore[return-value]
+    return user if isinstance(user, str) else str(user)
+
+
+def fits_the_wire(user: object) -> bool:
+    """Whether a report for ``user`` can be sent (its id as text is not too long)."""
+    wire = user_on_the_wire(user)
+    return not isinstance(wire, str) or len(wire.encode("utf-8", "surrogatepass")) <= MAX_USER_BYTES
+
+
+def _report_record(r: AnnounceReport) -> bytes:
+    user = user_on_the_wire(r.user)
+    if user is None:
+        kind, tail = _USER_NONE, b""
+    elif isinstance(user, int):
+        kind, tail = _USER_INT_KIND, _USER_INT.pack(user)
+    else:
+        text = user.encode("utf-8", "surrogatepass")
+        if len(text) > MAX_USER_BYTES:
+            raise FrameError(f"user id of {len(text)} bytes exceeds {MAX_USER_BYTES}")
+        kind, tail = _USER_TEXT, _USER_LEN.pack(len(text)) + text
+    flags = (_REPORT_IPV6 if len(r.endpoint) == IPV6_WIDTH else 0) | (
+        _REPORT_UDP if r.protocol == "udp" else 0
+    )
+    head = _REPORT.pack(
+        r.info_hash, r.peer_id, r.timestamp, r.uploaded, r.downloaded, r.left, r.event, flags, kind
+    )
+    return head + r.endpoint + tail
+
+
+def _decode_reports(body: bytes) -> Reports:
+    out: list[AnnounceReport] = []
+    pos, end = 0, len(body)
+    while pos < end:
+        if end - pos < _REPORT.size:
+            raise FrameError(f"report record truncated at byte {pos} of {end}")
+        ih, pid, ts, up, down, left, event, flags, kind = _REPORT.unpack_from(body, pos)
+        pos += _REPORT.size
+        if flags & ~(_REPORT_IPV6 | _REPORT_UDP):
+            raise FrameError(f"report record flags {flags:#x} has unknown bits")
+        if event > EVENT_STOPPED:
+            raise FrameError(f"report record event {event} is not 0-3")
+        if not math.isfinite(ts) or not 0 <= ts < MAX_TIMESTAMP:
+            raise FrameError(f"report record timestamp {ts} is not a time")
+        width = IPV6_WIDTH if flags & _REPORT_IPV6 else IPV4_WIDTH
+        if end - pos < width:
+            raise FrameError(f"report endpoint truncated at byte {pos} of {end}")
+        ep = body[pos : pos + width]
+        pos += width
+        user: int | str | None = None
+        if kind == _USER_INT_KIND:
+            if end - pos < _USER_INT.size:
+                raise FrameError(f"report user id truncated at byte {pos} of {end}")
+            (user,) = _USER_INT.unpack_from(body, pos)
+            pos += _USER_INT.size
+        elif kind == _USER_TEXT:
+            if end - pos < _USER_LEN.size:
+                raise FrameError(f"report user id truncated at byte {pos} of {end}")
+            (size,) = _USER_LEN.unpack_from(body, pos)
+            pos += _USER_LEN.size
+            if size > MAX_USER_BYTES or end - pos < size:
+                raise FrameError(f"report user id of {size} bytes truncated or too long")
+            try:
+                user = body[pos : pos + size].decode("utf-8", "surrogatepass")
+            except UnicodeDecodeError:
+                raise FrameError("report user id is not UTF-8") from None
+            pos += size
+        elif kind != _USER_NONE:
+            raise FrameError(f"report user kind {kind} is not 0-2")
+        protocol = "udp" if flags & _REPORT_UDP else "http"
+        out.append(AnnounceReport(ih, pid, user, ep, protocol, up, down, left, event, ts))
+    return Reports(out)
+
+
 def _decode_stats(body: bytes) -> Stats:
     entries: list[StatsEntry] = []
     pos, end = 0, len(body)
@@ -383,6 +501,7 @@ _DECODERS = {
     KIND_STATS: _decode_stats,
     KIND_WS_PEERS: _decode_ws_peers,
     KIND_WS_RELAY: _decode_ws_relay,
+    KIND_REPORTS: _decode_reports,
 }
 
 

@@ -152,6 +152,7 @@ class SyncHub:
         # holder pid no local client has, and its wire bytes; returns whether it went.
         self.relay_elsewhere: Callable[[f.WsRelay, bytes], bool] | None = None
         self.relays_undeliverable = 0
+        self._warned_no_hook = False
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -507,6 +508,21 @@ class SyncHub:
                 for ws_change in frame.changes:
                     with contextlib.suppress(WsSwarmFull):
                         core.ws.apply(ws_change, now)
+        elif isinstance(frame, f.Reports):
+            # The one ledger: every process's accepted announces meet here (docs/ACCESS.md).
+            accounting = core.accounting
+            if accounting is None:
+                if not self._warned_no_hook:
+                    self._warned_no_hook = True
+                    log.warning(
+                        "sync hub: %s sends announce reports but this process has no "
+                        "announce_hook setting; they are dropped",
+                        client.name,
+                    )
+            else:
+                with core.lock:
+                    for report in frame.reports:
+                        accounting.record(report)
         elif isinstance(frame, f.SnapshotDone):
             log.info("sync hub: %s re-sent %d peers", client.name, client.resynced)
         elif isinstance(frame, f.Stats):

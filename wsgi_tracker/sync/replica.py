@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from wsgi_tracker.core.swarm import PeerRefused, SwarmStore
-from wsgi_tracker.core.types import PeerChange
+from wsgi_tracker.core.types import AnnounceReport, PeerChange
+from wsgi_tracker.sync import frames
 from wsgi_tracker.sync.frames import RECORDS_PER_FRAME
 
 AbstractLock = Any  # threading.Lock or gevent's; both are context managers
@@ -173,3 +174,33 @@ class ChangeBuffer:
     def pending_count(self, info_hash: bytes) -> int:
         """Downloads counted here and not yet sent (call with the core's lock held)."""
         return self.counts.get(info_hash, 0)
+
+
+class ReportBuffer:
+    """Accepted announces' reports on their way to the hub, whose ledger runs the hook.
+
+    ``offer`` is the hook's sink (``AnnounceHook.sink``), called with
+    ``core.lock`` held; it never wakes the flusher itself, since the same
+    announce's change already has. Bounded like the changes: a report it
+    cannot hold is refused, and the hook counts it dropped.
+    """
+
+    def __init__(self, lock: AbstractLock, max_buffered: int = MAX_BUFFERED) -> None:
+        self.reports: list[AnnounceReport] = []
+        self.max_buffered = max_buffered
+        self._lock = lock
+
+    def offer(self, report: AnnounceReport) -> bool:
+        if len(self.reports) >= self.max_buffered or not frames.fits_the_wire(report.user):
+            return False
+        self.reports.append(report)
+        return True
+
+    def take(self) -> list[AnnounceReport]:
+        with self._lock:
+            reports, self.reports = self.reports, []
+        return reports
+
+    def put_back(self, reports: list[AnnounceReport]) -> None:
+        with self._lock:
+            self.reports[:0] = reports

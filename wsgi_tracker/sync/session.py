@@ -64,12 +64,21 @@ FROM_HUB: Table = {
 }
 
 # What the hub accepts from a client. A client's WebSocket changes and relays are
-# sent at once, not batched, so they may overtake its re-sent replica.
+# sent at once, not batched, so they may overtake its re-sent replica. Reports
+# (accounting) go with its deltas, so only once it is live.
 FROM_CLIENT: Table = {
     H: {f.Hello: J},
     J: {f.Heartbeat: J, f.Totals: R, f.Snapshot: R, f.SnapshotDone: L, f.WsPeers: J, f.WsRelay: J},
     R: {f.Heartbeat: R, f.Totals: R, f.Snapshot: R, f.SnapshotDone: L, f.WsPeers: R, f.WsRelay: R},
-    L: {f.Deltas: L, f.Counts: L, f.Stats: L, f.Heartbeat: L, f.WsPeers: L, f.WsRelay: L},
+    L: {
+        f.Deltas: L,
+        f.Counts: L,
+        f.Stats: L,
+        f.Heartbeat: L,
+        f.WsPeers: L,
+        f.WsRelay: L,
+        f.Reports: L,
+    },
 }
 
 

@@ -52,6 +52,11 @@ def test_a_fresh_worker_with_nothing_to_resend_goes_live_on_its_snapshot_done():
     assert run(FROM_CLIENT, [f.Hello(f.ROLE_WORKER, 2), f.SnapshotDone()])[-1] is Phase.LIVE
 
 
+def test_a_live_worker_sends_its_announce_reports_to_the_hub_only():
+    live = [f.Hello(f.ROLE_WORKER, 2), f.SnapshotDone(), f.Reports([])]
+    assert run(FROM_CLIENT, live)[-1] is Phase.LIVE
+
+
 @pytest.mark.parametrize(
     ("table", "before", "frame", "message"),
     [
@@ -65,6 +70,8 @@ def test_a_fresh_worker_with_nothing_to_resend_goes_live_on_its_snapshot_done():
         (FROM_CLIENT, [f.Hello(f.ROLE_WORKER, 2)], f.Hello(f.ROLE_WORKER, 2), "Hello frame"),
         (FROM_HUB, [f.Hello(f.ROLE_HUB, 1), f.SnapshotDone()], f.Totals([]), "Totals frame"),
         (FROM_HUB, [f.Hello(f.ROLE_HUB, 1), f.SnapshotDone()], f.SnapshotDone(), "while live"),
+        (FROM_CLIENT, [f.Hello(f.ROLE_WORKER, 2)], f.Reports([]), "Reports frame from peer while"),
+        (FROM_HUB, [f.Hello(f.ROLE_HUB, 1), f.SnapshotDone()], f.Reports([]), "Reports frame"),
     ],
 )
 def test_a_frame_out_of_place_is_named(table, before, frame, message):
