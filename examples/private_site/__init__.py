@@ -1,0 +1,1 @@
+"""A private tracker site: Flask + SQLite, passkeys, ratio accounting (docs/ACCESS.md)."""
