@@ -55,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(config, _usable(config.udp_bind), config.udp_port, config.sync_socket_path)
 
 
+# Long on purpose: start-up and the ordered stop side by side, so the order of each is read in one
+# place.
 def run(config: TrackerConfig, binds: Sequence[str], port: int, sync_socket: str | None) -> int:
     """Serve until SIGTERM or SIGINT, then stop everything and return the exit status.
 

@@ -199,6 +199,8 @@ class UdpServer:
         sock.setblocking(False)
         return sock
 
+    # Long on purpose: the receive-answer-send loop for a batch of datagrams, on every UDP request's
+    # path.
     def _serve(self, sock: socket.socket, handler: DatagramHandler) -> None:
         """Read a batch, answer it, send the answers back to back, and again.
 

@@ -467,6 +467,8 @@ class SwarmStore:
             return None
         return Cache.__getitem__(torrents, info_hash)
 
+    # Long on purpose: every announce and every synced change runs it; split into calls it costs
+    # more per announce (see docs/BENCHMARKS.md, 'Where the time goes').
     def apply(
         self, change: PeerChange, count_download: bool = True
     ) -> tuple[Swarm | None, int, bool]:

@@ -91,6 +91,8 @@ class TrackerCore:
         if self.hook is not None:
             self.hook.start()
 
+    # Long on purpose: the whole announce policy in the order it is applied, on every announce's
+    # path; helper calls would add per-announce cost (docs/BENCHMARKS.md).
     def announce(
         self,
         req: Announce,

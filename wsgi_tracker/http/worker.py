@@ -339,6 +339,7 @@ class TrackerWorker(GeventWorker):
         finally:
             client.close()
 
+    # Long on purpose: the keep-alive loop of one connection, on every request's path.
     def _serve(self, sock: socket.socket, base: dict[str, Any]) -> None:
         pending = b""
         first = True
@@ -439,6 +440,8 @@ class TrackerWorker(GeventWorker):
         )  # fmt: skip
         sock.sendall(frame.data + body)
 
+    # Long on purpose: one request from environ to the last body byte, with framing enforced inline;
+    # on every request's path.
     def _respond(
         self, sock: socket.socket, env: dict[str, Any], req: RequestHead, upgrade: list[Handler]
     ) -> bool:

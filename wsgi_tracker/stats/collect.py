@@ -303,6 +303,7 @@ class _SnapshotCollector:
     def __init__(self, snapshot: dict[str, Any]) -> None:
         self.snapshot = snapshot
 
+    # Long on purpose: a flat list of metric families, one after the other, read as a table.
     def collect(self) -> Iterable[Any]:
         s = self.snapshot
         for name, doc in (

@@ -475,6 +475,8 @@ class SyncHub:
                 for ih, n in frame.counts:
                     store.add_downloaded(ih, n)
 
+    # Long on purpose: one dispatch over every frame kind a client may send, so each kind's handling
+    # is found here.
     def _handle(self, client: _Client, frame: f.Frame) -> None:
         """Apply one frame from ``client`` (deltas and counts were forwarded already)."""
         core = self.core
