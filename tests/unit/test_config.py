@@ -228,6 +228,17 @@ def test_config_command_prints_effective_values_and_their_sources(toml_file):
     assert len(lines) == 1 + len(SETTINGS)
 
 
+def test_config_command_hides_the_stats_token_and_the_redis_password(toml_file):
+    path = toml_file(
+        '[tracker]\nstats_token = "s3cret"\nredis_url = "redis://app:pa55word@[::1]:6379/0"\n'
+    )
+    done = cli("wsgi_tracker.running.cli", "config", "--config", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "s3cret" not in done.stdout and "pa55word" not in done.stdout
+    assert f'stats_token = "<hidden>"  # file {path}' in done.stdout
+    assert f'redis_url = "redis://app:<hidden>@[::1]:6379/0"  # file {path}' in done.stdout
+
+
 @pytest.mark.parametrize("command", [("wsgi_tracker.running.cli", "serve"), ("udp_sidecar",)])
 def test_both_commands_have_every_settings_flag_and_clean_help(command):
     done = cli(*command, "--help")

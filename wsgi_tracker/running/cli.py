@@ -14,6 +14,8 @@ import time
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from udp_sidecar import ORPHANED
 from wsgi_tracker.config import PROCESS_ENV, SETTINGS, ConfigError, TrackerConfig, load_with_sources
@@ -81,11 +83,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     return serve_command(args, config, layer_env(layer))
 
 
+# Printed as "<hidden>" when set: `wsgi-tracker config` output lands in tickets and chats.
+SECRET_SETTINGS = frozenset({"stats_token"})
+
+
+def _shown(name: str, value: Any) -> Any:
+    if name in SECRET_SETTINGS and value:
+        return "<hidden>"
+    if name == "redis_url" and value:
+        parts = urlsplit(value)
+        userinfo, at, hostport = parts.netloc.rpartition("@")
+        if at and ":" in userinfo:
+            user = userinfo.partition(":")[0]
+            return urlunsplit(parts._replace(netloc=f"{user}:<hidden>@{hostport}"))
+    return value
+
+
 def effective(config: TrackerConfig, sources: dict[str, str]) -> str:
-    """The settings as a TOML ``[tracker]`` table, each line saying where its value came from."""
+    """The settings as a TOML ``[tracker]`` table, each line saying where its value came from.
+
+    Secrets (the stats token, a password in ``redis_url``) are shown as ``<hidden>``.
+    """
     lines = ["[tracker]"]
     for s in SETTINGS:
-        lines.append(f"{s.name} = {s.to_toml(getattr(config, s.name))}  # {sources[s.name]}")
+        value = _shown(s.name, getattr(config, s.name))
+        lines.append(f"{s.name} = {s.to_toml(value)}  # {sources[s.name]}")
     return "\n".join(lines)
 
 
