@@ -154,18 +154,20 @@ def gunicorn(
     config_file: str | None = None,
     bind_host: str = "127.0.0.1",
     extra_args: Sequence[str] = (),
+    conf: Path | None = GUNICORN_CONF,
 ) -> Iterator[Server]:
     """A real gunicorn serving ``app`` with the project's gunicorn settings.
 
     ``config_file`` is the tracker's TOML file (passed as WSGI_TRACKER_CONFIG);
-    sync is off unless ``env`` sets WSGI_TRACKER_SYNC_SOCKET.
+    sync is off unless ``env`` sets WSGI_TRACKER_SYNC_SOCKET. ``conf=None`` runs
+    gunicorn without the project's config (no hub hooks), as a user might.
     """
     family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
     port = free_port(family)
     bind = f"[{bind_host}]:{port}" if family == socket.AF_INET6 else f"{bind_host}:{port}"
     cmd = [
         sys.executable, "-m", "gunicorn",
-        "-c", str(GUNICORN_CONF),
+        *(["-c", str(conf)] if conf is not None else []),
         "--worker-class", worker_class,
         "--workers", str(workers),
         "--bind", bind,
@@ -175,6 +177,38 @@ def gunicorn(
     with _run(cmd, _child_env(env, config_file), "gunicorn") as (proc, stderr_path):
         _wait_ready(proc, stderr_path, "gunicorn", lambda: _http_answers(bind_host, port))
         yield Server(proc, bind_host, port, stderr_path)
+
+
+@contextlib.contextmanager
+def dev_server(
+    cmd: Sequence[str], port: int, *, env: Mapping[str, str] | None = None, name: str = "dev"
+) -> Iterator[Server]:
+    """A framework's development server (``flask run``, ``manage.py runserver``) on ``port``.
+
+    ``cmd`` must make it listen on 127.0.0.1:``port`` without its reloader, so the
+    pid stopped is the one serving.
+    """
+    with _run([sys.executable, *cmd], _child_env(env, None), name) as (proc, stderr_path):
+        _wait_ready(proc, stderr_path, name, lambda: _http_answers("127.0.0.1", port))
+        yield Server(proc, "127.0.0.1", port, stderr_path)
+
+
+def flask_run(
+    app: str, *, env: Mapping[str, str] | None = None
+) -> contextlib.AbstractContextManager[Server]:
+    """A real ``flask --app APP run`` (werkzeug's development server, no reloader)."""
+    port = free_port()
+    cmd = ["-m", "flask", "--app", app, "run", "--host", "127.0.0.1", "--port", str(port)]
+    return dev_server([*cmd, "--no-reload"], port, env=env, name="flask-run")
+
+
+def django_runserver(
+    manage: Path, *, env: Mapping[str, str] | None = None
+) -> contextlib.AbstractContextManager[Server]:
+    """A real ``manage.py runserver`` (Django's development server, no autoreloader)."""
+    port = free_port()
+    cmd = [str(manage), "runserver", "--noreload", f"127.0.0.1:{port}"]
+    return dev_server(cmd, port, env=env, name="runserver")
 
 
 def udp_connect_packet(transaction_id: int) -> bytes:
@@ -376,6 +410,11 @@ def serve(
 
 
 # --- small client helpers ------------------------------------------------------------------
+
+
+def short_tempdir(prefix: str) -> str:
+    """A 0700 directory with a short path, for Unix sockets (at most 107 bytes)."""
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
 
 
 def udp_scrape(

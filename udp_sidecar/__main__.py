@@ -119,6 +119,7 @@ def run(config: TrackerConfig, binds: Sequence[str], port: int, sync_socket: str
         gevent.signal_handler(signum, stopping.set)
     gevent.signal_handler(ORPHANED, orphaned.set)
     gevent.signal_handler(signal.SIGHUP, lambda: reload(core))
+    log.info(core.describe_access())
     log.info(
         "udp-sidecar listening on %s",
         ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in server.addresses),

@@ -1,7 +1,7 @@
 """TrackerConfig: every setting declared once, read once, validated once.
 
 Each field below is the whole declaration of one setting (``_setting``: its
-default, doc, check, the settings its default follows, its flag); the TOML file,
+default, doc, check, the settings its default follows); the TOML file,
 the ``WSGI_TRACKER_*`` variables, the flags of ``wsgi-tracker`` and
 ``udp-sidecar``, the errors and ``docs/CONFIG.md`` are all derived from it
 (gunicorn's model; ``settings.py`` is the machinery). To add a setting, add a
@@ -107,10 +107,13 @@ class TrackerConfig:
             "2 * (interval + interval_jitter) + 60",
         ),
     )
-    numwant_default: int = _setting(
-        50, "Peers handed out when the client does not say.", check=at_least(0)
-    )
     numwant_max: int = _setting(200, "Most peers handed out in one reply.", check=at_least(1))
+    numwant_default: int = _setting(
+        50,
+        "Peers handed out when the client does not say.",
+        check=at_least(0),
+        follows=Follows(("numwant_max",), lambda most: min(50, most), "min(50, numwant_max)"),
+    )
     allow_ip_param: bool = _setting(
         False,
         "Believe the announce 'ip' parameter / UDP ip field (off: clients could aim "

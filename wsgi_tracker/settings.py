@@ -2,7 +2,7 @@
 
 gunicorn's ``config.py`` model: each setting is declared once, as a field of
 ``TrackerConfig`` made by :func:`setting` (default, doc, and optionally its
-check, the setting its default follows, its command-line flag). Everything
+check and the settings its default follows). Everything
 else is derived from that one declaration by the :class:`Setting` view: the
 ``WSGI_TRACKER_*`` variable, the flag of both commands, the TOML key, the
 conversion from text, the error messages and ``docs/CONFIG.md``. Nothing here
@@ -87,10 +87,10 @@ def setting(
     *,
     check: Check | None = None,
     follows: Follows | None = None,
-    flag: str | None = None,
 ) -> Any:
-    """Declare a ``TrackerConfig`` field; ``default`` documents a ``follows`` default."""
-    metadata = {"doc": doc, "check": check, "follows": follows, "flag": flag, "shown": default}
+    """Declare a ``TrackerConfig`` field; for ``follows``, ``default`` is its value at the
+    defaults of what it follows (checked), which the docs show."""
+    metadata = {"doc": doc, "check": check, "follows": follows, "shown": default}
     return field(default=FOLLOWING if follows else default, metadata=metadata)
 
 
@@ -192,13 +192,18 @@ def settings_of(cls: type) -> tuple[Setting, ...]:
                 doc=meta["doc"],
                 check=meta["check"],
                 follows=meta["follows"],
-                flag=meta["flag"] or "--" + f.name.replace("_", "-"),
+                flag="--" + f.name.replace("_", "-"),
             )
         )
-    names = [s.name for s in result]
+    defaults: dict[str, Any] = {}
     for s in result:
-        if s.follows and not all(names.index(n) < names.index(s.name) for n in s.follows.on):
-            raise TypeError(f"{s.name} follows a setting declared after it")
+        if s.follows is not None:
+            if not all(name in defaults for name in s.follows.on):
+                raise TypeError(f"{s.name} follows a setting declared after it")
+            computed = s.follows.compute(*(defaults[name] for name in s.follows.on))
+            if computed != s.default:
+                raise TypeError(f"{s.name}: default {s.default!r}, but it follows to {computed!r}")
+        defaults[s.name] = s.default
     return tuple(result)
 
 

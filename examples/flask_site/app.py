@@ -1,24 +1,38 @@
 """An existing Flask site, a small torrent index, that also runs its own BitTorrent tracker.
 
-The three lines marked ``tracker`` are all it takes: ``/announce`` and ``/scrape``
-answer beside the site's pages, and every page keeps working. Run it as
+Built the way Flask sites are: an extension object at module level, an app
+factory that configures and initialises it, views in a blueprint. The lines
+marked ``tracker`` are all it takes: ``/announce`` and ``/scrape`` answer beside
+the site's pages, ``flask routes`` lists them, pages read the tracker as
+``current_tracker`` and link to it with ``url_for``. Run it as
 docs/EMBEDDING.md shows: under gunicorn with udp-sidecar beside it, or alone with
 ``flask --app examples.flask_site.app run``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, render_template_string, request
+from flask import Blueprint, Flask, render_template_string, request, url_for
 from markupsafe import Markup
 
 from examples.catalogue import CATALOGUE, live_counts
-from wsgi_tracker.flask import Tracker  # tracker 1/3
+from wsgi_tracker.flask import Tracker, current_tracker  # tracker 1/3
 
-app = Flask(__name__)
-app.config["TRACKER"] = {"numwant_max": 100}  # tracker 2/3: any TrackerConfig fields
-tracker = Tracker(app)  # tracker 3/3
+tracker = Tracker()  # tracker 2/3
+site = Blueprint("site", __name__)
+
+
+def create_app(settings: Mapping[str, Any] | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config["TRACKER_NUMWANT_MAX"] = 100  # any setting, as TRACKER_<NAME> (docs/CONFIG.md)
+    app.config.update(settings or {})
+    tracker.init_app(app)  # tracker 3/3
+    app.register_blueprint(site)
+    return app
+
 
 LAYOUT = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title></head>
@@ -45,16 +59,15 @@ def page(title: str, template: str, **values: object) -> str:
     return render_template_string(LAYOUT, title=title, body=body)
 
 
-@app.get("/")
+@site.get("/")
 def home() -> str:
-    config = tracker.middleware.config
     host = urlsplit(request.host_url).hostname or "localhost"
     host = f"[{host}]" if ":" in host else host
     return page(
         "Example torrent site",
         HOME,
-        http_url=request.host_url.rstrip("/") + config.announce_path,
-        udp_url=f"udp://{host}:{config.udp_port}/announce",
+        http_url=url_for("wsgi_tracker.announce", _external=True),
+        udp_url=f"udp://{host}:{current_tracker.config.udp_port}/announce",
     )
 
 
@@ -97,14 +110,17 @@ if (params.get("seed")) {
 </script>"""
 
 
-@app.get("/webtorrent")
+@site.get("/webtorrent")
 def webtorrent() -> str:
     return page(
-        "Share in the browser", WEBTORRENT, announce_path=tracker.middleware.config.announce_path
+        "Share in the browser", WEBTORRENT, announce_path=current_tracker.config.announce_path
     )
 
 
-@app.get("/torrents")
+@site.get("/torrents")
 def torrents() -> str:
-    counts = live_counts(tracker.middleware.core, CATALOGUE)
+    counts = live_counts(current_tracker.core, CATALOGUE)
     return page("Torrents", TORRENTS, rows=list(zip(CATALOGUE, counts, strict=True)))
+
+
+app = create_app()  # what gunicorn and flask run serve

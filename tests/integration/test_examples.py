@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import bencodepy
 import pytest
-from servers import announce_url, gunicorn, http_get, scrape_url
+from servers import REPO_ROOT, announce_url, gunicorn, http_get, scrape_url
 
 from examples.catalogue import CATALOGUE
 from wsgi_tracker.running import gunicorn_conf
@@ -62,3 +63,22 @@ def test_torrents_page_shows_live_counts_from_the_tracker(site: str) -> None:
 
     after = http_get(site + "/torrents")[1].replace(b"\n", b"")
     assert row + b"2</td><td>1</td>" in after
+
+
+SNIPPET = re.compile(r"<!-- snippet: (\S+) -->\n```python\n(.*?)```", re.S)
+
+
+def test_embedding_md_snippets_are_in_the_examples_these_tests_run() -> None:
+    """Each snippet in docs/EMBEDDING.md is the code of the example it names, in order
+    (``...`` marks an elision), so the page shows what the tests run."""
+    text = (REPO_ROOT / "docs" / "EMBEDDING.md").read_text()
+    snippets = SNIPPET.findall(text)
+    assert len(snippets) >= 8
+    for name, code in snippets:
+        source = (REPO_ROOT / name).read_text().splitlines()
+        at = 0
+        for line in code.splitlines():
+            if not line.strip() or line.strip() == "...":
+                continue
+            assert line in source[at:], f"{name} no longer has (in this order): {line!r}"
+            at = source.index(line, at) + 1

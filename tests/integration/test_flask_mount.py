@@ -2,7 +2,8 @@
 
 The in-process tests drive the real WSGI stack (werkzeug's test client, which
 builds environs the way a server does); the last one runs the example Flask
-site under a real gunicorn with gevent workers.
+site under a real gunicorn with gevent workers. The Flask extension's own
+conventions are tested in test_flask_ext.py.
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ from typing import Any
 
 import bencodepy
 import pytest
-from flask import Flask
 from servers import announce_url, gunicorn, http_get, scrape_url
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.test import Client
 
 from wsgi_tracker import TrackerConfig, TrackerMiddleware
-from wsgi_tracker.flask import Tracker
 
 OFFLINE = TrackerConfig(sync_socket="off")
 IH = b"mounted-torrent-0001"
@@ -89,49 +88,6 @@ def test_middleware_passes_other_paths_through_untouched():
 class _Empty:
     def read(self, *_: object) -> bytes:
         return b""
-
-
-def test_flask_site_keeps_its_routes_beside_the_tracker():
-    app = Flask("host")
-    app.config["TRACKER"] = {"sync_socket": "off", "numwant_default": 5, "numwant_max": 10}
-
-    @app.get("/")
-    def home() -> str:
-        return "home page"
-
-    @app.get("/announcements")
-    def news() -> str:
-        return "news"
-
-    tracker = Tracker(app)
-    client = app.test_client()
-    assert client.get("/").data == b"home page"
-    assert client.get("/announcements").data == b"news"
-    assert client.get("/missing").status_code == 404
-    for n in range(12):
-        client.get(announce_url("/announce", IH, b"%020d" % n, 7000 + n, 5))
-    reply = bencodepy.decode(
-        client.get(announce_url("/announce", IH, b"x" * 20, 1, 5, numwant=50)).data
-    )
-    assert len(reply[b"peers"]) == 10 * 6, "app.config['TRACKER'] reached the tracker"
-    assert tracker.middleware is not None and tracker.middleware.config.numwant_max == 10
-    assert app.extensions["wsgi_tracker"] is tracker
-
-
-def test_flask_init_app_with_explicit_config_and_prefix():
-    tracker = Tracker(
-        config=OFFLINE.replace(announce_path="/bt/announce", scrape_path="/bt/scrape")
-    )
-    app = Flask("late")
-
-    @app.get("/announce")
-    def site_announce() -> str:
-        return "the site's own page"
-
-    tracker.init_app(app)
-    client = app.test_client()
-    assert client.get("/announce").data == b"the site's own page"
-    assert b"interval" in client.get(announce_url("/bt/announce", IH, b"q" * 20, 9, 0)).data
 
 
 @pytest.mark.integration

@@ -186,6 +186,20 @@ class AccessPolicy:
         policy.install_sighup()
         return policy
 
+    def describe(self) -> str:
+        """What is checked, with the counts loaded: the line each process logs at start."""
+        parts = []
+        if self.torrents is not None:
+            parts.append(
+                f"{self.mode} of {len(self.torrents.value)} torrents ({self.torrents.path})"
+            )
+        if self.private:
+            if self.passkeys is not None:
+                parts.append(f"private, {len(self.passkeys.value)} passkeys ({self.passkeys.path})")
+            if self.authenticate is not None:
+                parts.append("private, passkeys checked by the host app")
+        return "; ".join(parts)
+
     # --- reloading -----------------------------------------------------------------------
     def install_sighup(self) -> None:
         """Reload on SIGHUP too (chained to any earlier handler); main thread only."""

@@ -91,6 +91,10 @@ class TrackerCore:
         if self.hook is not None:
             self.hook.start()
 
+    def describe_access(self) -> str:
+        """``access: public`` or what the policy checks, with its counts (logged at start)."""
+        return "access: " + (self.access.describe() if self.access is not None else "public")
+
     # Long on purpose: the whole announce policy in the order it is applied, on every announce's
     # path; helper calls would add per-announce cost (docs/BENCHMARKS.md).
     def announce(

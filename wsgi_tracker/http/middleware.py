@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from wsgi_tracker.access.hooks import OnAnnounce
@@ -70,6 +70,7 @@ class TrackerMiddleware:
         authenticate: Authenticator | None = None,
         on_announce: OnAnnounce | None = None,
         stats: TrackerStats | None = None,
+        on_first_request: Callable[[], None] | None = None,
     ) -> None:
         self.app = app or not_found
         self.config = config or (core.config if core else TrackerConfig.load())
@@ -86,6 +87,7 @@ class TrackerMiddleware:
         # request when sync_socket names a hub; never before gevent has patched, and never
         # by default in flask run, runserver or a test client (docs/SYNC.md).
         self.sync: SyncClient | None = None
+        self._on_first_request = on_first_request
         self._synced = False
         self._ws: WsTracker | None = None
         if self.config.trusted_proxies:
@@ -116,7 +118,12 @@ class TrackerMiddleware:
         return [body]
 
     def _first_request(self) -> None:
+        """Until synced: the host's first-request check (once), then sync (the first
+        requests wait, bounded, for the hub's snapshot)."""
         self.core.start()  # outside any lock: starting a thread yields under gevent
+        hook, self._on_first_request = self._on_first_request, None
+        if hook is not None:
+            hook()
         if self.sync is not None or self.config.sync_explicit:
             self.start_sync(SYNC_JOIN_WAIT)
         else:
@@ -156,6 +163,25 @@ class TrackerMiddleware:
             if not client.wait_ready(wait):
                 return
         self._synced = True
+
+    def routes(self) -> dict[str, str]:
+        """Endpoint name -> path (``<passkey>`` one segment) of every path answered here.
+
+        The Flask and Django integrations register these, so route listings show the
+        tracker and url_for / reverse build its URLs.
+        """
+        routes = {
+            "announce": self._announce,
+            "announce_passkey": self._announce_prefix + "<passkey>",
+            "scrape": self._scrape,
+            "scrape_passkey": self._scrape_prefix + "<passkey>",
+        }
+        if self.config.stats_path:
+            routes["stats"] = self.config.stats_path
+            routes["stats_page"] = self.config.stats_path + ".html"
+        if self.config.metrics_path:
+            routes["metrics"] = self.config.metrics_path
+        return routes
 
     def websocket(
         self, environ: WSGIEnvironment, start_response: StartResponse, passkey: str | None

@@ -23,6 +23,7 @@ from wsgi_tracker.running import logs
 from wsgi_tracker.running.flags import add_setting_flags, flag_layer, layer_env
 from wsgi_tracker.running.supervisor import Child, Supervisor
 from wsgi_tracker.settings import markdown
+from wsgi_tracker.sync import snapshot
 from wsgi_tracker.sync.socket_path import UnsafeSocketPath, check_private, why_no_hub
 
 GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
@@ -118,8 +119,10 @@ def serve_command(
         return _fail(f"--workers must be at least 1, got {args.workers}")
     try:
         listener = http_listener(args.bind)
+        if config.snapshot_path and not args.no_udp:
+            snapshot.check_writable(config.snapshot_path)
         _check_app(args.app)
-    except ConfigError as exc:
+    except (ConfigError, snapshot.SnapshotPathError) as exc:
         return _fail(str(exc))
     env = {**os.environ, **flags_env}
     if args.config:

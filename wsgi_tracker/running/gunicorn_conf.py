@@ -6,6 +6,7 @@ imports it so operators start from the same settings.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import sys
@@ -49,6 +50,7 @@ def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
     worker.hub_hooks = True  # TrackerWorker then does not warn that nothing syncs
     tracker = _tracker(worker)
     if tracker is not None:
+        logging.getLogger("wsgi_tracker.access").info(tracker.core.describe_access())
         tracker.start_sync()
         client = tracker.sync
         warn_if_alone(

@@ -89,6 +89,7 @@ class SyncClient:
         self._joining: set[bytes] | None = None
         self._stats_payload: bytes | None = None
         self._stopped = False
+        self._lost_at: float | None = None  # monotonic time the hub was lost, for the log
         self._threads: list[threading.Thread] = []
         # Where WebSocket relays for this process's sockets go: (info_hash, peer_id, text).
         self.on_relay: Callable[[bytes, bytes, str], object] | None = None
@@ -185,7 +186,13 @@ class SyncClient:
                 self._session(sock)
             except (OSError, f.FrameError) as exc:
                 if not self._stopped:
-                    log.warning("sync hub at %s lost: %s; reconnecting", self.path, exc)
+                    self._lost_at = time.monotonic()
+                    log.warning(
+                        "lost the sync hub at %s: %s; serving from this process's replica "
+                        "and reconnecting",
+                        self.path,
+                        exc,
+                    )
             finally:
                 self.connected = False
                 self._close()
@@ -268,7 +275,14 @@ class SyncClient:
             self.connected = True
             self.ready.set()
             self._wake.set()
-            log.info("sync hub at %s: snapshot applied", self.path)
+            if self._lost_at is None:
+                log.info("joined the sync hub at %s (snapshot applied)", self.path)
+            else:
+                log.info(
+                    "reconnected to the sync hub at %s after %.1f s (snapshot applied)",
+                    self.path,
+                    time.monotonic() - self._lost_at,
+                )
         elif isinstance(frame, f.WsPeers):
             now = time.time()
             with core.lock:
