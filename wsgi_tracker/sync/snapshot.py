@@ -48,6 +48,7 @@ from gevent import monkey
 from wsgi_tracker.core.swarm import PeerRefused, SwarmStore
 from wsgi_tracker.core.types import EVENT_NONE, PeerChange
 from wsgi_tracker.sync import frames as f
+from wsgi_tracker.sync import snapshot_v1
 from wsgi_tracker.sync.journal import Journal, fsync_dir
 from wsgi_tracker.sync.replica import walk
 
@@ -126,6 +127,12 @@ def decode(data: bytes) -> Snapshot:
         raise SnapshotError(f"not a wsgi-tracker snapshot (magic {data[:4]!r})")
     if len(data) < HEADER.size:
         raise SnapshotError(f"truncated header: {len(data)} of {HEADER.size} bytes")
+    if data[4:5] == b"\x01":
+        try:
+            old = snapshot_v1.decode(data, _inflate)
+        except ValueError as exc:
+            raise SnapshotError(str(exc)) from None
+        return Snapshot(*old)
     _, version, saved_at, generation, length, raw_length, crc = HEADER.unpack_from(data)
     if version != VERSION:
         raise SnapshotError(f"snapshot format version {version}; this build reads {VERSION}")

@@ -297,3 +297,40 @@ def test_taking_a_snapshot_does_not_change_which_torrent_is_evicted_next():
     snapshot.capture(store, NOW)  # reads every torrent, oldest first
     store.apply(PeerChange(ih(4), pid(4), v4(4), False, EVENT_STARTED, NOW))
     assert sorted(store.torrents.keys()) == [ih(1), ih(3), ih(4)]
+
+
+def _v1_file(saved_at: float, downloaded: dict[bytes, int], peers: list[PeerChange]) -> bytes:
+    """A snapshot as the first release wrote it (format version 1), built by hand."""
+    rows = [struct.pack(">I", len(downloaded))]
+    rows += [struct.pack(">20sQ", ih, n) for ih, n in downloaded.items()]
+    for width in (6, 18):
+        family = [p for p in peers if len(p.endpoint) == width]
+        rows.append(struct.pack(">I", len(family)))
+        rows += [
+            struct.pack(f">20s20sB{width}sd", p.info_hash, p.peer_id, p.seeder, p.endpoint,
+                        p.timestamp)
+            for p in family
+        ]  # fmt: skip
+    raw = b"".join(rows)
+    body = zlib.compress(raw)
+    header = struct.Struct(">4sBxxxdQQI")
+    fields = (b"WTSN", 1, saved_at, len(body), len(raw))
+    crc = zlib.crc32(body, zlib.crc32(header.pack(*fields, 0)))
+    return header.pack(*fields, crc) + body
+
+
+def test_an_upgrade_reads_the_first_release_snapshot_and_keeps_its_counts():
+    peers = [
+        PeerChange(
+            b"a" * 20, b"p" * 20, bytes([127, 0, 0, 1, 0x1A, 0xE1]), True, EVENT_NONE, 900.5
+        ),
+        PeerChange(b"b" * 20, b"q" * 20, bytes(15) + b"\x01" + b"\x1a\xe2", False, EVENT_NONE, 901),
+    ]
+    old = _v1_file(1000.0, {b"a" * 20: 7, b"b" * 20: 3}, peers)
+    got = decode(old)
+    assert got.saved_at == 1000.0
+    assert got.downloaded == {b"a" * 20: 7, b"b" * 20: 3}
+    assert got.peers == peers
+    for cut in (10, len(old) - 1):
+        with pytest.raises(SnapshotError):
+            decode(old[:cut])
