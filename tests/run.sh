@@ -19,6 +19,7 @@ if [ "$(id -u)" = 0 ]; then
   fi
 fi
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/lint-imports --no-cache
 .venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

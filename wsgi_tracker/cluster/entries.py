@@ -179,13 +179,10 @@ def decode_snapshot(data: bytes) -> ClusterSnapshot:
     body = data[pos:]
     if zlib.crc32(body) != crc:
         raise EntryError("cluster snapshot checksum mismatch (damaged)")
-    inflater = zlib.decompressobj()
     try:
-        raw = inflater.decompress(body, max(1, inflated))
-    except zlib.error as exc:
-        raise EntryError(f"cluster snapshot does not decompress: {exc}") from None
-    if inflater.unconsumed_tail or not inflater.eof or len(raw) != inflated:
-        raise EntryError(f"cluster snapshot does not inflate to the {inflated} bytes it claims")
+        raw = f.inflate_exactly(body, inflated)
+    except f.FrameError as exc:
+        raise EntryError(f"cluster snapshot: {exc}") from None
     peers: list[PeerChange] = []
     try:
         for frame in f.decode_all(raw):

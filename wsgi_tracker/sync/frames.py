@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import struct
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -89,6 +90,23 @@ _KEY = 4
 
 class FrameError(ValueError):
     """The byte stream is not a valid sync conversation; the message says which rule broke."""
+
+
+def inflate_exactly(body: bytes, length: int) -> bytes:
+    """zlib-inflate ``body`` to exactly ``length`` bytes, never more.
+
+    Files of sync frames (the snapshot, the cluster's snapshot) carry their
+    inflated length; stopping there means a lying header cannot balloon memory.
+    Raises FrameError saying what did not fit.
+    """
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(body, max(1, length))
+    except zlib.error as exc:
+        raise FrameError(f"body does not decompress: {exc}") from None
+    if inflater.unconsumed_tail or not inflater.eof or len(raw) != length:
+        raise FrameError(f"body does not inflate to the {length} bytes the header says")
+    return raw
 
 
 @dataclass(frozen=True, slots=True)

@@ -161,14 +161,10 @@ def _inflate(body: bytes, length: int) -> bytes:
     """Inflate to exactly ``length`` bytes; never more, so a bad header cannot balloon memory."""
     if length > MAX_INFLATED:
         raise SnapshotError(f"header says the body inflates to {length} bytes: not a snapshot")
-    inflater = zlib.decompressobj()
     try:
-        raw = inflater.decompress(body, max(1, length))
-    except zlib.error as exc:
-        raise SnapshotError(f"body does not decompress: {exc}") from None
-    if inflater.unconsumed_tail or not inflater.eof or len(raw) != length:
-        raise SnapshotError(f"body does not inflate to the {length} bytes the header says")
-    return raw
+        return f.inflate_exactly(body, length)
+    except f.FrameError as exc:
+        raise SnapshotError(str(exc)) from None
 
 
 def capture(store: SwarmStore, now: float, generation: int = 0) -> Snapshot:
