@@ -19,7 +19,7 @@ from flask import Flask, abort, render_template_string, request
 from markupsafe import Markup
 
 from examples.private_site import accounts
-from wsgi_tracker.flask import Tracker
+from wsgi_tracker.flask import Tracker, current_tracker
 
 app = Flask(__name__)
 tracker = Tracker(app)  # settings from tracker.toml (serve passes WSGI_TRACKER_CONFIG)
@@ -59,8 +59,7 @@ def member(name: str) -> str:
     account = accounts.account(name)
     if account is None:
         abort(404)
-    config = tracker.middleware.config if tracker.middleware else None
-    assert config is not None
+    config = current_tracker.config
     host = urlsplit(request.host_url).hostname or "localhost"
     host = f"[{host}]" if ":" in host else host
     return page(
