@@ -13,6 +13,7 @@ import http.client
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import struct
@@ -30,6 +31,18 @@ GUNICORN_CONF = REPO_ROOT / "wsgi_tracker" / "running" / "gunicorn_conf.py"
 START_TIMEOUT = 30.0  # generous: CI runners share two busy cores
 STOP_TIMEOUT = 10.0
 UDP_CONNECT_MAGIC = 0x41727101980
+# Debian's chromium, headless as root (shared/NOTES.md): without the networking flags it
+# tries hosts it cannot reach from here.
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def free_port(family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> int:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import tempfile
 from html.parser import HTMLParser
 
 import pytest
-from servers import announce_url, gunicorn, http_get, scrape_url
+from servers import CHROMIUM, CHROMIUM_FLAGS, announce_url, gunicorn, http_get, scrape_url
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = shutil.which("chromium")
 TOKEN = "page-token"
 IH = bytes.fromhex("55" * 20)
 # The fields that stay put while nobody announces (rates move as the window slides).
@@ -63,13 +61,7 @@ def dump_dom(url: str) -> str:
         done = subprocess.run(
             [
                 CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
+                *CHROMIUM_FLAGS,
                 f"--user-data-dir={profile}",
                 "--virtual-time-budget=5000",
                 "--dump-dom",

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import shutil
 import subprocess
 import tempfile
 import time
@@ -38,21 +37,14 @@ from urllib.parse import quote
 
 import pytest
 import websocket
-from servers import free_port, serve
+from servers import CHROMIUM, CHROMIUM_FLAGS, free_port, serve
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = shutil.which("chromium")
 WITHIN = 90.0  # seconds: a bound on the whole exchange (WebRTC set-up), not a figure under test
 SIZE = 200_000
 FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
+    *CHROMIUM_FLAGS,
     "--remote-allow-origins=*",
     # WebRTC between two tabs over loopback:
     "--allow-loopback-in-peer-connection",
