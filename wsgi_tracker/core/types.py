@@ -76,6 +76,20 @@ class PeerChange(NamedTuple):
     key: int = 0
 
 
+# A peer change in bulk, as the sync codec decodes a frame of them (``sync/frames.py``) without
+# a PeerChange apiece: (info_hash, peer_id, timestamp, flags, event, endpoint, key), the wire's
+# order. Of the flags only ``ROW_SEEDER`` means anything off the wire (the rest follow from the
+# endpoint's width and the key). ``SwarmStore.merge_many`` takes these.
+PeerRow = tuple[bytes, bytes, float, int, int, bytes, int]
+ROW_SEEDER = 1
+
+
+def row_change(row: PeerRow) -> PeerChange:
+    """The PeerChange a row stands for."""
+    ih, pid, ts, flags, event, endpoint, key = row
+    return PeerChange(ih, pid, endpoint, bool(flags & ROW_SEEDER), event, ts, key)
+
+
 class WsChange(NamedTuple):
     """What one WebSocket announce (or a closed socket) did; the unit of sync."""
 

@@ -447,7 +447,7 @@ class SyncHub:
                 self._apply(frame)
 
     def merge_state(
-        self, peers: list[PeerChange], exclude: _Client | None = None
+        self, peers: Sequence[PeerChange], exclude: _Client | None = None
     ) -> list[PeerChange]:
         """Merge re-sent or snapshot state; pass on to the clients (but ``exclude``) only
         what was news here, still as state, so it never overrides a same-second announce.

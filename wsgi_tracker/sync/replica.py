@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-from wsgi_tracker.core.swarm import PeerRefused, SwarmStore
-from wsgi_tracker.core.types import AnnounceReport, PeerChange
+from wsgi_tracker.core.swarm import SwarmStore
+from wsgi_tracker.core.types import AnnounceReport, PeerChange, PeerRow
 from wsgi_tracker.sync import frames
 from wsgi_tracker.sync.frames import RECORDS_PER_FRAME
 
@@ -81,45 +81,27 @@ def walk(
     yield peers, totals
 
 
-def newer(store: SwarmStore, change: PeerChange) -> int:
-    """1 if ``change`` is newer than what ``store`` holds for the peer (or the peer is
-    unknown), 0 if it is from the same instant, -1 if older.
-
-    The store keeps each peer's expiry to the microsecond, so a tie is the same
-    announce seen twice; the callers break it by what the change is (see
-    ``apply_remote``).
-    """
-    swarm = store.get(change.info_hash)
-    if swarm is None:
-        return 1
-    pl = swarm.family(len(change.endpoint), create=False)
-    if pl is None or (slot := pl.slot(change.peer_id)) < 0:
-        return 1
-    expires = change.timestamp + store.peer_ttl
-    held = pl.expires[slot]
-    return (expires > held) - (expires < held)
-
-
 def apply_remote(store: SwarmStore, change: PeerChange, state: bool = False) -> bool:
-    """Merge a change another process made; an older one never undoes a newer one.
+    """Merge one change another process made (``SwarmStore.merge`` has the rules: a delta
+    wins a tie, state loses one, downloads are never counted); whether it was applied."""
+    return store.merge(change, state)
 
-    A delta (an announce as it happened, ``state`` False) wins a tie: deltas
-    from one process arrive in order, so the later one is the truth. A state
-    record (a snapshot or re-sent replica, ``state`` True) loses a tie: it may
-    be older than what we hold within the same second. Downloads are never
-    counted here (they arrive as counter increments). Returns whether it was
-    applied: the store's rules refuse here what they refuse locally (a full
-    swarm, a peer held from another address without its key).
+
+def merge(
+    store: SwarmStore,
+    peers: Sequence[PeerChange],
+    state: bool = False,
+    start: int = 0,
+    stop: int | None = None,
+    news: list[PeerRow] | None = None,
+) -> int:
+    """Merge ``peers[start:stop]`` (a decoded frame's ``PeerRecords``, or any sequence of
+    changes) as ``apply_remote`` would one by one, in bulk; how many were applied.
+
+    Callers that must yield between slices (a joining client, a lagging hub)
+    pass bounded ``start``/``stop``; ``news`` collects the applied records.
     """
-    if newer(store, change) < (1 if state else 0):
-        if change.key:
-            store.learn_key(change)
-        return False
-    try:
-        store.apply(change, count_download=False)
-    except PeerRefused:
-        return False
-    return True
+    return store.merge_many(frames.peer_rows(peers), start, stop, state, news)
 
 
 class ChangeBuffer:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wsgi_tracker.core import swarm as swarm_module
@@ -701,3 +702,102 @@ def test_apply_reads_the_torrent_cache_own_dict_and_lru_order(clock):
     assert list(store._lru) == [b"a" * 20, b"b" * 20]
     announce(store, 3, ih=b"a" * 20)
     assert list(store._lru) == [b"b" * 20, b"a" * 20]
+
+
+# --- merging remote changes in bulk ---------------------------------------------------
+
+MERGE_ENDPOINTS = [v4(1), v4(1, 7000), v4(2), v4(3), v6(1), v6(2, net=9)]
+remote_change = st.tuples(
+    st.integers(0, 2),  # torrent
+    st.integers(0, 4),  # peer
+    st.sampled_from(MERGE_ENDPOINTS),
+    st.booleans(),  # seeder
+    st.sampled_from([EVENT_NONE, EVENT_NONE, EVENT_COMPLETED, EVENT_STARTED, EVENT_STOPPED]),
+    st.sampled_from([-5.0, -1.0, 0.0, 0.0, 0.25, 1.0]),  # timestamp against the clock
+    st.sampled_from([0, 0, 7, 9]),  # key
+)
+merge_step = st.one_of(
+    st.tuples(st.just("batch"), st.booleans(), st.lists(remote_change, max_size=12)),
+    st.tuples(st.just("local"), st.none(), st.lists(remote_change, max_size=2)),
+    st.tuples(st.just("advance"), st.sampled_from([0.5, 7.0, 30.0, 61.0, 200.0]), st.none()),
+    st.tuples(st.just("expire"), st.none(), st.none()),
+)
+
+
+def store_state(store: SwarmStore) -> tuple:
+    """Everything a merge may change, in the torrent cache's eviction order."""
+    torrents = []
+    for ih in store.torrents:
+        swarm = store.peek(ih)
+        assert swarm is not None
+        lists = [
+            (pl.width, pl.ids, bytes(pl.addrs), list(pl.expires), list(pl.keys), pl.seeders)
+            for pl in swarm.lists()
+        ]
+        sweeps = [pl.sweep_at for pl in swarm.lists()]
+        torrents.append((ih, swarm.downloaded, swarm.touched, lists, sweeps))
+    return store.peers_held, dict(store._stops), torrents
+
+
+@settings(max_examples=300)
+@given(st.lists(merge_step, max_size=25))
+def test_merging_in_bulk_gives_the_store_merging_one_by_one_gives(steps):
+    """``merge_many``'s fast paths (a refresh, a change that is not newer) against the
+    general ``merge`` of each change, with bounds small enough to refuse and evict."""
+    from tests.conftest import ManualClock
+    from wsgi_tracker.sync.frames import peer_rows
+
+    stores = []
+    for _ in range(2):
+        clock = ManualClock()
+        stores.append(
+            SwarmStore(
+                peer_ttl=100,
+                max_torrents=2,
+                max_peers_per_torrent=3,
+                max_peers_per_address=2,
+                max_peers=5,
+                sweep_every=60,
+                clock=clock,
+            )
+        )
+    bulk, single = stores
+    for what, arg, changes in steps:
+        if what == "advance":
+            for s in stores:
+                s.clock.advance(arg)
+            continue
+        if what == "expire":
+            for s in stores:
+                s.expire()
+            continue
+        now = bulk.clock()
+        batch = [
+            PeerChange(b"%020d" % t, pid(p), ep, seeder, event, now + dt, key)
+            for t, p, ep, seeder, event, dt, key in changes
+        ]
+        if what == "local":
+            for s in stores:
+                for change in batch:
+                    with contextlib.suppress(swarm_module.PeerRefused):
+                        s.apply(change)
+            continue
+        news: list = []
+        applied = bulk.merge_many(peer_rows(batch), state=arg, news=news)
+        one_by_one = [c for c in batch if single.merge(c, state=arg)]
+        assert applied == len(one_by_one)
+        assert [PeerChange(r[0], r[1], r[5], bool(r[3] & 1), r[4], r[2], r[6]) for r in news] == (
+            one_by_one
+        )
+        assert store_state(bulk) == store_state(single)
+
+
+def test_merge_many_takes_a_slice(store, clock):
+    from wsgi_tracker.sync.frames import peer_rows
+
+    now = clock()
+    rows = peer_rows([PeerChange(IH, pid(n), v4(n), False, EVENT_NONE, now) for n in range(5)])
+    assert store.merge_many(rows, 1, 3) == 2
+    assert store.get(IH).v4.ids == [pid(1), pid(2)]
+    assert store.merge_many(rows, 3) == 2
+    assert len(store.get(IH)) == 4
