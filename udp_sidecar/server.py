@@ -136,11 +136,28 @@ class BindError(Exception):
     """A bind address is invalid or cannot be bound; the message names it and why."""
 
 
+def _probe(family: int, host: str, port: int, ipv6: bool) -> None:
+    """Bind and release (host, port) without SO_REUSEPORT: OSError if anything holds it."""
+    with _RealSocket(family, socket.SOCK_DGRAM) as probe:
+        if ipv6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind((host, port))
+
+
 class UdpServer:
     """The UDP tracker on one or more addresses sharing one ``TrackerCore``.
 
     IPv4 and IPv6 get separate sockets (IPV6_V6ONLY on the IPv6 one), so a
     reply always carries the peer entries of its socket's family.
+
+    ``reuse_port``: the sockets take part in a ``SO_REUSEPORT`` group, which
+    the kernel spreads datagrams over by a hash of the 4-tuple, so several
+    processes of one udp-sidecar serve one port (``udp_processes``). The first
+    of them (``join`` False) proves the port free first, with a plain bind
+    that a socket already there refuses, so a second udp-sidecar of the same
+    user fails with "address already in use" as it does without sharing,
+    instead of silently taking part of the first one's traffic. The others
+    ``join`` the group it made. All share one connection-id ``key``.
     """
 
     def __init__(
@@ -151,11 +168,15 @@ class UdpServer:
         *,
         key: bytes | None = None,
         clock: Callable[[], float] = time.time,
+        reuse_port: bool = False,
+        join: bool = False,
     ) -> None:
         self.core = core
         self.binds = list(binds)
         self.port = port
         self.clock = clock
+        self.reuse_port = reuse_port
+        self.join = join
         self.ids = ConnectionIds(key or os.urandom(32), core.config.connection_id_ttl)
         self.sockets: list[socket.socket] = []
         self._loops: list[gevent.Greenlet] = []
@@ -184,10 +205,15 @@ class UdpServer:
             ipv6 = ipaddress.ip_address(host.split("%", 1)[0]).version == 6
         except ValueError:
             raise BindError(f"invalid bind address {host!r}: not an IPv4 or IPv6 address") from None
-        sock = _RealSocket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ipv6 else socket.AF_INET
+        sock = _RealSocket(family, socket.SOCK_DGRAM)
         try:
+            if self.reuse_port and not self.join:
+                _probe(family, host, self.port, ipv6)
             if ipv6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if self.reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             with contextlib.suppress(OSError):  # only a hint
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             sock.bind((host, self.port))

@@ -194,6 +194,13 @@ class TrackerConfig:
     connection_id_ttl: int = _setting(
         120, "Seconds a UDP connection id stays valid (BEP 15 says two minutes).", check=at_least(1)
     )
+    udp_processes: int = _setting(
+        1,
+        "UDP-serving processes udp-sidecar runs on udp_port (SO_REUSEPORT), one of them the "
+        "sync hub; 0: one per core it may run on. Each holds a full replica and applies every "
+        "other process's changes (docs/UDP.md); more than 1 needs the sync hub.",
+        check=at_least(0),
+    )
     # --- sync and persistence ----------------------------------------------------------
     sync_socket: str = _setting(
         "",

@@ -232,6 +232,7 @@ class TrackerStats:
                 if r is not None and r["id"] != own["id"]:
                     reports.append(r)
         merged = merge_reports(reports)
+        merged["by_process"] = per_process(reports)
         # Only this machine's hub names the cluster's nodes (other nodes' reports come
         # without it), so at most one report has it.
         cluster = next((r["cluster"] for r in reports if isinstance(r.get("cluster"), dict)), None)
@@ -259,6 +260,18 @@ class TrackerStats:
             "sync": sync,
             "cluster": cluster,
         }
+
+
+def per_process(reports: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each process's own totals by its id (``role:pid``), to see how the load is spread
+    (over the UDP processes sharing a port, the HTTP workers sharing a socket)."""
+    shown: dict[str, dict[str, float]] = {}
+    for r in reports:
+        shown[r["id"]] = {
+            key: round(sum(n for n in r.get(key, {}).values() if isinstance(n, int | float)), 2)
+            for key in ("announces", "scrapes", "announce_rate")
+        }
+    return dict(sorted(shown.items()))
 
 
 def replica_totals(core: TrackerCore) -> tuple[int, int, int]:
@@ -339,6 +352,14 @@ class _SnapshotCollector:
             ("seeders", "Live WebSocket seeders."),
         ):
             yield GaugeMetricFamily(f"wsgi_tracker_websocket_{name}", doc, value=ws[name])
+        for name, doc in (
+            ("announces", "Announces answered by each process (id role:pid)."),
+            ("scrapes", "Scrapes answered by each process (id role:pid)."),
+        ):
+            family = CounterMetricFamily(f"wsgi_tracker_process_{name}", doc, labels=["process"])
+            for process, totals in s.get("by_process", {}).items():
+                family.add_metric([process], totals[name])
+            yield family
         relayed = CounterMetricFamily(
             "wsgi_tracker_websocket_relayed",
             "WebRTC offers and answers relayed between WebSocket peers.",

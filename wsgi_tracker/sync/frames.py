@@ -74,7 +74,8 @@ MAX_USER_BYTES = 1024
 ROLE_HUB = 0
 ROLE_WORKER = 1
 ROLE_TOOL = 2
-ROLE_NAMES = {ROLE_HUB: "hub", ROLE_WORKER: "worker", ROLE_TOOL: "tool"}
+ROLE_UDP = 3  # a UDP-serving process of udp-sidecar other than the hub's own (udp_processes)
+ROLE_NAMES = {ROLE_HUB: "hub", ROLE_WORKER: "worker", ROLE_TOOL: "tool", ROLE_UDP: "udp"}
 
 _HEADER = struct.Struct(">IB")
 _HELLO = struct.Struct(">4sHBI")

@@ -28,6 +28,7 @@ def peer(
 EVERY_FRAME = [
     f.Hello(f.ROLE_WORKER, 4242),
     f.Hello(f.ROLE_HUB, 1),
+    f.Hello(f.ROLE_UDP, 9),
     f.Snapshot([peer(1), peer(2, V6, seeder=True), peer(6, key=0xDEADBEEF)]),
     f.Totals([(b"a" * 20, 7), (b"b" * 20, 2**40)]),
     f.SnapshotDone(),
@@ -113,6 +114,13 @@ def test_oversized_frame_is_refused_before_its_body_arrives() -> None:
 def test_unknown_frame_kind_is_refused() -> None:
     with pytest.raises(f.FrameError, match="unknown frame kind 99"):
         f.FrameDecoder().feed(struct.pack(">IB", 0, 99))
+
+
+def test_an_unknown_role_is_refused() -> None:
+    roles = sorted(f.ROLE_NAMES)
+    assert roles == list(range(len(roles)))  # the next role is the next number
+    with pytest.raises(f.FrameError, match=rf"hello role is {len(roles)}, expected one of"):
+        f.decode_all(f.encode(f.Hello(len(roles), 5)))
 
 
 def test_wrong_version_is_refused_with_who_and_which_version() -> None:
