@@ -319,3 +319,27 @@ def test_several_processes_need_the_hub() -> None:
         "udp-sidecar: udp_processes = 2 needs the sync hub (the processes share their swarms "
         "through it); sync_socket is 'off'"
     )
+
+
+def test_under_serve_the_hub_process_dying_restarts_the_whole_sidecar(tmp_path: Path) -> None:
+    with serve(tmp_path, workers=1, config="udp_processes = 2\n") as stack:
+        hub = stack.sidecar_pid()
+        assert hub is not None
+        assert wait_until(lambda: len([p for p in children(hub) if alive(p)]) == 1, WITHIN)
+        (child,) = [p for p in children(hub) if alive(p)]
+        os.kill(hub, signal.SIGKILL)
+        # Its other process goes with it (nobody left to flush to), so the port is free
+        # for the sidecar serve starts again, which has two processes again.
+        assert wait_until(lambda: not alive(child), WITHIN)
+        assert wait_until(lambda: stack.sidecar_pid() not in (None, hub), WITHIN), stack.log()
+        again = stack.sidecar_pid()
+        assert again is not None
+        assert wait_until(lambda: len([p for p in children(again) if alive(p)]) == 1, WITHIN)
+        assert wait_until(lambda: stack.log().count("UDP process serving") == 2, WITHIN)
+        senders = Senders(stack.udp.port)
+        try:
+            for n in range(SENDERS):
+                senders.announce(n, ih("again"), left=1, event=2)
+        finally:
+            senders.close()
+        assert "udp-sidecar (pid" in stack.log() and "killed by SIGKILL" in stack.log()
