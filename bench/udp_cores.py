@@ -15,6 +15,13 @@ gives two figures:
   cpu0; 2 processes pinned one per core with the generator free to run on
   either, so it takes its CPU from them (an understatement of 2 cores).
 
+* **the cost of sharing the state**: the one process is measured once more,
+  paced at the rate each of the two had (half their total), since CPU per
+  announce rises as a process gets less busy (smaller batches per wake-up);
+  what the two processes spend per announce beyond that is what sync costs
+  them (applying the other's changes, sending their own), and the last line
+  projects the gain with each process as busy as the one alone.
+
 Both setups run with the sync hub on (as ``serve`` runs the sidecar), on one
 workload after one pre-fill, measured alternately, ``--reps`` times each.
 """
@@ -31,9 +38,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from . import loads, procs
-from .measure import measure
+from .measure import Sample, measure
 from .procs import Server
-from .workload import make_workload, udp_ready
+from .workload import Workload, make_workload, udp_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,6 +73,37 @@ def sidecar(port: int, processes: int, outdir: Path, cores: list[int]) -> Server
     return server
 
 
+def run(
+    name: str,
+    setup: tuple[Server, int, str],
+    args: argparse.Namespace,
+    wl: Workload,
+    rate: float = 0,
+) -> Sample:
+    """One measured run against ``setup`` (closed loop, or paced at ``rate``), printed."""
+    server, port, load_cpu = setup
+    before = [procs.cpu_seconds(pid) for pid in server.pids]
+    sample = measure(
+        [server],
+        lambda: loads.udp_load(
+            port, wl, args.dur, cpus=load_cpu or None, inflight=args.inflight,
+            socks=args.socks, rate=rate,
+        ),
+    )  # fmt: skip
+    after = [procs.cpu_seconds(pid) for pid in server.pids]
+    shares = ", ".join(
+        f"{(b1 - b0) / args.dur * 100:.0f}%" for b0, b1 in zip(before, after, strict=True)
+    )
+    print(
+        f"{name}: {sample.rps:.0f}/s, server {sample.server_cpu_pct:.0f}% ({shares}), "
+        f"{sample.rps_per_core:.0f} per core-second, generator {sample.load_cpu_pct:.0f}%, "
+        f"other {sample.other_cpu_pct:.0f}%, p99 {sample.p99_ms:.1f} ms, "
+        f"{sample.avg_peers:.0f} peers, bad {sample.bad}",
+        flush=True,
+    )
+    return sample
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dur", type=float, default=10)
@@ -81,11 +119,12 @@ def main() -> None:
     procs.prioritise_session()
     outdir = Path(tempfile.mkdtemp(prefix="udp-cores-"))
     wl = make_workload(outdir, args.k, args.clients, args.tpc)
-    setups = {"1 process, cpu1": (1, [1], "0"), "2 processes, cpu0+cpu1": (2, [1, 0], "")}
+    # 1 process on cpu1, the generator on cpu0; 2 processes one per core, the generator free.
+    setups = {"1 process": (1, [1], "0"), "2 processes": (2, [1, 0], "")}
     print(f"machine: {os.uname().release}, {sys.executable} {sys.version.split()[0]}")
     print(f"load average before: {os.getloadavg()}", flush=True)
     with ExitStack() as stack:
-        running = {}
+        running = []
         for name, (n, cores, load_cpu) in setups.items():
             port = procs.free_port()
             server = sidecar(port, n, outdir, cores)
@@ -95,41 +134,32 @@ def main() -> None:
                 socks=args.socks,
             )  # fmt: skip
             print(f"{name}: pids {server.pids}, prefill {run.result.get('responses', 0):.0f}")
-            running[name] = (server, port, load_cpu)
-        samples: dict[str, list] = {name: [] for name in running}
+            running.append((server, port, load_cpu))
+        one, two, matched = [], [], []
         for _ in range(args.reps):
-            for name, (server, port, load_cpu) in running.items():
-                before = [procs.cpu_seconds(pid) for pid in server.pids]
-                sample = measure(
-                    [server],
-                    lambda port=port, load_cpu=load_cpu: loads.udp_load(
-                        port, wl, args.dur, cpus=load_cpu or None, inflight=args.inflight,
-                        socks=args.socks,
-                    ),
-                )  # fmt: skip
-                after = [procs.cpu_seconds(pid) for pid in server.pids]
-                shares = [b1 - b0 for b0, b1 in zip(before, after, strict=True)]
-                samples[name].append(sample)
-                print(
-                    f"{name}: {sample.rps:.0f}/s, server {sample.server_cpu_pct:.0f}% "
-                    f"(per process {', '.join(f'{s / args.dur * 100:.0f}%' for s in shares)}), "
-                    f"{sample.rps_per_core:.0f} per core-second, generator "
-                    f"{sample.load_cpu_pct:.0f}%, other {sample.other_cpu_pct:.0f}%, "
-                    f"p99 {sample.p99_ms:.1f} ms, {sample.avg_peers:.0f} peers, bad {sample.bad}",
-                    flush=True,
-                )
-    one, two = (samples[name] for name in setups)
+            one.append(run("1 process", running[0], args, wl))
+            two.append(run("2 processes", running[1], args, wl))
+            # The one process again at the rate each of the two had: what it costs there
+            # alone, so the difference is what sharing the state costs, apart from batching.
+            matched.append(run("1 process at half that", running[0], args, wl, two[-1].rps / 2))
 
-    def med(xs: list, key: str) -> float:
+    def med(xs: list[Sample], key: str) -> float:
         return statistics.median(getattr(s, key) for s in xs)
 
-    capacity = 2 * med(two, "rps_per_core") / med(one, "rps_per_core")
+    us = {
+        name: 1e6 / med(xs, "rps_per_core") for name, xs in (("1", one), ("2", two), ("m", matched))
+    }
+    sharing = us["2"] - us["m"]
     print(
-        f"median: 1 process {med(one, 'rps'):.0f}/s ({med(one, 'rps_per_core'):.0f} per "
-        f"core-second); 2 processes {med(two, 'rps'):.0f}/s ({med(two, 'rps_per_core'):.0f} "
-        f"per core-second)\n"
-        f"capacity 2 cores / 1 core: {capacity:.2f}x; throughput as measured (generator on "
-        f"the 2 cores too): {med(two, 'rps') / med(one, 'rps'):.2f}x"
+        f"median: 1 process {med(one, 'rps'):.0f}/s, {us['1']:.1f} us CPU each; "
+        f"2 processes {med(two, 'rps'):.0f}/s, {us['2']:.1f} us CPU each (both processes); "
+        f"1 process at half the 2-process rate {us['m']:.1f} us\n"
+        f"capacity 2 cores / 1 core (2 x CPU per announce of 1 / of 2): "
+        f"{2 * us['1'] / us['2']:.2f}x\n"
+        f"sharing the state costs {sharing:.1f} us per announce; with each process as busy as "
+        f"the one alone: {2 * us['1'] / (us['1'] + sharing):.2f}x\n"
+        f"throughput as measured (the generator on the 2 cores too): "
+        f"{med(two, 'rps') / med(one, 'rps'):.2f}x"
     )
     print(f"load average after: {os.getloadavg()}")
 

@@ -259,7 +259,7 @@ def test_under_serve_http_workers_hand_out_what_both_udp_processes_were_told(
     with serve(tmp_path, workers=2, config=config) as stack:
         hub = stack.sidecar_pid()
         assert hub is not None
-        assert wait_until(lambda: len([p for p in children(hub) if alive(p)]) == 1, WITHIN)
+        assert wait_until(lambda: "UDP process serving" in stack.log(), WITHIN), stack.log()
         senders = Senders(stack.udp.port)
         try:
             torrent = ih("served")
@@ -326,6 +326,7 @@ def test_under_serve_the_hub_process_dying_restarts_the_whole_sidecar(tmp_path: 
         hub = stack.sidecar_pid()
         assert hub is not None
         assert wait_until(lambda: len([p for p in children(hub) if alive(p)]) == 1, WITHIN)
+        assert wait_until(lambda: stack.log().count("UDP process serving") == 1, WITHIN)
         (child,) = [p for p in children(hub) if alive(p)]
         os.kill(hub, signal.SIGKILL)
         # Its other process goes with it (nobody left to flush to), so the port is free
@@ -335,7 +336,9 @@ def test_under_serve_the_hub_process_dying_restarts_the_whole_sidecar(tmp_path: 
         again = stack.sidecar_pid()
         assert again is not None
         assert wait_until(lambda: len([p for p in children(again) if alive(p)]) == 1, WITHIN)
-        assert wait_until(lambda: stack.log().count("UDP process serving") == 2, WITHIN)
+        assert wait_until(lambda: stack.log().count("UDP process serving") == 2, WITHIN), (
+            stack.log()
+        )
         senders = Senders(stack.udp.port)
         try:
             for n in range(SENDERS):
@@ -343,3 +346,22 @@ def test_under_serve_the_hub_process_dying_restarts_the_whole_sidecar(tmp_path: 
         finally:
             senders.close()
         assert "udp-sidecar (pid" in stack.log() and "killed by SIGKILL" in stack.log()
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_zero_processes_means_one_per_core_it_may_run_on(cores: int) -> None:
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < cores:
+        pytest.skip(f"needs {cores} cores")
+    sock = servers.short_tempdir("udpp-") + "/sync.sock"
+    with contextlib.ExitStack() as stack:
+        os.sched_setaffinity(0, set(sorted(allowed)[:cores]))  # what the sidecar inherits
+        try:
+            hub = stack.enter_context(
+                sidecar(sync_socket=sock, extra_args=["--udp-processes", "0"])
+            )
+        finally:
+            os.sched_setaffinity(0, allowed)
+        assert wait_until(lambda: "udp-sidecar listening on" in hub.stderr(), WITHIN)
+        assert ("with 2 processes" in hub.stderr()) == (cores == 2), hub.stderr()
+        assert wait_until(lambda: len(others(hub)) == cores - 1, WITHIN)
