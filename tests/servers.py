@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import re
 import secrets
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote_from_bytes, urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -599,3 +601,94 @@ def redis_server(directory: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+# --- WebSocket (WebTorrent) clients, speaking the browser protocol over websocket-client -------
+
+WS_WITHIN = 15.0  # seconds: a bound on every wait, not a figure under test
+WS_IH = "w" * 20
+
+
+def ws_connect(server: Server, path: str = "/announce") -> Any:
+    import websocket  # the test extra's websocket-client; only these tests need it
+
+    return websocket.create_connection(f"ws://127.0.0.1:{server.port}{path}", timeout=WS_WITHIN)
+
+
+def ws_holder(server: Server, ws: Any, workers: set[int]) -> int:
+    """The worker whose fd is the server end of ``ws``'s TCP connection (from /proc)."""
+    want = f"0100007F:{ws.sock.getsockname()[1]:04X}"
+    deadline = time.monotonic() + WS_WITHIN
+    while time.monotonic() < deadline:
+        sockets = {
+            f"socket:[{fields[9]}]"
+            for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+            if (fields := line.split())[2] == want and fields[1].endswith(f":{server.port:04X}")
+        }
+        for worker in workers:
+            for fd in os.listdir(f"/proc/{worker}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{worker}/fd/{fd}") in sockets:
+                        return worker
+        time.sleep(0.05)
+    raise AssertionError(f"no worker holds the server end of {want}")
+
+
+def ws_send(ws: Any, **msg: object) -> None:
+    ws.send(json.dumps(msg))
+
+
+def ws_recv(ws: Any) -> dict:
+    return json.loads(ws.recv())
+
+
+def ws_announce(ws: Any, peer: str, ih: str = WS_IH, **extra: object) -> dict:
+    fields = {"left": 100, "event": "started", **extra}
+    ws_send(ws, action="announce", info_hash=ih, peer_id=peer, **fields)
+    reply = ws_recv(ws)
+    assert reply["action"] == "announce" and reply["info_hash"] == ih, reply
+    return reply
+
+
+def ws_offer(n: int) -> dict:
+    return {"offer_id": f"offer-{n:014d}", "offer": {"type": "offer", "sdp": f"v=0 sdp {n}"}}
+
+
+def ws_answer(ws: Any, me: str, got: dict, ih: str = WS_IH) -> None:
+    """Answer the relayed offer ``got`` as peer ``me``."""
+    ws_send(
+        ws,
+        action="announce",
+        info_hash=ih,
+        peer_id=me,
+        to_peer_id=got["peer_id"],
+        offer_id=got["offer_id"],
+        answer={"type": "answer", "sdp": f"answer from {me}"},
+    )
+
+
+def ws_scrape(ws: Any, ih: str) -> dict:
+    ws_send(ws, action="scrape", info_hash=ih)
+    return ws_recv(ws)["files"][ih]
+
+
+def ws_eventually_scrape(ws: Any, ih: str, want: dict, within: float = WS_WITHIN) -> dict:
+    """Scrape until the counts are ``want`` (bounded); the last counts seen."""
+    deadline = time.monotonic() + within
+    got = ws_scrape(ws, ih)
+    while got != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+        got = ws_scrape(ws, ih)
+    return got
+
+
+def ws_closed_with(ws: Any) -> tuple[int, str]:
+    """The close frame the server sent: (code, reason)."""
+    import websocket
+
+    deadline = time.monotonic() + WS_WITHIN
+    while time.monotonic() < deadline:
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return struct.unpack(">H", data[:2])[0], data[2:].decode()
+    raise AssertionError("no close frame")

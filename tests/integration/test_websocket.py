@@ -9,23 +9,29 @@ asserted about speed.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import socket
-import struct
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import websocket
 from servers import Serve, Server, gunicorn, http_get, serve
+from servers import ws_announce as announce
+from servers import ws_answer as answer_to
+from servers import ws_closed_with as closed_with
+from servers import ws_connect as connect
+from servers import ws_eventually_scrape as eventually_scrape
+from servers import ws_holder as holder
+from servers import ws_offer as offer
+from servers import ws_recv as recv
+from servers import ws_scrape as scrape
+from servers import ws_send as send
 
 pytestmark = pytest.mark.integration
 
 WITHIN = 15.0  # seconds: a bound on every wait, not a figure under test
-IH = "w" * 20
+IH = "w" * 20  # servers.ws_* default torrent
 ABNF = websocket.ABNF
 
 
@@ -53,30 +59,6 @@ def workers(stack: Serve) -> set[int]:
     return pids
 
 
-def holder(server: Server, ws: websocket.WebSocket, workers: set[int]) -> int:
-    """The worker whose fd is the server end of ``ws``'s TCP connection."""
-    want = f"0100007F:{ws.sock.getsockname()[1]:04X}"
-    deadline = time.monotonic() + WITHIN
-    while time.monotonic() < deadline:
-        inodes = {
-            fields[9]
-            for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
-            if (fields := line.split())[2] == want and fields[1].endswith(f":{server.port:04X}")
-        }
-        for worker in workers:
-            for fd in os.listdir(f"/proc/{worker}/fd"):
-                with contextlib.suppress(OSError):
-                    link = os.readlink(f"/proc/{worker}/fd/{fd}")
-                    if link in {f"socket:[{inode}]" for inode in inodes}:
-                        return worker
-        time.sleep(0.05)
-    raise AssertionError(f"no worker holds the server end of {want}")
-
-
-def connect(server: Server, path: str = "/announce") -> websocket.WebSocket:
-    return websocket.create_connection(f"ws://127.0.0.1:{server.port}{path}", timeout=WITHIN)
-
-
 def in_each_worker(
     server: Server, workers: set[int]
 ) -> tuple[websocket.WebSocket, websocket.WebSocket]:
@@ -97,63 +79,6 @@ def in_each_worker(
     assert len(held) == 2, "40 connections all landed in one worker"
     a, b = held.values()
     return a, b
-
-
-def send(ws: websocket.WebSocket, **msg: object) -> None:
-    ws.send(json.dumps(msg))
-
-
-def recv(ws: websocket.WebSocket) -> dict:
-    return json.loads(ws.recv())
-
-
-def announce(ws: websocket.WebSocket, peer: str, ih: str = IH, **extra: object) -> dict:
-    fields = {"left": 100, "event": "started", **extra}
-    send(ws, action="announce", info_hash=ih, peer_id=peer, **fields)
-    reply = recv(ws)
-    assert reply["action"] == "announce" and reply["info_hash"] == ih, reply
-    return reply
-
-
-def offer(n: int) -> dict:
-    return {"offer_id": f"offer-{n:014d}", "offer": {"type": "offer", "sdp": f"v=0 sdp {n}"}}
-
-
-def answer_to(ws: websocket.WebSocket, me: str, got: dict, ih: str = IH) -> None:
-    send(
-        ws,
-        action="announce",
-        info_hash=ih,
-        peer_id=me,
-        to_peer_id=got["peer_id"],
-        offer_id=got["offer_id"],
-        answer={"type": "answer", "sdp": f"answer from {me}"},
-    )
-
-
-def scrape(ws: websocket.WebSocket, ih: str) -> dict:
-    send(ws, action="scrape", info_hash=ih)
-    reply = recv(ws)
-    return reply["files"][ih]
-
-
-def eventually_scrape(ws: websocket.WebSocket, ih: str, want: dict) -> dict:
-    deadline = time.monotonic() + WITHIN
-    got = scrape(ws, ih)
-    while got != want and time.monotonic() < deadline:
-        time.sleep(0.05)
-        got = scrape(ws, ih)
-    return got
-
-
-def closed_with(ws: websocket.WebSocket) -> tuple[int, str]:
-    """The close frame the server sent: (code, reason)."""
-    deadline = time.monotonic() + WITHIN
-    while time.monotonic() < deadline:
-        opcode, data = ws.recv_data(control_frame=True)
-        if opcode == ABNF.OPCODE_CLOSE:
-            return struct.unpack(">H", data[:2])[0], data[2:].decode()
-    raise AssertionError("no close frame")
 
 
 # --- relaying ----------------------------------------------------------------------------

@@ -4,8 +4,10 @@ Nothing here talks to Redis; ``node.py`` is the shell that moves these bytes.
 
 * A stream entry is one batch of a node's changes: fields ``n`` (the node id),
   ``t`` (its wall-clock send time, for lag) and ``f`` (sync frames: Deltas,
-  Snapshot, Counts, encoded by ``wsgi_tracker.sync.frames``, the same codec
-  as on the Unix socket).
+  Snapshot, Counts, WsPeers, encoded by ``wsgi_tracker.sync.frames``, the same
+  codec as on the Unix socket).
+* A node's inbox (``Keys.inbox``) is a stream of the same entries holding
+  WsRelay frames only: offers and answers for the sockets that node holds.
 * The snapshot is one string: a header (magic, version, the stream position
   it covers, when and by whom it was written) and the zlib-compressed sync
   Snapshot frames of every live peer. Download totals are not in it: they
@@ -18,7 +20,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from wsgi_tracker.core.types import PeerChange
+from wsgi_tracker.core.types import PeerChange, WsChange
 from wsgi_tracker.sync import frames as f
 
 SNAPSHOT_MAGIC = b"WTCS"
@@ -73,6 +75,10 @@ class Keys:
     def sequence(self, node: str) -> bytes:
         return self._key(f"seq:{node}")
 
+    def inbox(self, node: str) -> bytes:
+        """A node's own stream: WebSocket relays for the sockets its workers hold."""
+        return self._key(f"to:{node}")
+
 
 def parse_id(raw: bytes | str) -> StreamId:
     """``b"1700000000000-3"`` -> (1700000000000, 3): stream ids compare as numbers."""
@@ -99,10 +105,19 @@ class Entry:
 
 
 def encode_batch(
-    deltas: list[PeerChange], state: list[PeerChange], counts: list[tuple[bytes, int]]
+    deltas: list[PeerChange],
+    state: list[PeerChange],
+    counts: list[tuple[bytes, int]],
+    ws: list[WsChange] | None = None,
 ) -> bytes:
-    """The ``f`` field of an entry: announces, re-sent state, download increments."""
-    return f.encode(f.Deltas(deltas)) + f.encode(f.Snapshot(state)) + f.encode(f.Counts(counts))
+    """The ``f`` field of an entry: announces, re-sent state, download increments,
+    WebSocket peers (holders are the author's pids)."""
+    return (
+        f.encode(f.Deltas(deltas))
+        + f.encode(f.Snapshot(state))
+        + f.encode(f.Counts(counts))
+        + f.encode(f.WsPeers(ws or []))
+    )
 
 
 def decode_entry(raw_id: bytes, fields: dict[bytes, bytes]) -> Entry:
@@ -118,15 +133,21 @@ def decode_entry(raw_id: bytes, fields: dict[bytes, bytes]) -> Entry:
     return Entry(parse_id(raw_id), node, sent_at, body)
 
 
-def split_frames(body: bytes) -> list[tuple[f.RawFrame, f.Frame]]:
+CHANGE_KINDS = frozenset({f.KIND_DELTAS, f.KIND_SNAPSHOT, f.KIND_COUNTS, f.KIND_WS_PEERS})
+RELAY_KINDS = frozenset({f.KIND_WS_RELAY})  # an inbox entry's
+
+
+def split_frames(
+    body: bytes, kinds: frozenset[int] = CHANGE_KINDS
+) -> list[tuple[f.RawFrame, f.Frame]]:
     """The sync frames of an entry, as received and decoded; FrameError (a ValueError)
-    if any is bad, before anything of the entry is applied."""
+    if any is bad or of a kind other than ``kinds``, before anything of it is applied."""
     decoder = f.FrameDecoder()
     raws = decoder.feed_raw(body)
     decoder.close()
     for raw in raws:
-        if raw.kind not in (f.KIND_DELTAS, f.KIND_SNAPSHOT, f.KIND_COUNTS):
-            raise f.FrameError(f"frame kind {raw.kind} does not belong in a cluster entry")
+        if raw.kind not in kinds:
+            raise f.FrameError(f"frame kind {raw.kind} does not belong in this cluster entry")
     return [(raw, raw.decode()) for raw in raws]
 
 

@@ -16,6 +16,11 @@ the sidecar has patched). Three greenlets:
 * housekeeping shares this node's statistics and reads the others' every
   second, and writes the cluster snapshot when it holds the lease for it.
 
+WebSocket (WebTorrent) peers travel in the same entries, their holders
+rewritten on arrival to this node's aliases (``routing.py``); an offer or
+answer for a socket another node holds goes to that node's own stream, its
+inbox, which its reader reads in the same ``XREAD`` as the changes.
+
 While Redis is away the node serves from its replica and buffers its changes
 (bounded); on rejoin it re-sends its whole replica if the buffer overflowed
 or Redis lost its data (a new epoch), and claims the totals it knew, so a
@@ -26,6 +31,7 @@ guarantees.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import secrets
@@ -41,6 +47,7 @@ from gevent.event import Event
 
 from wsgi_tracker.cluster.entries import (
     ORIGIN,
+    RELAY_KINDS,
     ClusterSnapshot,
     EntryError,
     Keys,
@@ -53,7 +60,8 @@ from wsgi_tracker.cluster.entries import (
     parse_id,
     split_frames,
 )
-from wsgi_tracker.core.types import PeerChange
+from wsgi_tracker.cluster.routing import ALIAS_BASE, HolderAliases
+from wsgi_tracker.core.types import EVENT_STOPPED, PeerChange, WsChange
 from wsgi_tracker.sync import frames as f
 from wsgi_tracker.sync.hub import SyncHub
 
@@ -69,6 +77,9 @@ BACKOFF_MAX = 2.0
 STATS_EVERY = 1.0
 NODE_GONE_AFTER = 10.0  # a node whose statistics are this old is no longer listed
 SEQUENCE_TTL = 86_400  # a node's last batch number outlives any retry
+MAX_RELAYS = 10_000  # offers and answers waiting to go to other nodes' inboxes
+INBOX_MAXLEN = 10_000  # relays kept in a node's inbox (it reads them within a second)
+INBOX_TTL = 3_600  # a stopped node's inbox goes after an hour
 
 # Adds one batch: skipped if this node's batch number is not new (a retry of a batch
 # whose reply was lost), else the completed downloads go into the totals and the
@@ -153,6 +164,12 @@ class ClusterNode:
         self._deltas: collections.deque[PeerChange] = collections.deque()
         self._state: collections.deque[PeerChange] = collections.deque()
         self._counts: dict[bytes, int] = {}
+        self._ws: collections.deque[WsChange] = collections.deque()
+        # Offers and answers for other nodes' sockets: (node id, WsRelay frame bytes).
+        self._relays: collections.deque[tuple[str, bytes]] = collections.deque()
+        self.aliases = HolderAliases()
+        self.inbox = self.keys.inbox(self.node_id)
+        self._inbox_position: StreamId = ORIGIN
         self._max_buffered = max_buffered
         self._overflowed = False
         self._seq = 0
@@ -169,6 +186,7 @@ class ClusterNode:
         """Join in the background; wait (bounded) for the first join, so the hub's
         workers get the cluster's state in their first snapshot."""
         self.hub.uplink = self.local
+        self.hub.relay_elsewhere = self.relay
         self._greenlets = [
             gevent.spawn(self._reader),
             gevent.spawn(self._publisher),
@@ -179,10 +197,11 @@ class ClusterNode:
     def stop(self) -> None:
         """Send what is buffered (if Redis answers), then leave the listing."""
         self.hub.uplink = None
+        self.hub.relay_elsewhere = None
         gevent.killall(self._greenlets, timeout=2)
         if self.up:
             try:
-                while self._inflight or self._deltas or self._state or self._counts:
+                while self._unsent():
                     self._send_batch()
                 self.redis.hdel(self.keys.stats, self.node_id)
             except redis.RedisError as exc:
@@ -201,13 +220,31 @@ class ClusterNode:
             elif isinstance(frame, f.Counts):
                 for ih, n in frame.counts:
                     self._counts[ih] = self._counts.get(ih, 0) + n
-        if len(self._deltas) + len(self._state) > self._max_buffered:
+            elif isinstance(frame, f.WsPeers):
+                self._ws.extend(frame.changes)
+        if len(self._deltas) + len(self._state) + len(self._ws) > self._max_buffered:
             # The oldest go; the whole replica is re-sent when Redis is back.
             self._overflowed = True
-            for queue in (self._deltas, self._state):
-                while len(queue) > self._max_buffered // 2:
+            for queue in (self._deltas, self._state, self._ws):
+                while len(queue) > self._max_buffered // 3:
                     queue.popleft()
         self._wake.set()
+
+    def relay(self, relay: f.WsRelay, wire: bytes) -> bool:
+        """The hub's ``relay_elsewhere``: an offer or answer for a socket another node
+        holds, to that node's inbox, as the pid that node knows. Never blocks; False
+        (undeliverable) for a holder no node is known to have, or while Redis is away
+        (a relay is a moment's message: the browser offers again at its next announce)."""
+        target = self.aliases.target(relay.holder)
+        if target is None or not self.up or len(self._relays) >= MAX_RELAYS:
+            return False
+        node, pid = target
+        self._relays.append((node, f.encode(dataclasses.replace(relay, holder=pid))))
+        self._wake.set()
+        return True
+
+    def _unsent(self) -> bool:
+        return bool(self._inflight or self._deltas or self._state or self._counts or self._ws)
 
     def _pending(self, ih: bytes) -> int:
         """Downloads counted here and not known to be in Redis's totals."""
@@ -223,6 +260,7 @@ class ClusterNode:
         step = f.RECORDS_PER_FRAME
         deltas = [self._deltas.popleft() for _ in range(min(step, len(self._deltas)))]
         state = [self._state.popleft() for _ in range(min(step, len(self._state)))]
+        ws = [self._ws.popleft() for _ in range(min(step, len(self._ws)))]
         counts = []
         for ih in list(self._counts)[:step]:
             counts.append((ih, self._counts.pop(ih)))
@@ -231,7 +269,7 @@ class ClusterNode:
             self.node_id,
             self._seq,
             repr(time.time()),
-            encode_batch(deltas, state, counts),
+            encode_batch(deltas, state, counts, ws),
             self.maxlen,
             SEQUENCE_TTL,
         ]
@@ -247,6 +285,23 @@ class ClusterNode:
         self._publish(keys=keys, args=self._inflight)
         self._inflight = None
 
+    def _send_relays(self) -> None:
+        """Every waiting relay, one inbox entry per node; sent after the changes before
+        them, so a node reading a relay has read the offerer's announce too (Redis
+        serves an XREAD of both streams after both XADDs). Lost if Redis fails here."""
+        by_node: dict[str, list[bytes]] = {}
+        while self._relays:
+            node, frame = self._relays.popleft()
+            by_node.setdefault(node, []).append(frame)
+        now = repr(time.time())
+        pipe = self.redis.pipeline(transaction=False)
+        for node, frames in by_node.items():
+            key = self.keys.inbox(node)
+            fields = {"n": self.node_id, "t": now, "f": b"".join(frames)}
+            pipe.xadd(key, fields, maxlen=INBOX_MAXLEN, approximate=True)
+            pipe.expire(key, INBOX_TTL)
+        pipe.execute()
+
     def _publisher(self) -> None:
         last = 0.0
         failures = 0
@@ -256,12 +311,14 @@ class ClusterNode:
             if not self.up:
                 continue  # the reader wakes us once it has rejoined
             wait = last + FLUSH_DELAY - time.monotonic()
-            if wait > 0 and len(self._deltas) < FLUSH_RECORDS:
+            if wait > 0 and len(self._deltas) < FLUSH_RECORDS and not self._relays:
                 gevent.sleep(wait)
             last = time.monotonic()
             try:
-                while self.up and (self._inflight or self._deltas or self._state or self._counts):
+                while self.up and self._unsent():
                     self._send_batch()
+                if self.up and self._relays:
+                    self._send_relays()
                 failures = 0
             except redis.RedisError as exc:
                 # The reader notices a lost Redis and logs it; this is for the rest
@@ -385,7 +442,10 @@ class ClusterNode:
                     self._send_batch()
         self._state.extendleft(reversed(chunk))
         sent += len(chunk)
-        while self._state:
+        with self.hub.core.lock:
+            # WebSocket peers whose sockets this machine holds (not the other nodes').
+            self._ws.extendleft(c for c in self.hub.core.ws.peers() if c.holder < ALIAS_BASE)
+        while self._state or self._ws:
             self._send_batch()
         log.info("cluster: re-sent %d peers", sent)
 
@@ -422,14 +482,19 @@ class ClusterNode:
 
     def _read_loop(self) -> None:
         r = self.redis
-        stream = self.keys.stream
+        stream, inbox = self.keys.stream, self.inbox
         while True:
+            # Changes first: Redis answers with the streams in the order asked, so a
+            # relay's offerer (announced before its offer was relayed) is known here.
             reply = r.xread(
-                {stream: format_id(self.position)}, count=READ_COUNT, block=READ_BLOCK_MS
+                {stream: format_id(self.position), inbox: format_id(self._inbox_position)},
+                count=READ_COUNT,
+                block=READ_BLOCK_MS,
             )
-            for _, entries in reply or ():
+            for key, entries in reply or ():
+                take = self._take if key == stream else self._take_relays
                 for raw_id, fields in entries:
-                    self._take(raw_id, fields)
+                    take(raw_id, fields)
                 if len(entries) == READ_COUNT:
                     gevent.idle()  # let UDP and the workers' frames in between
 
@@ -450,9 +515,44 @@ class ClusterNode:
             return
         if entry.id <= self._counted_to:
             received = [(raw, fr) for raw, fr in received if not isinstance(fr, f.Counts)]
+        try:
+            received = [
+                self._raw(self.aliases.localize(entry.node, fr, time.monotonic()))
+                if isinstance(fr, f.WsPeers)
+                else (raw, fr)
+                for raw, fr in received
+            ]
+        except f.FrameError as exc:
+            log.warning("cluster: skipping entry %s of node %s: %s", raw_id, entry.node, exc)
+            return
         self.hub.receive(received)
         now = time.time()
         self._lag[entry.node] = (max(0.0, now - entry.sent_at), now)
+
+    def _take_relays(self, raw_id: bytes, fields: dict[bytes, bytes]) -> None:
+        """Offers and answers another node sent to this node's sockets: to the hub's routing."""
+        try:
+            self._inbox_position = parse_id(raw_id)
+            received = split_frames(decode_entry(raw_id, fields).frames, RELAY_KINDS)
+        except (EntryError, f.FrameError) as exc:
+            log.warning("cluster: skipping an inbox entry: %s", exc)
+            return
+        for raw, frame in received:
+            assert isinstance(frame, f.WsRelay)
+            self.hub.route(frame, raw.wire)
+
+    def _forget(self, node: str) -> None:
+        """A node that left the listing: its WebSocket peers stop here (their sockets
+        are gone with it, or it comes back under a new id with their re-announces)."""
+        aliases = set(self.aliases.forget(node))
+        core = self.hub.core
+        with core.lock:
+            stops = [
+                c._replace(event=EVENT_STOPPED) for c in core.ws.peers() if c.holder in aliases
+            ]
+        if stops:
+            log.info("cluster: node %s left; its %d WebSocket peers stop", node, len(stops))
+            self.hub.receive([self._raw(f.WsPeers(stops))])
 
     # --- statistics and the snapshot -------------------------------------------------
 
@@ -533,6 +633,8 @@ class ClusterNode:
                     entries.append(f.StatsEntry(0, f.ROLE_HUB, json.dumps(report).encode()))
         if gone:
             self.redis.hdel(self.keys.stats, *gone)
+        for node in self.aliases.departed(set(nodes), time.monotonic(), NODE_GONE_AFTER):
+            self._forget(node)
         self.nodes = nodes
         self._lag = {node: lag for node, lag in self._lag.items() if node in nodes}
         self.hub.set_remote_stats(entries)
@@ -544,6 +646,6 @@ class ClusterNode:
             "redis": self.url,
             "connected": self.up,
             "position": format_id(self.position).decode(),
-            "buffered": len(self._deltas) + len(self._state),
+            "buffered": len(self._deltas) + len(self._state) + len(self._ws),
             "nodes": [{"node": n, **info} for n, info in sorted(self.nodes.items())],
         }

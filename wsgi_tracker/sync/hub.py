@@ -53,7 +53,7 @@ log = logging.getLogger("wsgi_tracker.sync.hub")
 MAX_QUEUE_BYTES = 32 << 20  # ~500k peer records: seconds of full load
 
 # Where the changes made on this machine also go (the cluster node, wsgi_tracker/cluster/):
-# called with the decoded Deltas, Snapshot (news) and Counts frames, never blocking.
+# called with the decoded Deltas, Snapshot (news), Counts and WsPeers frames, never blocking.
 Uplink = Callable[[Sequence[f.Frame]], None]
 
 
@@ -259,6 +259,8 @@ class SyncHub:
                 self.core.ws.apply(change, change.timestamp)
         if stops:
             self._fan_out(f.encode(f.WsPeers(stops)))
+            if self.uplink is not None:
+                self.uplink([f.WsPeers(stops)])
 
     # --- greenlets -------------------------------------------------------------------
 
@@ -382,7 +384,7 @@ class SyncHub:
                 self._forward(client, received)
                 for raw, frame in received:
                     if isinstance(frame, f.WsRelay):
-                        self._route(frame, raw.wire)
+                        self.route(frame, raw.wire)
                     else:
                         self._handle(client, frame)
             except f.FrameError as exc:
@@ -421,10 +423,13 @@ class SyncHub:
         if wire:
             self._fan_out(b"".join(wire), exclude=client)
             if self.uplink is not None:
-                self.uplink([fr for _, fr in received if isinstance(fr, f.Deltas | f.Counts)])
+                self.uplink(
+                    [fr for _, fr in received if isinstance(fr, f.Deltas | f.Counts | f.WsPeers)]
+                )
 
-    def _route(self, relay: f.WsRelay, wire: bytes) -> None:
-        """An offer or answer goes to the one process holding its target's socket."""
+    def route(self, relay: f.WsRelay, wire: bytes) -> None:
+        """An offer or answer goes to the one process holding its target's socket
+        (from a client, or from another node, whose relay names a pid of this machine)."""
         for client in self.clients:
             if client.pid == relay.holder and client.role == f.ROLE_WORKER:
                 client.send(wire)
@@ -436,13 +441,17 @@ class SyncHub:
 
     def receive(self, received: list[tuple[f.RawFrame, f.Frame]]) -> None:
         """Frames from another node: applied here and passed on to every client (never
-        back up the uplink). Deltas and counts go on byte for byte, state as news only."""
-        wire = [raw.wire for raw, frame in received if isinstance(frame, f.Deltas | f.Counts)]
+        back up the uplink). Deltas, counts and WebSocket peers (their holders already
+        this node's aliases, cluster/routing.py) go on byte for byte, state as news only."""
+        kinds = f.Deltas | f.Counts | f.WsPeers
+        wire = [raw.wire for raw, frame in received if isinstance(frame, kinds)]
         if wire:
             self._fan_out(b"".join(wire))
         for _, frame in received:
             if isinstance(frame, f.Snapshot):
                 self.merge_state(frame.peers)
+            elif isinstance(frame, f.WsPeers):
+                self._apply_ws(frame)
             else:
                 self._apply(frame)
 
@@ -475,6 +484,13 @@ class SyncHub:
                 for ih, n in frame.counts:
                     store.add_downloaded(ih, n)
 
+    def _apply_ws(self, frame: f.WsPeers) -> None:
+        now = time.time()
+        with self.core.lock:
+            for ws_change in frame.changes:
+                with contextlib.suppress(WsSwarmFull):
+                    self.core.ws.apply(ws_change, now)
+
     # Long on purpose: one dispatch over every frame kind a client may send, so each kind's handling
     # is found here.
     def _handle(self, client: _Client, frame: f.Frame) -> None:
@@ -505,11 +521,7 @@ class SyncHub:
             # claims its totals (rather than adding them) when it joins.
             self._fan_out(f.encode(f.Counts(raised)))
         elif isinstance(frame, f.WsPeers):
-            now = time.time()
-            with core.lock:
-                for ws_change in frame.changes:
-                    with contextlib.suppress(WsSwarmFull):
-                        core.ws.apply(ws_change, now)
+            self._apply_ws(frame)
         elif isinstance(frame, f.Reports):
             # The one ledger: every process's accepted announces meet here (docs/ACCESS.md).
             accounting = core.accounting

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wsgi_tracker.cluster.entries import (
+    RELAY_KINDS,
     ClusterSnapshot,
     EntryError,
     Keys,
@@ -23,7 +24,7 @@ from wsgi_tracker.cluster.entries import (
     parse_id,
     split_frames,
 )
-from wsgi_tracker.core.types import PeerChange
+from wsgi_tracker.core.types import PeerChange, WsChange
 from wsgi_tracker.sync import frames as f
 
 changes = st.builds(
@@ -36,18 +37,30 @@ changes = st.builds(
     st.floats(0, f.MAX_TIMESTAMP - 1, allow_nan=False),
     key=st.integers(0, 2**32 - 1),
 )
+ws_changes = st.builds(
+    WsChange,
+    st.binary(min_size=20, max_size=20),
+    st.binary(min_size=20, max_size=20),
+    st.integers(0, 2**32 - 1),
+    st.booleans(),
+    st.integers(0, 3),
+    st.floats(0, f.MAX_TIMESTAMP - 1, allow_nan=False),
+)
 counts = st.lists(st.tuples(st.binary(min_size=20, max_size=20), st.integers(1, 2**32 - 1)))
 stream_ids = st.tuples(st.integers(0, 2**63), st.integers(0, 2**63))
 
 
-@given(st.lists(changes), st.lists(changes), counts)
-def test_an_entry_carries_deltas_state_and_counts_through_the_sync_codec(
-    deltas: list[PeerChange], state: list[PeerChange], increments: list[tuple[bytes, int]]
+@given(st.lists(changes), st.lists(changes), counts, st.lists(ws_changes))
+def test_an_entry_carries_deltas_state_counts_and_ws_peers_through_the_sync_codec(
+    deltas: list[PeerChange],
+    state: list[PeerChange],
+    increments: list[tuple[bytes, int]],
+    ws: list[WsChange],
 ) -> None:
     fields = {
         b"n": b"node-a#1",
         b"t": b"1700000000.25",
-        b"f": encode_batch(deltas, state, increments),
+        b"f": encode_batch(deltas, state, increments, ws),
     }
     entry = decode_entry(b"1700000000123-7", fields)
     assert (entry.id, entry.node, entry.sent_at) == ((1700000000123, 7), "node-a#1", 1700000000.25)
@@ -55,6 +68,7 @@ def test_an_entry_carries_deltas_state_and_counts_through_the_sync_codec(
     assert [p for fr in got if isinstance(fr, f.Deltas) for p in fr.peers] == deltas
     assert [p for fr in got if isinstance(fr, f.Snapshot) for p in fr.peers] == state
     assert [c for fr in got if isinstance(fr, f.Counts) for c in fr.counts] == increments
+    assert [c for fr in got if isinstance(fr, f.WsPeers) for c in fr.changes] == ws
 
 
 def test_an_entry_without_its_node_or_with_a_foreign_frame_is_refused() -> None:
@@ -66,6 +80,12 @@ def test_an_entry_without_its_node_or_with_a_foreign_frame_is_refused() -> None:
         split_frames(f.encode(f.Hello(f.ROLE_HUB, 1)))
     with pytest.raises(f.FrameError, match="stream ended inside a frame"):
         split_frames(encode_batch([], [], [(b"x" * 20, 1)])[:-1])
+    relay = f.encode(f.WsRelay(7, b"i" * 20, b"p" * 20, '{"action":"announce"}'))
+    with pytest.raises(f.FrameError, match="does not belong"):
+        split_frames(relay)  # a relay is for one node's inbox, not the changes stream
+    with pytest.raises(f.FrameError, match="does not belong"):
+        split_frames(encode_batch([], [], [(b"x" * 20, 1)]), RELAY_KINDS)
+    assert [fr for _, fr in split_frames(relay, RELAY_KINDS)] == [f.decode_all(relay)[0]]
 
 
 @given(st.binary(max_size=200))
@@ -74,7 +94,7 @@ def test_entry_frames_of_any_bytes_parse_or_raise_one_error(body: bytes) -> None
         got = split_frames(body)
     except f.FrameError:
         return
-    assert all(isinstance(frame, f.Deltas | f.Snapshot | f.Counts) for _, frame in got)
+    assert all(isinstance(frame, f.Deltas | f.Snapshot | f.Counts | f.WsPeers) for _, frame in got)
     assert b"".join(raw.wire for raw, _ in got) == body
 
 
