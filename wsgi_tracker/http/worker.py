@@ -30,6 +30,7 @@ from datetime import datetime
 from email.utils import formatdate
 from typing import Any
 
+import gevent
 from gunicorn.http.wsgi import base_environ
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -258,7 +259,25 @@ class TrackerWorker(GeventWorker):
             warn_without_hub_hooks(
                 self.cfg.workers, tracker is not None and tracker.config.sync_explicit
             )
+        gevent.spawn(self._websockets_go_away)
         super().run()
+
+    def _websockets_go_away(self) -> None:
+        """Once the worker is stopping, close its WebSocket connections with 1001.
+
+        Every graceful stop ends ``alive``: SIGTERM (``serve``'s stop reaches the
+        workers so), the old workers of a SIGHUP reload, max_requests, a dead
+        master. Polled (0.1 s) because those paths set the flag in different
+        places, signal handlers among them. Held connections never end on their
+        own, so gunicorn would wait ``graceful_timeout`` and then kill them
+        without a close frame.
+        """
+        while self.alive:
+            gevent.sleep(0.1)
+        # Imported here, in the patched worker: the master imports this module first.
+        from wsgi_tracker.websocket.server import going_away
+
+        going_away("server going away: this worker is stopping; reconnect")
 
     def notify(self) -> None:
         """Stop gracefully when the master dies, as on SIGTERM.

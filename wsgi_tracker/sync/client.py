@@ -17,6 +17,7 @@ workers.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -48,6 +49,7 @@ log = logging.getLogger("wsgi_tracker.sync")
 
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 2.0
+MAX_WS_WAITING = 10_000  # WebSocket peer changes kept while the hub is away (~60 B each)
 
 
 class SyncClient:
@@ -93,6 +95,7 @@ class SyncClient:
         self._threads: list[threading.Thread] = []
         # Where WebSocket relays for this process's sockets go: (info_hash, peer_id, text).
         self.on_relay: Callable[[bytes, bytes, str], object] | None = None
+        self._ws_waiting: collections.deque[WsChange] = collections.deque(maxlen=MAX_WS_WAITING)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -140,11 +143,16 @@ class SyncClient:
             thread.join(timeout=2)
 
     def publish_ws(self, change: WsChange) -> None:
-        """A WebSocket peer's change, to every other process (the WebSocket tracker's seam)."""
-        # Sent at once, not batched: a relay sent next must find this peer known.
-        # Lost while the hub is away; the resync after reconnecting re-sends them.
-        if self.connected:
-            self._send(f.encode(f.WsPeers([change])))
+        """A WebSocket peer's change, to every other process (the WebSocket tracker's seam).
+
+        Sent at once, not batched: a relay sent next must find this peer known.
+        While the hub is away changes wait (the latest ``MAX_WS_WAITING``) and go
+        first in the resync, so a peer that left meanwhile leaves the other
+        workers' replicas too, not only at its TTL (the peers still held are
+        re-sent after them anyway).
+        """
+        if not (self.connected and self._send(f.encode(f.WsPeers([change])))):
+            self._ws_waiting.append(change)
 
     def relay_ws(self, holder: int, info_hash: bytes, peer_id: bytes, text: str) -> bool:
         """An offer or answer for a socket process ``holder`` holds; whether it left."""
@@ -369,7 +377,12 @@ class SyncClient:
                 return False
         with core.lock:
             held = core.ws.held_by(os.getpid())
-        return self._send(f.encode(f.WsPeers(held)) + f.encode(f.SnapshotDone()))
+        waiting = list(self._ws_waiting)
+        if not self._send(f.encode(f.WsPeers(waiting + held)) + f.encode(f.SnapshotDone())):
+            return False
+        for _ in waiting:  # not clear(): one that failed to go meanwhile waits for the next
+            self._ws_waiting.popleft()
+        return True
 
 
 def start_client(

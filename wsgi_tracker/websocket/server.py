@@ -9,6 +9,10 @@ Sends never block the greenlet that relays: a message to a peer goes out
 with a non-blocking send, and only what the kernel did not take waits in
 that connection's outbox for its own writer greenlet (spawned on demand). A
 peer that lets more than ``MAX_OUTBOX_BYTES`` pile up is closed.
+
+When the worker stops (``going_away``), every connection it holds is told
+1001 "going away" with a reason, so browsers reconnect (to another worker, or
+to this one's successor) instead of seeing an abnormal close.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import time
 from collections import deque
 
 import gevent
@@ -24,6 +29,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from wsgi_tracker.websocket.codec import (
+    CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
     CLOSE_UNSUPPORTED,
     MessageBuffer,
@@ -36,6 +42,7 @@ log = logging.getLogger("wsgi_tracker.websocket")
 
 RECV_BYTES = 65536
 MAX_OUTBOX_BYTES = 1 << 20
+CLOSE_WAIT = 2.0  # seconds a client has to answer our close before its socket is shut
 
 
 class _Outbox:
@@ -117,6 +124,7 @@ class WsConnection:
         self.outbox.send(switching_protocols(token))
         tracker = self.tracker
         tracker.opened(self.session)
+        _held.add(self)
         try:
             data = buffered
             while self.ws.state is not ConnectionState.CLOSED and not self.outbox.broken:
@@ -135,6 +143,7 @@ class WsConnection:
                 if not self._events():
                     break
         finally:
+            _held.discard(self)
             tracker.closed(self.session)
             self.outbox.flush(1.0)
 
@@ -161,6 +170,30 @@ class WsConnection:
             self.close(exc.close_code, exc.reason)
             return False
         return True
+
+
+# Every connection this process serves, for ``going_away`` (one worker, one event loop).
+_held: set[WsConnection] = set()
+
+
+def going_away(reason: str, wait: float = CLOSE_WAIT) -> int:
+    """Close every held connection with 1001 and ``reason``; returns how many there were.
+
+    Each client gets ``wait`` seconds (together) to answer with its own close,
+    which ends its connection cleanly (its peers stop everywhere as on any
+    close); the sockets of those that have not are then shut. Without this a
+    graceful stop waited ``graceful_timeout`` for connections that never end
+    on their own, then dropped them with no close frame (1006 in a browser).
+    """
+    held = list(_held)
+    for conn in held:
+        conn.close(CLOSE_GOING_AWAY, reason)
+    deadline = time.monotonic() + wait
+    while _held and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    for conn in list(_held):
+        conn.outbox.break_off()
+    return len(held)
 
 
 def serve_upgraded(
