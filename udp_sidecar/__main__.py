@@ -150,6 +150,7 @@ def run(
             if node is not None:
                 node.stop()
             return _fail(str(exc))
+        server.settle = hub.settle  # a batch's replies go once its changes reached every worker
         # The sidecar's UDP counters join every worker's in the whole-tracker /stats; its
         # report also carries the cluster's node list.
         stats = TrackerStats(

@@ -180,6 +180,13 @@ class UdpServer:
         self.ids = ConnectionIds(key or os.urandom(32), core.config.connection_id_ttl)
         self.sockets: list[socket.socket] = []
         self._loops: list[gevent.Greenlet] = []
+        # Called after a batch is answered and before its replies go out (the sync hub's
+        # ``settle``, or a sync client's): a reply leaves only once the batch's changes
+        # reached every other process, so the client's next request anywhere sees them.
+        self.settle: Callable[[], object] | None = None
+        # Called before a batch is answered: a process that is a sync client applies what
+        # the hub already sent (``SyncClient.drain``); the hub's own process needs none.
+        self.drain: Callable[[], object] | None = None
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -258,6 +265,9 @@ class UdpServer:
                     hub.wait(readable)
                     continue
                 replies = []
+                drain = self.drain
+                if drain is not None:
+                    drain()
                 with lock:
                     for data, addr in batch:
                         try:
@@ -267,6 +277,9 @@ class UdpServer:
                             continue
                         if reply is not None:
                             replies.append((reply, addr))
+                settle = self.settle
+                if settle is not None and replies:
+                    settle()
                 for reply, addr in replies:
                     # try/except, not contextlib.suppress: no object per packet here.
                     try:  # noqa: SIM105

@@ -208,6 +208,8 @@ def valid_stream() -> bytes:
             frames.encode(frames.Deltas([peer])),
             frames.encode(frames.Counts([(IH, 1)])),
             frames.encode(frames.Heartbeat()),
+            frames.encode(frames.Mark(7)),
+            frames.encode(frames.Ack(7)),
         ]
     )
 
@@ -223,7 +225,7 @@ def stream_strategy() -> st.SearchStrategy[bytes]:
     return st.one_of(
         st.binary(max_size=300),
         st.tuples(st.integers(0, 10_000), st.binary(min_size=1, max_size=12)).map(damage),
-        st.tuples(st.integers(0, 8), st.binary(max_size=200)).map(
+        st.tuples(st.integers(0, 14), st.binary(max_size=200)).map(
             lambda t: struct.pack(">IB", len(t[1]), t[0]) + t[1]
         ),
     )

@@ -12,6 +12,7 @@ from wsgi_tracker.core.addresses import pack_ip
 from wsgi_tracker.core.errors import TrackerError
 from wsgi_tracker.core.locks import ProcessLock
 from wsgi_tracker.core.tracker import TrackerCore
+from wsgi_tracker.core.types import EVENT_COMPLETED
 from wsgi_tracker.http.codec import (
     encode_announce,
     encode_failure,
@@ -35,6 +36,10 @@ SYNC_SNAPSHOT_WAIT = 5.0
 # How long a request waits for a snapshot still arriving after that: it answers from
 # a full replica, not a half-filled one (a million torrents take seconds to join).
 SYNC_JOIN_WAIT = 30.0
+# How long a completion's reply waits for the hub's ack (any other announce waits
+# sync.client.ACK_WAIT): the count is the one thing a crash cannot rebuild, so its
+# reply goes once the hub holds it (and journaled it), as long as the hub is there.
+COMPLETION_ACK_WAIT = 1.0
 
 
 def not_found(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -158,7 +163,7 @@ class TrackerMiddleware:
                 self.stats.share(
                     client.publish_stats,
                     lambda: [entry.payload for entry in client.cluster_stats],
-                    lambda: {"connected": client.connected, "lag_seconds": client.delta_lag},
+                    client.status,
                 )
             if not client.wait_ready(wait):
                 return
@@ -242,20 +247,33 @@ class TrackerMiddleware:
         return query.encode("latin-1", "replace")
 
     def announce(self, environ: WSGIEnvironment, passkey: str | None) -> bytes:
+        """With sync, read-your-writes (docs/SYNC.md): what the hub already sent is applied
+        first, and the reply waits (bounded) until the hub has acked this change, so the
+        client's next request, to any process, sees it."""
         try:
             parsed = parse_announce(self._query(environ), passkey)
         except TrackerError as exc:
             self.core.counters.error("http", "malformed")
             return encode_failure(str(exc))
+        sync = self.sync
+        if sync is not None:
+            sync.drain()
         try:
             client = self.client_ip(environ)
             with self.core.lock:
                 result = self.core.announce(
                     parsed.announce, client, with_ids=not parsed.compact and not parsed.no_peer_id
                 )
+                token = 0 if sync is None else sync.write_token()
         except TrackerError as exc:
             return encode_failure(str(exc))
-        return encode_announce(result, parsed.compact, parsed.no_peer_id)
+        body = encode_announce(result, parsed.compact, parsed.no_peer_id)
+        if sync is not None:
+            if parsed.announce.event == EVENT_COMPLETED:
+                sync.wait_for(token, COMPLETION_ACK_WAIT)
+            else:
+                sync.wait_for(token)
+        return body
 
     def scrape(self, environ: WSGIEnvironment, passkey: str | None) -> bytes:
         """``/scrape/<passkey>`` is the scrape URL clients derive from ``/announce/<passkey>``."""
@@ -264,6 +282,8 @@ class TrackerMiddleware:
         except TrackerError as exc:
             self.core.counters.error("http", "malformed")
             return encode_failure(str(exc))
+        if self.sync is not None:
+            self.sync.drain()
         try:
             with self.core.lock:
                 if hashes:

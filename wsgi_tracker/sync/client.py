@@ -5,9 +5,20 @@ under gunicorn's gevent worker (which patches both before the app loads) and
 as real threads under a threaded WSGI server. Two loops:
 
 * the connection loop connects (with exponential backoff), reads the hub's
-  snapshot, then applies every frame the hub sends, under ``core.lock``;
+  snapshot, then applies every frame the hub sends, under ``core.lock``, in
+  slices of ``SLICE`` changes with a yield between, so a flood of remote
+  changes never holds up a request for long;
 * the flusher sends what ``ChangeBuffer`` collected every few milliseconds,
-  and a heartbeat when there was nothing to send.
+  each batch marked with a sequence number (Mark), and a heartbeat when there
+  was nothing to send.
+
+Read-your-writes (docs/SYNC.md): a request first applies what the hub has
+already sent (``drain``: a non-blocking read, so no two greenlets wait on the
+socket; every byte is consumed under ``_read_lock`` into one decoder, so order
+holds), and an announce's reply waits, bounded, for the hub's Ack of the batch
+holding its change (``write_token`` / ``wait_for``). The hub acks once the batch
+is in its replica and in every other process's socket, so whichever process
+the client asks next drains it before answering.
 
 While the hub is away the process serves from its own replica and buffers its
 changes (bounded). After each (re)connect it re-sends its whole replica and
@@ -19,15 +30,19 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import logging
 import os
 import socket
+import struct
+import termios
 import threading
 import time
 from collections.abc import Callable
 
+from wsgi_tracker.core.locks import new_lock
 from wsgi_tracker.core.tracker import TrackerCore
-from wsgi_tracker.core.types import WsChange
+from wsgi_tracker.core.types import PeerChange, WsChange
 from wsgi_tracker.core.ws_swarm import WsSwarmFull
 from wsgi_tracker.sync import frames as f
 from wsgi_tracker.sync.replica import (
@@ -50,6 +65,39 @@ log = logging.getLogger("wsgi_tracker.sync")
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 2.0
 MAX_WS_WAITING = 10_000  # WebSocket peer changes kept while the hub is away (~60 B each)
+# How long an announce's reply waits for the hub's ack of its change: a round trip
+# is well under a millisecond on an idle machine; past this the reply goes out
+# anyway (counted as ack_timeouts in /stats).
+ACK_WAIT = 0.03
+# Remote changes applied in one go before the reader lets requests run (~0.5-3 ms).
+SLICE = 512
+# Remote changes a request applies itself before answering; past it the answer may
+# miss the newest remote changes (counted as stale_reads). A backlog this large means
+# the process is overloaded, and the reader catches up in slices.
+DRAIN_MAX = 8192
+# Decoded changes held ahead of being applied; the rest stay in the socket, so a hub
+# sending a large snapshot still meets the kernel's flow control.
+INBOX_MAX = 2 * f.RECORDS_PER_FRAME
+_FIONREAD = struct.Struct("i")
+
+
+def _pause() -> Callable[[], None]:
+    """How the reader lets requests run between slices: under gevent, ``idle`` (a
+    ``sleep(0)`` runs only callbacks, not the sockets' I/O); with threads, a plain yield."""
+    try:
+        import gevent
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return lambda: time.sleep(0)
+    return gevent.idle if monkey.is_module_patched("threading") else lambda: time.sleep(0)
+
+
+def _unread(fd: int) -> int:
+    """Bytes waiting on ``fd`` (0 once it is closed)."""
+    try:
+        return _FIONREAD.unpack(fcntl.ioctl(fd, termios.FIONREAD, bytes(4)))[0]
+    except (OSError, ValueError):
+        return 0
 
 
 class SyncClient:
@@ -92,6 +140,25 @@ class SyncClient:
         self._stats_payload: bytes | None = None
         self._stopped = False
         self._lost_at: float | None = None  # monotonic time the hub was lost, for the log
+        # Reading: every byte from the hub is consumed under _read_lock, by the reader or
+        # by a request draining (``drain``), into one decoder; decoded frames wait in the
+        # inbox and are applied in order (``_pos``: how far into the first one).
+        self._read_lock = new_lock()
+        self._decoder = f.FrameDecoder()
+        self._talk = Conversation(FROM_HUB, "the hub")
+        self._inbox: collections.deque[f.Frame] = collections.deque()
+        self._inbox_changes = 0
+        self._pos = 0
+        self._fault: Exception | None = None  # a bad frame a request found; the reader raises it
+        self._session_resync: tuple[list[bytes], list[tuple[bytes, int]]] = ([], [])
+        self._later: list[Callable[[], object]] = []  # callbacks run outside the lock
+        # Acks: the highest batch number the hub acknowledged; waiters wake on each.
+        self._acked = 0
+        self._ack_event = threading.Event()
+        self.ack_waits = 0
+        self.ack_timeouts = 0
+        self.stale_reads = 0
+        self._pause = _pause()
         self._threads: list[threading.Thread] = []
         # Where WebSocket relays for this process's sockets go: (info_hash, peer_id, text).
         self.on_relay: Callable[[bytes, bytes, str], object] | None = None
@@ -163,6 +230,86 @@ class SyncClient:
         self._stats_payload = payload
         self._wake.set()
 
+    # --- read-your-writes ------------------------------------------------------------
+
+    def write_token(self) -> int:
+        """The batch that carries the change this process just made (call with
+        ``core.lock`` held, right after the change); pass it to ``wait_for``."""
+        buffer = self._buffer
+        return buffer.taken + 1 if len(buffer) else buffer.taken
+
+    def wait_for(self, token: int, timeout: float = ACK_WAIT) -> bool:
+        """Wait, at most ``timeout``, until the hub has acked batch ``token``: then the
+        change is in every process's replica or socket. Returns at once, False, while
+        the hub is away (nothing can be acked; ``/stats`` says read_your_writes false)."""
+        if token <= self._acked:
+            return True
+        if not self.connected:
+            return False
+        self.ack_waits += 1
+        deadline = time.monotonic() + timeout
+        while True:
+            event = self._ack_event  # taken before the check: an ack after it sets this one
+            if self._acked >= token:
+                return True
+            left = deadline - time.monotonic()
+            if not self.connected or left <= 0:
+                self.ack_timeouts += 1
+                return False
+            event.wait(left)
+
+    def settle(self, timeout: float = ACK_WAIT) -> bool:
+        """Send this process's changes now and wait (bounded) for their ack: a UDP
+        process calls it before sending a batch's replies. Whether they were acked."""
+        with self.core.lock:
+            token = self.write_token()
+        if token <= self._acked:
+            return True
+        self._wake.set()
+        return self.wait_for(token, timeout)
+
+    def drain(self, budget: int = DRAIN_MAX) -> bool:
+        """Apply what the hub has already sent, without waiting for more: call before
+        answering a read. Costs one ioctl when there is nothing; applies at most
+        ``budget`` changes. Returns whether everything sent so far is applied."""
+        sock = self._sock
+        if sock is None or (not self._inbox and not _unread(sock.fileno())):
+            return True
+        try:
+            with self._read_lock:
+                done = self._catch_up(budget)
+        except (OSError, f.FrameError) as exc:
+            # The reader reports it and reconnects; the request is answered regardless.
+            self._fault = exc
+            self._close()
+            return False
+        finally:
+            self._run_later()
+        if not done:
+            self.stale_reads += 1
+        return done
+
+    def status(self) -> dict[str, object]:
+        """What /stats shows of sync for this process."""
+        return {
+            "connected": self.connected,
+            "lag_seconds": self.delta_lag,
+            # Replies wait for the hub's ack only while it is there.
+            "read_your_writes": self.connected,
+            "ack_waits": self.ack_waits,
+            "ack_timeouts": self.ack_timeouts,
+            "stale_reads": self.stale_reads,
+        }
+
+    def _acknowledged(self, seq: int) -> None:
+        if seq > self._acked:
+            self._acked = seq
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        event, self._ack_event = self._ack_event, threading.Event()
+        event.set()
+
     # --- connection ------------------------------------------------------------------
 
     def _connection_loop(self) -> None:
@@ -204,6 +351,7 @@ class SyncClient:
             finally:
                 self.connected = False
                 self._close()
+                self._wake_waiters()
 
     def _close(self) -> None:
         sock, self._sock = self._sock, None
@@ -225,42 +373,136 @@ class SyncClient:
                 if swarm.downloaded
             ]
             resync = ([ih for ih, _ in held], claims)
+        with self._read_lock:
+            self._decoder = f.FrameDecoder()
+            self._talk = Conversation(FROM_HUB, "the hub")
+            self._inbox.clear()
+            self._inbox_changes = 0
+            self._pos = 0
+            self._fault = None
+            self._session_resync = resync
+            # Torrents whose total the hub has spoken for in this session; None once
+            # the snapshot is complete.
+            self._joining = set()
         self._sock = sock
         sock.sendall(f.encode(f.Hello(self.role, os.getpid())))
-        decoder = f.FrameDecoder()
-        # Torrents whose total the hub has spoken for in this session; None once
-        # the snapshot is complete.
-        self._joining = set()
-        talk = Conversation(FROM_HUB, "the hub")
         since = time.monotonic()
         while not self._stopped:
             try:
-                data = sock.recv(RECV_BYTES)
+                # Wait until the hub has sent something, consuming nothing: every byte is
+                # read under _read_lock, here or by a request draining.
+                data = sock.recv(1, socket.MSG_PEEK)
             except TimeoutError:
-                if talk.phase is Phase.JOINING and time.monotonic() - since < JOIN_WAIT:
+                if self._talk.phase is Phase.JOINING and time.monotonic() - since < JOIN_WAIT:
                     continue  # a hub walking a large store may pause; it is not gone
                 raise
+            except OSError:
+                if self._fault is not None:
+                    raise self._fault from None
+                raise
             if not data:
-                decoder.close()
+                with self._read_lock:
+                    self._catch_up(None)
+                    self._decoder.close()
                 raise OSError("hub closed the connection")
-            for frame in decoder.feed(data):
-                talk.receive(frame)  # SyncStateError if it has no place now
-                if not isinstance(frame, f.Hello):
-                    self._apply(frame, resync)
+            while not self._stopped:
+                with self._read_lock:
+                    done = self._catch_up(SLICE, reads=1)
+                self._run_later()
+                if done:
+                    break
+                self._pause()
+
+    def _catch_up(self, budget: int | None, reads: int | None = None) -> bool:
+        """Read what the socket holds and apply it in order, at most ``budget`` changes
+        (None: all). With ``_read_lock`` held. Returns whether nothing is left to apply.
+
+        ``reads`` bounds the socket reads (the reader reads once per slice, so a
+        stream arriving as fast as it is applied still yields between slices).
+        """
+        left = budget
+        while True:
+            if reads is None or reads > 0:
+                self._take_bytes()
+                reads = None if reads is None else reads - 1
+            if not self._inbox:
+                return True
+            applied = self._apply_some(left)
+            if left is not None:
+                left -= applied
+                if left <= 0:
+                    return not self._inbox and not _unread(self._fileno())
+
+    def _fileno(self) -> int:
+        sock = self._sock
+        return -1 if sock is None else sock.fileno()
+
+    def _take_bytes(self) -> None:
+        """Move what the socket holds into the inbox, decoded, up to ``INBOX_MAX``
+        changes (the rest waits in the kernel). With ``_read_lock`` held."""
+        fd = self._fileno()
+        while self._inbox_changes < INBOX_MAX:
+            waiting = _unread(fd)
+            if not waiting:
+                return
+            try:
+                data = os.read(fd, min(waiting, RECV_BYTES))
+            except BlockingIOError:
+                return
+            if not data:
+                return  # the end: the reader's peek sees it
+            for frame in self._decoder.feed(data):
+                self._talk.receive(frame)  # SyncStateError if it has no place now
+                if isinstance(frame, f.Ack):
+                    self._acknowledged(frame.seq)  # about our own writes: no order to keep
+                elif not isinstance(frame, f.Hello):
+                    self._inbox.append(frame)
+                    if isinstance(frame, f.Deltas | f.Snapshot):
+                        self._inbox_changes += len(frame.peers)
+
+    def _apply_some(self, budget: int | None) -> int:
+        """Apply inbox frames in order, at most ``budget`` peer changes (None: all); a
+        long Deltas or Snapshot frame is split across calls. Returns changes applied."""
+        inbox = self._inbox
+        done = 0
+        while inbox and (budget is None or done < budget):
+            frame = inbox[0]
+            if isinstance(frame, f.Deltas | f.Snapshot):
+                peers = frame.peers
+                start = self._pos
+                stop = len(peers) if budget is None else min(len(peers), start + budget - done)
+                self._merge(peers, start, stop, isinstance(frame, f.Snapshot))
+                done += stop - start
+                self._inbox_changes -= stop - start
+                if stop < len(peers):
+                    self._pos = stop
+                    break
+                self._pos = 0
+                if isinstance(frame, f.Deltas) and peers:
+                    self.delta_lag = max(0.0, time.time() - peers[-1].timestamp)
+            else:
+                self._apply(frame, self._session_resync)
+                done += 1
+            inbox.popleft()
+        return done
+
+    def _merge(self, peers: list[PeerChange], start: int, stop: int, state: bool) -> None:
+        store = self.core.store
+        with self.core.lock:
+            for i in range(start, stop):
+                apply_remote(store, peers[i], state)
+
+    def _run_later(self) -> None:
+        """Callbacks that may block (a WebSocket relay's send), run outside ``_read_lock``."""
+        while self._later:
+            self._later.pop(0)()
 
     def _apply(self, frame: f.Frame, resync: tuple[list[bytes], list[tuple[bytes, int]]]) -> None:
         core = self.core
         store = core.store
         pending = self._buffer.pending_count
         joining = self._joining
-        if isinstance(frame, f.Deltas | f.Snapshot):
-            state = isinstance(frame, f.Snapshot)
-            with core.lock:
-                for change in frame.peers:
-                    apply_remote(store, change, state)
-            if not state and frame.peers:
-                self.delta_lag = max(0.0, time.time() - frame.peers[-1].timestamp)
-        elif isinstance(frame, f.Counts):
+        if isinstance(frame, f.Counts):
             with core.lock:
                 for ih, n in frame.counts:
                     if joining is not None and ih not in joining:
@@ -298,12 +540,16 @@ class SyncClient:
                     with contextlib.suppress(WsSwarmFull):
                         core.ws.apply(ws_change, now)
         elif isinstance(frame, f.WsRelay):
-            if self.on_relay is not None:
-                self.on_relay(frame.info_hash, frame.peer_id, frame.text)
+            on_relay = self.on_relay
+            if on_relay is not None:
+                relay = frame
+                self._later.append(lambda: on_relay(relay.info_hash, relay.peer_id, relay.text))
         elif isinstance(frame, f.Stats):
             self.cluster_stats = frame.entries
-            if self.on_stats is not None:
-                self.on_stats(frame.entries)
+            on_stats = self.on_stats
+            if on_stats is not None:
+                entries = frame.entries
+                self._later.append(lambda: on_stats(entries))
 
     # --- sending ---------------------------------------------------------------------
 
@@ -349,6 +595,9 @@ class SyncClient:
                 + f.encode(f.Counts(counts))
                 + f.encode(f.Reports(reports))
             )
+            if changes:
+                # Numbered as write_token numbers it: the hub acks it once it holds them.
+                data += f.encode(f.Mark(self._buffer.taken))
             payload, self._stats_payload = self._stats_payload, None
             if payload is not None:
                 data += f.encode(f.Stats([f.StatsEntry(os.getpid(), self.role, payload)]))

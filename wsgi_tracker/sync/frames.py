@@ -25,7 +25,10 @@ record per accepted announce::
     | left (u64) | event (u8) | flags (u8) | user kind (u8) | endpoint | user
 
 where flags bit 0 is "IPv6" and bit 1 "came over UDP"; the user is nothing
-(kind 0), an i64 (kind 1) or u16-length-prefixed UTF-8 (kind 2). Nothing here
+(kind 0), an i64 (kind 1) or u16-length-prefixed UTF-8 (kind 2). Mark and Ack
+(version 5) carry one ``seq (u64)`` each: a client marks a batch of its changes, and
+the hub acknowledges the mark once the batch is applied and handed on (read-your-writes,
+docs/SYNC.md). Nothing here
 touches a socket or a clock: the hub and the client are thin shells that move
 these bytes (see docs/SYNC.md for the conversation).
 """
@@ -57,7 +60,10 @@ from wsgi_tracker.core.types import (
 # version 1 process would refuse the new flag mid-stream, so the Hello tells them apart.
 # 3: WebSocket peers and relays (WS_PEERS, WS_RELAY).
 # 4: Reports frames (announce accounting, kind 11).
-VERSION = 4
+# 5: Mark and Ack (kinds 12, 13): a version 4 hub would refuse a Mark mid-stream, and a
+# version 4 client would never get the acks its replies wait for, so the Hello refuses
+# any other version rather than letting the two half-work.
+VERSION = 5
 MAGIC = b"WTSY"
 MAX_BODY = 1 << 20
 # The store keeps expiry times as doubles (to the microsecond), which would hold any
@@ -89,6 +95,7 @@ _WS_RELAY = struct.Struct(">I20s20s")
 _REPORT = struct.Struct(">20s20sdQQQBBB")
 _USER_INT = struct.Struct(">q")
 _USER_LEN = struct.Struct(">H")
+_SEQ = struct.Struct(">Q")
 
 _SEEDER = ROW_SEEDER
 _IPV6 = 2
@@ -279,6 +286,22 @@ class Reports:
     reports: list[AnnounceReport]
 
 
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """Client to hub, after a batch of its changes: "acknowledge ``seq`` once this is
+    applied and handed on". Sequence numbers only grow on one connection."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Hub to the client that sent ``Mark(seq)``: every change before that mark is in the
+    hub's replica and in every other joined client's socket (docs/SYNC.md)."""
+
+    seq: int
+
+
 Frame = (
     Hello
     | Snapshot
@@ -291,6 +314,8 @@ Frame = (
     | WsPeers
     | WsRelay
     | Reports
+    | Mark
+    | Ack
 )
 
 KIND_HELLO = 1
@@ -304,6 +329,8 @@ KIND_STATS = 8
 KIND_WS_PEERS = 9
 KIND_WS_RELAY = 10
 KIND_REPORTS = 11
+KIND_MARK = 12
+KIND_ACK = 13
 
 _REPORT_IPV6 = 1
 _REPORT_UDP = 2
@@ -399,6 +426,10 @@ def encode(frame: Frame) -> bytes:
             )
         case WsPeers(changes):
             return _ws_peer_frames(changes)
+        case Mark(seq):
+            return _frame(KIND_MARK, _SEQ.pack(seq))
+        case Ack(seq):
+            return _frame(KIND_ACK, _SEQ.pack(seq))
         case WsRelay(holder, info_hash, peer_id, text):
             return _frame(KIND_WS_RELAY, _WS_RELAY.pack(holder, info_hash, peer_id) + text.encode())
     raise TypeError(f"not a sync frame: {frame!r}")
@@ -613,6 +644,15 @@ def _decode_ws_relay(body: bytes) -> WsRelay:
     return WsRelay(holder, ih, peer_id, text)
 
 
+def _seq(kind: type[Mark] | type[Ack], name: str):  # type: ignore[no-untyped-def]
+    def decode(body: bytes) -> Frame:
+        if len(body) != _SEQ.size:
+            raise FrameError(f"{name} frame is {len(body)} bytes, expected {_SEQ.size}")
+        return kind(_SEQ.unpack(body)[0])
+
+    return decode
+
+
 def _empty(frame: Frame, name: str):  # type: ignore[no-untyped-def]
     def decode(body: bytes) -> Frame:
         if body:
@@ -634,6 +674,8 @@ _DECODERS = {
     KIND_WS_PEERS: _decode_ws_peers,
     KIND_WS_RELAY: _decode_ws_relay,
     KIND_REPORTS: _decode_reports,
+    KIND_MARK: _seq(Mark, "mark"),
+    KIND_ACK: _seq(Ack, "ack"),
 }
 
 

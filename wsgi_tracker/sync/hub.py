@@ -51,6 +51,12 @@ from wsgi_tracker.sync.socket_path import UnsafeSocketPath, check_private, why_n
 log = logging.getLogger("wsgi_tracker.sync.hub")
 
 MAX_QUEUE_BYTES = 32 << 20  # ~500k peer records: seconds of full load
+# A client this far behind (bytes queued here, its socket full) is not waited for by
+# acks and ``settle``: one lagging process must not hold every reply up. It reads its
+# backlog before it answers anything newer (docs/SYNC.md, "Read-your-writes").
+ACK_LAG_BYTES = 1 << 20
+# How long udp-sidecar holds a batch's replies for its changes to reach the clients.
+SETTLE_WAIT = 0.03
 
 # Where the changes made on this machine also go (the cluster node, wsgi_tracker/cluster/):
 # called with the decoded Deltas, Snapshot (news), Counts and WsPeers frames, never blocking.
@@ -78,6 +84,12 @@ class _Client:
         # leaving is still in our receive buffer, and its reader takes it to EOF.
         self.gone = False
         self.resynced = 0
+        # Read-your-writes: bytes given to ``send`` and bytes the kernel took, both counted
+        # from the connect; an ack waits until each other client's ``handed`` passes the
+        # ``taken`` it had when the mark was read. Marks waiting: (seq, [(client, pos)]).
+        self.taken = 0
+        self.handed = 0
+        self.acks: collections.deque[tuple[int, list[tuple[_Client, int]]]] = collections.deque()
         self.snapshot: gevent.Greenlet | None = None
         self.since = time.monotonic()
         self.talk = Conversation(FROM_CLIENT, self.name)
@@ -92,17 +104,31 @@ class _Client:
         """
         if self.gone:
             return
+        self.taken += len(data)
         if not self.queue and not self.writing and not self.closed:
             try:
                 sent = self.sock.send(data, 0, timeout=0.0)  # type: ignore[call-arg]
             except OSError:
                 sent = 0  # full (EAGAIN) or broken: the writer retries and finds out
+            self.handed += sent
             if sent == len(data):
                 return
             data = data[sent:]
         self.queue.append(data)
         self.queued += len(data)
         self.ready.set()
+
+    def holds(self, pos: int) -> bool:
+        """Whether the first ``pos`` bytes sent to this client are in its socket (or it is
+        gone, and nothing more will be)."""
+        return self.handed >= pos or self.closed or self.gone
+
+    def counts_for_acks(self) -> bool:
+        """Joined (its snapshot is queued, so it answers nothing before reading what is
+        queued now) and not lagging past ``ACK_LAG_BYTES``."""
+        snapshot = self.snapshot
+        joined = snapshot is not None and snapshot.dead and not self.closed and not self.gone
+        return joined and self.taken - self.handed <= ACK_LAG_BYTES
 
     def close(self) -> None:
         if self.closed:
@@ -153,6 +179,13 @@ class SyncHub:
         self.relay_elsewhere: Callable[[f.WsRelay, bytes], bool] | None = None
         self.relays_undeliverable = 0
         self._warned_no_hook = False
+        # Read-your-writes: marks waiting for slow clients' sockets, and the event the
+        # writers set when bytes reach a socket while anyone waits.
+        self._unacked = 0
+        self._settling = 0
+        self._handed = Event()
+        self.acks_past_laggers = 0
+        self.settle_timeouts = 0
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -244,6 +277,8 @@ class SyncHub:
         if reason:
             log.warning("sync hub: dropping %s: %s", client.name, reason)
         client.close()
+        client.acks.clear()
+        self._progress()
         if client.role == f.ROLE_WORKER and client.pid:
             self._stop_ws_peers(client.pid)
 
@@ -310,13 +345,17 @@ class SyncHub:
             try:
                 view = memoryview(data)
                 for start in range(0, len(data), WRITE_CHUNK):
-                    sock.sendall(view[start : start + WRITE_CHUNK])
+                    chunk = view[start : start + WRITE_CHUNK]
+                    sock.sendall(chunk)
+                    client.handed += len(chunk)
+                    self._progress()
             except (BrokenPipeError, ConnectionResetError):
                 # A worker that exited: a stop's last deltas and counts may still be
                 # unread here. Closing now lost them; the reader ends at their EOF.
                 client.gone = True
                 client.queue.clear()
                 client.queued = 0
+                self._progress()
                 return
             except OSError as exc:
                 # A probe that connects and leaves (no hello) is not worth a warning.
@@ -537,6 +576,8 @@ class SyncHub:
                 with core.lock:
                     for report in frame.reports:
                         accounting.record(report)
+        elif isinstance(frame, f.Mark):
+            self._ack(client, frame.seq)
         elif isinstance(frame, f.SnapshotDone):
             log.info("sync hub: %s re-sent %d peers", client.name, client.resynced)
         elif isinstance(frame, f.Stats):
@@ -555,10 +596,83 @@ class SyncHub:
             if wait:
                 gevent.sleep(wait)
             last = time.monotonic()
-            changes, counts = self._buffer.take()
-            self._fan_out(f.encode(f.Deltas(changes)) + f.encode(f.Counts(counts)))
-            if self.uplink is not None:
-                self.uplink([f.Deltas(changes), f.Counts(counts)])
+            self._send_own()
+
+    def _send_own(self) -> None:
+        """The sidecar's own buffered changes, to every client and up the uplink."""
+        changes, counts = self._buffer.take()
+        self._fan_out(f.encode(f.Deltas(changes)) + f.encode(f.Counts(counts)))
+        if self.uplink is not None:
+            self.uplink([f.Deltas(changes), f.Counts(counts)])
+
+    # --- read-your-writes: acks and settle --------------------------------------------
+
+    def _marks(self, exclude: _Client | None) -> list[tuple[_Client, int]]:
+        """For each client an ack or a settle must wait for, the bytes it must hold."""
+        marks = []
+        for c in self.clients:
+            if c is exclude or c.handed >= c.taken:
+                continue
+            if c.counts_for_acks():
+                marks.append((c, c.taken))
+            elif not c.closed and c.snapshot is not None and c.snapshot.dead:
+                self.acks_past_laggers += 1
+        return marks
+
+    def _ack(self, client: _Client, seq: int) -> None:
+        """Ack ``Mark(seq)``: everything ``client`` sent before it is applied here (frames
+        are handled in order) and was forwarded; the ack goes once those bytes are in
+        every other joined client's socket, so whichever process answers next reads
+        them before it answers (it drains its socket first)."""
+        marks = self._marks(client)
+        if not marks and not client.acks:
+            client.send(f.encode(f.Ack(seq)))
+            return
+        client.acks.append((seq, marks))
+        self._unacked += 1
+
+    def _progress(self) -> None:
+        """Bytes reached a client's socket (or a client left): release what waited on it."""
+        if self._settling:
+            event, self._handed = self._handed, Event()
+            event.set()
+        if not self._unacked:
+            return
+        for client in list(self.clients):
+            acks = client.acks
+            released = 0
+            while acks and all(c.holds(pos) for c, pos in acks[0][1]):
+                released = acks.popleft()[0]
+                self._unacked -= 1
+            if released:
+                client.send(f.encode(f.Ack(released)))  # an ack covers every mark before it
+
+    def settle(self, timeout: float = SETTLE_WAIT) -> bool:
+        """Send the sidecar's own changes now and wait (bounded) until they are in every
+        joined client's socket. udp-sidecar calls it before sending a batch's replies, so
+        a UDP client's next request, to any process, sees its announce. Returns at once
+        when nothing is buffered or every socket took the bytes (the usual case)."""
+        if not len(self._buffer):
+            return True
+        self._send_own()
+        marks = self._marks(None)
+        if not marks:
+            return True
+        deadline = time.monotonic() + timeout
+        self._settling += 1
+        try:
+            while True:
+                event = self._handed  # taken before the check: progress after it sets this one
+                if all(c.holds(pos) for c, pos in marks):
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.settle_timeouts += 1
+                    return False
+                event.wait(left)
+        finally:
+            self._settling -= 1
+        return True
 
     def _heartbeat_loop(self) -> None:
         beat = f.encode(f.Heartbeat())

@@ -121,6 +121,10 @@ class ChangeBuffer:
     ) -> None:
         self.changes: collections.deque[PeerChange] = collections.deque(maxlen=max_buffered)
         self.counts: dict[bytes, int] = {}
+        # Non-empty batches taken so far: the change just made is in batch ``taken + 1``
+        # while the buffer holds anything, else in one already taken (read-your-writes,
+        # client.py numbers its Mark frames by it).
+        self.taken = 0
         self._wake = wake
         self._armed = False
         self._lock = lock
@@ -141,6 +145,8 @@ class ChangeBuffer:
         """Everything buffered so far, emptying the buffer."""
         with self._lock:
             self._armed = False
+            if self.changes:
+                self.taken += 1
             changes = list(self.changes)
             self.changes.clear()
             counts, self.counts = self.counts, {}

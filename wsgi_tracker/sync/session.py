@@ -54,6 +54,7 @@ FROM_HUB: Table = {
     # Snapshot: another client's re-sent replica, passed on as state.
     L: {
         f.Snapshot: L,
+        f.Ack: L,
         f.Deltas: L,
         f.Counts: L,
         f.Stats: L,
@@ -78,6 +79,7 @@ FROM_CLIENT: Table = {
         f.WsPeers: L,
         f.WsRelay: L,
         f.Reports: L,
+        f.Mark: L,
     },
 }
 

@@ -45,6 +45,8 @@ EVERY_FRAME = [
     f.Stats([f.StatsEntry(10, f.ROLE_WORKER, b'{"announces": 5}'), f.StatsEntry(11, 0, b"")]),
     f.WsPeers([WsChange(b"e" * 20, b"\xff" * 20, 4242, True, 1, 1_700_000_000.5)]),
     f.WsRelay(4242, b"f" * 20, b"\x00" * 20, '{"offer":{"sdp":"v=0 \u00e9"}}'),
+    f.Mark(1),
+    f.Ack(2**64 - 1),
 ]
 
 
@@ -89,6 +91,12 @@ def test_raw_frames_forward_the_exact_bytes() -> None:
     (raw,) = f.FrameDecoder().feed_raw(wire)
     assert raw.wire == wire
     assert raw.decode() == EVERY_FRAME[5]
+
+
+def test_a_mark_or_ack_of_another_size_is_refused() -> None:
+    for kind, name in ((f.KIND_MARK, "mark"), (f.KIND_ACK, "ack")):
+        with pytest.raises(f.FrameError, match=f"{name} frame is 7 bytes, expected 8"):
+            f.decode_all(struct.pack(">IB", 7, kind) + bytes(7))
 
 
 def test_truncated_stream_is_refused_at_close() -> None:

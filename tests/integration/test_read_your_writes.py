@@ -1,0 +1,132 @@
+"""Read-your-writes across processes (issue 16, target 3), against ``wsgi-tracker serve``.
+
+Once a client holds its reply, its next request to any process of the tracker
+(either gunicorn worker, or udp-sidecar) reflects that announce. Each check
+runs on fresh connections, which land on the workers at random: every trial
+first asks ``/stats`` on its connection which worker holds it, and the trials
+repeat (bounded) until every cross-process order has been seen. Every trial is
+checked, not only the covering ones.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import bencodepy
+import pytest
+from servers import Serve, announce_url, ports, scrape_url, serve, udp_announce, udp_scrape
+
+pytestmark = pytest.mark.integration
+
+TRIALS = 80  # per test; the chance that 80 fair draws miss an order of two workers is ~1e-10
+WITHIN = 60.0  # seconds: a bound on each test's loop, not a figure under test
+CONFIG = 'stats_path = "/stats"\n'
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+    with serve(tmp_path_factory.mktemp("ryw"), config=CONFIG) as s:
+        yield s
+
+
+@contextmanager
+def worker_connection(s: Serve) -> Iterator[tuple[str, http.client.HTTPConnection]]:
+    """A new keep-alive connection and the worker that holds it (from its /stats)."""
+    conn = http.client.HTTPConnection("127.0.0.1", s.http.port, timeout=10)
+    try:
+        conn.request("GET", "/stats")
+        served_by = json.loads(conn.getresponse().read())["served_by"]
+        yield served_by, conn
+    finally:
+        conn.close()
+
+
+def get(conn: http.client.HTTPConnection, target: str) -> dict[bytes, object]:
+    conn.request("GET", target)
+    reply = bencodepy.decode(conn.getresponse().read())
+    assert b"failure reason" not in reply, reply
+    return reply
+
+
+def announce(s: Serve, ih: bytes, port: int, left: int = 1, **extra: object) -> tuple[str, dict]:
+    """One announce on a fresh connection: (the worker that answered, the reply)."""
+    with worker_connection(s) as (worker, conn):
+        path = announce_url("/announce", ih, peer_id(ih, port), port, left, **extra)
+        return worker, get(conn, path)
+
+
+def scrape(s: Serve, ih: bytes) -> tuple[str, tuple[int, int, int]]:
+    """One scrape on a fresh connection: (worker, (complete, downloaded, incomplete))."""
+    with worker_connection(s) as (worker, conn):
+        files = get(conn, scrape_url("/scrape", ih))[b"files"]
+        entry = files[ih]  # type: ignore[index]
+        return worker, (entry[b"complete"], entry[b"downloaded"], entry[b"incomplete"])
+
+
+def peer_id(ih: bytes, port: int) -> bytes:
+    """The same peer on every announce of one trial (a torrent and a port)."""
+    return b"-RW0001-" + port.to_bytes(4, "big") + ih[:8]
+
+
+def torrent() -> bytes:
+    return secrets.token_bytes(20)
+
+
+def trials(seen: set, want: int) -> Iterator[int]:
+    """Trial numbers until ``seen`` holds ``want`` cross-process orders (bounded)."""
+    deadline = time.monotonic() + WITHIN
+    for n in range(TRIALS):
+        if len(seen) >= want or time.monotonic() > deadline:
+            return
+        yield n
+
+
+def test_a_stop_answered_by_one_worker_is_gone_from_the_next_workers_answer(stack: Serve) -> None:
+    orders: set[tuple[str, str]] = set()
+    for _ in trials(orders, 2):
+        ih = torrent()
+        announce(stack, ih, 7001, event="started")
+        stopped_by, _ = announce(stack, ih, 7001, event="stopped")
+        asked, reply = announce(stack, ih, 7002, numwant=50)
+        assert 7001 not in ports(reply[b"peers"]), (stopped_by, asked)
+        if stopped_by != asked:
+            orders.add((stopped_by, asked))
+    assert len(orders) == 2, f"only saw {orders}: the workers were not both reached"
+
+
+def test_a_scrape_on_a_new_connection_reads_the_announce_just_answered(stack: Serve) -> None:
+    orders: set[tuple[str, str]] = set()
+    for _ in trials(orders, 2):
+        ih = torrent()
+        announced_by, _ = announce(stack, ih, 7003, left=0, event="completed")
+        asked, counts = scrape(stack, ih)
+        assert counts == (1, 1, 0), (announced_by, asked)
+        if announced_by != asked:
+            orders.add((announced_by, asked))
+    assert len(orders) == 2, f"only saw {orders}: the workers were not both reached"
+
+
+def test_an_http_announce_is_in_the_next_udp_scrape(stack: Serve) -> None:
+    seen: set[str] = set()
+    for _ in trials(seen, 2):
+        ih = torrent()
+        announced_by, _ = announce(stack, ih, 7004, left=0, event="completed")
+        assert udp_scrape("127.0.0.1", stack.udp.port, ih) == [(1, 1, 0)], announced_by
+        seen.add(announced_by)
+    assert len(seen) == 2, f"only workers {seen} answered"
+
+
+def test_a_udp_announce_is_in_the_next_http_scrape(stack: Serve) -> None:
+    seen: set[str] = set()
+    for _ in trials(seen, 2):
+        ih = torrent()
+        udp_announce("127.0.0.1", stack.udp.port, ih, peer_id(ih, 7005), 7005, 0, 1)
+        asked, counts = scrape(stack, ih)
+        assert counts == (1, 1, 0), asked
+        seen.add(asked)
+    assert len(seen) == 2, f"only workers {seen} answered"
