@@ -38,7 +38,7 @@ import struct
 import termios
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from wsgi_tracker.core.locks import new_lock
 from wsgi_tracker.core.tracker import TrackerCore
@@ -486,7 +486,7 @@ class SyncClient:
             inbox.popleft()
         return done
 
-    def _merge(self, peers: list[PeerChange], start: int, stop: int, state: bool) -> None:
+    def _merge(self, peers: Sequence[PeerChange], start: int, stop: int, state: bool) -> None:
         store = self.core.store
         with self.core.lock:
             for i in range(start, stop):
