@@ -2,27 +2,24 @@
 
     python -m bench.udp_cores [--dur 10] [--reps 3] [--nice -10]
 
-The load generator needs a core too, and this machine has two, so each run
-gives two figures:
+The load generator needs a core too, and this machine has two, so three
+setups, each measured ``--reps`` times in turn:
 
-* **capacity**: announces per CPU-second of the server (every one of its
-  processes, the sync traffic between them included), so 2 processes on 2
-  cores can answer ``2 x`` their announces per CPU-second. This is the
-  figure the target is read from: it does not depend on where the generator
-  runs, and it charges the second process's whole cost (applying every
-  change made in the other one) to the two-process setup.
-* **throughput** as measured: 1 process pinned to cpu1 with the generator on
-  cpu0; 2 processes pinned one per core with the generator free to run on
-  either, so it takes its CPU from them (an understatement of 2 cores).
+* **1 process** on cpu1, the generator on cpu0: the baseline.
+* **2 processes sharing cpu1**, the generator on cpu0: the same one core, now
+  busy with both processes, so every cost of running two is paid here (each
+  applies the other's changes and sends its own; they switch on the core)
+  while the core stays saturated, as the baseline's is. Two such processes
+  on two cores can do at most twice this, so ``2 x`` its rate over the
+  baseline's is the capacity ratio of 2 cores to 1, read without the
+  generator in the way. (CPU per announce at a lower load is no substitute:
+  it rises steeply as a process gets less busy, with fewer datagrams per
+  wake-up.)
+* **2 processes on cpu1 and cpu0**, the generator free to run on either: the
+  throughput as measured, which understates 2 cores by what the generator and
+  the machine's other work take from them.
 
-* **the cost of sharing the state**: the one process is measured once more,
-  paced at the rate each of the two had (half their total), since CPU per
-  announce rises as a process gets less busy (smaller batches per wake-up);
-  what the two processes spend per announce beyond that is what sync costs
-  them (applying the other's changes, sending their own), and the last line
-  projects the gain with each process as busy as the one alone.
-
-Both setups run with the sync hub on (as ``serve`` runs the sidecar), on one
+Every setup runs with the sync hub on (as ``serve`` runs the sidecar), on one
 workload after one pre-fill, measured alternately, ``--reps`` times each.
 """
 
@@ -54,7 +51,7 @@ def sidecar(port: int, processes: int, outdir: Path, cores: list[int]) -> Server
         "--sync-socket", sync, "--udp-processes", str(processes),
     ]  # fmt: skip
     server = procs.start(
-        f"{processes}p", cmd, cpus=",".join(map(str, cores)), log=log,
+        f"{processes}p", cmd, cpus=",".join(map(str, sorted(set(cores)))), log=log,
         ready=lambda: udp_ready(port), env={"WSGI_TRACKER_SYNC_SOCKET": sync}, cwd=str(ROOT),
     )  # fmt: skip
     deadline = time.monotonic() + 60
@@ -78,16 +75,15 @@ def run(
     setup: tuple[Server, int, str],
     args: argparse.Namespace,
     wl: Workload,
-    rate: float = 0,
 ) -> Sample:
-    """One measured run against ``setup`` (closed loop, or paced at ``rate``), printed."""
+    """One measured (closed-loop) run against ``setup``, printed."""
     server, port, load_cpu = setup
     before = [procs.cpu_seconds(pid) for pid in server.pids]
     sample = measure(
         [server],
         lambda: loads.udp_load(
             port, wl, args.dur, cpus=load_cpu or None, inflight=args.inflight,
-            socks=args.socks, rate=rate,
+            socks=args.socks,
         ),
     )  # fmt: skip
     after = [procs.cpu_seconds(pid) for pid in server.pids]
@@ -119,8 +115,11 @@ def main() -> None:
     procs.prioritise_session()
     outdir = Path(tempfile.mkdtemp(prefix="udp-cores-"))
     wl = make_workload(outdir, args.k, args.clients, args.tpc)
-    # 1 process on cpu1, the generator on cpu0; 2 processes one per core, the generator free.
-    setups = {"1 process": (1, [1], "0"), "2 processes": (2, [1, 0], "")}
+    setups = {
+        "1 process": (1, [1], "0"),
+        "2 processes sharing cpu1": (2, [1, 1], "0"),
+        "2 processes on cpu1+cpu0": (2, [1, 0], ""),
+    }
     print(f"machine: {os.uname().release}, {sys.executable} {sys.version.split()[0]}")
     print(f"load average before: {os.getloadavg()}", flush=True)
     with ExitStack() as stack:
@@ -129,37 +128,24 @@ def main() -> None:
             port = procs.free_port()
             server = sidecar(port, n, outdir, cores)
             stack.callback(server.stop)
-            run = loads.udp_load(
+            fill = loads.udp_load(
                 port, wl, 120, cpus=load_cpu or None, prefill=True, inflight=args.inflight,
                 socks=args.socks,
             )  # fmt: skip
-            print(f"{name}: pids {server.pids}, prefill {run.result.get('responses', 0):.0f}")
+            print(f"{name}: pids {server.pids}, prefill {fill.result.get('responses', 0):.0f}")
             running.append((server, port, load_cpu))
-        one, two, matched = [], [], []
+        samples: list[list[Sample]] = [[] for _ in running]
         for _ in range(args.reps):
-            one.append(run("1 process", running[0], args, wl))
-            two.append(run("2 processes", running[1], args, wl))
-            # The one process again at the rate each of the two had: what it costs there
-            # alone, so the difference is what sharing the state costs, apart from batching.
-            matched.append(run("1 process at half that", running[0], args, wl, two[-1].rps / 2))
-
-    def med(xs: list[Sample], key: str) -> float:
-        return statistics.median(getattr(s, key) for s in xs)
-
-    us = {
-        name: 1e6 / med(xs, "rps_per_core") for name, xs in (("1", one), ("2", two), ("m", matched))
-    }
-    sharing = us["2"] - us["m"]
+            for name, setup, got in zip(setups, running, samples, strict=True):
+                got.append(run(name, setup, args, wl))
+    one, shared, two = (statistics.median(s.rps for s in got) for got in samples)
+    cpu = [1e6 / statistics.median(s.rps_per_core for s in got) for got in samples]
     print(
-        f"median: 1 process {med(one, 'rps'):.0f}/s, {us['1']:.1f} us CPU each; "
-        f"2 processes {med(two, 'rps'):.0f}/s, {us['2']:.1f} us CPU each (both processes); "
-        f"1 process at half the 2-process rate {us['m']:.1f} us\n"
-        f"capacity 2 cores / 1 core (2 x CPU per announce of 1 / of 2): "
-        f"{2 * us['1'] / us['2']:.2f}x\n"
-        f"sharing the state costs {sharing:.1f} us per announce; with each process as busy as "
-        f"the one alone: {2 * us['1'] / (us['1'] + sharing):.2f}x\n"
-        f"throughput as measured (the generator on the 2 cores too): "
-        f"{med(two, 'rps') / med(one, 'rps'):.2f}x"
+        f"median: 1 process {one:.0f}/s ({cpu[0]:.1f} us CPU per announce); 2 processes "
+        f"sharing one core {shared:.0f}/s ({cpu[1]:.1f} us); 2 processes on 2 cores "
+        f"{two:.0f}/s ({cpu[2]:.1f} us)\n"
+        f"capacity 2 cores / 1 core (2 x sharing one core / 1 process): {2 * shared / one:.2f}x\n"
+        f"throughput as measured, the generator on the 2 cores too: {two / one:.2f}x"
     )
     print(f"load average after: {os.getloadavg()}")
 
