@@ -1,6 +1,6 @@
 """``python -m bench [scenario ...]``: the benchmark runner (docs/BENCHMARKS.md).
 
-Scenarios: http, udp, udp-scrape, full, huge-swarm, memory, sync-lag (default: all).
+Scenarios: http, udp, udp-scrape, full, stack, huge-swarm, memory, sync-lag (default: all).
 Tracker on --server-cpu, load on --load-cpu, loopback only, every run bounded;
 figures are medians over --reps runs, printed as SUMMARY / RATIO lines, merged
 into bench/results.json, and drawn into docs/benchmarks.png.
@@ -19,7 +19,7 @@ from pathlib import Path
 from . import procs, scenarios
 from .report import CHART, RESULTS, Results, draw_chart, machine, markdown
 
-SCENARIOS = ("http", "udp", "udp-scrape", "full", "huge-swarm", "memory", "sync-lag")
+SCENARIOS = ("http", "udp", "udp-scrape", "full", "stack", "huge-swarm", "memory", "sync-lag")
 
 
 def parse_args() -> tuple[list[str], scenarios.Knobs, bool]:
@@ -59,6 +59,14 @@ def parse_args() -> tuple[list[str], scenarios.Knobs, bool]:
         help="also run the npm bittorrent-tracker (npm ci into the cache on first use)",
     )
     p.add_argument("--full-workers", type=int, default=d.full_workers)
+    p.add_argument(
+        "--stack-workers", type=int, default=d.stack_workers, help="serve's workers in stack"
+    )
+    p.add_argument(
+        "--no-stack-parts",
+        action="store_true",
+        help="stack: do not also run each part alone (sync off) for comparison",
+    )
     p.add_argument("--huge-peers", type=int, default=d.huge_peers)
     p.add_argument("--small-peers", type=int, default=d.small_peers)
     p.add_argument("--mem-torrents", type=int, default=d.mem_torrents)
@@ -103,6 +111,8 @@ def parse_args() -> tuple[list[str], scenarios.Knobs, bool]:
         anchors=not a.no_anchors,
         bittorrent_tracker=a.bittorrent_tracker,
         full_workers=a.full_workers,
+        stack_workers=a.stack_workers,
+        stack_parts=not a.no_stack_parts,
         huge_peers=a.huge_peers,
         small_peers=a.small_peers,
         mem_torrents=a.mem_torrents,
@@ -152,6 +162,8 @@ def main() -> None:
                     scenarios.udp(knobs, results, udp_modes)
             elif name == "full":
                 scenarios.full(knobs, results)
+            elif name == "stack":
+                scenarios.stack(knobs, results)
             elif name == "huge-swarm":
                 scenarios.huge_swarm(knobs, results)
             elif name == "memory":

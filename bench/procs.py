@@ -96,6 +96,16 @@ def children(pid: int) -> list[int]:
     return kids
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (``wsgi-tracker serve``: sidecar, gunicorn, its workers)."""
+    out, todo = [], [pid]
+    while todo:
+        kids = children(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
 @dataclass
 class Server:
     """A server process started by the bench; ``pids`` are the processes doing the work."""
@@ -145,12 +155,14 @@ def start(
     env: dict[str, str] | None = None,
     cwd: str | None = None,
     workers: int = 0,
+    tree: bool = False,
     timeout: float = 30.0,
 ) -> Server:
     """Start ``cmd`` pinned to ``cpus`` and return once ``ready()`` holds.
 
     ``workers`` > 0: the work is done by that many children (gunicorn workers),
-    which are then the processes measured.
+    which are then the processes measured. ``tree``: the process and all its
+    descendants are measured (a supervisor and what it runs, idle ones included).
     """
     out = log.open("wb")
     proc = subprocess.Popen(
@@ -174,6 +186,8 @@ def start(
             if len(kids) >= workers and ready():
                 if workers:
                     server.pids = kids
+                if tree:
+                    server.pids = [proc.pid, *descendants(proc.pid)]
                 return server
             time.sleep(0.1)
     except BaseException:

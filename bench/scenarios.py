@@ -49,6 +49,8 @@ class Knobs:
     anchors: bool = True
     bittorrent_tracker: bool = False
     full_workers: int = 2
+    stack_workers: int = 1
+    stack_parts: bool = True
     huge_peers: int = 50_000
     small_peers: int = 100
     mem_torrents: int = 100_000
@@ -384,6 +386,83 @@ def full(kn: Knobs, results: Results) -> None:
             f"FULL combined: {total:.0f} announces/s (HTTP {h['rps']:.0f} + UDP {u['rps']:.0f}) "
             f"served by {kn.full_workers} workers + the sidecar, each applying every announce"
         )
+
+
+def stack(kn: Knobs, results: Results) -> None:
+    """The whole stack on one core, as ``wsgi-tracker serve`` runs it, against opentracker.
+
+    ``ours-serve``: serve with ``--stack-workers`` workers + udp-sidecar, sync on, all on the
+    server core; HTTP and UDP loads in turn. ``ours-http-alone`` / ``ours-udp-alone``: each
+    part alone (sync off) in the same run, so the cost of running together is read off
+    within one run. Every announce over one protocol is applied by the other processes
+    too, and that CPU is on the same core.
+    """
+    if not trackers.udp_sidecar_available() or not trackers.sync_available():
+        print("stack: skipped, udp_sidecar or wsgi_tracker.sync is not in the tree")
+        return
+    wl = make_workload(kn.outdir, kn.k, kn.clients, kn.tpc)
+    wc = "wsgi_tracker.http.worker.TrackerWorker"
+    with ExitStack() as stack_:
+        sockdir = Path(stack_.enter_context(tempfile.TemporaryDirectory(prefix="bench-stack-")))
+        sockdir.chmod(0o700)
+        udp_port = free_port()
+
+        def serve(p: int) -> Server:
+            return trackers.ours_serve(
+                p, udp_port, wl, kn.outdir, kn.server_cpu,
+                sync_socket=str(sockdir / "sync.sock"), workers=kn.stack_workers,
+            )  # fmt: skip
+
+        starters: dict[str, Starter] = {"ours-serve": serve}
+        if kn.stack_parts:
+            starters["ours-http-alone"] = lambda p: trackers.ours_http(
+                p, wl, kn.outdir, kn.server_cpu, worker_class=wc
+            )
+            starters["ours-udp-alone"] = lambda p: trackers.ours_udp(p, kn.outdir, kn.server_cpu)
+        starters.update(_anchor_starters(kn, wl))
+        running = _start_all(stack_, starters)
+        ports = {name: {"http": port, "udp": port} for name, (_s, port) in running.items()}
+        ports["ours-serve"]["udp"] = udp_port
+        alone = {"ours-http-alone": ("http",), "ours-udp-alone": ("udp",)}
+        protocols = {name: alone.get(name, ("http", "udp")) for name in running}
+        for name in running:
+            # One UDP fill reaches every process of serve through the hub.
+            over_udp = "udp" in protocols[name]
+            _prefill(kn, name, ports[name]["udp" if over_udp else "http"], wl, over_udp)
+            if kn.warmup and "http" in protocols[name]:
+                loads.wrk(ports[name]["http"], wl, kn.warmup, cpus=kn.load_cpu, conns=kn.conns)
+        for _rep in range(kn.reps):
+            for name, (server, _port) in running.items():
+                for proto in protocols[name]:
+                    load = _swarm_load(kn, proto, ports[name][proto], wl)
+                    tracker = "ours-alone" if name.endswith("-alone") else name
+                    results.add("stack", proto, tracker, measure([server], load))
+    results.print_summaries("stack")
+    _stack_figures(results)
+
+
+def _stack_figures(results: Results) -> None:
+    """The stack's ratios to opentracker (the issue's target 4) and to its parts alone."""
+    for proto, target in (("udp", 0.4), ("http", 0.5)):
+        ours, ot = (results.summary("stack", proto, t) for t in ("ours-serve", "opentracker"))
+        part = results.summary("stack", proto, "ours-alone")
+        if not ours:
+            continue
+        fig: dict[str, object] = {"rps": ours["rps"], "rps_per_core": ours["rps_per_core"]}
+        line = f"STACK {proto}: serve {ours['rps']:.0f}/s"
+        if ot:
+            fig["vs_opentracker"] = ours["rps"] / ot["rps"]
+            line += (
+                f" = {fig['vs_opentracker']:.2f}x opentracker ({ot['rps']:.0f}/s; "
+                f"target >= {target}x)"
+            )
+        if part:
+            fig["vs_alone"] = ours["rps"] / part["rps"]
+            line += f"; the part alone {part['rps']:.0f}/s, serve = {fig['vs_alone']:.2f}x of it"
+            if ot:
+                line += f", alone = {part['rps'] / ot['rps']:.2f}x opentracker"
+        results.figures[f"stack/{proto}"] = fig
+        print(line, flush=True)
 
 
 def sync_lag(kn: Knobs, results: Results) -> None:

@@ -77,6 +77,40 @@ def ours_udp(
     )
 
 
+def ours_serve(
+    http_port: int,
+    udp_port: int,
+    workload: Workload,
+    outdir: Path,
+    cpus: str | None,
+    *,
+    sync_socket: str,
+    workers: int = 1,
+) -> procs.Server:
+    """The whole stack as ``wsgi-tracker serve`` runs it: udp-sidecar (UDP and the sync
+    hub) and gunicorn with ``workers`` TrackerWorkers, every setting at its default but
+    the addresses and the sync socket (a private one, so a run never joins another hub).
+
+    The measured processes are serve and everything below it (the idle supervisor and
+    gunicorn master included), all pinned to ``cpus`` by inheritance.
+    """
+    cmd = [
+        sys.executable, "-m", "wsgi_tracker.running.cli", "serve",
+        "--workers", str(workers), "--bind", f"127.0.0.1:{http_port}",
+        "--udp-bind", "127.0.0.1", "--udp-port", str(udp_port), "--sync-socket", sync_socket,
+    ]  # fmt: skip
+    first = workload.hashes()[0]
+    return procs.start(
+        f"ours-serve[{workers}w]",
+        cmd,
+        cpus=cpus,
+        log=outdir / f"serve-{http_port}.log",
+        ready=lambda: http_ready(http_port, first) and udp_ready(udp_port),
+        cwd=str(ROOT),
+        tree=True,
+    )
+
+
 def opentracker(port: int, workload: Workload, outdir: Path, cpus: str | None) -> procs.Server:
     """Debian's opentracker serving HTTP and UDP on ``port``, whitelisting the pool.
 
