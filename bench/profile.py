@@ -3,7 +3,11 @@
 Starts ours (pinned like the bench), fills it, runs the load while py-spy
 samples the server process, and prints the top functions by own time and by
 inclusive time as percentages of all samples, plus a flame graph (SVG).
-py-spy must be installed (``pip install py-spy``); it runs on the load's core.
+``--stack``: the whole stack as ``wsgi-tracker serve`` runs it (the bench's
+``stack`` scenario, sync on), every serving process (the worker and the
+sidecar) sampled at once, so what the protocol's load costs the process that
+does not answer it shows too. py-spy must be installed (``pip install py-spy``);
+it runs on the load's core.
 """
 
 from __future__ import annotations
@@ -12,13 +16,15 @@ import argparse
 import collections
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import loads, procs, trackers
-from .procs import free_port, pinned
-from .workload import make_workload
+from .procs import Server, free_port, pinned
+from .workload import Workload, make_workload
 
 
 def record(pid: int, seconds: float, out: Path, cpus: str | None, fmt: str) -> None:
@@ -51,7 +57,7 @@ def _short(frame: str) -> str:
     """'announce (core/tracker.py:123)' -> 'announce (core/tracker.py)'."""
     name, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
-    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+    for marker in ("site-packages/", "wsgi_tracker/", "udp_sidecar/", "lib/python3.11/"):
         if marker in path:
             path = path.split(marker, 1)[1]
     return f"{name} ({path})"
@@ -67,6 +73,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("/tmp/wsgi-tracker-profile"))
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--nice", type=int, default=0, help="priority of server and load")
+    p.add_argument("--stack", action="store_true", help="wsgi-tracker serve, sync on (1 worker)")
     a = p.parse_args()
     procs.NICE = a.nice
     procs.prioritise_session()
@@ -75,35 +82,68 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     wl = make_workload(a.out, 1000, 5000, 20)
     port = free_port()
-    if a.protocol == "http":
-        server = trackers.ours_http(port, wl, a.out, a.server_cpu, worker_class=a.worker_class)
-    else:
-        server = trackers.ours_udp(port, a.out, a.server_cpu)
-    try:
-        if a.protocol == "http":
-            loads.wrk(port, wl, 120, cpus=a.load_cpu, prefill=True)
-        else:
-            loads.udp_load(port, wl, 120, cpus=a.load_cpu, prefill=True)
-        stamp = time.strftime("%H%M%S")
-        raw = a.out / f"{a.protocol}-{stamp}.txt"
-        svg = a.out / f"{a.protocol}-{stamp}.svg"
-        # The load runs while py-spy samples; it lasts a little longer than the recording.
-        load = threading.Thread(
-            target=(
-                (lambda: loads.wrk(port, wl, 2 * a.seconds + 5, cpus=a.load_cpu))
-                if a.protocol == "http"
-                else (lambda: loads.udp_load(port, wl, 2 * a.seconds + 5, cpus=a.load_cpu))
+    with tempfile.TemporaryDirectory(prefix="bench-profile-") as sockdir:
+        udp_port = port
+        if a.stack:
+            udp_port = free_port()
+            server = trackers.ours_serve(
+                port, udp_port, wl, a.out, a.server_cpu, sync_socket=f"{sockdir}/sync.sock"
             )
+        elif a.protocol == "http":
+            server = trackers.ours_http(port, wl, a.out, a.server_cpu, worker_class=a.worker_class)
+        else:
+            server = trackers.ours_udp(port, a.out, a.server_cpu)
+        try:
+            _profile(a, server, wl, port if a.protocol == "http" else udp_port, udp_port)
+        finally:
+            server.stop()
+
+
+def _serving(server: Server, stack: bool) -> dict[int, str]:
+    """pid -> name of the processes that serve: serve's sidecar and gunicorn's workers."""
+    if not stack:
+        return {server.pids[0]: server.name}
+    out = {}
+    for pid in procs.children(server.pids[0]):
+        if b"udp_sidecar" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            out[pid] = "sidecar"
+        else:  # gunicorn's master
+            out.update({w: f"worker{n}" for n, w in enumerate(procs.children(pid))})
+    return out
+
+
+def _profile(a: argparse.Namespace, server: Server, wl: Workload, port: int, fill: int) -> None:
+    if a.protocol == "http" and not a.stack:
+        loads.wrk(port, wl, 120, cpus=a.load_cpu, prefill=True)
+    else:
+        loads.udp_load(fill, wl, 120, cpus=a.load_cpu, prefill=True)
+    stamp = time.strftime("%H%M%S")
+    # The load runs while py-spy samples; it lasts a little longer than the recording.
+    load = threading.Thread(
+        target=(
+            (lambda: loads.wrk(port, wl, 2 * a.seconds + 5, cpus=a.load_cpu))
+            if a.protocol == "http"
+            else (lambda: loads.udp_load(port, wl, 2 * a.seconds + 5, cpus=a.load_cpu))
         )
-        load.start()
-        time.sleep(1)
-        record(server.pids[0], a.seconds, raw, a.load_cpu, "raw")
-        record(server.pids[0], a.seconds, svg, a.load_cpu, "flamegraph")
-        load.join()
-        print(f"{a.protocol} profile of pid {server.pids[0]} ({server.name}); flame graph {svg}")
+    )
+    load.start()
+    time.sleep(1)
+    targets = _serving(server, a.stack)
+    files = {}
+    with ThreadPoolExecutor(2 * len(targets)) as pool:
+        for fmt, ext in (("raw", "txt"), ("flamegraph", "svg")):
+            jobs = []
+            for pid, name in targets.items():
+                out = a.out / f"{a.protocol}{'-stack' if a.stack else ''}-{name}-{stamp}.{ext}"
+                files.setdefault(pid, []).append(out)
+                jobs.append(pool.submit(record, pid, a.seconds, out, a.load_cpu, fmt))
+            for job in jobs:
+                job.result()
+    load.join()
+    for pid, name in targets.items():
+        raw, svg = files[pid]
+        print(f"{a.protocol} profile of pid {pid} ({name}, {server.name}); flame graph {svg}")
         print(top(raw, a.top))
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

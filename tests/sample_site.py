@@ -23,6 +23,9 @@ def site(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     if path == "/stream":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return _stream()
+    if path == "/big":  # one chunk far larger than any socket buffer
+        start_response("200 OK", [("Content-Length", str(len(BIG)))])
+        return [BIG]
     if path == "/fail":
         raise RuntimeError("the site failed on purpose")
     if path in MISFRAMED:  # responses that break HTTP framing, for the worker to contain
@@ -33,6 +36,8 @@ def site(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     start_response("200 OK", [("Content-Length", str(len(body)))])
     return [body]
 
+
+BIG = bytes(range(256)) * 16384  # 4 MiB
 
 MISFRAMED: dict[str, tuple[list[tuple[str, str]], bytes]] = {
     "/long": ([("Content-Length", "2")], b"hello world"),

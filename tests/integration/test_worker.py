@@ -9,6 +9,7 @@ from pathlib import Path
 
 import bencodepy
 import pytest
+from sample_site import BIG
 from servers import Server, announce_url, gunicorn, http_get
 
 pytestmark = pytest.mark.integration
@@ -54,6 +55,25 @@ def test_pipelined_requests_on_one_connection_all_answered(server: Server) -> No
     raw = b"".join(b"GET /p%d HTTP/1.1\r\nHost: t\r\n\r\n" % n for n in range(4))
     data = exchange(server, raw + b"GET /p4 HTTP/1.1\r\n" + CLOSE + b"\r\n")
     assert [b"site /p%d " % n in data for n in range(5)] == [True] * 5
+
+
+def test_a_reply_larger_than_the_socket_buffer_arrives_whole_and_in_order(server: Server) -> None:
+    """The worker's end-of-turn write takes part of it; the rest follows, then the next
+    reply, while other connections are answered meanwhile."""
+    raw = b"GET /big HTTP/1.1\r\nHost: t\r\n\r\nGET /after HTTP/1.1\r\n" + CLOSE + b"\r\n"
+    data = b""
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(raw)
+        first = sock.recv(4096)  # the worker now waits for this reader to make room
+        assert http_get(server.url + "/hello") == (200, b"site /hello ")
+        data = first
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: %d" % len(BIG) in head
+    assert rest[: len(BIG)] == BIG
+    assert rest[len(BIG) :].startswith(b"HTTP/1.1 200") and rest.endswith(b"site /after ")
 
 
 def test_request_body_is_read_by_content_length(server: Server) -> None:

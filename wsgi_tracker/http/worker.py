@@ -6,7 +6,9 @@ parsing, not the tracker, is most of the cost, and ``-k gevent`` also starved
 some keep-alive connections (p99 ~350 ms) under load. This worker keeps
 gunicorn's process model, signals, graceful shutdown and monkey-patching, and
 replaces only the per-connection request loop: one ``recv`` per request head,
-``http11`` to parse it, one ``sendall`` per response, TCP_NODELAY set.
+``http11`` to parse it, one write per response, TCP_NODELAY set. The
+complete responses made in one turn of the event loop go out back to back
+when the turn ends (``Outbox``), so a client woken by the first finds the rest.
 It is a complete WSGI server (request bodies, keep-alive, streamed and chunked
 responses, HEAD, ``Expect: 100-continue``), so the host site's own pages work
 unchanged; a chunked *request* body is refused with 411.
@@ -31,6 +33,7 @@ from email.utils import formatdate
 from typing import Any
 
 import gevent
+from gevent.hub import Hub
 from gunicorn.http.wsgi import base_environ
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -173,6 +176,67 @@ def _send_all(sock: socket.socket, data: bytes) -> None:
         sock.sendall(data[sent:])
 
 
+class Outbox:
+    """Complete responses of one event-loop turn, written back to back before the next poll.
+
+    A write that wakes a client asleep in ``epoll`` pays for the wake-up (in
+    this VM an inter-processor interrupt: the largest single cost of an
+    announce in py-spy). Under load one turn of the loop serves many
+    connections; writing their replies one after the other when the turn
+    ends lets every reply after the first find the client awake (the UDP
+    sidecar's batch send is the same idea, docs/BENCHMARKS.md).
+
+    The requests are still read and answered in the turn their bytes arrive,
+    so no connection is served twice while another waits. A connection's
+    greenlet calls ``drain`` before it writes anything else or closes: its
+    deferred bytes go first, so replies keep their order and a close drops
+    none. What the kernel does not take at once is finished by a greenlet
+    of its own. Plain sockets only: a TLS socket's bytes are not what its fd
+    carries.
+    """
+
+    def __init__(self, hub: Hub) -> None:
+        self._hub = hub
+        self._pending: dict[socket.socket, bytes] = {}  # in the order they were made
+        self._sending: dict[socket.socket, gevent.Greenlet] = {}  # a rest being sent
+
+    def defer(self, sock: socket.socket, data: bytes) -> None:
+        """Write ``data`` on ``sock`` when this turn of the loop ends."""
+        if sock in self._pending or sock in self._sending:
+            self.drain(sock)
+        if not self._pending:
+            self._hub.loop.run_callback(self._flush)
+        self._pending[sock] = data
+
+    def drain(self, sock: socket.socket) -> None:
+        """Write now whatever of ``sock``'s is still deferred (before its next bytes or close)."""
+        if self._pending or self._sending:
+            data = self._pending.pop(sock, None)
+            if data is not None:
+                sock.sendall(data)
+            rest = self._sending.pop(sock, None)
+            if rest is not None:
+                rest.join()
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for sock, data in pending.items():
+            try:
+                sent = os.write(sock.fileno(), data)  # non-blocking, as gevent's sockets are
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                continue  # reset or closed: the connection's next read sees it
+            if sent < len(data):
+                self._sending[sock] = gevent.spawn(self._send_rest, sock, data[sent:])
+
+    def _send_rest(self, sock: socket.socket, rest: bytes) -> None:
+        with contextlib.suppress(OSError):
+            sock.sendall(rest)
+        if self._sending.get(sock) is gevent.getcurrent():
+            del self._sending[sock]
+
+
 def address_key(ip: str) -> str:
     """What the per-address cap counts: an IPv4 address, or an IPv6 address's /64.
 
@@ -248,9 +312,12 @@ class TrackerWorker(GeventWorker):
         self._per_address = settings.http_connections_per_address
         self._exempt = ClientAddress(settings.trusted_proxies).is_trusted
         self._connections: dict[str, int] = {}
+        self._outbox: Outbox | None = None
         super().init_process()
 
     def run(self) -> None:
+        if not self.cfg.is_ssl:
+            self._outbox = Outbox(gevent.get_hub())  # here, in the patched worker
         if not self.hub_hooks:
             # Imported here, in the patched worker: the master imports this module first.
             from wsgi_tracker.http.middleware import find_tracker
@@ -356,6 +423,9 @@ class TrackerWorker(GeventWorker):
         except (OSError, TimeoutError):
             pass  # the client went away or idled out; nothing to answer
         finally:
+            if self._outbox is not None:
+                with contextlib.suppress(OSError):
+                    self._outbox.drain(client)
             client.close()
 
     # Long on purpose: the keep-alive loop of one connection, on every request's path.
@@ -451,6 +521,8 @@ class TrackerWorker(GeventWorker):
         return None
 
     def _refuse(self, sock: socket.socket, exc: HttpError) -> None:
+        if self._outbox is not None:
+            self._outbox.drain(sock)
         body = f"{exc.status}: {exc}\n".encode("latin-1", "replace")
         headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
         frame = response_head(
@@ -474,6 +546,9 @@ class TrackerWorker(GeventWorker):
         http10 = req.version == "HTTP/1.0"
         head_only = req.method == "HEAD"
         when = datetime.now() if self._access_log else None
+        outbox = self._outbox
+        if outbox is not None:
+            outbox.drain(sock)  # the previous reply first (a pipelined request)
 
         def send(data: bytes) -> None:
             nonlocal frame, sent, cut
@@ -494,7 +569,13 @@ class TrackerWorker(GeventWorker):
                     cut = True
                 sent += len(data)
                 out += b"%x\r\n%b\r\n" % (len(data), data) if frame.chunked and data else data
-            if out:
+            if not out:
+                return
+            if outbox is not None and frame.keep_alive and (not frame.body or sent == frame.length):
+                outbox.defer(sock, out)  # complete, and the connection stays: see Outbox
+            else:
+                if outbox is not None:
+                    outbox.drain(sock)
                 _send_all(sock, out)
 
         def start_response(
