@@ -89,16 +89,19 @@ def _exact20(name: str, value: bytes) -> bytes:
     return value
 
 
-def _integer(name: str, value: bytes, lo: int, hi: int) -> int:
-    if not value.isdigit() or len(value) > 20:
-        raise TrackerError(f"invalid {name}: {value[:24]!r} is not a non-negative integer")
-    number = int(value)
+def _integer(name: str, raw: bytes, lo: int, hi: int) -> int:
+    if not raw.isdigit():  # plain digits decode to themselves: only the rest is decoded
+        raw = _unquote(raw)
+    if not raw.isdigit() or len(raw) > 20:
+        raise TrackerError(f"invalid {name}: {raw[:24]!r} is not a non-negative integer")
+    number = int(raw)
     if not lo <= number <= hi:
         raise TrackerError(f"invalid {name}: {number} is outside {lo}-{hi}")
     return number
 
 
-def _flag(name: str, value: bytes) -> bool:
+def _flag(name: str, raw: bytes) -> bool:
+    value = raw if raw in (b"0", b"1") else _unquote(raw)
     if value == b"1":
         return True
     if value == b"0":
@@ -137,28 +140,54 @@ class AnnounceQuery:
         self.no_peer_id = no_peer_id
 
 
+# Long on purpose: one pass over the query and then every field, on every HTTP announce's path.
 def parse_announce(query: bytes, passkey: str | None = None) -> AnnounceQuery:
-    """Parse a raw announce query string; raises TrackerError naming the bad field."""
+    """Parse a raw announce query string; raises TrackerError naming the bad field.
+
+    One pass keeps each known parameter's value still encoded; a value is
+    decoded only when it is used and only when it is not already plain (digits,
+    an event name), which is all but the two 20-byte strings. The errors are
+    those of decoding everything first: an overlong value anywhere before a
+    repeated parameter.
+    """
     seen: dict[bytes, bytes] = {}
-    for key, value in _params(query):
-        if key in ANNOUNCE_KEYS:
-            if key in seen:
-                raise TrackerError(f"repeated parameter: {_show(key)}")
-            seen[key] = _unquote(value)
+    repeated = b""
+    for part in query.split(b"&"):
+        key, _, value = part.partition(b"=")
+        if len(value) > MAX_VALUE_BYTES * 3:
+            raise TrackerError(f"parameter {_show(_unquote(key))} is too long")
+        if key not in ANNOUNCE_KEYS:
+            if b"%" not in key and b"+" not in key:
+                continue
+            key = _unquote(key)
+            if key not in ANNOUNCE_KEYS:
+                continue
+        if key in seen:
+            repeated = repeated or key
+        seen[key] = value
+    if repeated:
+        raise TrackerError(f"repeated parameter: {_show(repeated)}")
     get = seen.get
     for required in (b"info_hash", b"peer_id", b"port", b"left"):
         if required not in seen:
             raise TrackerError(f"missing parameter: {required.decode()}")
-    event = EVENTS.get(get(b"event", b""))
+    event_raw = get(b"event", b"")
+    event = EVENTS.get(event_raw)
     if event is None:
-        raise TrackerError(
-            f"invalid event: {get(b'event', b'')[:24]!r} (expected started, completed, stopped)"
-        )
+        event_raw = _unquote(event_raw)
+        event = EVENTS.get(event_raw)
+        if event is None:
+            raise TrackerError(
+                f"invalid event: {event_raw[:24]!r} (expected started, completed, stopped)"
+            )
     numwant_raw = get(b"numwant")
     ip_raw = get(b"ip") or get(b"ipv4") or get(b"ipv6")
+    if ip_raw:
+        ip_raw = _unquote(ip_raw)
+    key_raw = get(b"key")
     announce = Announce(
-        info_hash=_exact20("info_hash", seen[b"info_hash"]),
-        peer_id=_exact20("peer_id", seen[b"peer_id"]),
+        info_hash=_exact20("info_hash", _unquote(seen[b"info_hash"])),
+        peer_id=_exact20("peer_id", _unquote(seen[b"peer_id"])),
         port=_integer("port", seen[b"port"], 1, 65535),
         uploaded=_integer("uploaded", get(b"uploaded", b"0"), 0, MAX_COUNTER),
         downloaded=_integer("downloaded", get(b"downloaded", b"0"), 0, MAX_COUNTER),
@@ -166,7 +195,7 @@ def parse_announce(query: bytes, passkey: str | None = None) -> AnnounceQuery:
         event=event,
         numwant=None if numwant_raw is None else _integer("numwant", numwant_raw, 0, 2**31 - 1),
         ip=ip_raw.decode("latin-1") if ip_raw else None,
-        key=key_of(get(b"key")),
+        key=key_of(_unquote(key_raw) if key_raw else None),
         passkey=passkey,
     )
     compact_raw = get(b"compact")

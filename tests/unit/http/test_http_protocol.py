@@ -245,6 +245,59 @@ def test_valid_fields_round_trip_through_the_query(fields):
     assert {k: getattr(a, k) for k in fields} == fields
 
 
+def _outcome(query: bytes) -> object:
+    try:
+        parsed = parse_announce(query)
+    except TrackerError as exc:
+        return str(exc)
+    return parsed.announce, parsed.compact, parsed.no_peer_id
+
+
+def _encoded(value: bytes, picks: list[bool]) -> bytes:
+    """``value`` as a client may send it: the picked bytes as %XX, the rest as quote() does."""
+    return b"".join(
+        b"%%%02X" % byte if picks[n % len(picks)] else quote_from_bytes(bytes([byte])).encode()
+        for n, byte in enumerate(value)
+    )
+
+
+plain_or_not = st.binary(max_size=8)
+
+
+@given(
+    st.fixed_dictionaries(
+        {
+            b"info_hash": st.binary(min_size=20, max_size=20),
+            b"peer_id": st.binary(min_size=19, max_size=21),
+            b"port": st.sampled_from([b"6881", b"0", b"65536", b"+1"]) | plain_or_not,
+            b"left": st.sampled_from([b"0", b"123"]) | plain_or_not,
+            b"uploaded": st.sampled_from([b"5"]) | plain_or_not,
+            b"event": st.sampled_from([b"started", b"completed", b"stopped", b"paused", b""])
+            | plain_or_not,
+            b"compact": st.sampled_from([b"0", b"1", b"2"]) | plain_or_not,
+            b"numwant": st.sampled_from([b"50"]) | plain_or_not,
+            b"key": st.sampled_from([b"DEADBEEF", b""]) | plain_or_not,
+            b"ip": st.sampled_from([b"10.0.0.1", b"::1", b""]) | plain_or_not,
+        }
+    ),
+    st.lists(st.booleans(), min_size=1, max_size=8),
+)
+def test_a_value_reads_the_same_however_much_of_it_is_percent_encoded(fields, picks):
+    """Values are decoded lazily (plain digits and event names are used as they come):
+    the result, or the error, is that of decoding every value first."""
+    plain = b"&".join(k + b"=" + quote_from_bytes(v).encode() for k, v in fields.items())
+    mixed = b"&".join(k + b"=" + _encoded(v, picks) for k, v in fields.items())
+    assert _outcome(mixed) == _outcome(plain)
+
+
+@given(st.sampled_from([b"port", b"left", b"event"]), st.integers(0, 3), st.binary(max_size=3))
+def test_an_overlong_value_is_refused_before_a_repeated_parameter(name, at, filler):
+    parts = [b"info_hash=" + b"a" * 20, b"peer_id=" + b"b" * 20, b"port=1", b"left=0"]
+    parts.insert(at, name + b"=" + filler)  # a repeat (or an unknown one for event)
+    parts.append(b"x=" + b"9" * 800)
+    assert "is too long" in _outcome(b"&".join(parts))
+
+
 # --- encoding ----------------------------------------------------------------------------
 
 V4 = bytes([127, 0, 0, 1]) + (6881).to_bytes(2, "big")
