@@ -1,6 +1,7 @@
 """``python -m bench [scenario ...]``: the benchmark runner (docs/BENCHMARKS.md).
 
-Scenarios: http, udp, udp-scrape, full, stack, huge-swarm, memory, sync-lag (default: all).
+Scenarios: http, udp, udp-scrape, full, stack, http-cores, huge-swarm, memory, sync-lag
+(default: all).
 Tracker on --server-cpu, load on --load-cpu, loopback only, every run bounded;
 figures are medians over --reps runs, printed as SUMMARY / RATIO lines, merged
 into bench/results.json, and drawn into docs/benchmarks.png.
@@ -19,7 +20,9 @@ from pathlib import Path
 from . import procs, scenarios
 from .report import CHART, RESULTS, Results, draw_chart, machine, markdown
 
-SCENARIOS = ("http", "udp", "udp-scrape", "full", "stack", "huge-swarm", "memory", "sync-lag")
+SCENARIOS = (
+    "http", "udp", "udp-scrape", "full", "stack", "http-cores", "huge-swarm", "memory", "sync-lag",
+)  # fmt: skip
 
 
 def parse_args() -> tuple[list[str], scenarios.Knobs, bool]:
@@ -61,6 +64,9 @@ def parse_args() -> tuple[list[str], scenarios.Knobs, bool]:
     p.add_argument("--full-workers", type=int, default=d.full_workers)
     p.add_argument(
         "--stack-workers", type=int, default=d.stack_workers, help="serve's workers in stack"
+    )
+    p.add_argument(
+        "--cores-workers", type=int, default=d.cores_workers, help="http-cores: N workers"
     )
     p.add_argument(
         "--no-stack-parts",
@@ -112,6 +118,7 @@ def parse_args() -> tuple[list[str], scenarios.Knobs, bool]:
         bittorrent_tracker=a.bittorrent_tracker,
         full_workers=a.full_workers,
         stack_workers=a.stack_workers,
+        cores_workers=a.cores_workers,
         stack_parts=not a.no_stack_parts,
         huge_peers=a.huge_peers,
         small_peers=a.small_peers,
@@ -164,6 +171,8 @@ def main() -> None:
                 scenarios.full(knobs, results)
             elif name == "stack":
                 scenarios.stack(knobs, results)
+            elif name == "http-cores":
+                scenarios.http_cores(knobs, results)
             elif name == "huge-swarm":
                 scenarios.huge_swarm(knobs, results)
             elif name == "memory":

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from .loads import LoadRun
-from .procs import Server, machine_busy_seconds
+from .procs import Server, cpu_seconds, machine_busy_seconds
 
 
 @dataclass
@@ -39,18 +39,28 @@ class Sample:
         return {**asdict(self), "rps_per_core": self.rps_per_core}
 
 
-def measure(servers: Sequence[Server], load: Callable[[], LoadRun]) -> Sample:
-    return measure_together(servers, {"": load})[""]
+def measure(
+    servers: Sequence[Server],
+    load: Callable[[], LoadRun],
+    parts: Mapping[str, Sequence[int]] | None = None,
+) -> Sample:
+    return measure_together(servers, {"": load}, parts)[""]
 
 
 def measure_together(
-    servers: Sequence[Server], loads: Mapping[str, Callable[[], LoadRun]]
+    servers: Sequence[Server],
+    loads: Mapping[str, Callable[[], LoadRun]],
+    parts: Mapping[str, Sequence[int]] | None = None,
 ) -> dict[str, Sample]:
     """Run the loads at once; the servers' CPU is shared by all of them.
 
     Load CPU comes from the children's rusage around the whole run, so with
-    several loads it is their total.
+    several loads it is their total. ``parts``: name -> pids whose CPU is also
+    reported on its own (``cpu_pct[name]`` in each sample's extra), e.g. serve's
+    worker and sidecar.
     """
+    parts = parts or {}
+    part0 = {name: sum(cpu_seconds(p) for p in pids) for name, pids in parts.items()}
     cpu0 = sum(s.cpu_seconds() for s in servers)
     busy0, wall0 = machine_busy_seconds(), time.monotonic()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -60,6 +70,10 @@ def measure_together(
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = time.monotonic() - wall0
     server_cpu = sum(s.cpu_seconds() for s in servers) - cpu0
+    part_pct = {
+        f"cpu_pct[{name}]": 100 * (sum(cpu_seconds(p) for p in pids) - part0[name]) / wall
+        for name, pids in parts.items()
+    }
     busy = machine_busy_seconds() - busy0
     for s in servers:
         if not s.alive():
@@ -69,9 +83,12 @@ def measure_together(
     other = max(0.0, 100 * busy / wall - server_pct - load_pct)
     rss = sum(s.rss_kb() for s in servers) / 1024
     peak = max(s.hwm_kb() for s in servers) / 1024
-    return {
+    samples = {
         name: _sample(run, server_pct, rss, peak, load_pct, other) for name, run in runs.items()
     }
+    for sample in samples.values():
+        sample.extra.update(part_pct)
+    return samples
 
 
 def _sample(

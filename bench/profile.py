@@ -99,19 +99,6 @@ def main() -> None:
             server.stop()
 
 
-def _serving(server: Server, stack: bool) -> dict[int, str]:
-    """pid -> name of the processes that serve: serve's sidecar and gunicorn's workers."""
-    if not stack:
-        return {server.pids[0]: server.name}
-    out = {}
-    for pid in procs.children(server.pids[0]):
-        if b"udp_sidecar" in Path(f"/proc/{pid}/cmdline").read_bytes():
-            out[pid] = "sidecar"
-        else:  # gunicorn's master
-            out.update({w: f"worker{n}" for n, w in enumerate(procs.children(pid))})
-    return out
-
-
 def _profile(a: argparse.Namespace, server: Server, wl: Workload, port: int, fill: int) -> None:
     if a.protocol == "http" and not a.stack:
         loads.wrk(port, wl, 120, cpus=a.load_cpu, prefill=True)
@@ -128,7 +115,11 @@ def _profile(a: argparse.Namespace, server: Server, wl: Workload, port: int, fil
     )
     load.start()
     time.sleep(1)
-    targets = _serving(server, a.stack)
+    targets = (
+        {pids[0]: name for name, pids in trackers.serve_parts(server).items()}
+        if a.stack
+        else {server.pids[0]: server.name}
+    )
     files = {}
     with ThreadPoolExecutor(2 * len(targets)) as pool:
         for fmt, ext in (("raw", "txt"), ("flamegraph", "svg")):

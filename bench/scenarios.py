@@ -8,6 +8,7 @@ spreads over every tracker instead of biasing one.
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import loads, trackers
-from .measure import measure, measure_together
+from .measure import Sample, measure, measure_together
 from .procs import Server, free_port, pinned
 from .report import Results
 from .workload import Workload, make_workload
@@ -50,6 +51,7 @@ class Knobs:
     bittorrent_tracker: bool = False
     full_workers: int = 2
     stack_workers: int = 1
+    cores_workers: int = 2
     stack_parts: bool = True
     huge_peers: int = 50_000
     small_peers: int = 100
@@ -431,12 +433,14 @@ def stack(kn: Knobs, results: Results) -> None:
             _prefill(kn, name, ports[name]["udp" if over_udp else "http"], wl, over_udp)
             if kn.warmup and "http" in protocols[name]:
                 loads.wrk(ports[name]["http"], wl, kn.warmup, cpus=kn.load_cpu, conns=kn.conns)
+        parts = {"ours-serve": trackers.serve_parts(running["ours-serve"][0])}
         for _rep in range(kn.reps):
             for name, (server, _port) in running.items():
                 for proto in protocols[name]:
                     load = _swarm_load(kn, proto, ports[name][proto], wl)
                     tracker = "ours-alone" if name.endswith("-alone") else name
-                    results.add("stack", proto, tracker, measure([server], load))
+                    sample = measure([server], load, parts.get(name))
+                    results.add("stack", proto, tracker, sample)
     results.print_summaries("stack")
     _stack_figures(results)
 
@@ -461,8 +465,88 @@ def _stack_figures(results: Results) -> None:
             line += f"; the part alone {part['rps']:.0f}/s, serve = {fig['vs_alone']:.2f}x of it"
             if ot:
                 line += f", alone = {part['rps'] / ot['rps']:.2f}x opentracker"
+        fig.update(_us_per_announce(results.samples[("stack", proto, "ours-serve")]))
         results.figures[f"stack/{proto}"] = fig
         print(line, flush=True)
+        costs = ", ".join(f"{k[3:]} {v:.1f} us" for k, v in fig.items() if k.startswith("us_"))
+        print(f"STACK {proto}: CPU per announce answered: {costs}", flush=True)
+
+
+def _us_per_announce(samples: list[Sample]) -> dict[str, float]:
+    """Median CPU microseconds per announce, per process of serve (``us_sidecar``, ...)."""
+    names = sorted({k for s in samples for k in s.extra if k.startswith("cpu_pct[")})
+    return {
+        f"us_{name[8:-1]}": statistics.median(
+            s.extra.get(name, 0) * 1e4 / s.rps for s in samples if s.rps
+        )
+        for name in names
+    } | {"us_all": statistics.median(1e6 / s.rps_per_core for s in samples if s.rps_per_core)}
+
+
+def http_cores(kn: Knobs, results: Results) -> None:
+    """HTTP over more cores (issue 16 target 5): serve with 1 worker on the server core
+    against serve with N workers on N cores, sync on, the same HTTP load.
+
+    On a machine with no spare core the load generator shares the N cores with the
+    N workers, so the raw announces/s understate N cores. The figure that survives
+    is the servers' CPU per answered announce: N cores serve N / (CPU per announce)
+    once the generator runs elsewhere (``projected``), and N workers cost more per
+    announce than one only by what keeping N replicas in step costs.
+    """
+    if not trackers.udp_sidecar_available() or not trackers.sync_available():
+        print("http-cores: skipped, udp_sidecar or wsgi_tracker.sync is not in the tree")
+        return
+    n = kn.cores_workers
+    many = ",".join(str(c) for c in range(n))
+    wl = make_workload(kn.outdir, kn.k, kn.clients, kn.tpc)
+    configs = {  # name -> workers, server cores, load cores, wrk connections
+        "1w-1core": (1, kn.server_cpu, kn.load_cpu, kn.conns),
+        f"{n}w-{n}cores": (n, many, many, kn.conns * n),
+    }
+    with ExitStack() as stack_:
+        running = {}
+        for name, (workers, cpus, _load, _conns) in configs.items():
+            sockdir = Path(stack_.enter_context(tempfile.TemporaryDirectory(prefix="bench-cores-")))
+            sockdir.chmod(0o700)
+            http_port, udp_port = free_port(), free_port()
+            server = trackers.ours_serve(
+                http_port, udp_port, wl, kn.outdir, cpus,
+                sync_socket=str(sockdir / "sync.sock"), workers=workers,
+            )  # fmt: skip
+            stack_.callback(server.stop)
+            print(f"started {name} pid={server.proc.pid} pids={server.pids}", flush=True)
+            _prefill(kn, name, udp_port, wl, over_udp=True)
+            running[name] = (server, http_port)
+        for _rep in range(kn.reps):
+            for name, (server, port) in running.items():
+                _workers, _cpus, load_cpus, conns = configs[name]
+                sample = measure(
+                    [server],
+                    lambda port=port, load_cpus=load_cpus, conns=conns: loads.wrk(
+                        port, wl, kn.dur, cpus=load_cpus, conns=conns, threads=kn.wrk_threads
+                    ),
+                    trackers.serve_parts(server),
+                )
+                results.add("http-cores", name, "ours-serve", sample)
+    results.print_summaries("http-cores")
+    one = results.summary("http-cores", "1w-1core", "ours-serve")
+    more = results.summary("http-cores", f"{n}w-{n}cores", "ours-serve")
+    if one and more:
+        fig = {
+            "raw_ratio": more["rps"] / one["rps"],
+            "projected_ratio": n * more["rps_per_core"] / one["rps_per_core"],
+            "us_per_announce_1w": 1e6 / one["rps_per_core"],
+            f"us_per_announce_{n}w": 1e6 / more["rps_per_core"],
+        }
+        results.figures["http-cores"] = fig
+        print(
+            f"CORES http: {n} workers on {n} cores {more['rps']:.0f}/s with the generator "
+            f"sharing them = {fig['raw_ratio']:.2f}x one worker on one core ({one['rps']:.0f}/s); "
+            f"servers' CPU per announce {fig['us_per_announce_1w']:.0f} us (1 worker) and "
+            f"{fig[f'us_per_announce_{n}w']:.0f} us ({n} workers): projected {n} cores = "
+            f"{fig['projected_ratio']:.2f}x one (target >= 1.8x)",
+            flush=True,
+        )
 
 
 def sync_lag(kn: Knobs, results: Results) -> None:

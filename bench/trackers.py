@@ -111,6 +111,21 @@ def ours_serve(
     )
 
 
+def serve_parts(server: procs.Server) -> dict[str, list[int]]:
+    """name -> pid of what ``ours_serve`` runs: ``sidecar`` and ``worker0``.. (gunicorn's)."""
+    out = {}
+    for pid in procs.children(server.proc.pid):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"udp_sidecar" in cmdline:
+            out["sidecar"] = [pid]
+        else:  # gunicorn's master
+            out.update({f"worker{n}": [w] for n, w in enumerate(procs.children(pid))})
+    return out
+
+
 def opentracker(port: int, workload: Workload, outdir: Path, cpus: str | None) -> procs.Server:
     """Debian's opentracker serving HTTP and UDP on ``port``, whitelisting the pool.
 

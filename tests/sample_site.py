@@ -37,7 +37,7 @@ def site(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
     return [body]
 
 
-BIG = bytes(range(256)) * 16384  # 4 MiB
+BIG = bytes(range(256)) * 65536  # 16 MiB
 
 MISFRAMED: dict[str, tuple[list[tuple[str, str]], bytes]] = {
     "/long": ([("Content-Length", "2")], b"hello world"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,9 +64,8 @@ def test_a_reply_larger_than_the_socket_buffer_arrives_whole_and_in_order(server
     raw = b"GET /big HTTP/1.1\r\nHost: t\r\n\r\nGET /after HTTP/1.1\r\n" + CLOSE + b"\r\n"
     data = b""
     with socket.create_connection((server.host, server.port), timeout=10) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.sendall(raw)
-        first = sock.recv(4096)  # the worker now waits for this reader to make room
+        first = sock.recv(4096)  # the kernel's buffers hold a part; the worker waits to send on
         assert http_get(server.url + "/hello") == (200, b"site /hello ")
         data = first
         while chunk := sock.recv(65536):
@@ -160,3 +160,27 @@ def test_idle_keep_alive_connection_is_closed_after_the_keepalive_time() -> None
             data += sock.recv(65536)
         # Idle now: the server closes within its keepalive (1 s) plus the reaper's tick.
         assert sock.recv(65536) == b""
+
+
+def test_a_reply_the_client_never_reads_ends_its_connection_at_the_send_timeout() -> None:
+    """Past the kernel's buffers the rest of a reply is written under the connection's
+    timeout (its keepalive, 1 s here); then the worker gives up and ends the connection,
+    answering others meanwhile."""
+    with (
+        gunicorn(
+            "sample_site:app", extra_args=("--pythonpath", TESTS_DIR, "--keep-alive", "1")
+        ) as srv,
+        socket.create_connection((srv.host, srv.port), timeout=15) as sock,
+    ):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert http_get(srv.url + "/hello") == (200, b"site /hello ")
+        time.sleep(3)  # read nothing for well past the 1 s send timeout
+        data = b""
+        for _ in range(len(BIG) // 1024):  # ends at the server's close, long before
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 200")
+        assert len(data) < len(BIG)  # cut: the connection ended without the rest

@@ -227,15 +227,28 @@ class Outbox:
             except BlockingIOError:
                 sent = 0
             except OSError:
-                continue  # reset or closed: the connection's next read sees it
+                _give_up(sock)
+                continue
             if sent < len(data):
                 self._sending[sock] = gevent.spawn(self._send_rest, sock, data[sent:])
 
     def _send_rest(self, sock: socket.socket, rest: bytes) -> None:
-        with contextlib.suppress(OSError):
-            sock.sendall(rest)
+        try:
+            sock.sendall(rest)  # bounded by the socket's timeout, as a direct send is
+        except OSError:
+            _give_up(sock)
         if self._sending.get(sock) is gevent.getcurrent():
             del self._sending[sock]
+
+
+def _give_up(sock: socket.socket) -> None:
+    """A reply could not be written: end the connection, as a failed direct send does.
+
+    The shutdown wakes the connection's greenlet (its read sees the end) and leaves
+    the close to it.
+    """
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class Deadlines:
