@@ -188,6 +188,8 @@ def start(
                     server.pids = kids
                 if tree:
                     server.pids = [proc.pid, *descendants(proc.pid)]
+                    for pid in server.pids[1:]:  # serve starts each child in a session of its own
+                        prioritise_session(pid)
                 return server
             time.sleep(0.1)
     except BaseException:
