@@ -220,6 +220,9 @@ def serve_for_hub(config: TrackerConfig, key: bytes) -> int:
     if not client.wait_ready(JOIN_WAIT):
         log.warning("udp-sidecar: no snapshot from the hub within %.0f s; serving", JOIN_WAIT)
     server = UdpServer(core, config.udp_bind, config.udp_port, key=key, reuse_port=True, join=True)
+    # Read-your-writes as in a worker: apply what the hub sent before a batch is answered,
+    # and send the batch's replies once the hub has its changes where every process reads.
+    server.drain, server.settle = client.drain, client.settle
     try:
         server.start()
     except BindError as exc:

@@ -365,3 +365,22 @@ def test_zero_processes_means_one_per_core_it_may_run_on(cores: int) -> None:
         assert wait_until(lambda: "udp-sidecar listening on" in hub.stderr(), WITHIN)
         assert ("with 2 processes" in hub.stderr()) == (cores == 2), hub.stderr()
         assert wait_until(lambda: len(others(hub)) == cores - 1, WITHIN)
+
+
+def test_once_a_reply_is_in_hand_every_process_has_the_announce(tmp_path: Path) -> None:
+    """Read-your-writes across the UDP processes: each announce is followed at once, with
+    no wait, by a scrape from the next socket, which the kernel gives to the other process
+    about half the time (the first test shows both serve)."""
+    with two_processes(tmp_path) as hub:
+        senders = Senders(hub.port)
+        try:
+            torrent = ih("in-hand")
+            for n in range(SENDERS):
+                senders.announce(n, torrent, left=1000, event=2)
+                assert senders.scrape((n + 1) % SENDERS, torrent) == (0, 0, n + 1), n
+            for n in range(SENDERS):
+                senders.announce(n, torrent, left=0, event=1)  # completed
+                seeders, completed, leechers = senders.scrape((n + 1) % SENDERS, torrent)
+                assert (seeders, completed, leechers) == (n + 1, n + 1, SENDERS - n - 1), n
+        finally:
+            senders.close()
