@@ -52,13 +52,13 @@ def peer_id(n: int) -> bytes:
 class Senders:
     """``count`` UDP sockets on distinct source ports of one address, each connected."""
 
-    def __init__(self, port: int, count: int = SENDERS) -> None:
+    def __init__(self, port: int, count: int = SENDERS, host: str = HOST) -> None:
         self.port = port
         self.socks = []
         for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind((HOST, 0))
-            s.connect((HOST, port))
+            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((host, 0))
+            s.connect((host, port))
             s.settimeout(0.5)
             self.socks.append(s)
         self.ids = [self.connect(s) for s in self.socks]
@@ -158,9 +158,12 @@ def others(hub: Server) -> list[int]:
 
 
 @contextlib.contextmanager
-def two_processes(tmp_path: Path, extra: tuple[str, ...] = ()) -> Iterator[Server]:
+def two_processes(
+    tmp_path: Path, extra: tuple[str, ...] = (), binds: tuple[str, ...] = (HOST,)
+) -> Iterator[Server]:
     sock = servers.short_tempdir("udpp-") + "/sync.sock"
-    with sidecar(sync_socket=sock, extra_args=["--udp-processes", "2", *extra]) as hub:
+    args = ["--udp-processes", "2", *extra]
+    with sidecar(sync_socket=sock, binds=binds, extra_args=args) as hub:
         assert wait_until(lambda: len(others(hub)) == 1, WITHIN), hub.stderr()
         assert wait_until(lambda: "UDP process serving" in hub.stderr(), WITHIN), hub.stderr()
         yield hub
@@ -384,3 +387,17 @@ def test_once_a_reply_is_in_hand_every_process_has_the_announce(tmp_path: Path) 
                 assert (seeders, completed, leechers) == (n + 1, n + 1, SENDERS - n - 1), n
         finally:
             senders.close()
+
+
+@pytest.mark.skipif(not servers.has_ipv6_loopback(), reason="no IPv6 loopback here")
+def test_ipv6_is_shared_by_both_processes_too(tmp_path: Path) -> None:
+    with two_processes(tmp_path, binds=(HOST, "::1")) as hub:
+        senders = Senders(hub.port, host="::1")
+        try:
+            for n in range(SENDERS):
+                reply = senders.announce(n, ih("six"), left=1, event=2)
+                assert struct.unpack_from(">I", reply)[0] == 1, reply
+        finally:
+            senders.close()
+        reports = udp_reports(hub.sync_socket, lambda r: len(udp_pids(r)) == 2)
+        assert udp_pids(reports) == {hub.proc.pid, *others(hub)}, reports
