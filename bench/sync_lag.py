@@ -176,18 +176,33 @@ def _http_answers(port: int) -> bool:
 
 def wrk(port: int, seconds: float, connections: int, delay_ms: float, tmp: Path) -> float:
     """Announces/s wrk got answered (it also warms every worker's swarms)."""
+    return wrk_run(port, seconds, connections, delay_ms, tmp)[0]
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk_run(
+    port: int, seconds: float, connections: int, delay_ms: float, tmp: Path
+) -> tuple[float, float, float]:
+    """(announces/s, p50 ms, p99 ms) of one wrk run: the latency a client sees, which is
+    where read-your-writes' wait for the hub's ack shows."""
     script = tmp / "announce.lua"
     script.write_text(WRK_SCRIPT)
     env = dict(os.environ, DELAY_MS=str(delay_ms))
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "-s", str(script),
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--latency", "-s", str(script),
          f"http://127.0.0.1:{port}/"],
         env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     match = re.search(r"Requests/sec:\s*([\d.]+)", out)
     if not match:
         raise RuntimeError(f"no Requests/sec in wrk output:\n{out}")
-    return float(match.group(1))
+    pct = {
+        q: float(v) * _UNITS[unit]
+        for q, v, unit in re.findall(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    }
+    return float(match.group(1)), pct.get("50", float("nan")), pct.get("99", float("nan"))
 
 
 def udp_sender(
@@ -422,14 +437,16 @@ def main(argv: list[str] | None = None) -> int:
         for sync in (False, True) if "http" in parts else ():
             with tracker(tmp, args.workers, sync, args.worker_class) as ports:
                 cpu = cpu_seconds(ports["pids"])
-                rps = wrk(ports["http"], args.seconds, args.connections, 0, tmp)
+                rps, p50, p99 = wrk_run(ports["http"], args.seconds, args.connections, 0, tmp)
                 cpu_us = (cpu_seconds(ports["pids"]) - cpu) / (rps * args.seconds) * 1e6
             key = "hub" if sync else "alone"
             results[f"http_rps_{key}"], results[f"cpu_us_{key}"] = rps, cpu_us
+            results[f"http_p50_ms_{key}"], results[f"http_p99_ms_{key}"] = p50, p99
             print(
                 f"HTTP, {args.workers} workers, {'with' if sync else 'no'} hub: "
                 f"{rps:,.0f} announces/s, {cpu_us:.0f} us of CPU per announce "
-                f"(workers{' + sidecar' if sync else ''})"
+                f"(workers{' + sidecar' if sync else ''}), latency p50 {p50:.2f} ms, "
+                f"p99 {p99:.2f} ms"
             )
 
         if "core" in parts:
@@ -471,11 +488,15 @@ def end_to_end(
         udp_load = (udp_sender, (ports["udp"], args.rate - http_rate, args.seconds))
         lags, counts = watch_while(
             ctx, ports["sock"], args.seconds, [udp_load],
-            lambda: wrk(ports["http"], args.seconds, args.connections, delay_ms, tmp),
+            lambda: wrk_run(ports["http"], args.seconds, args.connections, delay_ms, tmp),
         )  # fmt: skip
-    got_http, sent_udp = counts[-1], counts[0] / args.seconds
+    (got_http, p50, p99), sent_udp = counts[-1], counts[0] / args.seconds
     results["e2e_rate_http"], results["e2e_rate_udp"] = got_http, sent_udp
-    print(f"end to end: {got_http:,.0f} HTTP + {sent_udp:,.0f} UDP announces/s")
+    results["e2e_http_p50_ms"], results["e2e_http_p99_ms"] = p50, p99
+    print(
+        f"end to end: {got_http:,.0f} HTTP + {sent_udp:,.0f} UDP announces/s; "
+        f"HTTP latency (paced) p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+    )
     report(results, "http", "worker -> other process", lags["http"])
     report(results, "udp", "sidecar -> other process", lags["udp"])
 

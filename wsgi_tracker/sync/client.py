@@ -6,8 +6,8 @@ as real threads under a threaded WSGI server. Two loops:
 
 * the connection loop connects (with exponential backoff), reads the hub's
   snapshot, then applies every frame the hub sends, under ``core.lock``, in
-  slices of ``SLICE`` changes with a yield between, so a flood of remote
-  changes never holds up a request for long;
+  slices of ``SLICE`` changes; with a backlog it pauses as long as each slice
+  took, so a flood of remote changes never holds a request up for long;
 * the flusher sends what ``ChangeBuffer`` collected every few milliseconds,
   each batch marked with a sequence number (Mark), and a heartbeat when there
   was nothing to send.
@@ -71,25 +71,14 @@ MAX_WS_WAITING = 10_000  # WebSocket peer changes kept while the hub is away (~6
 ACK_WAIT = 0.03
 # Remote changes applied in one go before the reader lets requests run (~0.5-3 ms).
 SLICE = 512
-# Remote changes a request applies itself before answering; past it the answer may
-# miss the newest remote changes (counted as stale_reads). A backlog this large means
-# the process is overloaded, and the reader catches up in slices.
-DRAIN_MAX = 8192
+# Remote changes a request applies itself before answering (a few ms at most); past it
+# the answer may miss the newest remote changes (counted as stale_reads). A backlog
+# this large means the process is overloaded, and the reader catches up in slices.
+DRAIN_MAX = 1024
 # Decoded changes held ahead of being applied; the rest stay in the socket, so a hub
 # sending a large snapshot still meets the kernel's flow control.
 INBOX_MAX = 2 * f.RECORDS_PER_FRAME
 _FIONREAD = struct.Struct("i")
-
-
-def _pause() -> Callable[[], None]:
-    """How the reader lets requests run between slices: under gevent, ``idle`` (a
-    ``sleep(0)`` runs only callbacks, not the sockets' I/O); with threads, a plain yield."""
-    try:
-        import gevent
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        return lambda: time.sleep(0)
-    return gevent.idle if monkey.is_module_patched("threading") else lambda: time.sleep(0)
 
 
 def _unread(fd: int) -> int:
@@ -158,7 +147,6 @@ class SyncClient:
         self.ack_waits = 0
         self.ack_timeouts = 0
         self.stale_reads = 0
-        self._pause = _pause()
         self._threads: list[threading.Thread] = []
         # Where WebSocket relays for this process's sockets go: (info_hash, peer_id, text).
         self.on_relay: Callable[[bytes, bytes, str], object] | None = None
@@ -406,12 +394,17 @@ class SyncClient:
                     self._decoder.close()
                 raise OSError("hub closed the connection")
             while not self._stopped:
+                began = time.monotonic()
                 with self._read_lock:
                     done = self._catch_up(SLICE, reads=1)
                 self._run_later()
                 if done:
                     break
-                self._pause()
+                # A backlog: as long again for everyone else (requests, the host site's
+                # pages) before the next slice, so applying takes at most half the
+                # process while they wait, and never starves. A timed sleep, not
+                # gevent's sleep(0), which lets no socket be polled.
+                time.sleep(time.monotonic() - began)
 
     def _catch_up(self, budget: int | None, reads: int | None = None) -> bool:
         """Read what the socket holds and apply it in order, at most ``budget`` changes
