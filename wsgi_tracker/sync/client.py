@@ -53,8 +53,8 @@ from wsgi_tracker.sync.replica import (
     RECV_BYTES,
     ChangeBuffer,
     ReportBuffer,
-    apply_remote,
     batch_wait,
+    merge,
     walk,
 )
 from wsgi_tracker.sync.session import FROM_HUB, Conversation, Phase
@@ -480,10 +480,9 @@ class SyncClient:
         return done
 
     def _merge(self, peers: Sequence[PeerChange], start: int, stop: int, state: bool) -> None:
-        store = self.core.store
+        """One slice of a frame's records, merged in bulk (``SwarmStore.merge_many``)."""
         with self.core.lock:
-            for i in range(start, stop):
-                apply_remote(store, peers[i], state)
+            merge(self.core.store, peers, state, start, stop)
 
     def _run_later(self) -> None:
         """Callbacks that may block (a WebSocket relay's send), run outside ``_read_lock``."""
