@@ -228,9 +228,6 @@ def serve_for_hub(config: TrackerConfig, key: bytes) -> int:
     except BindError as exc:
         client.stop()
         return _fail(str(exc))
-    # Read-your-writes: apply what the hub sent before a batch, and send a batch's
-    # replies once the hub acked its changes (docs/SYNC.md).
-    server.drain, server.settle = client.drain, client.settle
     stats = TrackerStats(core, role="udp")
     stats.share(
         client.publish_stats,

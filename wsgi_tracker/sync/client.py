@@ -403,8 +403,9 @@ class SyncClient:
                 # A backlog: as long again for everyone else (requests, the host site's
                 # pages) before the next slice, so applying takes at most half the
                 # process while they wait, and never starves. A timed sleep, not
-                # gevent's sleep(0), which lets no socket be polled.
-                time.sleep(time.monotonic() - began)
+                # gevent's sleep(0), which lets no socket be polled. Not in a first
+                # join: every request waits for it (``ready``), so a pause is lost time.
+                time.sleep(time.monotonic() - began if self.ready.is_set() else 0)
 
     def _catch_up(self, budget: int | None, reads: int | None = None) -> bool:
         """Read what the socket holds and apply it in order, at most ``budget`` changes
