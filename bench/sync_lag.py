@@ -39,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a file: python bench/sync_lag.py
@@ -206,37 +207,63 @@ def wrk_run(
 
 
 def udp_sender(
-    port: int, rate: float, seconds: float, done: multiprocessing.Queue, tag: bytes = b"-UD"
+    port: int,
+    rate: float,
+    seconds: float,
+    done: multiprocessing.Queue,
+    tag: bytes = b"-UD",
+    distinct: bool = False,
+    answered: Any = None,
 ) -> None:
     """Paced BEP 15 announces from 5000 simulated peers (peer ids start with ``tag``);
-    puts the count sent."""
+    puts the count sent.
+
+    ``distinct``: every announce from a new peer in one of 100,000 torrents (no peer
+    repeats), as a real crowd looks within seconds, rather than 5000 peers over and over.
+    ``answered`` (a ``multiprocessing.Value``) is set to the replies received.
+    """
     socks = []
     for _ in range(4):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # replies wait while we pace
         s.settimeout(2)
         s.connect(("127.0.0.1", port))
         s.send(struct.pack(">QII", UDP_PROTOCOL_ID, 0, 1))
         socks.append((s, s.recv(16)[8:16]))
         s.setblocking(False)
-    sent = 0
+    sent = replies = 0
     start = time.monotonic()
     while (elapsed := time.monotonic() - start) < seconds:
         for _ in range(int(elapsed * rate) - sent):
-            c = secrets.randbelow(5000)
+            c = sent if distinct else secrets.randbelow(5000)
             sock, cid = socks[c % 4]
-            ih = b"%020d" % ((c * 7 + secrets.randbelow(20)) % 1000)
+            if distinct:
+                ih, peer_id = b"%020d" % secrets.randbelow(100_000), tag + b"%017d" % c
+                port = 1024 + c % 60000
+            else:
+                ih = b"%020d" % ((c * 7 + secrets.randbelow(20)) % 1000)
+                peer_id, port = tag + b"0001-%012d" % c, 40000 + c
             packet = struct.pack(
-                ">8sII20s20sQQQIIIiH", cid, 1, sent, ih, tag + b"0001-%012d" % c,
-                0, 0 if c % 5 == 0 else 1000, 0, 0, 0, 0, 50, 40000 + c,
+                ">8sII20s20sQQQIIIiH", cid, 1, sent, ih, peer_id,
+                0, 0 if c % 5 == 0 else 1000, 0, 0, 0, 0, 50, port,
             )  # fmt: skip
             with contextlib.suppress(OSError):
                 sock.send(packet)
             sent += 1
-        for sock, _ in socks:  # drop the replies
+        for sock, _ in socks:  # count and drop the replies
             with contextlib.suppress(OSError):
                 while sock.recv(65536):
-                    pass
+                    replies += 1
         time.sleep(0.001)
+    if answered is not None:
+        deadline = time.monotonic() + 0.5  # the last replies still on their way
+        while time.monotonic() < deadline:
+            for sock, _ in socks:
+                with contextlib.suppress(OSError):
+                    while sock.recv(65536):
+                        replies += 1
+            time.sleep(0.01)
+        answered.value = replies
     done.put(sent)
 
 

@@ -6,9 +6,18 @@ other process makes. Changes a client sends are applied here and forwarded,
 byte for byte, to the other clients; the sidecar's own UDP announces reach
 the clients through the same ``core.listeners`` path as a worker's.
 
+What goes out is only what a reader needs (docs/SYNC.md, "Shipping"): the hub
+applies a client's changes to its own replica first, in bounded slices that
+let UDP run between them, and ships at once those that change what a reader
+sees; a pure refresh of a known peer only moves its expiry, and waits up to
+``refresh_window`` (coalesced per peer) before it goes out.
+
 A client never slows the hub or the others: everything sent to it waits in
-its own bounded queue, drained by its own greenlet, and a client that falls
-``max_queue_bytes`` behind is disconnected (it reconnects and resyncs).
+its own queue, drained by its own greenlet. A client more than
+``max_queue_bytes`` behind is never dropped for it: its pending changes
+coalesce per peer (the newest state of each, counts summed per torrent) and
+go out as it drains, so what it is owed is bounded by the peers changed, not
+by the announces. Only one that reads nothing for ``dead_after`` is dropped.
 """
 
 from __future__ import annotations
@@ -23,14 +32,17 @@ import stat
 import struct
 import termios
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
+from wsgi_tracker.core.swarm import Swarm, SwarmStore
 from wsgi_tracker.core.tracker import TrackerCore
-from wsgi_tracker.core.types import EVENT_STOPPED, PeerChange
+from wsgi_tracker.core.types import EVENT_NONE, EVENT_STOPPED, PeerChange, WsChange
 from wsgi_tracker.core.ws_swarm import WsSwarmFull
 from wsgi_tracker.sync import frames as f
 from wsgi_tracker.sync.replica import (
@@ -50,7 +62,18 @@ from wsgi_tracker.sync.socket_path import UnsafeSocketPath, check_private, why_n
 
 log = logging.getLogger("wsgi_tracker.sync.hub")
 
-MAX_QUEUE_BYTES = 32 << 20  # ~500k peer records: seconds of full load
+# Past this many bytes queued to a client, what it is owed coalesces per peer (~500k peer
+# records: seconds of full load) instead of queueing.
+MAX_QUEUE_BYTES = 32 << 20
+# A pure refresh of a known peer waits at most this long before it is shipped, and ships
+# once however often the peer announced meanwhile. Receivers then hold the peer's expiry
+# up to this much early, against a TTL of about an hour (docs/SYNC.md, "Shipping").
+REFRESH_WINDOW = 1.0
+REFRESH_TICK = 0.05  # how often the held refreshes that are due go out
+# A client's changes are applied in slices this large; after about SLICE_SECONDS of
+# them, what they changed goes out and UDP (and everyone else) gets the loop.
+SLICE_RECORDS = 128
+SLICE_SECONDS = 0.002
 # A client this far behind (bytes queued here, its socket full) is not waited for by
 # acks and ``settle``: one lagging process must not hold every reply up. It reads its
 # backlog before it answers anything newer (docs/SYNC.md, "Read-your-writes").
@@ -67,11 +90,116 @@ class HubError(Exception):
     """The hub cannot listen where it was told to; the message says why."""
 
 
+class Parts(NamedTuple):
+    """What a fan-out carries, decoded: a lagging client coalesces these, not the bytes."""
+
+    deltas: Sequence[PeerChange] = ()
+    state: Sequence[PeerChange] = ()
+    counts: Sequence[tuple[bytes, int]] = ()
+    ws: Sequence[WsChange] = ()
+
+
+class Backlog:
+    """What a lagging client is owed, one entry per peer: the newest change of each.
+
+    Every replica keeps the newest change per peer and a stop outranks older
+    announces (``STOP_MEMORY``), so sending only the newest of a run of changes
+    ends in the same replica as sending them all; counts add, so they are summed
+    per torrent. A delta wins a tie with state, as ``apply_remote`` has it.
+    Anything that must keep its place (a snapshot, a relay) first takes the
+    whole backlog out (``take`` with no limit): only runs of deltas and counts
+    are ever merged.
+    """
+
+    def __init__(self) -> None:
+        self.peers: OrderedDict[tuple[bytes, bytes, int], tuple[PeerChange, bool]] = OrderedDict()
+        self.ws: OrderedDict[tuple[bytes, bytes], WsChange] = OrderedDict()
+        self.counts: dict[bytes, int] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.peers or self.ws or self.counts)
+
+    def add(self, parts: Parts) -> None:
+        peers = self.peers
+        for changes, state in ((parts.state, True), (parts.deltas, False)):
+            for change in changes:
+                key = (change.info_hash, change.peer_id, len(change.endpoint))
+                held = peers.get(key)
+                if held is not None:
+                    old, old_state = held
+                    if change.timestamp < old.timestamp or (
+                        change.timestamp == old.timestamp and state and not old_state
+                    ):
+                        continue
+                peers[key] = (change, state)
+        for ws in parts.ws:
+            key2 = (ws.info_hash, ws.peer_id)
+            had = self.ws.get(key2)
+            if had is None or ws.timestamp >= had.timestamp:
+                self.ws[key2] = ws
+        counts = self.counts
+        for ih, n in parts.counts:
+            counts[ih] = counts.get(ih, 0) + n
+
+    def take(self, limit: int | None = None) -> bytes:
+        """Up to ``limit`` peers' changes (all without one), encoded, oldest entries first."""
+        deltas: list[PeerChange] = []
+        state: list[PeerChange] = []
+        peers = self.peers
+        for _ in range(len(peers) if limit is None else min(limit, len(peers))):
+            change, is_state = peers.popitem(last=False)[1]
+            (state if is_state else deltas).append(change)
+        ws = list(self.ws.values())
+        self.ws.clear()
+        counts, self.counts = self.counts, {}
+        return (
+            f.encode(f.Deltas(deltas))
+            + f.encode(f.Snapshot(state))
+            + f.encode(f.Counts(list(counts.items())))
+            + f.encode(f.WsPeers(ws))
+        )
+
+
+def is_refresh(store: SwarmStore, change: PeerChange, window: float) -> bool:
+    """Whether ``change`` only moves a known peer's expiry: what no reader sees.
+
+    True for an announce with no event from a peer ``store`` holds at the same
+    endpoint, with the same seeder flag and key, whose current expiry is still
+    well ahead (more than twice ``window`` plus a second), so a receiver that
+    gets the refresh up to ``window`` late never lets the peer lapse meanwhile.
+    Anything else (a new peer, a stop, a completion, a seeder flip, a move, a
+    key learnt) changes what readers see or what the identity rule checks.
+    Call before the change is applied.
+    """
+    if change.event != EVENT_NONE:
+        return False
+    swarm = store.peek(change.info_hash)
+    if swarm is None:
+        return False
+    width = len(change.endpoint)
+    pl = swarm.family(width, create=False)
+    if pl is None:
+        return False
+    slot = pl.slot(change.peer_id)
+    if slot < 0:
+        return False
+    return (
+        pl.expires[slot] > change.timestamp + 2 * window + 1.0
+        and (slot < pl.seeders) == change.seeder
+        and pl.addrs[slot * width : slot * width + width] == change.endpoint
+        and (not change.key or pl.keys[slot] == change.key)
+    )
+
+
 class _Client:
     """One connected process: its socket and the bytes waiting to go to it."""
 
-    def __init__(self, sock: socket.socket, number: int) -> None:
+    def __init__(self, sock: socket.socket, number: int, lag_bytes: int = MAX_QUEUE_BYTES) -> None:
         self.sock = sock
+        self.lag_bytes = lag_bytes
+        # While it lags: what it is owed, coalesced per peer; drained after the queue.
+        self.backlog: Backlog | None = None
+        self.stats_owed = False  # a Stats frame skipped while it lagged
         self.name = f"client #{number}"
         self.pid = 0
         self.role = f.ROLE_TOOL
@@ -105,7 +233,10 @@ class _Client:
         if self.gone:
             return
         self.taken += len(data)
-        if not self.queue and not self.writing and not self.closed:
+        if self.backlog is not None:
+            self._owe(self.backlog.take())  # what it is owed comes first
+            self.backlog = None
+        elif not self.queue and not self.writing and not self.closed:
             try:
                 sent = self.sock.send(data, 0, timeout=0.0)  # type: ignore[call-arg]
             except OSError:
@@ -114,8 +245,20 @@ class _Client:
             if sent == len(data):
                 return
             data = data[sent:]
-        self.queue.append(data)
-        self.queued += len(data)
+        self._enqueue(data)
+
+    def offer(self, data: bytes, parts: Parts) -> None:
+        """``send`` deltas and counts (``data``, decoded as ``parts``), or, past
+        ``lag_bytes`` queued, merge them into the backlog: never dropped for lag."""
+        if self.gone or self.closed:
+            return
+        if self.backlog is None:
+            if self.queued <= self.lag_bytes:
+                self.send(data)
+                return
+            self.backlog = Backlog()
+            log.info("sync hub: %s is %d bytes behind; coalescing per peer", self.name, self.queued)
+        self.backlog.add(parts)
         self.ready.set()
 
     def holds(self, pos: int) -> bool:
@@ -125,19 +268,77 @@ class _Client:
 
     def counts_for_acks(self) -> bool:
         """Joined (its snapshot is queued, so it answers nothing before reading what is
-        queued now) and not lagging past ``ACK_LAG_BYTES``."""
+        queued now) and not lagging: past ``ACK_LAG_BYTES``, or with a backlog (what it
+        is owed there is in no byte count yet)."""
         snapshot = self.snapshot
         joined = snapshot is not None and snapshot.dead and not self.closed and not self.gone
-        return joined and self.taken - self.handed <= ACK_LAG_BYTES
+        lagging = self.backlog is not None or self.taken - self.handed > ACK_LAG_BYTES
+        return joined and not lagging
+
+    def refill(self) -> None:
+        """The queue has drained: move the next part of the backlog into it."""
+        backlog = self.backlog
+        if backlog is None:
+            return
+        self._owe(backlog.take(f.RECORDS_PER_FRAME))
+        if not backlog:
+            self.backlog = None
+            log.info("sync hub: %s has caught up", self.name)
+
+    def _owe(self, data: bytes) -> None:
+        """Queue bytes from the backlog (counted like any given to ``send``, for acks)."""
+        self.taken += len(data)
+        self._enqueue(data)
+
+    def _enqueue(self, data: bytes) -> None:
+        if data:
+            self.queue.append(data)
+            self.queued += len(data)
+            self.ready.set()
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         self.queue.clear()
+        self.backlog = None
         self.ready.set()
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Outbox:
+    """What one read from ``origin`` passes on, gathered for one write per other client."""
+
+    def __init__(self, hub: SyncHub, origin: _Client) -> None:
+        self.hub = hub
+        self.origin = origin
+        self._empty()
+
+    def _empty(self) -> None:
+        self.wire: list[bytes] = []
+        self.deltas: list[PeerChange] = []
+        self.counts: list[tuple[bytes, int]] = []
+        self.ws: list[WsChange] = []
+        self.up: list[f.Frame] = []
+
+    def add(self, wire: bytes, parts: Parts, up: f.Frame | None) -> None:
+        self.wire.append(wire)
+        self.deltas.extend(parts.deltas)
+        self.counts.extend(parts.counts)
+        self.ws.extend(parts.ws)
+        if up is not None:
+            self.up.append(up)
+
+    def flush(self) -> None:
+        if not self.wire:
+            return
+        hub = self.hub
+        parts = Parts(self.deltas, (), self.counts, self.ws)
+        hub._fan_out(b"".join(self.wire), exclude=self.origin, parts=parts)
+        if hub.uplink is not None and self.up:
+            hub.uplink(self.up)
+        self._empty()
 
 
 class SyncHub:
@@ -152,11 +353,20 @@ class SyncHub:
         flush_delay: float = FLUSH_DELAY,
         heartbeat: float = HEARTBEAT,
         dead_after: float = DEAD_AFTER,
+        refresh_window: float = REFRESH_WINDOW,
         on_counts: Callable[[list[tuple[bytes, int]]], None] | None = None,
     ) -> None:
         """``on_counts`` sees every increment the hub applies from a client (the
-        journal), before it is applied."""
+        journal), before it is applied. ``refresh_window`` 0 ships every change
+        at once."""
         self.core = core
+        self.refresh_window = refresh_window
+        # Refreshes waiting to go out, oldest first: peer -> (held since, newest
+        # change, the client it came from, None for the sidecar or several).
+        self._held: OrderedDict[tuple[bytes, bytes, int], tuple[float, PeerChange, _Client | None]]
+        self._held = OrderedDict()
+        self._store_apply = core.store.apply
+        self._refreshing = False  # what the last store.apply was (see ``_classified_apply``)
         self.on_counts = on_counts
         self.path = path
         self.max_queue_bytes = max_queue_bytes
@@ -193,11 +403,14 @@ class SyncHub:
         """Bind the socket (HubError if impossible), then serve in greenlets."""
         self._listener = listen_unix(self.path)
         self._inode = os.stat(self.path).st_ino
-        self.core.listeners.append(self._buffer)
+        if self.refresh_window:
+            self.core.store.apply = self._classified_apply  # type: ignore[method-assign]
+        self.core.listeners.append(self._own_change)
         self._greenlets = [
             gevent.spawn(self._accept_loop),
             gevent.spawn(self._flush_loop),
             gevent.spawn(self._heartbeat_loop),
+            gevent.spawn(self._refresh_loop),
         ]
         log.info("sync hub listening on %s", self.path)
 
@@ -210,7 +423,7 @@ class SyncHub:
         them (0-4 completions in half the mixed HTTP + UDP stops).
         """
         with contextlib.suppress(ValueError):
-            self.core.listeners.remove(self._buffer)
+            self.core.listeners.remove(self._own_change)
         if self._greenlets:
             self._greenlets[0].kill()  # the accept loop, before its socket closes
         if self._listener is not None:
@@ -221,8 +434,10 @@ class SyncHub:
         while time.monotonic() < deadline and any(_unread(c.sock) for c in self.clients):
             gevent.sleep(0.005)
         gevent.killall(self._greenlets, timeout=2)
+        self._ship_held(float("inf"))
         for client in list(self.clients):
             self._drop(client, None)
+        vars(self.core.store).pop("apply", None)
 
     @property
     def workers(self) -> int:
@@ -258,15 +473,20 @@ class SyncHub:
 
     # --- fan-out ---------------------------------------------------------------------
 
-    def _fan_out(self, data: bytes, exclude: _Client | None = None) -> None:
+    def _fan_out(
+        self, data: bytes, exclude: _Client | None = None, parts: Parts | None = None
+    ) -> None:
+        """``data`` to every client but ``exclude``; with ``parts`` (what ``data`` holds,
+        decoded) a lagging client merges them into its backlog instead."""
         if not data:
             return
         for client in list(self.clients):
             if client is exclude:
                 continue
-            client.send(data)
-            if client.queued > self.max_queue_bytes:
-                self._drop(client, f"{client.queued} bytes behind; it will resync")
+            if parts is None:
+                client.send(data)
+            else:
+                client.offer(data, parts)
 
     def _drop(self, client: _Client, reason: str | None) -> None:
         if client not in self.clients:
@@ -293,7 +513,7 @@ class SyncHub:
             for change in stops:
                 self.core.ws.apply(change, change.timestamp)
         if stops:
-            self._fan_out(f.encode(f.WsPeers(stops)))
+            self._fan_out(f.encode(f.WsPeers(stops)), parts=Parts(ws=stops))
             if self.uplink is not None:
                 self.uplink([f.WsPeers(stops)])
 
@@ -316,7 +536,7 @@ class SyncHub:
                 sock.close()
                 continue
             self._accepted += 1
-            client = _Client(sock, self._accepted)
+            client = _Client(sock, self._accepted, self.max_queue_bytes)
             self.clients.add(client)
             gevent.spawn(self._serve, client)
 
@@ -335,9 +555,11 @@ class SyncHub:
     def _write_loop(self, client: _Client) -> None:
         sock = client.sock
         while not client.closed:
-            client.ready.wait()
-            client.ready.clear()
-            if client.closed or not client.queue:
+            if not client.queue:
+                client.refill()
+            if not client.queue:
+                client.ready.wait()
+                client.ready.clear()
                 continue
             data = b"".join(client.queue)
             client.queue.clear()
@@ -420,12 +642,7 @@ class SyncHub:
                         self._greet(client, frame)
                     else:
                         received.append((raw, frame))
-                self._forward(client, received)
-                for raw, frame in received:
-                    if isinstance(frame, f.WsRelay):
-                        self.route(frame, raw.wire)
-                    else:
-                        self._handle(client, frame)
+                self._take_in(client, received)
             except f.FrameError as exc:
                 log.error("sync hub: refusing %s: %s", client.name, exc)
                 self._drop(client, None)
@@ -443,28 +660,137 @@ class SyncHub:
         log.info("sync hub: %s connected", client.name)
         client.snapshot = gevent.spawn(self._send_snapshot, client)
 
-    def _forward(self, client: _Client, received: list[tuple[f.RawFrame, f.Frame]]) -> None:
-        """Pass on every delta and count of one read, byte for byte, in one write per client.
+    def _take_in(self, client: _Client, received: list[tuple[f.RawFrame, f.Frame]]) -> None:
+        """Apply one read's frames here, in order, and pass on what readers need.
 
-        This comes before any of them is applied here (~9 us a change), so the
-        others never wait for our replica, nor, when a late read brings several
-        batches, for the frames before theirs to be applied. Nothing yields
-        between this and ``_handle``, so no snapshot runs between forwarding and
-        applying. What ``_handle`` forwards later (a re-sent replica's news, raised
-        totals) commutes with deltas and counts: the newest change wins and state
-        loses a tie, and counts add.
+        Deltas are applied first, in slices of ``SLICE_RECORDS``: each change is
+        sorted as it lands (``_merge``), and what is news and visible goes out,
+        all of it in one write per other client, before the loop is given up
+        (after ``SLICE_SECONDS`` of work, so a burst from the workers never holds
+        UDP up longer), so nothing yields between applying a change and queueing
+        it: a snapshot taken between slices is never newer than what was queued
+        before it. Deltas the replica refuses, or already holds newer, are not
+        sent; an unchanged frame still goes out byte for byte. Counts and
+        WebSocket peers are passed on as they come; any other frame (a re-sent
+        replica, totals, an ack) is handled after what came before it has gone.
         """
-        wire = [
-            raw.wire
-            for raw, frame in received
-            if isinstance(frame, f.Deltas | f.Counts | f.WsPeers)
-        ]
-        if wire:
-            self._fan_out(b"".join(wire), exclude=client)
-            if self.uplink is not None:
-                self.uplink(
-                    [fr for _, fr in received if isinstance(fr, f.Deltas | f.Counts | f.WsPeers)]
-                )
+        out = _Outbox(self, client)
+        deadline = time.monotonic() + SLICE_SECONDS
+        for raw, frame in received:
+            if isinstance(frame, f.Deltas):
+                peers = frame.peers
+                for start in range(0, len(peers), SLICE_RECORDS):
+                    part = peers[start : start + SLICE_RECORDS]
+                    shown = self._merge(part, client)
+                    if len(shown) == len(peers):
+                        out.add(raw.wire, Parts(deltas=shown), f.Deltas(shown))
+                    elif shown:
+                        out.add(f.encode(f.Deltas(shown)), Parts(deltas=shown), f.Deltas(shown))
+                    if time.monotonic() > deadline:
+                        out.flush()
+                        gevent.idle()
+                        deadline = time.monotonic() + SLICE_SECONDS
+            elif isinstance(frame, f.Counts):
+                self._apply(frame)
+                out.add(raw.wire, Parts(counts=frame.counts), frame)
+            elif isinstance(frame, f.WsPeers):
+                out.add(raw.wire, Parts(ws=frame.changes), frame)
+                self._handle(client, frame)
+            else:
+                out.flush()
+                if isinstance(frame, f.WsRelay):
+                    self.route(frame, raw.wire)
+                else:
+                    self._handle(client, frame)
+        out.flush()
+
+    def _merge(self, changes: Sequence[PeerChange], origin: _Client | None) -> list[PeerChange]:
+        """Apply ``changes`` from ``origin``; returns those to ship now (news a reader sees).
+
+        A refresh is held instead (``_hold``); a visible change supersedes the
+        peer's held refresh, which is dropped.
+        """
+        store = self.core.store
+        held = self._held
+        window = self.refresh_window
+        shown = []
+        with self.core.lock:
+            for change in changes:
+                if not apply_remote(store, change):
+                    continue
+                if window and self._refreshing:
+                    self._hold(change, origin)
+                else:
+                    if held:
+                        held.pop((change.info_hash, change.peer_id, len(change.endpoint)), None)
+                    shown.append(change)
+        return shown
+
+    def _classified_apply(
+        self, change: PeerChange, count_download: bool = True
+    ) -> tuple[Swarm | None, int, bool]:
+        """``SwarmStore.apply``, noting first whether the change is a mere refresh.
+
+        Installed on the hub's own store (``start``): the core tells its listeners
+        of an announce only after the store has taken it, when what the peer was
+        before is gone, and the hub's own UDP announces must be sorted like a
+        client's deltas. The note is read right after, by ``_own_change`` or
+        ``_merge``, with nothing in between.
+        """
+        self._refreshing = is_refresh(self.core.store, change, self.refresh_window)
+        return self._store_apply(change, count_download)
+
+    def _own_change(self, change: PeerChange, counted: bool) -> None:
+        """The listener for the sidecar's own announces: refreshes are held, the rest
+        go with the next batch."""
+        if self._refreshing and self.refresh_window and not counted:
+            self._hold(change, None)
+            return
+        if self._held:
+            self._held.pop((change.info_hash, change.peer_id, len(change.endpoint)), None)
+        self._buffer(change, counted)
+
+    def _hold(self, change: PeerChange, origin: _Client | None) -> None:
+        """Keep the newest refresh of a peer until it is due; its first one sets when."""
+        key = (change.info_hash, change.peer_id, len(change.endpoint))
+        had = self._held.get(key)
+        if had is None:
+            self._held[key] = (time.monotonic(), change, origin)
+        else:
+            self._held[key] = (had[0], change, origin if had[2] is origin else None)
+
+    def _ship_held(self, due: float) -> None:
+        """Send every held refresh held since ``due`` or earlier, in frames of
+        ``RECORDS_PER_FRAME``, yielding between them."""
+        held = self._held
+        while held:
+            batch: dict[_Client | None, list[PeerChange]] = {}
+            with self.core.lock:
+                for _ in range(f.RECORDS_PER_FRAME):
+                    if not held:
+                        break
+                    key = next(iter(held))
+                    since, change, origin = held[key]
+                    if since > due:
+                        break
+                    del held[key]
+                    batch.setdefault(origin, []).append(change)
+            if not batch:
+                return
+            for origin, changes in batch.items():
+                if origin is not None and origin not in self.clients:
+                    origin = None
+                self._fan_out(f.encode(f.Deltas(changes)), exclude=origin, parts=Parts(changes))
+                if self.uplink is not None:
+                    self.uplink([f.Deltas(changes)])
+            if due != float("inf"):
+                gevent.idle()
+
+    def _refresh_loop(self) -> None:
+        """Every ``REFRESH_TICK``, ship the refreshes held for ``refresh_window``."""
+        while True:
+            gevent.sleep(REFRESH_TICK)
+            self._ship_held(time.monotonic() - self.refresh_window)
 
     def route(self, relay: f.WsRelay, wire: bytes) -> None:
         """An offer or answer goes to the one process holding its target's socket
@@ -485,7 +811,10 @@ class SyncHub:
         kinds = f.Deltas | f.Counts | f.WsPeers
         wire = [raw.wire for raw, frame in received if isinstance(frame, kinds)]
         if wire:
-            self._fan_out(b"".join(wire))
+            deltas = [c for _, fr in received if isinstance(fr, f.Deltas) for c in fr.peers]
+            counts = [n for _, fr in received if isinstance(fr, f.Counts) for n in fr.counts]
+            ws = [c for _, fr in received if isinstance(fr, f.WsPeers) for c in fr.changes]
+            self._fan_out(b"".join(wire), parts=Parts(deltas, (), counts, ws))
         for _, frame in received:
             if isinstance(frame, f.Snapshot):
                 self.merge_state(frame.peers)
@@ -505,7 +834,7 @@ class SyncHub:
         with core.lock:
             news = [c for c in peers if apply_remote(store, c, state=True)]
         if news:
-            self._fan_out(f.encode(f.Snapshot(news)), exclude=exclude)
+            self._fan_out(f.encode(f.Snapshot(news)), exclude=exclude, parts=Parts(state=news))
         return news
 
     def _apply(self, frame: f.Frame) -> None:
@@ -558,7 +887,7 @@ class SyncHub:
                 self.on_counts(raised)
             # Not up the uplink: these were counted once already, and a cluster node
             # claims its totals (rather than adding them) when it joins.
-            self._fan_out(f.encode(f.Counts(raised)))
+            self._fan_out(f.encode(f.Counts(raised)), parts=Parts(counts=raised))
         elif isinstance(frame, f.WsPeers):
             self._apply_ws(frame)
         elif isinstance(frame, f.Reports):
@@ -601,7 +930,10 @@ class SyncHub:
     def _send_own(self) -> None:
         """The sidecar's own buffered changes, to every client and up the uplink."""
         changes, counts = self._buffer.take()
-        self._fan_out(f.encode(f.Deltas(changes)) + f.encode(f.Counts(counts)))
+        self._fan_out(
+            f.encode(f.Deltas(changes)) + f.encode(f.Counts(counts)),
+            parts=Parts(deltas=changes, counts=counts),
+        )
         if self.uplink is not None:
             self.uplink([f.Deltas(changes), f.Counts(counts)])
 
@@ -675,14 +1007,23 @@ class SyncHub:
         return True
 
     def _heartbeat_loop(self) -> None:
+        """A heartbeat (and the stats, when they changed) to every client; one that
+        lags is busy reading and gets the stats once it has caught up."""
         beat = f.encode(f.Heartbeat())
         while True:
             gevent.sleep(self.heartbeat)
-            data = beat
-            if self._stats_changed:
-                self._stats_changed = False
-                data += f.encode(f.Stats(self.cluster_stats))
-            self._fan_out(data)
+            changed, self._stats_changed = self._stats_changed, False
+            stats = b""
+            for client in list(self.clients):
+                if client.backlog is not None:
+                    client.stats_owed |= changed
+                    continue
+                if changed or client.stats_owed:
+                    client.stats_owed = False
+                    stats = stats or f.encode(f.Stats(self.cluster_stats))
+                    client.send(beat + stats)
+                else:
+                    client.send(beat)
 
 
 # --- the socket file -------------------------------------------------------------------

@@ -1,0 +1,115 @@
+"""What keeping in step costs an idle worker: ``python -m bench.apply_cost``.
+
+The real stack on loopback: ``udp-sidecar`` as the hub and ``gunicorn`` with
+``--workers`` TrackerWorker workers syncing through it. A paced BEP 15 load
+goes into the sidecar at ``--rate``; the workers get no request at all, so
+every CPU second they spend (read from /proc over the load) is the price of
+applying the changes the sidecar made. The figure is that CPU divided by the
+announces the sidecar answered: microseconds per remote change, per worker
+(issue 16, target 1: at most 1.5 us).
+
+Two mixes (``--mix``): ``bench`` is sync_lag's 5000 clients announcing over and
+over (most announces refresh a known peer); ``distinct`` makes every announce
+a new peer in one of 100,000 torrents, as a real crowd looks within seconds.
+Each run starts a fresh stack; the median of ``--runs`` is quoted. Prints one
+line per run, a summary per mix and an ``APPLY_RESULT`` line for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a file: python bench/apply_cost.py
+    sys.path.insert(0, str(REPO))
+
+from bench.procs import cpu_seconds  # noqa: E402
+from bench.sync_lag import tracker, udp_sender  # noqa: E402
+
+SETTLE = 2.0  # seconds after start-up before measuring: the workers' joins are done
+MIXES = ("bench", "distinct")
+
+
+def one_run(workers: int, rate: float, seconds: float, distinct: bool) -> dict[str, float]:
+    """A fresh stack under one UDP load; CPU per answered announce, per idle worker."""
+    ctx = multiprocessing.get_context("fork")
+    with (
+        tempfile.TemporaryDirectory(prefix="apply-cost-") as tmp,
+        tracker(Path(tmp), workers, True, None) as ports,
+    ):
+        time.sleep(SETTLE)
+        sidecar, *worker_pids = ports["pids"]
+        idle = [cpu_seconds(p) for p in worker_pids]
+        time.sleep(1.0)  # what an idle worker costs with no load (heartbeats)
+        before = [cpu_seconds(p) for p in worker_pids]
+        baseline = statistics.fmean(b - a for a, b in zip(idle, before, strict=True))
+        sidecar_before = cpu_seconds(sidecar)
+        answered = ctx.Value("q", 0)
+        done = ctx.Queue()
+        sender = ctx.Process(
+            target=udp_sender,
+            args=(ports["udp"], rate, seconds, done),
+            kwargs={"distinct": distinct, "answered": answered},
+        )
+        sender.start()
+        sent = done.get(timeout=seconds + 30)
+        sender.join(10)
+        time.sleep(0.5)  # the last changes reach the workers
+        after = [cpu_seconds(p) for p in worker_pids]
+        sidecar_cpu = cpu_seconds(sidecar) - sidecar_before
+    got = max(answered.value, 1)
+    per_worker = [
+        (b - a - baseline * (seconds + 0.5)) / got * 1e6 for a, b in zip(before, after, strict=True)
+    ]
+    return {
+        "sent": sent / seconds,
+        "answered": got / seconds,
+        "worker_us": statistics.fmean(per_worker),
+        "sidecar_us": sidecar_cpu / got * 1e6,
+        "idle_cpu_pct": baseline * 100,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.apply_cost", description=__doc__)
+    parser.add_argument("--workers", type=int, default=2, help="idle gunicorn workers (2)")
+    parser.add_argument("--rate", type=float, default=30_000, help="UDP announces/s (30,000)")
+    parser.add_argument("--seconds", type=float, default=8, help="length of each run (8)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per mix; median quoted (3)")
+    parser.add_argument(
+        "--mix", default="bench,distinct", help="bench, distinct or both (default both)"
+    )
+    args = parser.parse_args(argv)
+    mixes = args.mix.split(",")
+    if set(mixes) - set(MIXES):
+        parser.error(f"unknown --mix: {', '.join(sorted(set(mixes) - set(MIXES)))}")
+    results: dict[str, float] = {}
+    for mix in mixes:
+        runs = []
+        for n in range(args.runs):
+            run = one_run(args.workers, args.rate, args.seconds, mix == "distinct")
+            runs.append(run)
+            print(
+                f"{mix} run {n + 1}: {run['answered']:,.0f} of {run['sent']:,.0f} UDP "
+                f"announces/s answered; idle worker {run['worker_us']:.2f} us of CPU per "
+                f"remote change (idle alone {run['idle_cpu_pct']:.2f}% CPU), sidecar "
+                f"{run['sidecar_us']:.2f} us per announce"
+            )
+        median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        print(
+            f"{mix}: median {median['worker_us']:.2f} us of idle-worker CPU per remote change "
+            f"at {median['answered']:,.0f} announces/s ({args.runs} runs, {args.workers} workers)"
+        )
+        results.update({f"{mix}_{k}": v for k, v in median.items()})
+    print("APPLY_RESULT " + " ".join(f"{k}={v:.2f}" for k, v in results.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
