@@ -321,8 +321,18 @@ def observer(
     path: str, seconds: float, done: multiprocessing.Queue, origins: dict[bytes, str] = ORIGINS
 ) -> None:
     """A sync client that only listens: lag of every delta it receives, by origin
-    (``origins`` maps a peer id's first two bytes to a name; others count as http)."""
-    lags: dict[str, list[float]] = {name: [] for name in (*origins.values(), "http")}
+    (``origins`` maps a peer id's first two bytes to a name; others count as http).
+
+    A refresh of a peer it already holds (same endpoint and seeder flag, no
+    event: what the hub holds back up to its refresh window, docs/SYNC.md) is
+    counted apart, under "refresh", so the lag of what readers see stays apart.
+    """
+    from wsgi_tracker.core.swarm import SwarmStore
+    from wsgi_tracker.sync.hub import is_refresh
+    from wsgi_tracker.sync.replica import apply_remote
+
+    lags: dict[str, list[float]] = {name: [] for name in (*origins.values(), "http", "refresh")}
+    store = SwarmStore(max_peers_per_address=1 << 30)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
     sock.sendall(frames.encode(frames.Hello(frames.ROLE_TOOL, os.getpid())))
@@ -343,9 +353,12 @@ def observer(
         if not data:
             break
         for frame in decoder.feed(data):
-            if isinstance(frame, frames.Deltas) and now_m - start > WARMUP:
+            if isinstance(frame, frames.Deltas):
                 for p in frame.peers:
-                    lags[origins.get(p.peer_id[:2], "http")].append(now - p.timestamp)
+                    kind = "refresh" if is_refresh(store, p, 0.0) else None
+                    apply_remote(store, p)
+                    if now_m - start > WARMUP:
+                        lags[kind or origins.get(p.peer_id[:2], "http")].append(now - p.timestamp)
     sock.close()
     done.put(lags)
 
@@ -499,6 +512,7 @@ def sync_alone(
     results["core_rate"] = sum(counts) / args.seconds
     print(f"sync alone: 2 publishers, {results['core_rate']:,.0f} announces/s")
     report(results, "core", "publisher -> other process", lags["core"])
+    report(results, "refresh", "of refreshes (held back on purpose)", lags["refresh"])
 
 
 def end_to_end(
@@ -526,6 +540,7 @@ def end_to_end(
     )
     report(results, "http", "worker -> other process", lags["http"])
     report(results, "udp", "sidecar -> other process", lags["udp"])
+    report(results, "refresh", "of refreshes (held back on purpose)", lags["refresh"])
 
 
 if __name__ == "__main__":

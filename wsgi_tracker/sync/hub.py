@@ -68,7 +68,7 @@ MAX_QUEUE_BYTES = 32 << 20
 # A pure refresh of a known peer waits at most this long before it is shipped, and ships
 # once however often the peer announced meanwhile. Receivers then hold the peer's expiry
 # up to this much early, against a TTL of about an hour (docs/SYNC.md, "Shipping").
-REFRESH_WINDOW = 1.0
+REFRESH_WINDOW = 0.95  # plus at most one REFRESH_TICK: out within a second
 REFRESH_TICK = 0.05  # how often the held refreshes that are due go out
 # A client's changes are applied in slices this large; after about SLICE_SECONDS of
 # them, what they changed goes out and UDP (and everyone else) gets the loop.
