@@ -36,8 +36,28 @@ SETTLE = 2.0  # seconds after start-up before measuring: the workers' joins are 
 MIXES = ("bench", "distinct")
 
 
-def one_run(workers: int, rate: float, seconds: float, distinct: bool) -> dict[str, float]:
-    """A fresh stack under one UDP load; CPU per answered announce, per idle worker."""
+def send(ctx, port: int, rate: float, seconds: float, distinct: bool, answered=None) -> int:  # type: ignore[no-untyped-def]
+    """Run the paced UDP sender for ``seconds``; how many it sent."""
+    done = ctx.Queue()
+    sender = ctx.Process(
+        target=udp_sender,
+        args=(port, rate, seconds, done),
+        kwargs={"distinct": distinct, "answered": answered},
+    )
+    sender.start()
+    sent = done.get(timeout=seconds + 30)
+    sender.join(10)
+    return sent
+
+
+def one_run(
+    workers: int, rate: float, seconds: float, distinct: bool, warmup: float
+) -> dict[str, float]:
+    """A fresh stack under one UDP load; CPU per answered announce, per idle worker.
+
+    ``warmup`` seconds of the same load go first, unmeasured, so that in the
+    bench mix most announces are refreshes of peers every replica knows.
+    """
     ctx = multiprocessing.get_context("fork")
     with (
         tempfile.TemporaryDirectory(prefix="apply-cost-") as tmp,
@@ -47,19 +67,16 @@ def one_run(workers: int, rate: float, seconds: float, distinct: bool) -> dict[s
         sidecar, *worker_pids = ports["pids"]
         idle = [cpu_seconds(p) for p in worker_pids]
         time.sleep(1.0)  # what an idle worker costs with no load (heartbeats)
+        baseline = statistics.fmean(
+            b - a for a, b in zip(idle, map(cpu_seconds, worker_pids), strict=True)
+        )
+        if warmup:
+            send(ctx, ports["udp"], rate, warmup, distinct)
+            time.sleep(SETTLE)  # the held refreshes and any backlog are out
         before = [cpu_seconds(p) for p in worker_pids]
-        baseline = statistics.fmean(b - a for a, b in zip(idle, before, strict=True))
         sidecar_before = cpu_seconds(sidecar)
         answered = ctx.Value("q", 0)
-        done = ctx.Queue()
-        sender = ctx.Process(
-            target=udp_sender,
-            args=(ports["udp"], rate, seconds, done),
-            kwargs={"distinct": distinct, "answered": answered},
-        )
-        sender.start()
-        sent = done.get(timeout=seconds + 30)
-        sender.join(10)
+        sent = send(ctx, ports["udp"], rate, seconds, distinct, answered)
         time.sleep(0.5)  # the last changes reach the workers
         after = [cpu_seconds(p) for p in worker_pids]
         sidecar_cpu = cpu_seconds(sidecar) - sidecar_before
@@ -83,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8, help="length of each run (8)")
     parser.add_argument("--runs", type=int, default=3, help="runs per mix; median quoted (3)")
     parser.add_argument(
+        "--warmup", type=float, default=0, help="seconds of unmeasured load first (0)"
+    )
+    parser.add_argument(
         "--mix", default="bench,distinct", help="bench, distinct or both (default both)"
     )
     args = parser.parse_args(argv)
@@ -93,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     for mix in mixes:
         runs = []
         for n in range(args.runs):
-            run = one_run(args.workers, args.rate, args.seconds, mix == "distinct")
+            run = one_run(args.workers, args.rate, args.seconds, mix == "distinct", args.warmup)
             runs.append(run)
             print(
                 f"{mix} run {n + 1}: {run['answered']:,.0f} of {run['sent']:,.0f} UDP "
