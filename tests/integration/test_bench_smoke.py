@@ -63,3 +63,12 @@ def test_cluster_lag_sees_other_nodes_changes_and_reads_redis_costs(tmp_path: Pa
     assert got["deltas"] > 0  # node 1's announces reached node 0's observer through Redis
     assert got["published_rate"] > 0
     assert got["redis_evalsha_per_1k"] > 0 and got["redis_bytes_out_per_1k"] > 0
+
+
+@pytest.mark.parametrize("distinct", [False, True])
+def test_apply_cost_drives_the_real_stack_and_counts_the_answers(distinct: bool) -> None:
+    from bench.apply_cost import one_run
+
+    run = one_run(workers=2, rate=300, seconds=1.0, distinct=distinct, warmup=0)
+    assert run["sent"] > 0
+    assert 0 < run["answered"] <= run["sent"]  # the replies came back and were counted
