@@ -22,6 +22,7 @@ from pathlib import Path
 import gevent
 import pytest
 from gevent import socket as gsocket
+from gevent.lock import Semaphore
 
 from wsgi_tracker.config import TrackerConfig
 from wsgi_tracker.core.swarm import SwarmStore
@@ -75,7 +76,12 @@ class Reader:
         self.records = 0
         self.closed = False
         self.chunk, self.pause = chunk, pause
+        self._sending = Semaphore()  # the test sends on it too: one sendall at a time
         self.greenlet = gevent.spawn(self._run)
+
+    def send(self, data: bytes) -> None:
+        with self._sending:
+            self.sock.sendall(data)
 
     def _run(self) -> None:
         decoder = frames.FrameDecoder()
@@ -94,7 +100,7 @@ class Reader:
                     for ih, n in frame.counts:
                         self.totals[ih] = self.totals.get(ih, 0) + n
             if time.monotonic() - last_beat > 0.5:  # alive: it reads, and says so
-                self.sock.sendall(frames.encode(frames.Heartbeat()))
+                self.send(frames.encode(frames.Heartbeat()))
                 last_beat = time.monotonic()
             if self.pause:
                 gevent.sleep(self.pause)
@@ -129,9 +135,9 @@ def test_a_slow_reader_under_a_flood_lags_is_never_dropped_and_ends_with_the_sam
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="wsgi_tracker.sync.hub")
-    hub, path = hub_at(tmp_path, max_queue_bytes=64 << 10, refresh_window=0.2)
+    hub, path = hub_at(tmp_path, max_queue_bytes=16 << 10, refresh_window=0.2)
     fast = Reader(path, 1001)
-    slow = Reader(path, 1002, chunk=4096, pause=0.002)
+    slow = Reader(path, 1002, chunk=4096, pause=0.01)  # ~400 kB/s, against ~2 MB of flood
     sender = Reader(path, 1003)
     try:
         assert wait(lambda: len(hub.clients) == 3)
@@ -150,7 +156,7 @@ def test_a_slow_reader_under_a_flood_lags_is_never_dropped_and_ends_with_the_sam
                 else:  # a refresh; every 7th peer flips to seeding, every 11th moves port
                     ep = endpoint(p)[:4] + (9000 + r).to_bytes(2, "big") if p % 11 == 0 else None
                     batch.append(change(t, p, seeder=p % 7 == 0, ep=ep or endpoint(p)))
-            sender.sock.sendall(
+            sender.send(
                 frames.encode(frames.Deltas(batch))
                 + frames.encode(frames.Counts([(i.to_bytes(20, "big"), 1) for i in range(50)]))
             )
@@ -192,7 +198,7 @@ def test_a_client_that_reads_nothing_is_dropped_and_the_others_get_everything(
         for b in range(batches):
             n = frames.RECORDS_PER_FRAME
             batch = [change(b, b * n + i, EVENT_STARTED) for i in range(n)]
-            sender.sock.sendall(frames.encode(frames.Deltas(batch)))
+            sender.send(frames.encode(frames.Deltas(batch)))
             gevent.sleep(0)
         assert wait(lambda: reader.records == batches * frames.RECORDS_PER_FRAME)
         assert wait(lambda: sorted(c.pid for c in hub.clients) == [1001, 1002])
@@ -215,13 +221,13 @@ def test_refreshes_are_held_and_shipped_once_visible_changes_at_once_refused_nev
     try:
         assert wait(lambda: len(hub.clients) == 2)
         now = time.time()
-        sender.sock.sendall(
+        sender.send(
             frames.encode(frames.Deltas([change(1, p, EVENT_STARTED, ts=now) for p in range(4)]))
         )
         assert wait(lambda: reader.records == 3)  # the fourth was refused: a full swarm
         refreshes = [change(1, p, ts=now + 0.1 * k) for k in (1, 2, 3) for p in range(3)]
-        sender.sock.sendall(frames.encode(frames.Deltas(refreshes)))
-        sender.sock.sendall(frames.encode(frames.Deltas([change(1, 0, seeder=True, ts=now + 0.5)])))
+        sender.send(frames.encode(frames.Deltas(refreshes)))
+        sender.send(frames.encode(frames.Deltas([change(1, 0, seeder=True, ts=now + 0.5)])))
         # The seeder flip, then peers 1 and 2 once each, with their newest refresh; peer
         # 0's refreshes went with its flip, which is newer.
         assert wait(lambda: reader.records == 6)
@@ -272,7 +278,7 @@ def test_a_burst_is_applied_in_slices_that_let_other_greenlets_run(tmp_path: Pat
         assert n > 4 * SLICE_RECORDS
         burst = [change(p, p, EVENT_STARTED) for p in range(n)]
         turns.clear()
-        sender.sock.sendall(frames.encode(frames.Deltas(burst)))
+        sender.send(frames.encode(frames.Deltas(burst)))
         assert wait(lambda: reader.records == n)
         # The probe ran while the torrents were still arriving, not only before and after.
         assert any(0 < t < n for t in turns)
