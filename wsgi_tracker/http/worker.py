@@ -530,7 +530,11 @@ class TrackerWorker(GeventWorker):
             after = body.finish()
             if upgrade:
                 if after is not None:
-                    upgrade[0](sock, after)
+                    # The socket's new owner may hold it for hours: the request's head,
+                    # environ and body must not stay alive in this frame (~3 KB each).
+                    handler = upgrade[0]
+                    del env, req, body, head, upgrade, base
+                    handler(sock, after)
                 return
             if after is None:
                 return

@@ -235,6 +235,8 @@ class MessageBuffer:
     soon as it passes its cap, before it is all buffered.
     """
 
+    __slots__ = ("_frame", "_message", "_parts", "limits")  # one per held connection
+
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self._parts: list[str] = []

@@ -43,16 +43,21 @@ log = logging.getLogger("wsgi_tracker.websocket")
 RECV_BYTES = 65536
 MAX_OUTBOX_BYTES = 1 << 20
 CLOSE_WAIT = 2.0  # seconds a client has to answer our close before its socket is shut
+SWEEP_EVERY = 1.0  # seconds between idle checks
 
 
 class _Outbox:
-    """Bytes to one socket, in order, without ever blocking the sender."""
+    """Bytes to one socket, in order, without ever blocking the sender.
+
+    ``pending`` exists only while the kernel is not taking everything (a deque
+    costs ~600 bytes, and nearly every held connection never needs one).
+    """
 
     __slots__ = ("broken", "pending", "queued", "sock", "writer")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.pending: deque[bytes] = deque()
+        self.pending: deque[bytes] | None = None
         self.queued = 0
         self.writer: gevent.Greenlet | None = None
         self.broken = False
@@ -68,6 +73,8 @@ class _Outbox:
             if sent == len(data):
                 return
             data = data[sent:]
+        if self.pending is None:
+            self.pending = deque()
         self.pending.append(data)
         self.queued += len(data)
         if self.queued > MAX_OUTBOX_BYTES:
@@ -85,11 +92,13 @@ class _Outbox:
             self.break_off()
         finally:
             self.writer = None
+            if not self.pending:
+                self.pending = None
 
     def break_off(self) -> None:
         """Stop writing and wake the reader (it sees EOF and cleans up)."""
         self.broken = True
-        self.pending.clear()
+        self.pending = None
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
 
@@ -102,9 +111,13 @@ class _Outbox:
 class WsConnection:
     """One upgraded socket served until it closes, idles out, or breaks a rule."""
 
+    __slots__ = ("buffer", "last", "outbox", "reader", "session", "sock", "tracker", "ws")
+
     def __init__(self, sock: socket.socket, tracker: WsTracker, passkey: str | None) -> None:
         self.sock = sock
         self.tracker = tracker
+        self.reader = gevent.getcurrent()
+        self.last = time.monotonic()  # data last received, for the idle sweep
         self.ws = Connection(ConnectionType.SERVER)
         self.outbox = _Outbox(sock)
         self.session = Session(self.send_text, passkey)
@@ -120,17 +133,21 @@ class WsConnection:
 
     def serve(self, token: str, buffered: bytes) -> None:
         idle = self.tracker.core.config.ws_idle_timeout
-        self.sock.settimeout(idle)
+        # No socket timeout: a timeout is a timer and an exception object on every
+        # waiting read; one sweep per process (``_sweep``) interrupts the idle instead.
+        self.sock.settimeout(None)
         self.outbox.send(switching_protocols(token))
         tracker = self.tracker
         tracker.opened(self.session)
         _held.add(self)
+        _start_sweep()
         try:
             data = buffered
             while self.ws.state is not ConnectionState.CLOSED and not self.outbox.broken:
                 if not data:
                     try:
                         data = self.sock.recv(RECV_BYTES)
+                        self.last = time.monotonic()
                     except TimeoutError:
                         self.close(CLOSE_NORMAL, f"idle for {idle} s")
                         break
@@ -172,8 +189,28 @@ class WsConnection:
         return True
 
 
-# Every connection this process serves, for ``going_away`` (one worker, one event loop).
+# Every connection this process serves, for ``going_away`` and the idle sweep (one
+# worker, one event loop).
 _held: set[WsConnection] = set()
+_sweeper: list[gevent.Greenlet] = []
+
+
+def _start_sweep() -> None:
+    if not _sweeper or _sweeper[0].dead:
+        _sweeper[:] = [gevent.spawn(_sweep)]
+
+
+def _sweep() -> None:
+    """Interrupt the read of each connection silent past its ``ws_idle_timeout`` (it
+    then closes with 1000 "idle"); ends when no connection is left. Checked every
+    ``SWEEP_EVERY`` s, so a close comes up to that much late."""
+    while _held:
+        gevent.sleep(SWEEP_EVERY)
+        now = time.monotonic()
+        for conn in list(_held):
+            if now - conn.last > conn.tracker.core.config.ws_idle_timeout:
+                conn.last = now  # one interruption, not one a sweep while it closes
+                gevent.kill(conn.reader, TimeoutError)  # never blocks the sweep
 
 
 def going_away(reason: str, wait: float = CLOSE_WAIT) -> int:
