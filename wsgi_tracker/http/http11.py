@@ -156,15 +156,62 @@ def check_partial_head(data: bytes, limits: HeadLimits = DEFAULT_LIMITS) -> None
         raise HttpError("414 URI Too Long", f"request line over {limits.line} bytes")
 
 
-# Long on purpose: one pass over a head, rule after rule in RFC 9112's order, on every request's
-# path.
 def parse_request_head(head: bytes, limits: HeadLimits = DEFAULT_LIMITS) -> RequestHead:
     """Parse everything before the blank line (CRLF CRLF) that ends a request head."""
-    lines = head.split(b"\r\n")
-    if head.translate(None, _FIELD_BYTES) != b"\r\n" * (len(lines) - 1):
+    breaks = head.count(b"\r\n")
+    if head.translate(None, _FIELD_BYTES) != b"\r\n" * breaks:
         raise HttpError(BAD_REQUEST, _forbidden_byte(head))
-    method, target, version = parse_request_line(lines[0], limits.line)
-    if len(lines) - 1 > limits.fields:
+    end = head.find(b"\r\n")
+    method, target, version = parse_request_line(head if end < 0 else head[:end], limits.line)
+    block = None if end < 0 else head[end + 2 :]  # None: a request line alone
+    fields = _FIELDS.get(block)
+    if fields is None or fields.limits is not limits:
+        fields = _parse_fields(block, breaks, limits)
+        if len(_FIELDS) >= FIELDS_CACHE_SIZE:
+            _FIELDS.clear()
+        _FIELDS[block] = fields
+    if version == b"HTTP/1.0":
+        keep_alive = b"keep-alive" in fields.connection
+    else:
+        if not fields.hosts and version == b"HTTP/1.1":  # h11's rule: 1.2+ are not held to it
+            raise HttpError(BAD_REQUEST, "missing Host header (required in HTTP/1.1)")
+        keep_alive = b"close" not in fields.connection
+    return RequestHead(
+        method.decode("ascii"),
+        target.decode("ascii"),
+        version.decode("ascii"),
+        list(fields.headers),
+        fields.content_length,
+        fields.chunked,
+        keep_alive,
+        fields.expect,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Fields:
+    """What a head's header block says, whatever its request line."""
+
+    limits: HeadLimits  # the limits it was checked against
+    headers: tuple[tuple[str, str], ...]
+    content_length: int | None
+    chunked: bool
+    hosts: int
+    connection: bytes  # the Connection values, lower-cased, each after a ','
+    expect: bool
+
+
+# Header blocks already parsed: a client sends the same block with every request
+# (wrk: one Host line; a BitTorrent client: its Host, User-Agent, Accept-Encoding), so
+# only the request line is parsed again. Refused blocks are never kept; bounded.
+_FIELDS: dict[bytes | None, _Fields] = {}
+FIELDS_CACHE_SIZE = 512
+
+
+# Long on purpose: one pass over the fields, rule after rule in RFC 9112's order.
+def _parse_fields(block: bytes | None, count: int, limits: HeadLimits) -> _Fields:
+    """The header block of a head with ``count`` line breaks (its request line's included)."""
+    if count > limits.fields:
         raise HttpError(TOO_LARGE, f"more than {limits.fields} header fields")
     headers: list[tuple[str, str]] = []
     content_length: int | None = None
@@ -173,7 +220,7 @@ def parse_request_head(head: bytes, limits: HeadLimits = DEFAULT_LIMITS) -> Requ
     hosts = 0
     connection = b""
     expect = False
-    for raw in lines[1:]:
+    for raw in () if block is None else block.split(b"\r\n"):
         if limits.field_size and len(raw) > limits.field_size:
             raise HttpError(TOO_LARGE, f"header field over {limits.field_size} bytes")
         name, sep, value = raw.partition(b":")
@@ -213,22 +260,7 @@ def parse_request_head(head: bytes, limits: HeadLimits = DEFAULT_LIMITS) -> Requ
         )
     if chunked and content_length is not None:
         raise HttpError(BAD_REQUEST, "both Content-Length and Transfer-Encoding")
-    if version == b"HTTP/1.0":
-        keep_alive = b"keep-alive" in connection
-    else:
-        if not hosts and version == b"HTTP/1.1":  # h11's rule: 1.2+ are not held to it
-            raise HttpError(BAD_REQUEST, "missing Host header (required in HTTP/1.1)")
-        keep_alive = b"close" not in connection
-    return RequestHead(
-        method.decode("ascii"),
-        target.decode("ascii"),
-        version.decode("ascii"),
-        headers,
-        content_length,
-        chunked,
-        keep_alive,
-        expect,
-    )
+    return _Fields(limits, tuple(headers), content_length, chunked, hosts, connection, expect)
 
 
 def _content_length(value: bytes) -> bytes:

@@ -202,3 +202,25 @@ def test_app_status_or_header_with_crlf_or_bad_chars_is_a_500(
     with pytest.raises(HttpError) as info:
         frame(status, headers)
     assert info.value.status.startswith("500")
+
+
+def test_a_header_block_seen_before_reads_the_same_under_any_request_line():
+    """Header blocks are kept once parsed; the request line is parsed every time."""
+    block = b"\r\nHost: a\r\nConnection: close\r\nContent-Length: 3"
+    first = parse_request_head(b"POST /x HTTP/1.1" + block)
+    first.headers.append(("X", "y"))  # a caller's list of its own
+    again = parse_request_head(b"PUT /y?q HTTP/1.0" + block)
+    assert (again.method, again.target, again.version) == ("PUT", "/y?q", "HTTP/1.0")
+    assert again.headers == [("HOST", "a"), ("CONNECTION", "close"), ("CONTENT_LENGTH", "3")]
+    assert (again.content_length, again.keep_alive) == (3, False)
+    assert parse_request_head(b"GET / HTTP/1.1\r\nHost: a").keep_alive
+    assert not parse_request_head(b"GET / HTTP/1.0\r\nHost: a").keep_alive
+
+
+def test_a_refused_header_block_is_refused_every_time():
+    for _ in range(2):
+        with pytest.raises(HttpError, match="more than one Host"):
+            parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b")
+    with pytest.raises(HttpError, match="missing Host"):  # the version's rule, not the block's
+        parse_request_head(b"GET / HTTP/1.1\r\nAccept: a")
+    assert parse_request_head(b"GET / HTTP/1.0\r\nAccept: a").headers == [("ACCEPT", "a")]
