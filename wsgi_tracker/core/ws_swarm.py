@@ -165,6 +165,25 @@ class WsSwarms:
         """The peers whose socket ``holder`` holds (to stop when it is gone)."""
         return [c for c in self.peers() if c.holder == holder]
 
+    def forget_others(self, own: int, known: set[tuple[bytes, bytes]]) -> int:
+        """Drop every peer not held by ``own`` and not in ``known``; returns how many.
+
+        A process that rejoins the hub takes its snapshot as the truth about the
+        others' peers: one that left while it was away would linger until its TTL.
+        """
+        gone = [
+            (ih, peer_id)
+            for ih, torrent in self.torrents.items()
+            for peer_id, peer in zip(torrent.ids, torrent.peers, strict=True)
+            if peer[0] != own and (ih, peer_id) not in known
+        ]
+        for ih, peer_id in gone:
+            torrent = self.torrents[ih]
+            torrent.remove(peer_id)
+            if not torrent.ids:
+                del self.torrents[ih]
+        return len(gone)
+
     @staticmethod
     def _sweep(torrent: _Torrent, now: float) -> None:
         if now - torrent.swept < SWEEP_PERIOD:

@@ -126,6 +126,7 @@ class SyncClient:
         self._sock: socket.socket | None = None
         self._resync: tuple[list[bytes], list[tuple[bytes, int]]] | None = None
         self._joining: set[bytes] | None = None
+        self._ws_joining: set[tuple[bytes, bytes]] = set()  # the snapshot's WebSocket peers
         self._stats_payload: bytes | None = None
         self._stopped = False
         self._lost_at: float | None = None  # monotonic time the hub was lost, for the log
@@ -372,6 +373,7 @@ class SyncClient:
             # Torrents whose total the hub has spoken for in this session; None once
             # the snapshot is complete.
             self._joining = set()
+            self._ws_joining = set()
         self._sock = sock
         sock.sendall(f.encode(f.Hello(self.role, os.getpid())))
         since = time.monotonic()
@@ -513,6 +515,11 @@ class SyncClient:
                 for ih, swarm in list(store.torrents.items()):
                     if ih not in joining and swarm.downloaded:
                         swarm.downloaded = pending(ih)
+                # Other processes' WebSocket peers: the hub's snapshot is the truth (the
+                # ones that left while we were away are not in it; their holders'
+                # resyncs reach us after it).
+                core.ws.forget_others(os.getpid(), self._ws_joining)
+            self._ws_joining = set()
             self._joining = None
             self._resync = resync
             self.connected = True
@@ -528,6 +535,8 @@ class SyncClient:
                 )
         elif isinstance(frame, f.WsPeers):
             now = time.time()
+            if joining is not None:
+                self._ws_joining.update((c.info_hash, c.peer_id) for c in frame.changes)
             with core.lock:
                 for ws_change in frame.changes:
                     with contextlib.suppress(WsSwarmFull):

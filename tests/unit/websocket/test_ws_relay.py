@@ -258,3 +258,18 @@ def test_targets_are_distinct_live_others_and_counts_match(
     if len(eligible) <= count:
         # Spare draws cover the asker and skipped seeders only when the swarm is small.
         assert len(ids) <= len(eligible)
+
+
+def test_forget_others_keeps_own_and_known_peers_only() -> None:
+    swarms = WsSwarms(peer_ttl=300, max_torrents=10, max_peers_per_torrent=10)
+    ih, other = b"i" * 20, b"j" * 20
+    for peer, holder, torrent in [
+        (b"a" * 20, 1, ih),
+        (b"b" * 20, 2, ih),
+        (b"c" * 20, 2, ih),
+        (b"d" * 20, 3, other),
+    ]:
+        swarms.apply(WsChange(torrent, peer, holder, False, 0, 10.0), 10.0)
+    assert swarms.forget_others(1, {(ih, b"b" * 20)}) == 2
+    assert sorted(c.peer_id for c in swarms.peers()) == [b"a" * 20, b"b" * 20]
+    assert other not in swarms.torrents
