@@ -40,8 +40,13 @@ def address(c: int) -> bytes:
     return (0x0A000000 + c).to_bytes(4, "big")
 
 
+REANNOUNCES = 200_000
+
+
 def memory(torrents: int, peers: int) -> dict[str, float]:
-    """RSS growth per peer for ``peers`` peers spread evenly over ``torrents`` torrents."""
+    """RSS growth per peer (and per torrent) for ``peers`` peers spread evenly over
+    ``torrents`` torrents, then the cost of a known peer's re-announce (issue 16 t6:
+    ``--torrents 1000000 --peers 1000000`` is the single-peer-torrent case)."""
     core = TrackerCore(TrackerConfig(max_torrents=max(torrents, 1)))
     gc.collect()
     before = rss_kb()
@@ -56,13 +61,29 @@ def memory(torrents: int, peers: int) -> dict[str, float]:
     gc.collect()
     after = rss_kb()
     torrents_held, seeders, leechers = core.store.totals()  # type: ignore[union-attr]
+    # The same peers again (the commonest announce: a known peer, same endpoint), once
+    # each for up to REANNOUNCES of them, in the order they came.
+    again = [
+        (
+            Announce(info_hash(i % torrents), peer_id(i // torrents), 1025 + i // torrents % 60000,
+                     left=(i % 5) * 1000),
+            address(i // torrents),
+        )
+        for i in range(min(peers, REANNOUNCES))
+    ]  # fmt: skip
+    start = time.perf_counter()
+    for req, ip in again:
+        core.announce(req, ip)
+    reannounce_us = (time.perf_counter() - start) / max(1, len(again)) * 1e6
     return {
         "torrents": torrents_held,
         "peers": seeders + leechers,
         "rss_before_mb": before / 1024,
         "rss_after_mb": after / 1024,
         "bytes_per_peer": (after - before) * 1024 / peers,
+        "bytes_per_torrent": (after - before) * 1024 / max(1, torrents_held),
         "new_peer_announces_per_s": peers / elapsed,
+        "reannounce_us": reannounce_us,
     }
 
 

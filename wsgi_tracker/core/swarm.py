@@ -1,16 +1,21 @@
 """SwarmStore: one process's replica of every swarm.
 
-Layout, chosen for the benchmark targets (<= 200 B/peer, O(numwant) replies):
+Layout, chosen for the benchmark targets (<= 200 B/peer, <= 300 B/torrent,
+O(numwant) replies):
 
-* Torrents live in a ``cachetools.TTLCache`` keyed by info_hash: a torrent that
-  nobody announces to for ``peer_ttl`` disappears by itself, and past
-  ``max_torrents`` the stalest one is evicted.
+* Torrents live in one plain dict keyed by info_hash, in the order they were
+  last refreshed (an announce refreshes a torrent at most once a sweep period),
+  which is also the order they expire in: a torrent that nobody announces to
+  for ``peer_ttl`` (plus a sweep period) disappears, and past ``max_torrents``
+  the stalest one is evicted, both from the front of that order.
 * Inside a torrent, each address family has a ``PeerList``: the peers' compact
   endpoints (6 or 18 bytes) packed back to back in one ``bytearray``, with the
   peer ids and expiry times in parallel arrays and a dict peer_id -> slot.
   Seeders occupy the slots before ``seeders``, leechers the rest, so the counts
   are read, never recomputed, and a reply is one or two slices of the packed
   bytes: the compact peer string is built without touching each peer.
+* A torrent of one peer keeps it as a ``OnePeer``, one packed bytes object
+  with PeerList's reading interface; the second peer turns it into a PeerList.
 * A peer expires individually: each list is swept at most every
   ``sweep_every`` seconds when its torrent is announced to, and sampling skips nothing,
   so a peer may outlive its TTL by at most that sweep period.
@@ -18,13 +23,13 @@ Layout, chosen for the benchmark targets (<= 200 B/peer, O(numwant) replies):
 
 from __future__ import annotations
 
+import collections
 import random
+import struct
 import time
 from array import array
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-
-from cachetools import Cache, TTLCache
+from itertools import islice
 
 from wsgi_tracker.core.types import (
     EVENT_COMPLETED,
@@ -79,6 +84,10 @@ SMALL_LIST = 16  # up to this many peers a list is searched instead of indexed
 # IPv4 address, or an IPv6 /64 (one host's or household's prefix: privacy addresses rotate
 # inside it, and anyone can pick any of its 2^64 addresses).
 HOST_WIDTH = {IPV4_WIDTH: 4, IPV6_WIDTH: 8}
+# How many of the oldest torrents the store lines up at a time for expiry and eviction: a
+# plain dict finds its oldest entry by walking past the holes earlier deletions left, so
+# one walk serves this many.
+FRONT = 4096
 
 
 class PeerList:
@@ -331,18 +340,142 @@ def _window(
     return taken
 
 
+# OnePeer's record: peer_id, expiry, key, seeder, next sweep; then the endpoint.
+_ONE = struct.Struct("<20sdIBq")
+_ONE_HEAD = _ONE.size
+
+
+class OnePeer(bytes):
+    """A list of exactly one peer, packed in one bytes object, read like a ``PeerList``.
+
+    Most torrents have one peer (at 1M single-peer torrents a PeerList was
+    ~500 of the ~970 bytes each cost); this is ~96. It is immutable: the store
+    replaces it to change it, and turns it into a PeerList for a second peer
+    or anything but the peer's own re-announce from the same endpoint.
+    """
+
+    __slots__ = ()
+    # PeerList's: a OnePeer needs no index (shadowing bytes.index, which nothing here calls).
+    index = None  # type: ignore[assignment]
+    hosts = None
+
+    @classmethod
+    def of(
+        cls, peer_id: bytes, endpoint: bytes, seeder: bool, expires: float, key: int, sweep_at: int
+    ) -> OnePeer:
+        return cls(_ONE.pack(peer_id, expires, key, seeder, sweep_at) + endpoint)
+
+    def __len__(self) -> int:
+        return 1
+
+    def __contains__(self, peer_id: object) -> bool:
+        return self[:20] == peer_id
+
+    def __repr__(self) -> str:
+        return f"OnePeer({self.ids[0]!r}, {self.addrs!r})"
+
+    def fields(self) -> tuple[bytes, float, int, int, int]:
+        """(peer_id, expires, key, seeder, sweep_at)."""
+        return _ONE.unpack_from(self)  # type: ignore[return-value]
+
+    def changed(
+        self, *, expires: float | None = None, key: int | None = None, sweep_at: int | None = None
+    ) -> OnePeer:
+        pid, exp, k, seeder, sweep = _ONE.unpack_from(self)
+        return OnePeer.of(
+            pid,
+            self.addrs,
+            bool(seeder),
+            exp if expires is None else expires,
+            k if key is None else key,
+            sweep if sweep_at is None else sweep_at,
+        )
+
+    def promote(self) -> PeerList:
+        """The same peer in a PeerList, for the rules that change lists in place."""
+        pid, expires, key, seeder, sweep_at = _ONE.unpack_from(self)
+        pl = PeerList(self.width)
+        pl.upsert(-1, pid, self.addrs, bool(seeder), expires, key)
+        pl.sweep_at = sweep_at
+        return pl
+
+    @property
+    def width(self) -> int:
+        return bytes.__len__(self) - _ONE_HEAD
+
+    @property
+    def host_width(self) -> int:
+        return HOST_WIDTH[self.width]
+
+    @property
+    def ids(self) -> list[bytes]:
+        return [self[:20]]
+
+    @property
+    def addrs(self) -> bytes:
+        return self[_ONE_HEAD:]
+
+    @property
+    def expires(self) -> tuple[float]:
+        return (_ONE.unpack_from(self)[1],)
+
+    @property
+    def keys(self) -> tuple[int]:
+        return (_ONE.unpack_from(self)[2],)
+
+    @property
+    def seeders(self) -> int:
+        return self[32]
+
+    @property
+    def sweep_at(self) -> int:
+        return _ONE.unpack_from(self)[4]  # type: ignore[no-any-return]
+
+    def slot(self, peer_id: bytes) -> int:
+        return 0 if self[:20] == peer_id else -1
+
+    def host_count(self, host: bytes) -> int:
+        return 1 if self[_ONE_HEAD : _ONE_HEAD + len(host)] == host else 0
+
+    def is_seeder(self, peer_id: bytes) -> bool:
+        return bool(self[32]) and self[:20] == peer_id
+
+    def sample(
+        self, want: int, for_seeder: bool, exclude: int, rng: random.Random
+    ) -> list[tuple[int, int]]:
+        """PeerList.sample for one peer: it, unless it is ``exclude`` or a seeder to a seeder."""
+        if want <= 0 or exclude == 0 or (for_seeder and self[32]):
+            return []
+        return [(0, 1)]
+
+    def compact(self, runs: list[tuple[int, int]]) -> bytes:
+        return self[_ONE_HEAD:] if runs else b""
+
+    def peer_ids(self, runs: list[tuple[int, int]]) -> list[bytes]:
+        return [self[:20]] if runs else []
+
+
+# Lists that are never written: what ``_admit`` checks a torrent's first peer against.
+_NO_PEERS = {IPV4_WIDTH: PeerList(IPV4_WIDTH), IPV6_WIDTH: PeerList(IPV6_WIDTH)}
+AnyList = PeerList | OnePeer
+
+
 class Swarm:
     """One torrent: its peers by family and its completed-download counter."""
 
     __slots__ = ("downloaded", "touched", "v4", "v6")
 
     def __init__(self) -> None:
-        self.v4: PeerList | None = None
-        self.v6: PeerList | None = None
+        self.v4: AnyList | None = None
+        self.v6: AnyList | None = None
         self.downloaded = 0
-        self.touched = -1  # when the torrent cache's TTL was last refreshed
+        # The second an announce last refreshed the torrent's place and TTL; for one a
+        # counter placed, -1 - that second (so the next announce refreshes it). The
+        # store shares one int object among the torrents of each second: an int apiece
+        # was 32 of the 300 bytes a torrent may cost.
+        self.touched = -1
 
-    def lists(self) -> Iterator[PeerList]:
+    def lists(self) -> Iterator[AnyList]:
         if self.v4 is not None:
             yield self.v4
         if self.v6 is not None:
@@ -362,7 +495,7 @@ class Swarm:
         v4, v6 = self.v4, self.v6
         return (0 if v4 is None else len(v4.ids)) + (0 if v6 is None else len(v6.ids))
 
-    def family(self, width: int, create: bool) -> PeerList | None:
+    def family(self, width: int, create: bool) -> AnyList | None:
         if width == IPV4_WIDTH:
             if self.v4 is None and create:
                 self.v4 = PeerList(IPV4_WIDTH)
@@ -371,39 +504,20 @@ class Swarm:
             self.v6 = PeerList(IPV6_WIDTH)
         return self.v6
 
+    def put(self, width: int, pl: AnyList | None) -> None:
+        """Set (or with None, drop) the list of one family."""
+        if width == IPV4_WIDTH:
+            self.v4 = pl
+        else:
+            self.v6 = pl
 
-class _Torrents(TTLCache[bytes, Swarm]):
-    """The torrent cache, telling the store how many peers leave with a dropped torrent.
-
-    ``SwarmStore.peers_held`` bounds the whole replica, so it must see the peers
-    of every torrent the cache expires or evicts. Re-inserting a torrent (the
-    TTL refresh) may first expire that same entry: its peers stay, so they are
-    not counted out.
-    """
-
-    def __init__(self, maxsize: int, ttl: float, timer: Callable[[], float], store: SwarmStore):
-        super().__init__(maxsize=maxsize, ttl=ttl, timer=timer)
-        self._store = store
-        self._keeping: Swarm | None = None
-
-    def __setitem__(self, key: bytes, value: Swarm) -> None:  # type: ignore[override]
-        self._keeping = value
-        try:
-            super().__setitem__(key, value)
-        finally:
-            self._keeping = None
-
-    def expire(self, time: float | None = None) -> list[tuple[bytes, Swarm]]:  # type: ignore[override]
-        expired = list(super().expire(time))
-        for _, swarm in expired:
-            if swarm is not self._keeping:
-                self._store.peers_held -= len(swarm)
-        return expired
-
-    def popitem(self) -> tuple[bytes, Swarm]:
-        key, swarm = super().popitem()
-        self._store.peers_held -= len(swarm)
-        return key, swarm
+    def promote(self) -> None:
+        """Turn a OnePeer into a PeerList, before a rule that changes lists in place."""
+        v4, v6 = self.v4, self.v6
+        if type(v4) is OnePeer:
+            self.v4 = v4.promote()
+        elif type(v6) is OnePeer:
+            self.v6 = v6.promote()
 
 
 class SwarmStore:
@@ -433,41 +547,124 @@ class SwarmStore:
         self.peers_held = 0  # every peer entry in the replica, expired but unswept included
         self.sweep_every = sweep_every
         self.clock = clock
-        # A torrent's TTL is refreshed at most once per sweep period (re-inserting into
-        # the TTLCache on every announce was ~9% of a UDP announce), so the cache keeps it
-        # one period longer: it never expires before its last peer.
+        self.max_torrents = max_torrents
+        # A torrent's TTL is refreshed at most once per sweep period (moving it in the
+        # order on every announce costs more, and churns the dict), so it is kept one
+        # period longer: it never expires before its last peer.
+        self.torrent_ttl = peer_ttl + sweep_every
         self._stops: dict[bytes, float] = {}  # info_hash + peer_id -> time of its stop
-        self.torrents: TTLCache[bytes, Swarm] = _Torrents(
-            max_torrents, peer_ttl + sweep_every, clock, self
-        )
-        # ``apply`` reads the cache's own dict and LRU order directly: TTLCache.__getitem__
-        # is ~2 us of Python (a timer call, an expiry check, then the same LRU move) on
-        # every announce, ~5% of a UDP announce (py-spy). The expiry check is not needed:
-        # a torrent held past its TTL has only expired peers, which ``apply`` sweeps
-        # before it re-inserts the torrent. tests/unit/core/test_swarm.py checks that these are the
-        # cache's own, so a cachetools that keeps them elsewhere fails there, not here.
-        cache = vars(self.torrents)
-        self._held: dict[bytes, Swarm] = cache["_Cache__data"]
-        self._lru: OrderedDict[bytes, object] = cache["_TTLCache__links"]
+        # The torrent index (docs/ARCHITECTURE.md, "The swarm store"): a plain dict in
+        # refresh order, which is expiry order. cachetools' TTLCache cost ~250 B a torrent
+        # in its links and OrderedDict, most of the 300 B a single-peer torrent may cost.
+        # Readers may iterate it; only the store changes it. It may hold expired
+        # torrents until the next insert or ``expire`` drops them: ``peek`` hides them.
+        self.torrents: dict[bytes, Swarm] = {}
+        self._held = self.torrents
+        # The oldest torrents, (info_hash, swarm, touched) in order, as of when they were
+        # lined up; one that has moved since (refreshed or dropped) is skipped.
+        self._front: collections.deque[tuple[bytes, Swarm, int]] = collections.deque()
+        self._stamps: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.torrents)
 
     def get(self, info_hash: bytes) -> Swarm | None:
-        return self.torrents.get(info_hash)
+        """The torrent, as a use: one not refreshed for a sweep period is (``peek`` says why)."""
+        swarm = self.peek(info_hash)
+        if swarm is not None:
+            now = int(self.clock())
+            if now - swarm.touched >= self.sweep_every:
+                swarm.touched = self._second(now)
+                self._place(info_hash, swarm)
+        return swarm
 
     def peek(self, info_hash: bytes) -> Swarm | None:
         """The torrent, leaving its place in the eviction order alone.
 
-        ``get`` counts as use: it moves the torrent to the fresh end of the LRU
-        order. Readers that walk every torrent (snapshots, sync, full scrape)
-        would reset that order to insertion order, making the oldest torrents
-        the next evicted however busy they are. Expired reads as absent.
+        ``get`` counts as use: it refreshes the torrent (its place in the
+        order and its TTL) as an announce does. Readers that walk every torrent
+        (snapshots, sync, full scrape) would reset that order to insertion order,
+        making the oldest torrents the next evicted however busy they are.
+        Expired reads as absent.
         """
-        torrents = self.torrents
-        if info_hash not in torrents:  # TTLCache.__contains__: no reordering
+        swarm = self._held.get(info_hash)
+        if swarm is None or self._expiry(swarm) <= self.clock():
             return None
-        return Cache.__getitem__(torrents, info_hash)
+        return swarm
+
+    def _expiry(self, swarm: Swarm) -> int:
+        placed = swarm.touched
+        return (placed if placed >= 0 else -1 - placed) + self.torrent_ttl
+
+    def _second(self, stamp: int) -> int:
+        """``stamp`` (a ``Swarm.touched``), as the one int object the torrents stamped
+        in its second share."""
+        stamps = self._stamps
+        shared = stamps.get(stamp)
+        if shared is None:
+            if len(stamps) > 4:
+                stamps.clear()
+            shared = stamps[stamp] = stamp
+        return shared
+
+    def _place(self, info_hash: bytes, swarm: Swarm) -> None:
+        """Put the torrent at the fresh end of the order with a full TTL.
+
+        As the TTL cache did on every insert: expire what is due first, and
+        make room past ``max_torrents`` by evicting the stalest torrent, whose
+        peers leave ``peers_held`` with it.
+        """
+        held = self._held
+        now = self.clock() - self.torrent_ttl  # a torrent placed at or before this is expired
+        old = held.pop(info_hash, None)
+        if old is not None and old is not swarm:
+            self.peers_held -= len(old)  # an expired torrent made anew
+        known = old is not None
+        while (oldest := self._oldest()) is not None:
+            placed = oldest[1].touched
+            if (placed if placed >= 0 else -1 - placed) > now:
+                break
+            self._drop(*oldest)
+        if not known:
+            while len(held) >= self.max_torrents and (oldest := self._oldest()) is not None:
+                stale, candidate = oldest
+                last = self._last_announce(candidate)
+                if last > candidate.touched:
+                    # A second chance (as the CLOCK algorithm gives): announced since it
+                    # was placed, so it goes to the fresh end as of that announce. Else a
+                    # flood of new torrents, faster than a sweep period, would evict
+                    # the busy ones between their refreshes.
+                    del held[stale]
+                    candidate.touched = self._second(last)
+                    held[stale] = candidate
+                    continue
+                self._drop(stale, candidate)
+        held[info_hash] = swarm
+
+    def _last_announce(self, swarm: Swarm) -> int:
+        """The second of the torrent's latest announce still held (-1: none), read off
+        its peers' expiry."""
+        latest = -1.0
+        for pl in swarm.lists():
+            latest = max(latest, max(pl.expires, default=-1.0))
+        return -1 if latest < 0 else int(latest - self.peer_ttl)
+
+    def _oldest(self) -> tuple[bytes, Swarm] | None:
+        """The torrent at the stale end of the order."""
+        front, held = self._front, self._held
+        while True:
+            while front:
+                ih, swarm, touched = front[0]
+                if held.get(ih) is swarm and swarm.touched == touched:
+                    return ih, swarm
+                front.popleft()
+            if not held:
+                return None
+            front.extend((ih, sw, sw.touched) for ih, sw in islice(held.items(), FRONT))
+
+    def _drop(self, info_hash: bytes, swarm: Swarm) -> None:
+        del self._held[info_hash]
+        self.peers_held -= len(swarm)
 
     # Long on purpose: every announce and every synced change runs it; split into calls it costs
     # more per announce (see docs/BENCHMARKS.md, 'Where the time goes').
@@ -488,8 +685,6 @@ class SwarmStore:
         """
         ih = change.info_hash
         swarm = self._held.get(ih)
-        if swarm is not None:
-            self._lru.move_to_end(ih)
         if change.event == EVENT_STOPPED:
             self._stop(swarm, change)
             return swarm, -1, False
@@ -499,48 +694,98 @@ class SwarmStore:
         if swarm is None:
             swarm = Swarm()
         endpoint = change.endpoint
-        v4, v6 = swarm.v4, swarm.v6
-        pl = v4 if len(endpoint) == IPV4_WIDTH else v6
-        if pl is None:
-            pl = swarm.family(len(endpoint), create=True)
-            assert pl is not None
+        width = len(endpoint)
         # Sweep both families first: a list nobody of its family announces to must still
         # expire (its peers are handed to the other family), and dead peers hold no places.
         now = int(self.clock())
-        for due in (v4, v6):
-            if due is not None and now >= due.sweep_at:
-                due.sweep_at = now + self.sweep_every
-                self.peers_held -= due.sweep(now)
+        v4, v6 = swarm.v4, swarm.v6
+        if v4 is not None and now >= v4.sweep_at:
+            self._sweep(swarm, v4, now)
+            v4 = swarm.v4
+        if v6 is not None and now >= v6.sweep_at:
+            self._sweep(swarm, v6, now)
+            v6 = swarm.v6
         peer_id = change.peer_id
-        index = pl.index  # slot() inlined for the common, indexed case
-        slot = index.get(peer_id, -1) if index is not None else pl.slot(peer_id)
-        if slot < 0:
-            self._admit(swarm, pl, change)
-        else:
-            w = pl.width
-            at = slot * w
-            if pl.addrs[at : at + w] != endpoint:
-                self._move(pl, slot, change)
-            elif change.key and not pl.keys[slot]:
-                pl.keys[slot] = change.key  # a keyless peer takes the first key it sends
-        counted = False
-        if (
-            count_download
-            and change.event == EVENT_COMPLETED
-            and not any(p.is_seeder(peer_id) for p in swarm.lists())
-        ):
-            swarm.downloaded += 1
-            counted = True
-        if slot < 0:
+        expires = change.timestamp + self.peer_ttl
+        one = v4 if type(v4) is OnePeer else v6 if type(v6) is OnePeer else None
+        if v4 is None and v6 is None and len(peer_id) == 20:
+            # A torrent's first peer is a OnePeer (whose record holds a 20-byte id).
+            self._admit(swarm, _NO_PEERS[width], change)
+            counted = count_download and change.event == EVENT_COMPLETED
+            swarm.downloaded += counted
             self.peers_held += 1
-        slot = pl.upsert(
-            slot, peer_id, endpoint, change.seeder, change.timestamp + self.peer_ttl, change.key
-        )
+            swarm.put(
+                width,
+                OnePeer.of(
+                    peer_id,
+                    endpoint,
+                    change.seeder,
+                    expires,
+                    change.key,
+                    now + self.sweep_every,
+                ),
+            )
+            slot = 0
+        elif one is not None and one.addrs == endpoint and one[:20] == peer_id:
+            # The one peer re-announcing from where it is: only its record changes.
+            _, _, key, seeder, sweep_at = one.fields()
+            counted = count_download and change.event == EVENT_COMPLETED and not seeder
+            swarm.downloaded += counted
+            swarm.put(
+                width,
+                OnePeer.of(peer_id, endpoint, change.seeder, expires, key or change.key, sweep_at),
+            )
+            slot = 0
+        else:
+            if one is not None:
+                swarm.promote()
+                v4, v6 = swarm.v4, swarm.v6
+            pl = v4 if width == IPV4_WIDTH else v6
+            if pl is None:
+                pl = swarm.family(width, create=True)
+            assert type(pl) is PeerList
+            index = pl.index  # slot() inlined for the common, indexed case
+            slot = index.get(peer_id, -1) if index is not None else pl.slot(peer_id)
+            if slot < 0:
+                self._admit(swarm, pl, change)
+            else:
+                w = pl.width
+                at = slot * w
+                if pl.addrs[at : at + w] != endpoint:
+                    self._move(pl, slot, change)
+                elif change.key and not pl.keys[slot]:
+                    pl.keys[slot] = change.key  # a keyless peer takes the first key it sends
+            counted = False
+            if (
+                count_download
+                and change.event == EVENT_COMPLETED
+                and not any(p.is_seeder(peer_id) for p in swarm.lists())
+            ):
+                swarm.downloaded += 1
+                counted = True
+            if slot < 0:
+                self.peers_held += 1
+            slot = pl.upsert(slot, peer_id, endpoint, change.seeder, expires, change.key)
         if now - swarm.touched >= self.sweep_every:
-            # Re-inserting refreshes the torrent's TTL and its place in the LRU order.
-            swarm.touched = now
-            self.torrents[ih] = swarm
+            # Refreshes the torrent's TTL and its place in the order.
+            swarm.touched = self._second(now)
+            self._place(ih, swarm)
         return swarm, slot, counted
+
+    def _sweep(self, swarm: Swarm, pl: AnyList, now: int) -> None:
+        """Drop the list's expired peers, and the list once it is empty; next sweep in a period."""
+        if type(pl) is OnePeer:
+            if pl.expires[0] <= now:
+                swarm.put(pl.width, None)
+                self.peers_held -= 1
+            else:
+                swarm.put(pl.width, pl.changed(sweep_at=now + self.sweep_every))
+            return
+        assert type(pl) is PeerList
+        pl.sweep_at = now + self.sweep_every
+        self.peers_held -= pl.sweep(now)
+        if not pl.ids:
+            swarm.put(pl.width, None)
 
     def newer(self, change: PeerChange) -> int:
         """1 if ``change`` is newer than what the store holds for the peer (or the peer is
@@ -549,7 +794,7 @@ class SwarmStore:
         Each peer's expiry is kept to the microsecond, so a tie is the same
         announce seen twice; ``merge`` breaks it by what the change is.
         """
-        swarm = self.get(change.info_hash)
+        swarm = self.peek(change.info_hash)
         if swarm is None:
             return 1
         pl = swarm.family(len(change.endpoint), create=False)
@@ -597,22 +842,25 @@ class SwarmStore:
         The same store as one ``merge`` per row (tests/unit/core/test_swarm.py
         checks it on random sequences), at a fraction of the cost: no PeerChange
         per row, one lookup of the torrent and the peer for both the age check
-        and the write, and for the commonest change, a known peer re-announcing
-        from the same endpoint with the same seeder flag, only its expiry moves.
-        Anything else (a newcomer, a move, a stop, a list due for its sweep, a
-        torrent due for its TTL refresh) takes ``merge``. One clock reading
+        and the write. Two changes take a short path: the commonest, a known
+        peer re-announcing from the same endpoint with the same seeder flag
+        (only its expiry moves), and a torrent's first peer (what a joining
+        replica gets for every torrent: a OnePeer, no bounds to count).
+        Anything else (another newcomer, a move, a stop, a list due for its
+        sweep, a known torrent due for its TTL refresh) takes ``merge``. One clock reading
         serves the whole slice: callers bound the slice, so it is milliseconds.
         """
-        held, lru, stops = self._held, self._lru, self._stops
+        held, stops = self._held, self._stops
         ttl, every = self.peer_ttl, self.sweep_every
         now = int(self.clock())
+        roomy = self.max_peers_per_torrent > 0 and self.max_peers_per_address > 0
         applied = 0
         for i in range(start, len(rows) if stop is None else stop):
             row = rows[i]
             ih, pid, ts, flags, event, endpoint, key = row
             swarm = held.get(ih)
-            # A torrent not due for its TTL refresh is not expired either (its TTL runs a
-            # sweep period past the refresh), so ``get`` would find it too.
+            # A torrent not due for its refresh is not expired either (its TTL runs a
+            # sweep period past the refresh), so ``get`` would find it, and leave it be.
             if swarm is not None and now - swarm.touched < every:
                 v4, v6 = swarm.v4, swarm.v6
                 pl = v4 if len(endpoint) == IPV4_WIDTH else v6
@@ -625,11 +873,11 @@ class SwarmStore:
                         w = pl.width
                         at = slot * w
                         if expires < held_at or (state and expires == held_at):
-                            lru.move_to_end(ih)  # not newer: ``newer``'s lookup, ``learn_key``
+                            # Not newer: only ``learn_key`` may apply.
                             if key and not pl.keys[slot]:
                                 hw = pl.host_width
                                 if pl.addrs[at : at + hw] == endpoint[:hw]:
-                                    pl.keys[slot] = key
+                                    self._set_key(swarm, pl, slot, key)
                             continue
                         if (
                             event != EVENT_STOPPED
@@ -638,15 +886,42 @@ class SwarmStore:
                             and (v6 is None or now < v6.sweep_at)
                             and pl.addrs[at : at + w] == endpoint
                         ):
-                            lru.move_to_end(ih)
                             if not stops or stops.get(ih + pid, -1.0) <= ts:
-                                pl.expires[slot] = expires
-                                if key and not pl.keys[slot]:
-                                    pl.keys[slot] = key
+                                if isinstance(pl, OnePeer):
+                                    swarm.put(w, pl.changed(expires=expires, key=pl.keys[0] or key))
+                                else:
+                                    pl.expires[slot] = expires
+                                    if key and not pl.keys[slot]:
+                                        pl.keys[slot] = key
                             applied += 1
                             if news is not None:
                                 news.append(row)
                             continue
+            elif (
+                (swarm is None or (swarm.v4 is None and swarm.v6 is None))
+                and event != EVENT_STOPPED
+                and len(pid) == 20
+                and self.peers_held < self.max_peers
+                and roomy
+            ):
+                # A torrent's first peer (a joining replica's every torrent): a OnePeer.
+                if not stops or stops.get(ih + pid, -1.0) <= ts:
+                    if swarm is None:
+                        swarm = Swarm()
+                    swarm.put(
+                        len(endpoint),
+                        OnePeer.of(
+                            pid, endpoint, bool(flags & ROW_SEEDER), ts + ttl, key, now + every
+                        ),
+                    )
+                    self.peers_held += 1
+                    if now - swarm.touched >= every:
+                        swarm.touched = self._second(now)
+                        self._place(ih, swarm)
+                applied += 1
+                if news is not None:
+                    news.append(row)
+                continue
             change = PeerChange(ih, pid, endpoint, bool(flags & ROW_SEEDER), event, ts, key)
             if self.merge(change, state):
                 applied += 1
@@ -718,7 +993,9 @@ class SwarmStore:
         peer at the same address, which is all the identity rule asks.
         """
         swarm = self._held.get(change.info_hash)
-        pl = None if swarm is None else swarm.family(len(change.endpoint), create=False)
+        if swarm is None:
+            return
+        pl = swarm.family(len(change.endpoint), create=False)
         if pl is None:
             return
         slot = pl.slot(change.peer_id)
@@ -726,7 +1003,15 @@ class SwarmStore:
             return
         at, hw = slot * pl.width, pl.host_width
         if pl.addrs[at : at + hw] == change.endpoint[:hw]:
-            pl.keys[slot] = change.key
+            self._set_key(swarm, pl, slot, change.key)
+
+    @staticmethod
+    def _set_key(swarm: Swarm, pl: AnyList, slot: int, key: int) -> None:
+        if type(pl) is OnePeer:
+            swarm.put(pl.width, pl.changed(key=key))
+        else:
+            assert type(pl) is PeerList
+            pl.keys[slot] = key
 
     def _stop(self, swarm: Swarm | None, change: PeerChange) -> None:
         """Remove a stopped peer, and remember the stop for ``STOP_MEMORY`` seconds.
@@ -750,7 +1035,11 @@ class SwarmStore:
                         "peer_id is in use from another address: only the peer itself "
                         "may stop it (from its address, or with the key it announced with)"
                     )
-                pl.remove_slot(slot)
+                if type(pl) is OnePeer or len(pl) == 1:
+                    swarm.put(width, None)
+                else:
+                    assert type(pl) is PeerList
+                    pl.remove_slot(slot)
                 self.peers_held -= 1
         stops = self._stops
         key = change.info_hash + change.peer_id
@@ -773,44 +1062,58 @@ class SwarmStore:
 
     def add_downloaded(self, info_hash: bytes, count: int) -> None:
         """A download counted by another process (a sync counter increment)."""
-        swarm = self.torrents.get(info_hash)
-        if swarm is None:
-            swarm = Swarm()
-            self.torrents[info_hash] = swarm
-        swarm.downloaded += count
+        self._counted(info_hash).downloaded += count
 
     def set_downloaded(self, info_hash: bytes, total: int) -> None:
         """Adopt the hub's authoritative completed count (counters are summed, not merged)."""
-        swarm = self.torrents.get(info_hash)
+        self._counted(info_hash).downloaded = total
+
+    def _counted(self, info_hash: bytes) -> Swarm:
+        """The torrent a counter is for, made (without peers) if there is none; a count
+        is no use of the torrent (its announce, if any, is)."""
+        swarm = self.peek(info_hash)
         if swarm is None:
             swarm = Swarm()
-            self.torrents[info_hash] = swarm
-        swarm.downloaded = total
+            swarm.touched = self._second(-1 - int(self.clock()))
+            self._place(info_hash, swarm)
+        return swarm
 
     def expire(self) -> None:
         """Drop expired torrents and peers everywhere (the periodic housekeeping)."""
-        self.torrents.expire()
-        now = int(self.clock())
+        now = self.clock()
+        while (oldest := self._oldest()) is not None and self._expiry(oldest[1]) <= now:
+            self._drop(*oldest)
+        second = int(now)
         for swarm in list(self.torrents.values()):
-            for pl in swarm.lists():
-                self.peers_held -= pl.sweep(now)
-                pl.sweep_at = now + self.sweep_every
+            for pl in list(swarm.lists()):
+                self._sweep(swarm, pl, second)
 
     def peers(self) -> Iterator[PeerChange]:
         """Every live peer as a change, with the time it was last seen (for snapshots)."""
         for ih in list(self.torrents.keys()):
             yield from self.swarm_peers(ih)
 
-    def swarm_peers(self, info_hash: bytes) -> list[PeerChange]:
-        """One torrent's peers, taken in one go: sync sends a swarm between other work."""
-        swarm = self.peek(info_hash)
+    def swarm_peers(self, info_hash: bytes, swarm: Swarm | None = None) -> list[PeerChange]:
+        """One torrent's peers, taken in one go: sync sends a swarm between other work.
+
+        ``swarm``: the torrent, if the caller has just peeked it."""
         if swarm is None:
-            return []
+            swarm = self.peek(info_hash)
+            if swarm is None:
+                return []
         ttl = self.peer_ttl
         out: list[PeerChange] = []
         for pl in swarm.lists():
+            if isinstance(pl, OnePeer):
+                pid, expires, key, seeder, _ = pl.fields()
+                out.append(
+                    PeerChange(
+                        info_hash, pid, pl.addrs, bool(seeder), EVENT_NONE, expires - ttl, key
+                    )
+                )
+                continue
             w = pl.width
-            addrs, expires, seeders, keys = pl.addrs, pl.expires, pl.seeders, pl.keys
+            addrs, exps, seeders, keys = pl.addrs, pl.expires, pl.seeders, pl.keys
             for slot, pid in enumerate(pl.ids):
                 out.append(
                     PeerChange(
@@ -819,7 +1122,7 @@ class SwarmStore:
                         bytes(addrs[slot * w : slot * w + w]),
                         slot < seeders,
                         EVENT_NONE,
-                        float(expires[slot] - ttl),
+                        float(exps[slot] - ttl),
                         keys[slot],
                     )
                 )

@@ -22,7 +22,7 @@ from wsgi_tracker.core.addresses import endpoint, pack_ip
 from wsgi_tracker.core.counters import Counters
 from wsgi_tracker.core.errors import TrackerError
 from wsgi_tracker.core.locks import ProcessLock
-from wsgi_tracker.core.swarm import PeerList, PeerRefused, SwarmStore
+from wsgi_tracker.core.swarm import AnyList, PeerRefused, SwarmStore
 from wsgi_tracker.core.types import (
     EVENT_NONE,
     EVENT_STOPPED,
@@ -204,7 +204,7 @@ class TrackerCore:
 
     @staticmethod
     def _fill(
-        result: AnnounceResult, pl: PeerList, runs: list[tuple[int, int]], with_ids: bool
+        result: AnnounceResult, pl: AnyList, runs: list[tuple[int, int]], with_ids: bool
     ) -> int:
         """Put the sampled peers in the result; returns how many."""
         if not runs:

@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cachetools import Cache
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -277,17 +276,16 @@ def per_process(reports: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]
 def replica_totals(core: TrackerCore) -> tuple[int, int, int]:
     """(torrents, seeders, leechers) of the replica, without stalling announces.
 
-    ``SwarmStore.totals()`` walks every torrent under the lock through
-    TTLCache's own accessors (which also reorder its LRU list): seconds for a
-    million torrents, during which a gevent worker answers nothing. Here only
-    the keys are copied under the lock (``Cache.__iter__`` is the plain dict
-    iterator), and the swarms are read a chunk at a time outside it, yielding
-    in between; counts that move meanwhile are the announces of that instant.
+    ``SwarmStore.totals()`` walks every torrent under the lock: a second or
+    more for a million torrents, during which a gevent worker answers nothing.
+    Here only the keys are copied under the lock, and the swarms are read a
+    chunk at a time outside it (``peek``: no reordering, expired ones skipped),
+    yielding in between; counts that move meanwhile are the announces of that
+    instant.
     """
     store = core.store
-    cache = store.torrents
     with core.lock:
-        keys = list(Cache.__iter__(cache))
+        keys = list(store.torrents)
     torrents = seeders = peers = 0
     for start in range(0, len(keys), TOTALS_CHUNK):
         if start:
@@ -295,9 +293,8 @@ def replica_totals(core: TrackerCore) -> tuple[int, int, int]:
             # without polling sockets, so waiting announces would stay unread.
             time.sleep(TOTALS_PAUSE)
         for key in keys[start : start + TOTALS_CHUNK]:
-            try:
-                swarm = Cache.__getitem__(cache, key)  # no LRU reordering, no expiry
-            except KeyError:  # gone since the keys were copied
+            swarm = store.peek(key)
+            if swarm is None:  # gone (or expired) since the keys were copied
                 continue
             torrents += 1
             seeders += swarm.complete

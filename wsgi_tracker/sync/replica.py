@@ -70,9 +70,11 @@ def walk(
     totals: list[tuple[bytes, int]] = []
     for ih in torrents:
         with guard:
-            peers.extend(store.swarm_peers(ih))
             swarm = store.peek(ih)
-            count = total(ih, swarm.downloaded) if swarm is not None and swarm.downloaded else 0
+            if swarm is None:
+                continue
+            peers.extend(store.swarm_peers(ih, swarm))
+            count = total(ih, swarm.downloaded) if swarm.downloaded else 0
         if count:
             totals.append((ih, count))
         if len(peers) + len(totals) >= RECORDS_PER_FRAME:

@@ -106,7 +106,7 @@ def test_stale_peers_expire_while_only_the_other_family_announces(store, clock):
         clock.advance(TTL // 2)
     announce(store, 2, ep=v6(2))
     assert store.scrape(IH) == (0, 0, 1)
-    assert len(store.get(IH).v4) == 0
+    assert store.get(IH).v4 is None  # an emptied list is dropped
 
 
 def test_expired_peers_do_not_hold_places_in_a_full_torrent(clock):
@@ -162,7 +162,7 @@ def test_stopped_removes_the_peer_where_it_announced_from(store):
     assert (slot, counted) == (-1, False)
     assert pid(1) not in swarm.v4 and pid(1) in swarm.v6  # each family stops on its own
     announce(store, 1, event=EVENT_STOPPED, ep=v6(1))
-    assert pid(1) not in swarm.v6
+    assert swarm.v6 is None  # its last peer gone, the list went with it
     assert store.scrape(IH) == (0, 0, 1)
 
 
@@ -307,6 +307,7 @@ def test_sample_windows_reach_every_peer():
 
 
 def test_max_torrents_evicts_the_stalest_torrent(clock):
+    """Within a sweep period too: an announce since its refresh is a second chance."""
     store = SwarmStore(peer_ttl=TTL, max_torrents=3, clock=clock)
     hashes = [bytes([n]) * 20 for n in range(4)]
     for n, ih in enumerate(hashes[:3]):
@@ -642,7 +643,7 @@ def _compare(store: SwarmStore, model: Model) -> None:
     assert store.peers_held == model.held()
     for ih in HASHES:
         assert store.scrape(ih) == model.counts(ih)
-        swarm = store.get(ih)
+        swarm = store.peek(ih)  # ``get`` would refresh it, as only announces do in the model
         if swarm is None:
             continue
         for pl in swarm.lists():
@@ -691,17 +692,27 @@ def test_two_announces_in_one_second_keep_their_order(store, clock):
     assert store.scrape(IH) == (1, 0, 0)
 
 
-def test_apply_reads_the_torrent_cache_own_dict_and_lru_order(clock):
-    """``apply`` bypasses TTLCache.__getitem__ (SwarmStore.__init__ says why); this
-    fails if a cachetools release keeps its entries or LRU order elsewhere."""
-    store = SwarmStore(peer_ttl=TTL, max_torrents=3, clock=clock)
-    announce(store, 1, ih=b"a" * 20)
-    announce(store, 2, ih=b"b" * 20)
-    assert store._held is vars(store.torrents)["_Cache__data"]
-    assert list(store._held) == [b"a" * 20, b"b" * 20]
-    assert list(store._lru) == [b"a" * 20, b"b" * 20]
-    announce(store, 3, ih=b"a" * 20)
-    assert list(store._lru) == [b"b" * 20, b"a" * 20]
+def test_the_torrent_index_expires_and_evicts_in_refresh_order(clock, monkeypatch):
+    """The stale end is lined up ``FRONT`` torrents at a time; refreshed ones leave it."""
+    monkeypatch.setattr(swarm_module, "FRONT", 2)
+    store = SwarmStore(peer_ttl=TTL, max_torrents=5, clock=clock)
+    every = store.sweep_every
+    hashes = [bytes([n]) * 20 for n in range(8)]
+    for n in range(5):
+        announce(store, n, ih=hashes[n])
+        clock.advance(every)
+    announce(store, 9, ih=hashes[1])  # refreshed: now the freshest
+    assert list(store.torrents) == [hashes[n] for n in (0, 2, 3, 4, 1)]
+    clock.advance(every)
+    for n in (5, 6, 7):
+        announce(store, n, ih=hashes[n])
+    assert list(store.torrents) == [hashes[n] for n in (4, 1, 5, 6, 7)]
+    assert store.peers_held == 6
+    clock.advance(store.torrent_ttl - every)
+    assert store.peek(hashes[1]) is None  # expired reads as absent before it is dropped
+    store.expire()
+    assert list(store.torrents) == [hashes[n] for n in (5, 6, 7)]
+    assert store.peers_held == 0  # their peers expired; the torrents last a period longer
 
 
 # --- merging remote changes in bulk ---------------------------------------------------
@@ -727,9 +738,7 @@ merge_step = st.one_of(
 def store_state(store: SwarmStore) -> tuple:
     """Everything a merge may change, in the torrent cache's eviction order."""
     torrents = []
-    for ih in store.torrents:
-        swarm = store.peek(ih)
-        assert swarm is not None
+    for ih, swarm in store.torrents.items():  # expired ones too, not yet dropped
         lists = [
             (pl.width, pl.ids, bytes(pl.addrs), list(pl.expires), list(pl.keys), pl.seeders)
             for pl in swarm.lists()

@@ -290,12 +290,14 @@ def test_failed_save_keeps_the_previous_snapshot(tmp_path):
 
 
 def test_taking_a_snapshot_does_not_change_which_torrent_is_evicted_next():
-    store = SwarmStore(peer_ttl=TTL, max_torrents=3, clock=lambda: NOW)
+    now = [NOW]
+    store = SwarmStore(peer_ttl=TTL, max_torrents=3, clock=lambda: now[0])
     for n in (1, 2, 3):
         store.apply(PeerChange(ih(n), pid(n), v4(n), False, EVENT_STARTED, NOW))
+    now[0] += store.sweep_every  # a use refreshes a torrent at most once a sweep period
     store.get(ih(1))  # torrent 1 is in use again: torrent 2 is now the stalest
-    snapshot.capture(store, NOW)  # reads every torrent, oldest first
-    store.apply(PeerChange(ih(4), pid(4), v4(4), False, EVENT_STARTED, NOW))
+    snapshot.capture(store, now[0])  # reads every torrent, oldest first
+    store.apply(PeerChange(ih(4), pid(4), v4(4), False, EVENT_STARTED, now[0]))
     assert sorted(store.torrents.keys()) == [ih(1), ih(3), ih(4)]
 
 
