@@ -1,9 +1,12 @@
-"""In-process figures of the tracker core, without any server: memory and swarm-size cost.
+"""In-process figures of the tracker core, without any server: memory, swarm-size cost,
+merging remote changes and a join.
 
-Run in a fresh interpreter (``python -m bench.inproc memory|huge ...``, pinned by
+Run in a fresh interpreter (``python -m bench.inproc memory|huge|merge|join ...``, pinned by
 the runner) so RSS growth is the store's alone; prints one JSON line.
 Every peer id and info_hash is a fresh bytes object, as a parsed request
-would give, so the store is charged for the objects it keeps.
+would give, so the store is charged for the objects it keeps. Times are this
+process's CPU time (``time.process_time``), so a machine shared with other work
+slows them less than it does wall time.
 """
 
 from __future__ import annotations
@@ -50,14 +53,14 @@ def memory(torrents: int, peers: int) -> dict[str, float]:
     core = TrackerCore(TrackerConfig(max_torrents=max(torrents, 1)))
     gc.collect()
     before = rss_kb()
-    start = time.perf_counter()
+    start = time.process_time()
     for i in range(peers):
         t, c = i % torrents, i // torrents
         core.announce(
             Announce(info_hash(t), peer_id(c), 1025 + c % 60000, left=(i % 5) * 1000),
             address(c),
         )
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     gc.collect()
     after = rss_kb()
     torrents_held, seeders, leechers = core.store.totals()  # type: ignore[union-attr]
@@ -71,10 +74,10 @@ def memory(torrents: int, peers: int) -> dict[str, float]:
         )
         for i in range(min(peers, REANNOUNCES))
     ]  # fmt: skip
-    start = time.perf_counter()
+    start = time.process_time()
     for req, ip in again:
         core.announce(req, ip)
-    reannounce_us = (time.perf_counter() - start) / max(1, len(again)) * 1e6
+    reannounce_us = (time.process_time() - start) / max(1, len(again)) * 1e6
     return {
         "torrents": torrents_held,
         "peers": seeders + leechers,
@@ -100,15 +103,15 @@ def announce_cost(size: int, calls: int, seed: int) -> tuple[float, float]:
         for c in picks
     ]
     gc.collect()
-    start = time.perf_counter()
+    start = time.process_time()
     for req, ip in batch:
         core.announce(req, ip)
-    per_call = (time.perf_counter() - start) / calls * 1e6
+    per_call = (time.process_time() - start) / calls * 1e6
     swarm = core.store.get(ih)  # type: ignore[union-attr]
     assert swarm is not None and swarm.v4 is not None
-    start = time.perf_counter()
+    start = time.process_time()
     swarm.v4.sweep(0)  # nothing has expired: the cost of the periodic pass itself
-    sweep_ms = (time.perf_counter() - start) * 1000
+    sweep_ms = (time.process_time() - start) * 1000
     return per_call, sweep_ms
 
 
@@ -132,6 +135,76 @@ def huge(peers: int, small: int, calls: int, reps: int) -> dict[str, float]:
     }
 
 
+def merge_cost(reps: int) -> dict[str, float]:
+    """CPU us per record to decode one full Deltas frame and merge it into a replica
+    (``bench.sync_lag --parts costs``' apply_us, in CPU time): best of ``reps``."""
+    import timeit
+
+    from wsgi_tracker.core.swarm import SwarmStore
+    from wsgi_tracker.core.types import PeerChange
+    from wsgi_tracker.sync import frames
+    from wsgi_tracker.sync.replica import merge
+
+    n = frames.RECORDS_PER_FRAME
+    now = time.time()
+    changes = [
+        PeerChange(info_hash(i % 1000), peer_id(i), address(i) + b"\x1a\xe1", i % 3 == 0, 0, now)
+        for i in range(n)
+    ]
+    wire = frames.encode(frames.Deltas(changes))
+    store = SwarmStore()
+
+    def receive() -> None:
+        for frame in frames.FrameDecoder().feed(wire):
+            merge(store, frame.peers)  # type: ignore[union-attr]
+
+    best = min(timeit.repeat(receive, number=5, repeat=reps, timer=time.process_time))
+    return {"records": n, "merge_us": best / 5 / n * 1e6}
+
+
+def join_cost(torrents: int) -> dict[str, float]:
+    """CPU us per torrent of a join, in process: the hub's walk and encoding of
+    ``torrents`` single-peer torrents (a quarter with a completed count), then a
+    fresh replica's decode and its merge of the Totals and Snapshot frames."""
+    from wsgi_tracker.core.swarm import SwarmStore
+    from wsgi_tracker.core.types import PeerChange
+    from wsgi_tracker.sync import frames
+    from wsgi_tracker.sync.replica import merge, walk
+
+    now = time.time()
+    hub = SwarmStore()
+    for t in range(torrents):
+        change = PeerChange(
+            info_hash(t), peer_id(t), address(t) + b"\x1a\xe1", t % 3 == 0, 0, now, 7
+        )
+        hub.apply(change, count_download=False)
+        if t % 4 == 0:
+            hub.set_downloaded(info_hash(t), 3)
+    start = time.process_time()
+    data = b"".join(
+        frames.encode(frames.Totals(totals)) + frames.encode(frames.Snapshot(peers))
+        for peers, totals in walk(hub, list(hub.torrents))
+    )
+    walked = time.process_time()
+    received = frames.decode_all(data)
+    decoded = time.process_time()
+    replica = SwarmStore()
+    for frame in received:
+        if isinstance(frame, frames.Totals):
+            for ih, total in frame.totals:
+                replica.set_downloaded(ih, total)
+        elif isinstance(frame, frames.Snapshot):
+            merge(replica, frame.peers, state=True)
+    merged = time.process_time()
+    assert len(replica) == torrents and replica.peers_held == torrents
+    return {
+        "torrents": torrents,
+        "hub_walk_encode_us": (walked - start) / torrents * 1e6,
+        "decode_us": (decoded - walked) / torrents * 1e6,
+        "merge_us": (merged - decoded) / torrents * 1e6,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.inproc", description=__doc__)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -143,9 +216,17 @@ def main() -> None:
     big.add_argument("--small", type=int, default=100)
     big.add_argument("--calls", type=int, default=100_000)
     big.add_argument("--reps", type=int, default=3)
+    cost = sub.add_parser("merge", help="decoding + merging one remote change (CPU us)")
+    cost.add_argument("--reps", type=int, default=7)
+    join = sub.add_parser("join", help="a joining replica's CPU us per torrent, both ends")
+    join.add_argument("--torrents", type=int, default=200_000)
     args = parser.parse_args()
     if args.what == "memory":
         out = memory(args.torrents, args.peers)
+    elif args.what == "merge":
+        out = merge_cost(args.reps)
+    elif args.what == "join":
+        out = join_cost(args.torrents)
     else:
         out = huge(args.peers, args.small, args.calls, args.reps)
     print(json.dumps(out))
