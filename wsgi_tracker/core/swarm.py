@@ -562,7 +562,10 @@ class SwarmStore:
         self._held = self.torrents
         # The oldest torrents, (info_hash, swarm, touched) in order, as of when they were
         # lined up; one that has moved since (refreshed or dropped) is skipped.
-        self._front: collections.deque[tuple[bytes, Swarm, int]] = collections.deque()
+        self._front: collections.deque[tuple[bytes, Swarm, int, float]] = collections.deque()
+        # The info_hashes lined up there: an announce to one of them refreshes it at once
+        # (it is about to go), and a refresh takes it out of the line.
+        self._lined: set[bytes] = set()
         self._stamps: dict[int, int] = {}
 
     def __len__(self) -> int:
@@ -573,7 +576,7 @@ class SwarmStore:
         swarm = self.peek(info_hash)
         if swarm is not None:
             now = int(self.clock())
-            if now - swarm.touched >= self.sweep_every:
+            if now - swarm.touched >= self.sweep_every or info_hash in self._lined:
                 swarm.touched = self._second(now)
                 self._place(info_hash, swarm)
         return swarm
@@ -615,6 +618,7 @@ class SwarmStore:
         peers leave ``peers_held`` with it.
         """
         held = self._held
+        self._lined.discard(info_hash)
         now = self.clock() - self.torrent_ttl  # a torrent placed at or before this is expired
         old = held.pop(info_hash, None)
         if old is not None and old is not swarm:
@@ -624,43 +628,48 @@ class SwarmStore:
             placed = oldest[1].touched
             if (placed if placed >= 0 else -1 - placed) > now:
                 break
-            self._drop(*oldest)
+            self._drop(oldest[0], oldest[1])
         if not known:
             while len(held) >= self.max_torrents and (oldest := self._oldest()) is not None:
-                stale, candidate = oldest
+                stale, candidate, lined_last = oldest
                 last = self._last_announce(candidate)
-                if last > candidate.touched:
+                if last > lined_last or int(last) > candidate.touched:
                     # A second chance (as the CLOCK algorithm gives): announced since it
                     # was placed, so it goes to the fresh end as of that announce. Else a
                     # flood of new torrents, faster than a sweep period, would evict
                     # the busy ones between their refreshes.
                     del held[stale]
-                    candidate.touched = self._second(last)
+                    self._lined.discard(stale)
+                    candidate.touched = self._second(int(last))
                     held[stale] = candidate
                     continue
                 self._drop(stale, candidate)
         held[info_hash] = swarm
 
-    def _last_announce(self, swarm: Swarm) -> int:
-        """The second of the torrent's latest announce still held (-1: none), read off
+    def _last_announce(self, swarm: Swarm) -> float:
+        """When the torrent's latest announce still held was made (-1: none), read off
         its peers' expiry."""
         latest = -1.0
         for pl in swarm.lists():
             latest = max(latest, max(pl.expires, default=-1.0))
-        return -1 if latest < 0 else int(latest - self.peer_ttl)
+        return -1.0 if latest < 0 else latest - self.peer_ttl
 
-    def _oldest(self) -> tuple[bytes, Swarm] | None:
-        """The torrent at the stale end of the order."""
-        front, held = self._front, self._held
+    def _oldest(self) -> tuple[bytes, Swarm, float] | None:
+        """The torrent at the stale end of the order, and its latest announce when it was
+        lined up (an announce since is a second chance)."""
+        front, held, lined = self._front, self._held, self._lined
         while True:
             while front:
-                ih, swarm, touched = front[0]
-                if held.get(ih) is swarm and swarm.touched == touched:
-                    return ih, swarm
+                ih, swarm, touched, last = front[0]
+                if ih in lined and held.get(ih) is swarm and swarm.touched == touched:
+                    return ih, swarm, last
                 front.popleft()
             if not held:
                 return None
-            front.extend((ih, sw, sw.touched) for ih, sw in islice(held.items(), FRONT))
+            batch = list(islice(held.items(), FRONT))
+            front.extend((ih, sw, sw.touched, self._last_announce(sw)) for ih, sw in batch)
+            lined.clear()  # in place: merge_many holds it
+            lined.update(ih for ih, _ in batch)
 
     def _drop(self, info_hash: bytes, swarm: Swarm) -> None:
         del self._held[info_hash]
@@ -766,11 +775,21 @@ class SwarmStore:
             if slot < 0:
                 self.peers_held += 1
             slot = pl.upsert(slot, peer_id, endpoint, change.seeder, expires, change.key)
-        if now - swarm.touched >= self.sweep_every:
+        if now - swarm.touched >= self.sweep_every or ih in self._lined:
             # Refreshes the torrent's TTL and its place in the order.
             swarm.touched = self._second(now)
             self._place(ih, swarm)
+        else:
+            self._use(ih, swarm)
         return swarm, slot, counted
+
+    def _use(self, info_hash: bytes, swarm: Swarm) -> None:
+        """Move the torrent to the fresh end (an announce is a use; eviction takes the
+        least recently used), leaving its TTL: a dict move, as OrderedDict's was."""
+        held = self._held
+        del held[info_hash]
+        held[info_hash] = swarm
+        self._lined.discard(info_hash)
 
     def _sweep(self, swarm: Swarm, pl: AnyList, now: int) -> None:
         """Drop the list's expired peers, and the list once it is empty; next sweep in a period."""
@@ -850,7 +869,7 @@ class SwarmStore:
         sweep, a known torrent due for its TTL refresh) takes ``merge``. One clock reading
         serves the whole slice: callers bound the slice, so it is milliseconds.
         """
-        held, stops = self._held, self._stops
+        held, stops, lined = self._held, self._stops, self._lined
         ttl, every = self.peer_ttl, self.sweep_every
         now = int(self.clock())
         roomy = self.max_peers_per_torrent > 0 and self.max_peers_per_address > 0
@@ -861,7 +880,7 @@ class SwarmStore:
             swarm = held.get(ih)
             # A torrent not due for its refresh is not expired either (its TTL runs a
             # sweep period past the refresh), so ``get`` would find it, and leave it be.
-            if swarm is not None and now - swarm.touched < every:
+            if swarm is not None and now - swarm.touched < every and ih not in lined:
                 v4, v6 = swarm.v4, swarm.v6
                 pl = v4 if len(endpoint) == IPV4_WIDTH else v6
                 if pl is not None:
@@ -887,6 +906,7 @@ class SwarmStore:
                             and pl.addrs[at : at + w] == endpoint
                         ):
                             if not stops or stops.get(ih + pid, -1.0) <= ts:
+                                self._use(ih, swarm)
                                 if isinstance(pl, OnePeer):
                                     swarm.put(w, pl.changed(expires=expires, key=pl.keys[0] or key))
                                 else:
@@ -915,9 +935,11 @@ class SwarmStore:
                         ),
                     )
                     self.peers_held += 1
-                    if now - swarm.touched >= every:
+                    if now - swarm.touched >= every or ih in lined:
                         swarm.touched = self._second(now)
                         self._place(ih, swarm)
+                    else:
+                        self._use(ih, swarm)
                 applied += 1
                 if news is not None:
                     news.append(row)
@@ -1082,7 +1104,7 @@ class SwarmStore:
         """Drop expired torrents and peers everywhere (the periodic housekeeping)."""
         now = self.clock()
         while (oldest := self._oldest()) is not None and self._expiry(oldest[1]) <= now:
-            self._drop(*oldest)
+            self._drop(oldest[0], oldest[1])
         second = int(now)
         for swarm in list(self.torrents.values()):
             for pl in list(swarm.lists()):
