@@ -563,8 +563,7 @@ class SwarmStore:
         # The oldest torrents, (info_hash, swarm, touched) in order, as of when they were
         # lined up; one that has moved since (refreshed or dropped) is skipped.
         self._front: collections.deque[tuple[bytes, Swarm, int, float]] = collections.deque()
-        # The info_hashes lined up there: an announce to one of them refreshes it at once
-        # (it is about to go), and a refresh takes it out of the line.
+        # The info_hashes lined up there; a torrent that moves leaves the line.
         self._lined: set[bytes] = set()
         self._stamps: dict[int, int] = {}
 
@@ -576,7 +575,7 @@ class SwarmStore:
         swarm = self.peek(info_hash)
         if swarm is not None:
             now = int(self.clock())
-            if now - swarm.touched >= self.sweep_every or info_hash in self._lined:
+            if now - swarm.touched >= self.sweep_every:
                 swarm.touched = self._second(now)
                 self._place(info_hash, swarm)
         return swarm
@@ -775,7 +774,7 @@ class SwarmStore:
             if slot < 0:
                 self.peers_held += 1
             slot = pl.upsert(slot, peer_id, endpoint, change.seeder, expires, change.key)
-        if now - swarm.touched >= self.sweep_every or ih in self._lined:
+        if now - swarm.touched >= self.sweep_every:
             # Refreshes the torrent's TTL and its place in the order.
             swarm.touched = self._second(now)
             self._place(ih, swarm)
@@ -869,7 +868,7 @@ class SwarmStore:
         sweep, a known torrent due for its TTL refresh) takes ``merge``. One clock reading
         serves the whole slice: callers bound the slice, so it is milliseconds.
         """
-        held, stops, lined = self._held, self._stops, self._lined
+        held, stops = self._held, self._stops
         ttl, every = self.peer_ttl, self.sweep_every
         now = int(self.clock())
         roomy = self.max_peers_per_torrent > 0 and self.max_peers_per_address > 0
@@ -880,7 +879,7 @@ class SwarmStore:
             swarm = held.get(ih)
             # A torrent not due for its refresh is not expired either (its TTL runs a
             # sweep period past the refresh), so ``get`` would find it, and leave it be.
-            if swarm is not None and now - swarm.touched < every and ih not in lined:
+            if swarm is not None and now - swarm.touched < every:
                 v4, v6 = swarm.v4, swarm.v6
                 pl = v4 if len(endpoint) == IPV4_WIDTH else v6
                 if pl is not None:
@@ -935,7 +934,7 @@ class SwarmStore:
                         ),
                     )
                     self.peers_held += 1
-                    if now - swarm.touched >= every or ih in lined:
+                    if now - swarm.touched >= every:
                         swarm.touched = self._second(now)
                         self._place(ih, swarm)
                     else:
