@@ -103,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         "--warmup", type=float, default=0, help="seconds of unmeasured load first (0)"
     )
     parser.add_argument(
-        "--mix", default="bench,distinct", help="bench, distinct or both (default both)"
+        "--mix",
+        default="bench,distinct",
+        help="bench, distinct, or both as bench,distinct (the default)",
     )
     args = parser.parse_args(argv)
     mixes = args.mix.split(",")
