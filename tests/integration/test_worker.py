@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import os
 import socket
 import time
@@ -11,7 +13,7 @@ from pathlib import Path
 import bencodepy
 import pytest
 from sample_site import BIG
-from servers import Server, announce_url, gunicorn, http_get
+from servers import Server, announce_url, gunicorn, http_get, serve
 
 pytestmark = pytest.mark.integration
 TESTS_DIR = str(Path(__file__).parents[1])  # the support modules: servers.py, the apps
@@ -96,6 +98,88 @@ def test_expect_continue_gets_an_interim_reply(server: Server) -> None:
         assert sock.recv(1000).endswith(b"\r\n\r\nok")
 
 
+CHUNKED = b"Transfer-Encoding: chunked\r\n"
+
+
+def test_a_chunked_body_is_read_whole_and_the_next_request_follows(server: Server) -> None:
+    raw = (
+        b"POST /echo HTTP/1.1\r\nHost: t\r\n" + CHUNKED + b"\r\n"
+        b"6;ext=1\r\nhello \r\n5\r\nworld\r\n0\r\nX-Checksum: 1\r\n\r\n"
+        b"GET /after HTTP/1.1\r\n" + CLOSE + b"\r\n"
+    )
+    first, _, second = (
+        exchange(server, raw).partition(b"HTTP/1.1 200 OK\r\n")[2].partition(b"HTTP/1.1 200")
+    )
+    assert first.endswith(b"\r\n\r\nhello world") and second.endswith(b"site /after ")
+
+
+def test_an_unread_chunked_body_is_skipped_before_the_next_request(server: Server) -> None:
+    raw = (
+        b"POST /ignored HTTP/1.1\r\nHost: t\r\n" + CHUNKED + b"\r\n3\r\nabc\r\n0\r\n\r\n"
+        b"GET /after HTTP/1.1\r\n" + CLOSE + b"\r\n"
+    )
+    data = exchange(server, raw)
+    assert data.count(b"HTTP/1.1 200") == 2 and data.endswith(b"site /after ")
+
+
+def test_a_chunked_body_trickling_in_is_read_as_it_comes(server: Server) -> None:
+    """Sizes, data and the chunk ends split across reads, with an Expect: 100-continue."""
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\n" + CLOSE + CHUNKED + b"Expect: 100-continue\r\n\r\n")
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        for piece in (b"0", b"a\r\n0123", b"456789\r", b"\n0", b"\r\n", b"\r\n"):
+            sock.sendall(piece)
+            time.sleep(0.02)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.endswith(b"\r\n\r\n0123456789")
+
+
+def test_a_broken_chunked_body_is_refused_and_nothing_after_it_is_read(server: Server) -> None:
+    """Broken in the bytes that came with the head: refused before the app runs. Broken
+    after the app answered without reading it: the connection closes unread."""
+    smuggled = b"GET /smuggled HTTP/1.1\r\n" + CLOSE + b"\r\n"
+    head = b"POST /ignored HTTP/1.1\r\nHost: t\r\n" + CHUNKED + b"\r\n"
+    data = exchange(server, head + b"3\r\nabcXX" + smuggled)
+    assert data.startswith(b"HTTP/1.1 400") and b"not followed by CRLF" in data
+    assert b"smuggled" not in data
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(head + b"3\r\nabc")
+        reply = b""
+        while not reply.endswith(b"site /ignored "):
+            reply += sock.recv(65536)
+        sock.sendall(b"XX" + smuggled)
+        rest = b""
+        while chunk := sock.recv(65536):
+            rest += chunk
+    assert reply.startswith(b"HTTP/1.1 200") and rest == b""
+
+
+def test_a_flask_site_under_serve_takes_a_chunked_upload(tmp_path: Path) -> None:
+    """http.client sends the body chunked (no length known), as a streaming client does."""
+    payload = os.urandom(300_000)
+    with serve(tmp_path, workers=2, app="tests.upload_site:app") as stack:
+        conn = http.client.HTTPConnection(stack.http.host, stack.http.port, timeout=20)
+        try:
+            parts = (payload[i : i + 70_000] for i in range(0, len(payload), 70_000))
+            conn.request("POST", "/upload", body=parts, encode_chunked=True)
+            reply = conn.getresponse()
+            assert (reply.status, reply.read()) == (
+                200,
+                f"{len(payload)} {hashlib.sha1(payload).hexdigest()}".encode(),
+            )
+            form = iter([b"a=1&", b"b=two"])
+            conn.request(
+                "POST", "/form", body=form, encode_chunked=True,
+                headers={"Content-Type": "application/x-www-form-urlencoded"},
+            )  # fmt: skip
+            reply = conn.getresponse()
+            assert (reply.status, reply.read()) == (200, b"a=1,b=two")  # the same connection
+        finally:
+            conn.close()
+
+
 def test_unread_body_is_skipped_before_the_next_request(server: Server) -> None:
     raw = (
         b"POST /ignored HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nxxxxx"
@@ -134,8 +218,8 @@ def test_app_error_gets_500_and_the_worker_lives_on(server: Server) -> None:
         (b"GET / HTTP/3.0\r\n\r\n", b"505"),
         (
             b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"3\r\nabc\r\n0\r\n\r\n",
-            b"411",
+            b"3\r\nabc\r\nzz\r\n",
+            b"400",
         ),
         (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n", b"414"),
     ],

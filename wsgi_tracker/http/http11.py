@@ -171,7 +171,8 @@ def parse_request_head(head: bytes, limits: HeadLimits = DEFAULT_LIMITS) -> Requ
             _FIELDS.clear()
         _FIELDS[block] = fields
     if version == b"HTTP/1.0":
-        keep_alive = b"keep-alive" in fields.connection
+        # RFC 9112 6.1: a Transfer-Encoding in 1.0 means faulty framing: close after it
+        keep_alive = b"keep-alive" in fields.connection and not fields.chunked
     else:
         if not fields.hosts and version == b"HTTP/1.1":  # h11's rule: 1.2+ are not held to it
             raise HttpError(BAD_REQUEST, "missing Host header (required in HTTP/1.1)")
@@ -186,6 +187,23 @@ def parse_request_head(head: bytes, limits: HeadLimits = DEFAULT_LIMITS) -> Requ
         keep_alive,
         fields.expect,
     )
+
+
+def check_fields(block: bytes, limits: HeadLimits) -> None:
+    """Hold a block of field lines (a chunked body's trailer section) to a head's rules.
+
+    The fields are dropped afterwards (WSGI has no place for trailers), but a
+    block a head could not carry is refused the same way, so the two parsers on
+    a proxy's either side cannot read the trailer as the start of a request.
+    """
+    check_field_bytes(block)
+    _parse_fields(block, block.count(b"\r\n") + 1, limits)
+
+
+def check_field_bytes(block: bytes) -> None:
+    """Refuse a bare LF or CR or a control byte anywhere in field lines (or a part of them)."""
+    if block.translate(None, _FIELD_BYTES) != b"\r\n" * block.count(b"\r\n"):
+        raise HttpError(BAD_REQUEST, _forbidden_byte(block))
 
 
 @dataclass(frozen=True, slots=True)

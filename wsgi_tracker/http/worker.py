@@ -9,9 +9,9 @@ replaces only the per-connection request loop: one ``recv`` per request head,
 ``http11`` to parse it, one write per response, TCP_NODELAY set. The
 complete responses made in one turn of the event loop go out back to back
 when the turn ends (``Outbox``), so a client woken by the first finds the rest.
-It is a complete WSGI server (request bodies, keep-alive, streamed and chunked
-responses, HEAD, ``Expect: 100-continue``), so the host site's own pages work
-unchanged; a chunked *request* body is refused with 411.
+It is a complete WSGI server (request bodies by length or chunked, keep-alive,
+streamed and chunked responses, HEAD, ``Expect: 100-continue``), so the host
+site's own pages work unchanged.
 
 It is also the edge a flood meets (docs/HARDENING.md): a request head must be
 complete within ``http_head_timeout``, one address holds at most
@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -39,6 +40,7 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from wsgi_tracker.config import TrackerConfig
 from wsgi_tracker.core.addresses import parse_ip
+from wsgi_tracker.http.chunked import BodyError, ChunkedBody, LengthBody, framing_for
 from wsgi_tracker.http.http11 import (
     MAX_HEAD_BYTES,
     SERVER_ERROR,
@@ -82,34 +84,43 @@ class _Clock:
 
 
 class RequestBody:
-    """``wsgi.input``: reads exactly Content-Length bytes, buffered bytes first."""
+    """``wsgi.input``: the body as its framing (``http.chunked``) delimits it, buffered
+    bytes first; it reads b"" at the body's end, never into the next request."""
 
-    def __init__(self, sock: socket.socket, buffered: bytes, length: int, expect: bool) -> None:
+    def __init__(
+        self, sock: socket.socket, buffered: bytes, framing: LengthBody | ChunkedBody, expect: bool
+    ) -> None:
         self._sock = sock
-        self._buf = buffered[:length]
-        self._after = buffered[length:]  # the start of a pipelined next request
-        self._left = length - len(self._buf)  # still on the socket
-        self._expect = expect and self._left > 0
+        self._framing = framing
+        self._buf = framing.feed(buffered) if buffered else b""  # BodyError: refused at once
+        self._expect = expect and not framing.done
+        self._broken: BodyError | None = None  # once broken, the rest cannot be read
 
     def _fill(self, want: int) -> None:
+        framing = self._framing
+        if self._broken is not None:
+            raise self._broken
         if self._expect:
             self._expect = False
             self._sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        while len(self._buf) < want and self._left > 0:
-            chunk = self._sock.recv(min(RECV_BYTES, self._left))
+        while len(self._buf) < want and not framing.done:
+            chunk = self._sock.recv(min(RECV_BYTES, framing.wire_left() or RECV_BYTES))
             if not chunk:
                 raise OSError("client closed the connection inside a request body")
-            self._left -= len(chunk)
-            self._buf += chunk
+            try:
+                self._buf += framing.feed(chunk)
+            except BodyError as exc:
+                self._broken = exc
+                raise
 
     def read(self, size: int | None = -1) -> bytes:
-        want = len(self._buf) + self._left if size is None or size < 0 else size
+        want = sys.maxsize if size is None or size < 0 else size
         self._fill(want)
         data, self._buf = self._buf[:want], self._buf[want:]
         return data
 
     def readline(self, size: int | None = -1) -> bytes:
-        while b"\n" not in self._buf and self._left > 0:
+        while b"\n" not in self._buf and not self._framing.done:
             if size is not None and 0 <= size <= len(self._buf):
                 break
             self._fill(len(self._buf) + 1)
@@ -132,12 +143,26 @@ class RequestBody:
         return line
 
     def finish(self) -> bytes | None:
-        """Skip what the app left unread; the bytes after the body, or None to close."""
-        if self._left > DRAIN_LIMIT:
-            return None
+        """Skip what the app left unread (up to ``DRAIN_LIMIT`` bytes); the bytes after
+        the body, or None to close (a longer rest, a broken framing)."""
+        framing = self._framing
         self._expect = False  # never invite a body nobody will read
-        self._fill(len(self._buf) + self._left)
-        return self._after
+        left = framing.wire_left()
+        if self._broken is not None or (left is not None and left > DRAIN_LIMIT):
+            return None
+        skipped = 0
+        try:
+            while not framing.done and skipped <= DRAIN_LIMIT:
+                chunk = self._sock.recv(RECV_BYTES if left is None else min(RECV_BYTES, left))
+                if not chunk:
+                    return None
+                skipped += len(chunk)
+                framing.feed(chunk)
+                left = framing.wire_left()
+        except BodyError as exc:
+            log.info("closing a connection after its request: %s", exc)
+            return None
+        return framing.rest if framing.done else None
 
 
 class _Sent:
@@ -514,12 +539,11 @@ class TrackerWorker(GeventWorker):
             head, pending = pending[:end], pending[end + 4 :]
             try:
                 req = parse_request_head(head, self._limits)
-                if req.chunked:
-                    raise HttpError("411 Length Required", "chunked request bodies")
+                framing = framing_for(req, self._limits)
+                body = RequestBody(sock, pending, framing, req.expect_continue)
             except HttpError as exc:
                 self._refuse(sock, exc)
                 return
-            body = RequestBody(sock, pending, req.content_length or 0, req.expect_continue)
             env = environ_for(req, base)
             env["wsgi.input"] = body
             upgrade: list[Handler] = []
@@ -686,6 +710,12 @@ class TrackerWorker(GeventWorker):
                 if close is not None:
                     close()
         except OSError:
+            return False
+        except BodyError as exc:  # the client's body broke its framing as the app read it
+            self.log.info("Bad request body for %s: %s", env.get("RAW_URI"), exc)
+            if frame is None:
+                started[:] = [exc.status, []]
+                self._refuse(sock, exc)
             return False
         except Exception as exc:
             if isinstance(exc, HttpError):  # the app's head broke the rules: no traceback

@@ -1,0 +1,103 @@
+"""``http.chunked``: request bodies decoded as their bytes arrive, split anywhere."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wsgi_tracker.http.chunked import MAX_SIZE_LINE, BodyError, ChunkedBody, LengthBody
+from wsgi_tracker.http.http11 import HeadLimits
+
+LIMITS = HeadLimits()
+
+
+def decode(wire: bytes, cuts: list[int] | None = None) -> tuple[bytes, bool, bytes]:
+    """(body, done, rest) of ``wire`` fed in the pieces ``cuts`` makes."""
+    framing = ChunkedBody(LIMITS)
+    pieces, last = [], 0
+    for cut in sorted(cuts or []):
+        pieces.append(wire[last:cut])
+        last = cut
+    pieces.append(wire[last:])
+    body = b"".join(framing.feed(p) for p in pieces if p)
+    return body, framing.done, framing.rest
+
+
+def encode(chunks: list[bytes], trailer: bytes = b"", ext: bytes = b"") -> bytes:
+    return b"".join(b"%x%s\r\n%s\r\n" % (len(c), ext, c) for c in chunks if c) + (
+        b"0\r\n" + trailer + b"\r\n"
+    )
+
+
+def test_a_body_in_chunks_with_extensions_and_trailers() -> None:
+    wire = b"5;name=v\r\nhello\r\n6 \r\n world\r\n0\r\nX-Sum: 1\r\nX-Other: 2\r\n\r\nGET /"
+    assert decode(wire) == (b"hello world", True, b"GET /")
+
+
+def test_an_empty_body() -> None:
+    assert decode(b"0\r\n\r\n") == (b"", True, b"")
+
+
+def test_a_partial_body_is_not_done_and_returns_what_came() -> None:
+    assert decode(b"a\r\n01234") == (b"01234", False, b"")
+
+
+@given(
+    st.lists(st.binary(min_size=1, max_size=300), max_size=6),
+    st.sampled_from([b"", b"X-A: 1\r\n", b"X-A: 1\r\nX-B: two words\r\n"]),
+    st.binary(max_size=20),
+    st.lists(st.integers(min_value=0, max_value=2000), max_size=8),
+)
+def test_any_split_of_the_wire_decodes_the_same(
+    chunks: list[bytes], trailer: bytes, after: bytes, cuts: list[int]
+) -> None:
+    wire = encode(chunks, trailer) + after
+    cuts = [c for c in cuts if c <= len(wire)]
+    assert decode(wire, cuts) == (b"".join(chunks), True, after)
+
+
+@pytest.mark.parametrize(
+    ("wire", "message"),
+    [
+        (b"zz\r\n", "malformed chunk size"),
+        (b"5\r\nhelloXX", "chunk data not followed by CRLF"),
+        (b"1" * 17 + b"\r\n", "chunk size over 16 hex digits"),
+        (b"5;a\rb\r\nhello\r\n0\r\n\r\n", "bare LF or CR"),
+        (b"5;a\x01\r\nhello\r\n0\r\n\r\n", "control byte"),
+        (b"0\r\nbad trailer\r\n\r\n", "trailer: malformed header field"),
+        (b"0\r\nX: a\nb\r\n\r\n", "trailer: bare LF"),
+        (b"0\r\n folded: x\r\n\r\n", "trailer: obs-fold"),
+        (b"0\r\nContent-Length: x\r\n\r\n", "trailer: invalid Content-Length"),
+        (b"-5\r\n", "malformed chunk size"),
+        (b"0x5\r\n", "malformed chunk size"),
+    ],
+)
+def test_broken_framing_is_refused_with_what_broke(wire: bytes, message: str) -> None:
+    with pytest.raises(BodyError, match=message) as caught:
+        decode(wire)
+    assert caught.value.status == "400 Bad Request"
+
+
+@pytest.mark.parametrize("wire", [b"1" * 17, b"g", b"5;" + b"x" * MAX_SIZE_LINE])
+def test_a_size_line_that_cannot_become_valid_is_refused_before_its_end(wire: bytes) -> None:
+    with pytest.raises(BodyError):
+        ChunkedBody(LIMITS).feed(wire)
+
+
+def test_a_trailer_section_is_bounded_before_its_end() -> None:
+    framing = ChunkedBody(LIMITS)
+    framing.feed(b"0\r\n")
+    with pytest.raises(BodyError, match="trailer section over"):
+        for _ in range(100):
+            framing.feed(b"X-Long: " + b"x" * 1000 + b"\r\n")
+
+
+@given(st.binary(max_size=50), st.integers(min_value=0, max_value=60), st.binary(max_size=50))
+def test_a_length_body_ends_at_its_length(head: bytes, length: int, tail: bytes) -> None:
+    framing = LengthBody(length)
+    data = head + tail
+    body = framing.feed(data)
+    assert body == data[:length]
+    assert framing.done == (len(data) >= length)
+    assert framing.rest == (data[length:] if framing.done else b"")
