@@ -181,6 +181,14 @@ class TrackerConfig:
         "408 and are closed. Idle time between keep-alive requests is gunicorn's keepalive.",
         check=at_least(1),
     )
+    http_body_min_rate: int = _setting(
+        500,
+        "Bytes per second a request body must keep up while the app reads it, after a first "
+        "http_head_timeout seconds (Apache's mod_reqtimeout MinRate): a body trickled slower "
+        "(a slow POST) gets 408 and is closed. 0: no rule; each read still waits at most "
+        "gunicorn's keepalive.",
+        check=at_least(0),
+    )
     http_connections_per_address: int = _setting(
         128,
         "Most connections one client address may hold open in one TrackerWorker process "

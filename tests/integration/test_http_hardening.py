@@ -192,6 +192,39 @@ def test_slowloris_is_closed_by_head_deadline(site: Server) -> None:
     assert status(reply) == 408 and f"within {HEAD_TIMEOUT} s".encode() in reply
 
 
+def trickle(sock: socket.socket, pieces: int, piece: bytes, every: float) -> bytes:
+    """Send ``piece`` every ``every`` seconds, at most ``pieces`` times; the reply, if one
+    came before the body ended (the server's verdict on a slow body)."""
+    for _ in range(pieces):
+        with contextlib.suppress(OSError):  # the server may close between two pieces
+            sock.sendall(piece)
+        ready, _, _ = selectors.select.select([sock], [], [], every)
+        if ready:
+            return read_to_close(sock)
+    return b""
+
+
+def test_a_body_trickled_below_the_min_rate_gets_408(site: Server) -> None:
+    """A slow POST (R.U.D.Y.): 10 bytes every 0.2 s, 50 bytes/s against the default 500,
+    passes the head deadline and would outlast keepalive; it is cut once the grace of
+    ``http_head_timeout`` and what its bytes earned are spent."""
+    with connect(site) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n")
+        reply = trickle(sock, 100, b"x" * 10, 0.2)  # 20 s at most: less than keepalive
+    assert status(reply) == 408 and b"slower than 500 bytes/s" in reply
+
+
+def test_a_body_above_the_min_rate_is_read_past_the_grace(site: Server) -> None:
+    """3,000 bytes/s for about 6 s, longer than the grace: read whole (its bytes earn time)."""
+    body = b"y" * 300
+    with connect(site) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\n" + b"Host: t\r\nConnection: close\r\n")
+        sock.sendall(b"Content-Length: %d\r\n\r\n" % (len(body) * 60))
+        early = trickle(sock, 60, body, 0.1)
+        reply = early or read_to_close(sock)
+    assert status(reply) == 200 and reply.endswith(body * 60)
+
+
 def test_silent_connection_is_closed_by_head_deadline(site: Server) -> None:
     with connect(site) as sock:
         assert read_to_close(sock) == b""  # closed by the server, not by our timeout

@@ -41,10 +41,11 @@ STRICTER_THAN_H11 = ("chunk size over", "chunk size line over")
 
 
 class BodyError(HttpError):
-    """A request body that breaks its framing: the connection cannot be read past it."""
+    """A request body that breaks its framing (or comes too slowly): the connection cannot
+    be read past it."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(BAD_REQUEST, message)
+    def __init__(self, message: str, status: str = BAD_REQUEST) -> None:
+        super().__init__(status, message)
 
 
 def framing_for(req: RequestHead, limits: HeadLimits) -> LengthBody | ChunkedBody:

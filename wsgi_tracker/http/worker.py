@@ -14,7 +14,8 @@ streamed and chunked responses, HEAD, ``Expect: 100-continue``), so the host
 site's own pages work unchanged.
 
 It is also the edge a flood meets (docs/HARDENING.md): a request head must be
-complete within ``http_head_timeout``, one address holds at most
+complete within ``http_head_timeout``, a body must keep up ``http_body_min_rate``
+(``BodyPace``), one address holds at most
 ``http_connections_per_address`` connections, gunicorn's ``limit_request_*``
 bound the head, and a response is framed by what its head declares (never more
 body than its Content-Length, a short one closes the connection).
@@ -83,18 +84,42 @@ class _Clock:
         return self._value
 
 
+class BodyPace:
+    """How slowly a body may come: ``grace`` seconds from its first read, then one more
+    second per ``min_rate`` bytes received (Apache's mod_reqtimeout ``MinRate``).
+
+    The head has its deadline (``http_head_timeout``); without one for the body a
+    client could hold a connection for ever by trickling a POST (each read waits
+    only gunicorn's keepalive, and a byte every few seconds never trips it).
+    """
+
+    __slots__ = ("grace", "idle", "min_rate")
+
+    def __init__(self, grace: float, min_rate: int, idle: float | None) -> None:
+        self.grace = grace
+        self.min_rate = min_rate  # 0: no rule
+        self.idle = idle  # the socket's usual timeout, put back after each read
+
+
 class RequestBody:
     """``wsgi.input``: the body as its framing (``http.chunked``) delimits it, buffered
     bytes first; it reads b"" at the body's end, never into the next request."""
 
     def __init__(
-        self, sock: socket.socket, buffered: bytes, framing: LengthBody | ChunkedBody, expect: bool
+        self,
+        sock: socket.socket,
+        buffered: bytes,
+        framing: LengthBody | ChunkedBody,
+        expect: bool,
+        pace: BodyPace,
     ) -> None:
         self._sock = sock
         self._framing = framing
         self._buf = framing.feed(buffered) if buffered else b""  # BodyError: refused at once
         self._expect = expect and not framing.done
         self._broken: BodyError | None = None  # once broken, the rest cannot be read
+        self._pace = pace
+        self._deadline = 0.0  # set by the first read from the socket
 
     def _fill(self, want: int) -> None:
         framing = self._framing
@@ -104,7 +129,7 @@ class RequestBody:
             self._expect = False
             self._sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         while len(self._buf) < want and not framing.done:
-            chunk = self._sock.recv(min(RECV_BYTES, framing.wire_left() or RECV_BYTES))
+            chunk = self._recv(framing.wire_left())
             if not chunk:
                 raise OSError("client closed the connection inside a request body")
             try:
@@ -112,6 +137,34 @@ class RequestBody:
             except BodyError as exc:
                 self._broken = exc
                 raise
+
+    def _recv(self, left: int | None) -> bytes:
+        """One read of the body's bytes, within the pace's deadline (BodyError 408 past it)."""
+        size = RECV_BYTES if left is None else min(RECV_BYTES, left)
+        pace = self._pace
+        if not pace.min_rate:
+            return self._sock.recv(size)
+        now = time.monotonic()
+        if not self._deadline:
+            self._deadline = now + pace.grace
+        wait = self._deadline - now
+        if wait > 0:
+            self._sock.settimeout(wait if pace.idle is None else min(wait, pace.idle))
+            try:
+                chunk = self._sock.recv(size)
+            except TimeoutError:
+                if time.monotonic() < self._deadline:
+                    raise  # the keepalive's wait: a silent client, closed as before
+                chunk = None
+            finally:
+                self._sock.settimeout(pace.idle)
+            if chunk is not None:
+                self._deadline += len(chunk) / pace.min_rate
+                return chunk
+        self._broken = BodyError(
+            f"request body slower than {pace.min_rate} bytes/s", "408 Request Timeout"
+        )
+        raise self._broken
 
     def read(self, size: int | None = -1) -> bytes:
         want = sys.maxsize if size is None or size < 0 else size
@@ -153,7 +206,7 @@ class RequestBody:
         skipped = 0
         try:
             while not framing.done and skipped <= DRAIN_LIMIT:
-                chunk = self._sock.recv(RECV_BYTES if left is None else min(RECV_BYTES, left))
+                chunk = self._recv(left)
                 if not chunk:
                     return None
                 skipped += len(chunk)
@@ -379,6 +432,7 @@ class TrackerWorker(GeventWorker):
         self._idle_timeout = cfg.keepalive if cfg.keepalive > 0 else None
         settings = TrackerConfig.load()
         self._head_timeout = float(settings.http_head_timeout)
+        self._pace = BodyPace(self._head_timeout, settings.http_body_min_rate, self._idle_timeout)
         self._per_address = settings.http_connections_per_address
         self._exempt = ClientAddress(settings.trusted_proxies).is_trusted
         self._connections: dict[str, int] = {}
@@ -540,7 +594,7 @@ class TrackerWorker(GeventWorker):
             try:
                 req = parse_request_head(head, self._limits)
                 framing = framing_for(req, self._limits)
-                body = RequestBody(sock, pending, framing, req.expect_continue)
+                body = RequestBody(sock, pending, framing, req.expect_continue, self._pace)
             except HttpError as exc:
                 self._refuse(sock, exc)
                 return
