@@ -327,3 +327,27 @@ def test_the_upgrade_works_under_a_mount_prefix() -> None:
             ws.close()
         with pytest.raises(websocket.WebSocketBadStatusException):
             websocket.create_connection(f"ws://127.0.0.1:{mounted.port}/announce", timeout=WITHIN)
+
+
+def test_held_websockets_count_against_the_per_address_cap() -> None:
+    """No greenlet holds an idle WebSocket, but the worker still counts it as its
+    address's connection until it closes: with a cap of 3, three held sockets make the
+    next connection from that address a 503; closing one frees the slot."""
+    env = {"WSGI_TRACKER_HTTP_CONNECTIONS_PER_ADDRESS": "3"}
+    with gunicorn("wsgi_tracker.wsgi:app", env=env) as srv:
+        held = [connect(srv) for _ in range(3)]
+        try:
+            for n, ws in enumerate(held):
+                assert announce(ws, pid(100 + n), "Q" * 20)["action"] == "announce"
+            status, body = http_get(srv.url + "/announce")
+            assert status == 503 and b"more than 3 connections" in body
+            held.pop().close()
+            for _ in range(100):  # the server sees the close within moments; bounded
+                status, _ = http_get(srv.url + "/announce")
+                if status == 200:
+                    break
+                time.sleep(0.05)
+            assert status == 200
+        finally:
+            for ws in held:
+                ws.close()

@@ -32,8 +32,9 @@ from urllib.parse import unquote
 
 # The environ key of an Upgrade request's socket hand-over, offered by TrackerWorker:
 # the app calls ``environ[UPGRADE_KEY](handler)`` instead of answering, and once it
-# returns the worker runs ``handler(socket, bytes_already_read)`` on the connection,
-# which is then the handler's (the WebSocket tracker uses it, see websocket/server.py).
+# returns the worker runs ``handler(socket, bytes_already_read, done)``; the connection
+# is then the handler's, which calls ``done()`` once it has closed it (the WebSocket
+# tracker uses it, see websocket/server.py).
 UPGRADE_KEY = "wsgi_tracker.upgrade"
 
 MAX_HEAD_BYTES = 65536  # a longer head is refused (431) whatever the limits say

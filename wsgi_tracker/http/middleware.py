@@ -219,7 +219,11 @@ class TrackerMiddleware:
             )
             return [body]
         tracker = self.ws_tracker()
-        take(lambda sock, buffered: serve_upgraded(sock, buffered, tracker, token, passkey))
+        take(
+            lambda sock, buffered, release: serve_upgraded(
+                sock, buffered, release, tracker, token, passkey
+            )
+        )
         return []
 
     def ws_tracker(self) -> WsTracker:

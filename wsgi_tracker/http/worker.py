@@ -61,8 +61,11 @@ from wsgi_tracker.http.proxy import ClientAddress
 log = logging.getLogger("wsgi_tracker.worker")
 
 # The socket hand-over of an Upgrade request (http11.UPGRADE_KEY): the handler the app
-# passes gets the socket and the bytes already read after the request head.
-Handler = Callable[[socket.socket, bytes], None]
+# passes gets the socket, the bytes already read after the request head, and ``done``,
+# which it calls (once) after it has closed the socket; the socket counts against the
+# worker's bounds until then. The handler may return at once and keep the socket.
+Release = Callable[[], None]
+Handler = Callable[[socket.socket, bytes, Release], None]
 
 RECV_BYTES = 65536
 DRAIN_LIMIT = 65536  # unread request body we will skip to keep a connection alive
@@ -408,6 +411,10 @@ def warn_without_hub_hooks(workers: int, sync_explicit: bool) -> bool:
     return True
 
 
+def _nothing() -> None:
+    """The release of a connection that no per-address bound counts (a Unix socket)."""
+
+
 class TrackerWorker(GeventWorker):
     """Use with ``gunicorn -k wsgi_tracker.http.worker.TrackerWorker``."""
 
@@ -438,6 +445,7 @@ class TrackerWorker(GeventWorker):
         self._connections: dict[str, int] = {}
         self._outbox: Outbox | None = None
         self._deadlines: Deadlines | None = None
+        self._handed_over = 0  # upgraded sockets held by their handlers, not by the pool
         super().init_process()
 
     def run(self) -> None:
@@ -454,8 +462,10 @@ class TrackerWorker(GeventWorker):
             warn_without_hub_hooks(
                 self.cfg.workers, tracker is not None and tracker.config.sync_explicit
             )
-        gevent.spawn(self._websockets_go_away)
+        going = gevent.spawn(self._websockets_go_away)
         super().run()
+        # Handed-over sockets are not in gunicorn's pool, so run() did not wait for them.
+        going.join(5.0)
 
     def _websockets_go_away(self) -> None:
         """Once the worker is stopping, close its WebSocket connections with 1001.
@@ -511,7 +521,7 @@ class TrackerWorker(GeventWorker):
 
     def handle(self, listener: socket.socket, client: socket.socket, addr: Any) -> None:
         if not isinstance(addr, tuple):  # a Unix socket: a local proxy, never capped
-            self._handle(listener, client, {"REMOTE_ADDR": "", "REMOTE_PORT": ""})
+            self._handle(listener, client, {"REMOTE_ADDR": "", "REMOTE_PORT": ""}, _nothing)
             return
         ip = addr[0]
         key = address_key(ip)
@@ -531,24 +541,35 @@ class TrackerWorker(GeventWorker):
             client.close()
             return
         self._connections[key] = held + 1
+        kept = False
         try:
-            self._handle(listener, client, {"REMOTE_ADDR": ip, "REMOTE_PORT": str(addr[1])})
+            peer = {"REMOTE_ADDR": ip, "REMOTE_PORT": str(addr[1])}
+            kept = self._handle(listener, client, peer, lambda: self._release(key))
         finally:
-            left = self._connections[key] - 1
-            if left:
-                self._connections[key] = left
-            else:
-                del self._connections[key]
+            if not kept:
+                self._release(key)
 
-    def _handle(self, listener: socket.socket, client: socket.socket, peer: dict[str, str]) -> None:
+    def _release(self, key: str) -> None:
+        left = self._connections[key] - 1
+        if left:
+            self._connections[key] = left
+        else:
+            del self._connections[key]
+
+    def _handle(
+        self, listener: socket.socket, client: socket.socket, peer: dict[str, str], release: Release
+    ) -> bool:
+        """Serve one connection; True if an upgrade handler kept the socket (and calls
+        ``release`` once it is done with it)."""
         if client.family in (socket.AF_INET, socket.AF_INET6):
             # Without it a keep-alive reply waits ~40 ms for the client's delayed ACK.
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.settimeout(self._head_timeout)  # a new connection owes its first head at once
         base = {**self._environ_base(listener), **peer}
         watcher = None if self._deadlines is None else gevent.get_hub().loop.io(client.fileno(), 1)
+        kept = False
         try:
-            self._serve(client, base, watcher)
+            kept = self._serve(client, base, watcher, release)
         except (OSError, TimeoutError):
             pass  # the client went away or idled out; nothing to answer
         finally:
@@ -557,10 +578,48 @@ class TrackerWorker(GeventWorker):
                     self._outbox.drain(client)
             if watcher is not None:
                 watcher.close()
-            client.close()
+            if not kept:
+                client.close()
+        return kept
+
+    def _hand_over(
+        self, handler: Handler, sock: socket.socket, after: bytes, release: Release
+    ) -> bool:
+        """Give an upgraded socket to its handler; False (refused, 503) past the worker's
+        ``worker_connections`` held this way: they are not in gunicorn's pool, which
+        bounds the requests in flight apart from them."""
+        if self._handed_over >= self.worker_connections:
+            self._refuse(
+                sock,
+                HttpError(
+                    "503 Service Unavailable",
+                    f"this worker holds {self._handed_over} upgraded connections, its most",
+                ),
+            )
+            return False
+        self._handed_over += 1
+        live = True
+
+        def done() -> None:
+            nonlocal live
+            if live:
+                live = False
+                self._handed_over -= 1
+                release()
+
+        try:
+            handler(sock, after, done)
+        except Exception:  # the socket was the handler's: nothing to answer on it now
+            self.log.exception("upgrade handler failed")
+            sock.close()
+            done()
+        return True
 
     # Long on purpose: the keep-alive loop of one connection, on every request's path.
-    def _serve(self, sock: socket.socket, base: dict[str, Any], watcher: Any) -> None:
+    def _serve(
+        self, sock: socket.socket, base: dict[str, Any], watcher: Any, release: Release
+    ) -> bool:
+        """The keep-alive loop; True once an upgrade handler holds the socket."""
         pending = b""
         first = True
         deadline = time.monotonic() + self._head_timeout  # the first head's, from the connect
@@ -576,7 +635,7 @@ class TrackerWorker(GeventWorker):
                     idle = time.monotonic() + (self._idle_timeout or self._head_timeout)
                     pending = self._read(sock, watcher, idle, at_once=False)
                 if not pending:
-                    return
+                    return False
             if pending[:2] == b"\r\n":
                 pending = skip_empty_lines(pending)
             end = pending.find(b"\r\n\r\n")
@@ -585,7 +644,7 @@ class TrackerWorker(GeventWorker):
                     deadline = time.monotonic() + self._head_timeout
                 rest = self._rest_of_head(sock, pending, deadline)
                 if rest is None:
-                    return
+                    return False
                 pending, end = rest
             elif first:
                 sock.settimeout(self._idle_timeout)
@@ -597,30 +656,31 @@ class TrackerWorker(GeventWorker):
                 body = RequestBody(sock, pending, framing, req.expect_continue, self._pace)
             except HttpError as exc:
                 self._refuse(sock, exc)
-                return
+                return False
             env = environ_for(req, base)
             env["wsgi.input"] = body
             upgrade: list[Handler] = []
             if "HTTP_UPGRADE" in env:
                 env[UPGRADE_KEY] = upgrade.append
             if not self._respond(sock, env, req, upgrade):
-                return
+                return False
             after = body.finish()
             if upgrade:
-                if after is not None:
-                    # The socket's new owner may hold it for hours: the request's head,
-                    # environ and body must not stay alive in this frame (~3 KB each).
-                    handler = upgrade[0]
-                    del env, req, body, head, upgrade, base
-                    handler(sock, after)
-                return
+                if after is None:
+                    return False
+                # The socket's new owner may hold it for hours: the request's head,
+                # environ and body must not stay alive in this frame (~3 KB each).
+                handler = upgrade[0]
+                del env, req, body, framing, head, upgrade, base
+                return self._hand_over(handler, sock, after, release)
             if after is None:
-                return
+                return False
             pending = after
             self.nr += 1
             if self.nr >= self.max_requests:
                 self.log.info("Autorestarting worker after current request.")
                 self.alive = False
+        return False
 
     def _read(self, sock: socket.socket, watcher: Any, deadline: float, at_once: bool) -> bytes:
         """A plain socket's next bytes, waited for until ``deadline`` (TimeoutError after).
