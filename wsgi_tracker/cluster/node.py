@@ -64,6 +64,7 @@ from wsgi_tracker.cluster.routing import ALIAS_BASE, HolderAliases
 from wsgi_tracker.core.types import EVENT_STOPPED, PeerChange, WsChange
 from wsgi_tracker.sync import frames as f
 from wsgi_tracker.sync.hub import SyncHub
+from wsgi_tracker.sync.replica import walk
 
 log = logging.getLogger("wsgi_tracker.cluster")
 
@@ -429,19 +430,13 @@ class ClusterNode:
 
     def _resend_replica(self) -> None:
         """Every live peer this node holds, as state entries (the others take only news)."""
-        store = self.hub.core.store
-        chunk: list[PeerChange] = []
+        core = self.hub.core
         sent = 0
-        for ih in list(store.torrents.keys()):
-            chunk.extend(store.swarm_peers(ih))
-            if len(chunk) >= f.RECORDS_PER_FRAME:
-                self._state.extendleft(reversed(chunk))
-                sent += len(chunk)
-                chunk = []
-                while self._state:
-                    self._send_batch()
-        self._state.extendleft(reversed(chunk))
-        sent += len(chunk)
+        for chunk, _totals in walk(core.store, list(core.store.torrents), core.lock):
+            self._state.extendleft(reversed(chunk))
+            sent += len(chunk)
+            while self._state:
+                self._send_batch()
         with self.hub.core.lock:
             # WebSocket peers whose sockets this machine holds (not the other nodes').
             self._ws.extendleft(c for c in self.hub.core.ws.peers() if c.holder < ALIAS_BASE)
@@ -575,13 +570,12 @@ class ClusterNode:
 
     def write_snapshot(self) -> int:
         """Every live peer of the replica, with the position it covers; returns its size."""
-        store = self.hub.core.store
+        core = self.hub.core
         position = self.position  # taken first: what is applied meanwhile is in it too
         peers: list[PeerChange] = []
-        for n, ih in enumerate(list(store.torrents.keys()), 1):
-            peers.extend(store.swarm_peers(ih))
-            if n % 256 == 0:
-                gevent.sleep(0)
+        for chunk, _totals in walk(core.store, list(core.store.torrents), core.lock):
+            peers.extend(chunk)
+            gevent.sleep(0)  # between chunks: requests and sync run while it walks
         snap = ClusterSnapshot(position, time.time(), self.node_id, peers)
         blob = gevent.get_hub().threadpool.apply(encode_snapshot, (snap,))
         self.redis.set(self.keys.snapshot, blob)
