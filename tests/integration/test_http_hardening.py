@@ -5,8 +5,10 @@ front of a small site whose ``MISFRAMED`` pages break HTTP framing on purpose).
 Attackers connect from 127.0.0.2, the bystanders they must not hurt from
 127.0.0.3, a trusted proxy from 127.0.0.4. Every read has a timeout well under
 the server's keep-alive (30 s), so "refused at once" means answered before
-that timeout, not a hang; the one figure asserted (flood: >= 90% of answers
-within 1 s) is the acceptance criterion of issue 14.
+that timeout, not a hang. Nothing is asserted about speed: the flood test
+counts (every bystander answered, at most the cap of the flood's connections
+held) and its one bound is far below the time the flood's connections would
+take to free a slot.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 
 import pytest
 from servers import Server, gunicorn, http_get
+
+from wsgi_tracker.config import TrackerConfig
 
 pytestmark = pytest.mark.integration
 TESTS_DIR = str(Path(__file__).parents[1])  # the support modules: servers.py, the apps
@@ -251,6 +255,11 @@ def test_connections_over_the_per_address_cap_get_503(site: Server) -> None:
 
 FLOOD = 4500
 PROBES = 50
+# The flood test's head deadline: a flood connection holds its slot this long unless
+# refused, so a bystander answered well within it was not queued behind the flood.
+FLOOD_HEAD_TIMEOUT = 120
+PROBE_WITHIN = 30.0  # seconds: a bound on each probe, a quarter of that deadline
+WORKERS = 2
 
 
 def raise_nofile(need: int) -> None:
@@ -281,31 +290,59 @@ def open_flood(srv: Server, count: int) -> list[socket.socket]:
     return socks
 
 
+def held_open(flood: list[socket.socket], at_most: int, within: float) -> int:
+    """How many flood connections the server still holds open (neither answered nor
+    closed), read until only ``at_most`` are left or ``within`` seconds passed."""
+    open_ = set(flood)
+    with selectors.DefaultSelector() as sel:
+        for sock in flood:
+            sel.register(sock, selectors.EVENT_READ)
+        deadline = time.monotonic() + within
+        while len(open_) > at_most and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=1):
+                sock = key.fileobj
+                with contextlib.suppress(OSError):  # a reset is a close too
+                    sock.recv(65536)  # type: ignore[union-attr]
+                sel.unregister(sock)
+                open_.discard(sock)  # type: ignore[arg-type]
+    return len(open_)
+
+
 def probe(srv: Server) -> bool:
-    """One bystander request on a fresh connection: answered within 1 s?"""
+    """One bystander request on a fresh connection: answered 200 within PROBE_WITHIN?"""
     try:
         with socket.socket() as sock:
-            sock.settimeout(1.0)
+            sock.settimeout(PROBE_WITHIN)
             sock.bind((BYSTANDER, 0))
-            started = time.monotonic()
             sock.connect((srv.host, srv.port))
             sock.sendall(get(b"/scrape?info_hash=" + b"%AA" * 20, b"Connection: close\r\n"))
-            reply = read_to_close(sock)
-            return status(reply) == 200 and time.monotonic() - started < 1.0
+            return status(read_to_close(sock)) == 200
     except OSError:
         return False
 
 
 def test_one_address_cannot_exhaust_connections() -> None:
+    """4500 half-sent heads from one address against 2 workers of 2000 connections each.
+
+    Without the per-address cap the flood would take every slot and a bystander
+    would wait for the head deadline to free one (FLOOD_HEAD_TIMEOUT, here four
+    times the probe's bound). With it, every probe is answered and the server
+    holds at most the cap per worker of the flood's connections; the rest are
+    refused (503) or reset at once.
+    """
     raise_nofile(FLOOD + 1024)
-    with gunicorn(workers=2) as srv:  # the shipped settings: 2000 connections a worker
+    cap = TrackerConfig().http_connections_per_address  # the shipped setting
+    env = {"WSGI_TRACKER_HTTP_HEAD_TIMEOUT": str(FLOOD_HEAD_TIMEOUT)}
+    with gunicorn(workers=WORKERS, env=env) as srv:  # shipped settings: 2000 connections each
         flood = open_flood(srv, FLOOD)
         try:
             answered = sum(probe(srv) for _ in range(PROBES))
+            held = held_open(flood, WORKERS * cap, PROBE_WITHIN)
         finally:
             for sock in flood:
                 sock.close()
-    assert answered >= 0.9 * PROBES, f"{answered} of {PROBES} answered within 1 s"
+    assert answered == PROBES, f"{answered} of {PROBES} bystanders answered"
+    assert held <= WORKERS * cap, f"{held} flood connections held, cap {cap} a worker"
 
 
 # --- gunicorn settings the worker honours -----------------------------------------------------

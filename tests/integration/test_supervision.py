@@ -54,7 +54,10 @@ class Load:
 
     ``acked`` counts completions the tracker answered; ``unsure`` those sent
     whose answer never came. ``http_errors`` counts HTTP requests that got no
-    answer at all (each is retried on a fresh connection).
+    answer at all (each is retried on a fresh connection), ``http_failures`` says
+    what each met. A request may take up to WITHIN: a worker that has just started
+    answers once it joined the hub (bounded, docs/SYNC.md), and how long that takes
+    on a loaded machine is no part of "nothing stops".
     """
 
     def __init__(self, s: Serve, http: bool = True, udp: bool = True) -> None:
@@ -62,6 +65,7 @@ class Load:
         self.acked: Counter[bytes] = Counter()
         self.unsure: Counter[bytes] = Counter()
         self.http_errors = 0
+        self.http_failures: list[str] = []
         self.refused: list[bytes] = []  # failure replies: none is expected
         self.log: list[tuple[float, bytes, str]] = []  # (when, torrent, "http"/"udp") per ack
         self.http_answered = 0
@@ -98,13 +102,15 @@ class Load:
             torrent = TORRENTS[n % len(TORRENTS)]
             n += 1
             url = announce_url("/announce", torrent, peer_id(), 6881, 0, event="completed")
-            conn = http.client.HTTPConnection("127.0.0.1", self.s.http.port, timeout=10)
+            conn = http.client.HTTPConnection("127.0.0.1", self.s.http.port, timeout=WITHIN)
+            started = time.monotonic()
             try:
                 conn.request("GET", url)
                 body = conn.getresponse().read()
-            except OSError:
+            except OSError as exc:
                 self._count(self.unsure, torrent)
                 self.http_errors += 1
+                self.http_failures.append(f"{exc!r} after {time.monotonic() - started:.1f} s")
                 time.sleep(0.02)
                 continue
             finally:
@@ -233,7 +239,7 @@ def test_sidecar_killed_http_answers_throughout_and_udp_returns_with_full_counts
             assert wait_until(lambda: s.sidecar_pid() not in (None, old), WITHIN), s.log()
             assert wait_until(lambda: "worker pid" in s.log().rsplit("restarted", 1)[-1], WITHIN)
             time.sleep(0.5)  # keep announcing while the workers rejoin and re-send
-        assert during.http_errors == 0 and during.http_answered > 0
+        assert during.http_errors == 0 and during.http_answered > 0, during.http_failures
         log = s.log()
         assert "udp-sidecar (pid" in log and "killed by SIGKILL; restarting in" in log
         more(load, during)
@@ -268,7 +274,7 @@ def test_gunicorn_master_killed_http_answers_throughout(tmp_path: Path) -> None:
             assert wait_until(lambda: s.master_pid() not in (None, old), WITHIN), s.log()
             assert wait_until(lambda: len(s.worker_pids()) == 2, WITHIN)
             time.sleep(1.0)
-        assert during.http_errors == 0 and during.http_answered > 0, s.log()
+        assert during.http_errors == 0 and during.http_answered > 0, (during.http_failures, s.log())
         assert "gunicorn (pid" in s.log()
         more(load, during)
         assert_counts(s, load)
@@ -336,7 +342,7 @@ def test_sighup_reloads_lists_and_workers_and_stops_nothing(tmp_path: Path) -> N
             assert wait_until(lambda: not (s.worker_pids() & workers), WITHIN)
             assert wait_until(lambda: len(s.worker_pids()) == 2, WITHIN)
             time.sleep(0.5)
-        assert load.http_errors == 0
+        assert load.http_errors == 0, (load.http_failures, s.log()[-3000:])
         assert (s.sidecar_pid(), s.master_pid()) == (sidecar, master)
         assert s.proc.poll() is None
         with pytest.raises(RuntimeError, match="not allowed"):
