@@ -28,6 +28,8 @@ def site(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         return [BIG]
     if path == "/fail":
         raise RuntimeError("the site failed on purpose")
+    if path == "/fail-in-background":  # a greenlet and a thread that fail after the reply
+        _fail_in_background()
     if path in MISFRAMED:  # responses that break HTTP framing, for the worker to contain
         headers, body = MISFRAMED[path]
         start_response("200 OK", headers)
@@ -45,6 +47,18 @@ MISFRAMED: dict[str, tuple[list[tuple[str, str]], bytes]] = {
     "/inject": ([("Set-Cookie", "a=1\r\nX-Injected: 1"), ("Content-Length", "2")], b"ok"),
     "/bad-name": ([("Bad Name", "1"), ("Content-Length", "2")], b"ok"),
 }
+
+
+def _fail_in_background() -> None:
+    import threading
+
+    import gevent  # only this path needs it: served by the gevent worker
+
+    def fail(what: str) -> None:
+        raise RuntimeError(f"{what} failed on purpose")
+
+    gevent.spawn(fail, "the greenlet")
+    threading.Thread(target=fail, args=("the thread",), name="failing-thread").start()
 
 
 def _stream() -> Iterator[bytes]:

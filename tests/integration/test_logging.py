@@ -3,7 +3,8 @@
 Every line carries time, level, pid and logger, as text or as JSON
 (``log_format``); at start each process says what access it enforces (with the
 list and passkey counts) and that it joined the hub; losing and regaining the
-hub is logged. Real processes throughout, with sync on.
+hub is logged; an error that ends a background greenlet or thread is an ERROR
+record like any other. Real processes throughout, with sync on.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from servers import Server, gunicorn, serve, short_tempdir, sidecar, wait_until
+from servers import REPO_ROOT, Server, gunicorn, http_get, serve, short_tempdir, sidecar, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -88,3 +92,53 @@ def test_log_level_applies_to_every_process():
     for text in texts:
         assert "INFO" not in text and "Booting worker" not in text
         assert all(TEXT_LINE.match(line) for line in text.splitlines())
+
+
+def json_entries(text: str) -> list[dict]:
+    """Every line of ``text`` as the JSON object it must be (one that is not fails here)."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def background_errors(entries: list[dict]) -> list[dict]:
+    return [e for e in entries if e["logger"] == "wsgi_tracker.background"]
+
+
+def test_errors_in_a_workers_background_greenlets_and_threads_are_logged():
+    env = {"WSGI_TRACKER_LOG_FORMAT": "json"}
+    tests_dir = str(Path(__file__).parents[1])
+    with gunicorn("sample_site:app", env=env, extra_args=("--pythonpath", tests_dir)) as web:
+        assert http_get(web.url + "/fail-in-background")[0] == 200
+        assert wait_until(lambda: web.stderr().count("failed on purpose") >= 2), web.stderr()
+        text = stopped_stderr(web)
+    errors = background_errors(json_entries(text))
+    assert {e["level"] for e in errors} == {"ERROR"}
+    for what in ("the greenlet", "the thread"):
+        (entry,) = [
+            e for e in errors if f"RuntimeError: {what} failed on purpose" in e["exception"]
+        ]
+        assert "Traceback" in entry["exception"] and "failed with RuntimeError" in entry["message"]
+    assert "failing-thread failed with RuntimeError" in {e["message"] for e in errors}
+
+
+def test_configure_routes_background_errors_in_the_sidecars_and_serves_processes():
+    """``logs.configure`` is what udp-sidecar and serve call: a gevent process of its own."""
+    script = """
+from gevent import monkey; monkey.patch_all()
+import threading, gevent
+from wsgi_tracker.config import TrackerConfig
+from wsgi_tracker.running import logs
+logs.configure(TrackerConfig(log_format="json"))
+def fail(what):
+    raise ValueError(what)
+gevent.spawn(fail, "greenlet").join()
+thread = threading.Thread(target=fail, args=("thread",), name="t-1")
+thread.start(); thread.join()
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    errors = background_errors(json_entries(done.stderr))
+    assert len(errors) == 2, done.stderr
+    assert "ValueError: greenlet" in errors[0]["exception"]
+    assert errors[1]["message"] == "t-1 failed with ValueError"

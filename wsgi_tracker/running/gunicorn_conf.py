@@ -39,7 +39,8 @@ control_socket_disable = True
 
 
 def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
-    """Join the sync hub before serving (after gevent has patched), or warn loudly.
+    """Join the sync hub before serving (after gevent has patched), or warn loudly;
+    errors ending a background greenlet or thread are logged from here on.
 
     With several workers and no hub each worker would see only part of every
     swarm; the tracker app (or a Flask app wrapping it) syncs here, so even the
@@ -47,6 +48,7 @@ def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
     """
     from wsgi_tracker.sync.client import warn_if_alone
 
+    logs.log_background_errors()  # gevent is imported and patched by now
     worker.hub_hooks = True  # TrackerWorker then does not warn that nothing syncs
     tracker = _tracker(worker)
     if tracker is not None:
