@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a file: python bench/apply_cost.py
     sys.path.insert(0, str(REPO))
 
+from bench import procs  # noqa: E402
 from bench.procs import cpu_seconds  # noqa: E402
 from bench.sync_lag import tracker, udp_sender  # noqa: E402
 
@@ -67,9 +68,8 @@ def one_run(
         sidecar, *worker_pids = ports["pids"]
         idle = [cpu_seconds(p) for p in worker_pids]
         time.sleep(1.0)  # what an idle worker costs with no load (heartbeats)
-        baseline = statistics.fmean(
-            b - a for a, b in zip(idle, map(cpu_seconds, worker_pids), strict=True)
-        )
+        spent = [b - a for a, b in zip(idle, map(cpu_seconds, worker_pids), strict=True)]
+        baseline = statistics.fmean(spent) if spent else 0.0
         if warmup:
             send(ctx, ports["udp"], rate, warmup, distinct)
             time.sleep(SETTLE)  # the held refreshes and any backlog are out
@@ -87,7 +87,7 @@ def one_run(
     return {
         "sent": sent / seconds,
         "answered": got / seconds,
-        "worker_us": statistics.fmean(per_worker),
+        "worker_us": statistics.fmean(per_worker) if per_worker else 0.0,
         "sidecar_us": sidecar_cpu / got * 1e6,
         "idle_cpu_pct": baseline * 100,
     }
@@ -95,7 +95,12 @@ def one_run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.apply_cost", description=__doc__)
-    parser.add_argument("--workers", type=int, default=2, help="idle gunicorn workers (2)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="idle gunicorn workers (2; 0: the hub alone, what its clients cost it shows apart)",
+    )
     parser.add_argument("--rate", type=float, default=30_000, help="UDP announces/s (30,000)")
     parser.add_argument("--seconds", type=float, default=8, help="length of each run (8)")
     parser.add_argument("--runs", type=int, default=3, help="runs per mix; median quoted (3)")
@@ -107,7 +112,15 @@ def main(argv: list[str] | None = None) -> int:
         default="bench,distinct",
         help="bench, distinct, or both as bench,distinct (the default)",
     )
+    parser.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        help="priority of the whole run (e.g. -10 as root on a busy shared machine)",
+    )
     args = parser.parse_args(argv)
+    procs.NICE = args.nice
+    procs.prioritise_session()
     mixes = args.mix.split(",")
     if set(mixes) - set(MIXES):
         parser.error(f"unknown --mix: {', '.join(sorted(set(mixes) - set(MIXES)))}")

@@ -566,6 +566,10 @@ class SwarmStore:
         # The info_hashes lined up there; a torrent that moves leaves the line.
         self._lined: set[bytes] = set()
         self._stamps: dict[int, int] = {}
+        # What the last ``apply`` did, for the core's listeners (sync sorts by it): the
+        # peer's expiry before it, when the change only refreshed a known peer (no event;
+        # same endpoint, seeder flag and key), else 0.0.
+        self.refreshed = 0.0
 
     def __len__(self) -> int:
         return len(self.torrents)
@@ -689,10 +693,12 @@ class SwarmStore:
         another address without its key (``NotYourPeer``), and for a newcomer
         past a bound (``SwarmFull``, ``AddressFull``, ``StoreFull``). The same
         rules run for local announces and replicated ones, so every replica
-        refuses what one refuses.
+        refuses what one refuses. ``refreshed`` says afterwards whether the
+        change only moved a known peer's expiry (and from when).
         """
         ih = change.info_hash
         swarm = self._held.get(ih)
+        self.refreshed = 0.0  # set again below for a refresh, once the rules have passed
         if change.event == EVENT_STOPPED:
             self._stop(swarm, change)
             return swarm, -1, False
@@ -736,9 +742,15 @@ class SwarmStore:
             slot = 0
         elif one is not None and one.addrs == endpoint and one[:20] == peer_id:
             # The one peer re-announcing from where it is: only its record changes.
-            _, _, key, seeder, sweep_at = one.fields()
+            _, held_until, key, seeder, sweep_at = one.fields()
             counted = count_download and change.event == EVENT_COMPLETED and not seeder
             swarm.downloaded += counted
+            if (
+                change.event == EVENT_NONE
+                and seeder == change.seeder
+                and (not change.key or change.key == key)
+            ):
+                self.refreshed = held_until
             swarm.put(
                 width,
                 OnePeer.of(peer_id, endpoint, change.seeder, expires, key or change.key, sweep_at),
@@ -763,6 +775,12 @@ class SwarmStore:
                     self._move(pl, slot, change)
                 elif change.key and not pl.keys[slot]:
                     pl.keys[slot] = change.key  # a keyless peer takes the first key it sends
+                elif (
+                    change.event == EVENT_NONE
+                    and (slot < pl.seeders) == change.seeder
+                    and (not change.key or change.key == pl.keys[slot])
+                ):
+                    self.refreshed = pl.expires[slot]
             counted = False
             if (
                 count_download
@@ -853,9 +871,13 @@ class SwarmStore:
         stop: int | None = None,
         state: bool = False,
         news: list[PeerRow] | None = None,
+        refreshes: list[PeerRow] | None = None,
+        ahead: float = 0.0,
     ) -> int:
         """``merge`` each of ``rows[start:stop]`` in turn; how many were applied (``news``
-        gets those rows).
+        gets those rows; with ``refreshes``, the applied rows that only refreshed a
+        known peer whose expiry was more than ``ahead`` seconds past the row's time go
+        there instead: what ``SwarmStore.refreshed`` tells the core's listeners).
 
         The same store as one ``merge`` per row (tests/unit/core/test_swarm.py
         checks it on random sequences), at a fraction of the cost: no PeerChange
@@ -904,6 +926,12 @@ class SwarmStore:
                             and (v6 is None or now < v6.sweep_at)
                             and pl.addrs[at : at + w] == endpoint
                         ):
+                            quiet = (
+                                refreshes is not None
+                                and event == EVENT_NONE
+                                and held_at > ts + ahead
+                                and (not key or key == pl.keys[slot])
+                            )
                             if not stops or stops.get(ih + pid, -1.0) <= ts:
                                 self._use(ih, swarm)
                                 if isinstance(pl, OnePeer):
@@ -913,7 +941,9 @@ class SwarmStore:
                                     if key and not pl.keys[slot]:
                                         pl.keys[slot] = key
                             applied += 1
-                            if news is not None:
+                            if quiet:
+                                refreshes.append(row)  # type: ignore[union-attr]
+                            elif news is not None:
                                 news.append(row)
                             continue
             elif (

@@ -35,8 +35,11 @@ from wsgi_tracker.core.types import (
 )
 from wsgi_tracker.core.ws_swarm import WsSwarms
 
-# Told every change this process makes, and whether it counted a download.
-ChangeListener = Callable[[PeerChange, bool], None]
+# Told every change this process makes, whether it counted a download, and the peer's
+# expiry before the change when it only refreshed a known peer (no event; same endpoint,
+# seeder flag and key: nothing a reply or scrape shows moved), else 0.0: sync holds such
+# a refresh back (docs/SYNC.md, "Shipping").
+ChangeListener = Callable[[PeerChange, bool, float], None]
 
 
 @dataclass
@@ -147,8 +150,9 @@ class TrackerCore:
             self.counters.error(protocol, exc.kind)
             raise TrackerError(str(exc)) from None
         self.counters.announces[protocol] += 1
+        refreshed = store.refreshed
         for listener in self.listeners:
-            listener(change, counted)
+            listener(change, counted, refreshed)
         if self.accounting is not None:
             self.accounting.record(
                 AnnounceReport(

@@ -40,9 +40,16 @@ import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 
-from wsgi_tracker.core.swarm import Swarm, SwarmStore
+from wsgi_tracker.core.swarm import SwarmStore
 from wsgi_tracker.core.tracker import TrackerCore
-from wsgi_tracker.core.types import EVENT_NONE, EVENT_STOPPED, PeerChange, WsChange
+from wsgi_tracker.core.types import (
+    EVENT_NONE,
+    EVENT_STOPPED,
+    PeerChange,
+    PeerRow,
+    WsChange,
+    row_change,
+)
 from wsgi_tracker.core.ws_swarm import WsSwarmFull
 from wsgi_tracker.sync import frames as f
 from wsgi_tracker.sync.replica import (
@@ -53,7 +60,6 @@ from wsgi_tracker.sync.replica import (
     RECV_BYTES,
     WRITE_CHUNK,
     ChangeBuffer,
-    apply_remote,
     batch_wait,
     walk,
 )
@@ -160,8 +166,19 @@ class Backlog:
         )
 
 
+def refresh_ahead(window: float) -> float:
+    """How far ahead a peer's expiry must be for a refresh of it to be held ``window``:
+    so far that a receiver getting it up to ``window`` late never lets the peer lapse."""
+    return 2 * window + 1.0
+
+
 def is_refresh(store: SwarmStore, change: PeerChange, window: float) -> bool:
     """Whether ``change`` only moves a known peer's expiry: what no reader sees.
+
+    The definition, read off ``store`` before the change is applied; the hub
+    itself is told it as the change lands (``SwarmStore.refreshed`` for its own
+    announces, ``merge_many``'s ``refreshes`` for a client's), and
+    tests/integration/test_sync_hub_lag.py checks the two agree.
 
     True for an announce with no event from a peer ``store`` holds at the same
     endpoint, with the same seeder flag and key, whose current expiry is still
@@ -184,7 +201,7 @@ def is_refresh(store: SwarmStore, change: PeerChange, window: float) -> bool:
     if slot < 0:
         return False
     return (
-        pl.expires[slot] > change.timestamp + 2 * window + 1.0
+        pl.expires[slot] > change.timestamp + refresh_ahead(window)
         and (slot < pl.seeders) == change.seeder
         and pl.addrs[slot * width : slot * width + width] == change.endpoint
         and (not change.key or pl.keys[slot] == change.key)
@@ -365,8 +382,7 @@ class SyncHub:
         # change, the client it came from, None for the sidecar or several).
         self._held: OrderedDict[tuple[bytes, bytes, int], tuple[float, PeerChange, _Client | None]]
         self._held = OrderedDict()
-        self._store_apply = core.store.apply
-        self._refreshing = False  # what the last store.apply was (see ``_classified_apply``)
+        self._ahead = refresh_ahead(refresh_window)
         self.on_counts = on_counts
         self.path = path
         self.max_queue_bytes = max_queue_bytes
@@ -403,8 +419,6 @@ class SyncHub:
         """Bind the socket (HubError if impossible), then serve in greenlets."""
         self._listener = listen_unix(self.path)
         self._inode = os.stat(self.path).st_ino
-        if self.refresh_window:
-            self.core.store.apply = self._classified_apply  # type: ignore[method-assign]
         self.core.listeners.append(self._own_change)
         self._greenlets = [
             gevent.spawn(self._accept_loop),
@@ -437,7 +451,6 @@ class SyncHub:
         self._ship_held(float("inf"))
         for client in list(self.clients):
             self._drop(client, None)
-        vars(self.core.store).pop("apply", None)
 
     @property
     def workers(self) -> int:
@@ -678,11 +691,11 @@ class SyncHub:
         deadline = time.monotonic() + SLICE_SECONDS
         for raw, frame in received:
             if isinstance(frame, f.Deltas):
-                peers = frame.peers
-                for start in range(0, len(peers), SLICE_RECORDS):
-                    part = peers[start : start + SLICE_RECORDS]
-                    shown = self._merge(part, client)
-                    if len(shown) == len(peers):
+                rows = f.peer_rows(frame.peers)
+                for start in range(0, len(rows), SLICE_RECORDS):
+                    stop = min(start + SLICE_RECORDS, len(rows))
+                    shown = self._merge(rows, start, stop, client)
+                    if len(shown) == len(rows):
                         out.add(raw.wire, Parts(deltas=shown), f.Deltas(shown))
                     elif shown:
                         out.add(f.encode(f.Deltas(shown)), Parts(deltas=shown), f.Deltas(shown))
@@ -704,46 +717,35 @@ class SyncHub:
                     self._handle(client, frame)
         out.flush()
 
-    def _merge(self, changes: Sequence[PeerChange], origin: _Client | None) -> list[PeerChange]:
-        """Apply ``changes`` from ``origin``; returns those to ship now (news a reader sees).
+    def _merge(
+        self, rows: Sequence[PeerRow], start: int, stop: int, origin: _Client | None
+    ) -> f.PeerRecords:
+        """Merge ``rows[start:stop]`` from ``origin`` in bulk; returns those to ship now
+        (news a reader sees).
 
         A refresh is held instead (``_hold``); a visible change supersedes the
-        peer's held refresh, which is dropped.
+        peer's held refresh, which is dropped first, so a refresh of the peer
+        later in the slice is still held (one earlier in it is shipped after the
+        visible change, and loses to it everywhere: it is older).
         """
-        store = self.core.store
-        held = self._held
-        window = self.refresh_window
-        shown = []
+        shown: list[PeerRow] = []
+        quiet: list[PeerRow] | None = [] if self.refresh_window else None
         with self.core.lock:
-            for change in changes:
-                if not apply_remote(store, change):
-                    continue
-                if window and self._refreshing:
-                    self._hold(change, origin)
-                else:
-                    if held:
-                        held.pop((change.info_hash, change.peer_id, len(change.endpoint)), None)
-                    shown.append(change)
-        return shown
+            self.core.store.merge_many(
+                rows, start, stop, news=shown, refreshes=quiet, ahead=self._ahead
+            )
+            held = self._held
+            if held:
+                for row in shown:
+                    held.pop((row[0], row[1], len(row[5])), None)
+            for row in quiet or ():
+                self._hold(row_change(row), origin)
+        return f.PeerRecords(shown)
 
-    def _classified_apply(
-        self, change: PeerChange, count_download: bool = True
-    ) -> tuple[Swarm | None, int, bool]:
-        """``SwarmStore.apply``, noting first whether the change is a mere refresh.
-
-        Installed on the hub's own store (``start``): the core tells its listeners
-        of an announce only after the store has taken it, when what the peer was
-        before is gone, and the hub's own UDP announces must be sorted like a
-        client's deltas. The note is read right after, by ``_own_change`` or
-        ``_merge``, with nothing in between.
-        """
-        self._refreshing = is_refresh(self.core.store, change, self.refresh_window)
-        return self._store_apply(change, count_download)
-
-    def _own_change(self, change: PeerChange, counted: bool) -> None:
-        """The listener for the sidecar's own announces: refreshes are held, the rest
-        go with the next batch."""
-        if self._refreshing and self.refresh_window and not counted:
+    def _own_change(self, change: PeerChange, counted: bool, refreshed: float) -> None:
+        """The listener for the sidecar's own announces: refreshes (the core says which)
+        are held, the rest go with the next batch."""
+        if refreshed > change.timestamp + self._ahead and self.refresh_window and not counted:
             self._hold(change, None)
             return
         if self._held:
@@ -825,15 +827,15 @@ class SyncHub:
 
     def merge_state(
         self, peers: Sequence[PeerChange], exclude: _Client | None = None
-    ) -> list[PeerChange]:
+    ) -> Sequence[PeerChange]:
         """Merge re-sent or snapshot state; pass on to the clients (but ``exclude``) only
         what was news here, still as state, so it never overrides a same-second announce.
         Returns the news."""
-        core = self.core
-        store = core.store
-        with core.lock:
-            news = [c for c in peers if apply_remote(store, c, state=True)]
-        if news:
+        rows: list[PeerRow] = []
+        with self.core.lock:
+            self.core.store.merge_many(f.peer_rows(peers), state=True, news=rows)
+        news = f.PeerRecords(rows)
+        if rows:
             self._fan_out(f.encode(f.Snapshot(news)), exclude=exclude, parts=Parts(state=news))
         return news
 
@@ -843,8 +845,7 @@ class SyncHub:
         store = core.store
         if isinstance(frame, f.Deltas):
             with core.lock:
-                for change in frame.peers:
-                    apply_remote(store, change)
+                store.merge_many(f.peer_rows(frame.peers))
         elif isinstance(frame, f.Counts):
             if self.on_counts is not None:
                 self.on_counts(frame.counts)

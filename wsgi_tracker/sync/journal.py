@@ -191,7 +191,7 @@ class Journal:
             os.write(self._fd, record(counts))
             self._dirty = True
 
-    def listener(self, change: PeerChange, counted: bool) -> None:
+    def listener(self, change: PeerChange, counted: bool, refreshed: float = 0.0) -> None:
         """On ``TrackerCore.listeners``: this process's own completions, journaled before the
         answer."""
         if counted and self._fd >= 0:

@@ -131,7 +131,7 @@ class ChangeBuffer:
         self._armed = False
         self._lock = lock
 
-    def __call__(self, change: PeerChange, counted: bool) -> None:
+    def __call__(self, change: PeerChange, counted: bool, refreshed: float = 0.0) -> None:
         self.changes.append(change)
         if counted:
             ih = change.info_hash

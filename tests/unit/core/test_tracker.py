@@ -159,7 +159,7 @@ def test_interval_jitter_stays_within_its_bounds(clock):
 
 def test_completed_counts_once_and_listeners_hear_it(core):
     heard = []
-    core.listeners.append(lambda change, counted: heard.append((change.event, counted)))
+    core.listeners.append(lambda change, counted, _: heard.append((change.event, counted)))
     join(core, 1, event=EVENT_STARTED)
     join(core, 1, left=0, event=EVENT_COMPLETED)
     join(core, 1, left=0, event=EVENT_COMPLETED)
