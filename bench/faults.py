@@ -23,6 +23,7 @@ import argparse
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -124,7 +125,8 @@ def save_windows(log: str) -> list[tuple[float, float]]:
     return windows
 
 
-def join_time(sync_socket: str, timeout: float = 120) -> tuple[float, int]:
+def join_time(sync_socket: str, timeout: float = 120) -> tuple[float, int, float]:
+    """(seconds to a complete replica, torrents in it, the joiner's CPU seconds)."""
     code = (
         "from gevent import monkey; monkey.patch_all()\n"
         "import sys, time\n"
@@ -132,8 +134,9 @@ def join_time(sync_socket: str, timeout: float = 120) -> tuple[float, int]:
         "from wsgi_tracker.sync.client import SyncClient\n"
         "core = TrackerCore()\n"
         "client = SyncClient(core, sys.argv[1])\n"
-        "t = time.monotonic(); client.start(); ok = client.wait_ready(float(sys.argv[2]))\n"
-        "print(ok, time.monotonic() - t, len(core.store))\n"
+        "c = time.process_time(); t = time.monotonic(); client.start()\n"
+        "ok = client.wait_ready(float(sys.argv[2]))\n"
+        "print(ok, time.monotonic() - t, len(core.store), time.process_time() - c)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, sync_socket, str(timeout)],
@@ -145,7 +148,7 @@ def join_time(sync_socket: str, timeout: float = 120) -> tuple[float, int]:
     if done.stderr.strip():
         print("joining process said:\n" + done.stderr[-3000:])
     out = done.stdout.split()
-    return float(out[1]), int(out[2])
+    return float(out[1]), int(out[2]), float(out[3])
 
 
 def main() -> None:
@@ -155,6 +158,11 @@ def main() -> None:
     p.add_argument("--interval", type=int, default=8, help="seconds between saves")
     p.add_argument("--seconds", type=float, default=25, help="length of the UDP probe")
     p.add_argument("--rate", type=float, default=1000, help="UDP announces/s of the probe")
+    p.add_argument(
+        "--snapshot",
+        metavar="FILE",
+        help="start the sidecar from a copy of this snapshot (made there first if missing)",
+    )
     args = p.parse_args()
     parts = set(args.parts.split(","))
     result: dict[str, float] = {}
@@ -173,13 +181,20 @@ def main() -> None:
 def run_sidecar(tmp: Path, args: argparse.Namespace, parts: set[str], result: dict) -> None:
     snap = tmp / "swarms.snap"
     started = time.monotonic()
-    make_snapshot(snap, args.torrents)
-    print(f"snapshot of {args.torrents} torrents written in {time.monotonic() - started:.1f} s")
+    if args.snapshot and Path(args.snapshot).exists():
+        shutil.copyfile(args.snapshot, snap)
+    else:
+        make_snapshot(snap, args.torrents)
+        print(f"snapshot of {args.torrents} torrents written in {time.monotonic() - started:.1f} s")
+        if args.snapshot:
+            shutil.copyfile(snap, args.snapshot)
     sock = str(tmp / "hub" / "sync.sock")
     port = procs.free_port()
     conf = tmp / "t.toml"
+    # Without the save part, no periodic save: a child saving 1M torrents takes a core.
+    interval = args.interval if "save" in parts else 3600
     conf.write_text(
-        f'snapshot_path = "{snap}"\nsnapshot_interval = {args.interval}\nsync_socket = "{sock}"\n'
+        f'snapshot_path = "{snap}"\nsnapshot_interval = {interval}\nsync_socket = "{sock}"\n'
     )
     log = tmp / "sidecar.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -196,9 +211,16 @@ def run_sidecar(tmp: Path, args: argparse.Namespace, parts: set[str], result: di
             time.sleep(0.2)
         print(f"sidecar restored {args.torrents} torrents in {time.monotonic() - started:.1f} s")
         if "join" in parts:
-            seconds, held = join_time(sock)
-            result.update(join_seconds=seconds, join_torrents=held)
-            print(f"join: {seconds:.2f} s to a complete replica of {held} torrents")
+            hub_cpu = procs.cpu_seconds(proc.pid)
+            seconds, held, cpu = join_time(sock)
+            hub_cpu = procs.cpu_seconds(proc.pid) - hub_cpu
+            result.update(
+                join_seconds=seconds, join_torrents=held, join_cpu_joiner=cpu, join_cpu_hub=hub_cpu
+            )
+            print(
+                f"join: {seconds:.2f} s to a complete replica of {held} torrents "
+                f"(CPU: joiner {cpu:.2f} s, sidecar {hub_cpu:.2f} s)"
+            )
         if "save" in parts:
             samples = udp_probe(port, args.seconds, args.rate)
             windows = save_windows(log.read_text())

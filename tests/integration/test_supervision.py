@@ -18,6 +18,8 @@ import secrets
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -393,3 +395,24 @@ def test_a_child_that_cannot_start_stops_serve_with_one_line(tmp_path: Path) -> 
         pass
     assert "udp-sidecar exited with 2 while starting; stopping" in str(failure.value)
     assert "Traceback" not in str(failure.value)
+
+
+@pytest.mark.parametrize("seen", ["during its first start", "after serve moved on"])
+def test_a_child_exiting_while_starting_is_one_line_wherever_serve_sees_it(seen: str) -> None:
+    """serve had two messages for the same fault, picked by timing: a sidecar that took
+    long to fail (a loaded machine) got the other one. A child that exits 2 is reported
+    the same whether serve was still waiting for it to start or had gone on."""
+    wait = "lambda proc: proc.wait()" if seen == "during its first start" else "None"
+    code = (
+        "import logging, sys\n"
+        "from wsgi_tracker.running.supervisor import Child, Supervisor\n"
+        "logging.basicConfig(format='%(message)s')\n"
+        "late = [sys.executable, '-c', 'import sys, time; time.sleep(0.3); sys.exit(2)']\n"
+        f"child = Child('udp-sidecar', late, {{}}, stop_timeout=5, ready={wait})\n"
+        "sys.exit(Supervisor([child]).run())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["udp-sidecar exited with 2 while starting; stopping"]

@@ -30,6 +30,9 @@ GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
 GUNICORN_STOP_TIMEOUT = 20.0  # its graceful_timeout (10 s), the workers' last flush, slack
 # The sidecar's last save at 1M torrents takes seconds, and the save is what keeps the counts.
 SIDECAR_STOP_TIMEOUT = 60.0
+# How long gunicorn waits for the hub to listen: the sidecar restores its snapshot first
+# (~8 s at 1M torrents on a quiet machine, three times that under load).
+HUB_START_WAIT = 120.0
 PROG = "wsgi-tracker"
 log = logging.getLogger("wsgi_tracker.serve")
 
@@ -218,13 +221,19 @@ def _check_app(app: str) -> None:
         raise ConfigError(f"--app {app} cannot be loaded: {lines[-1]}")
 
 
-def _wait_for_hub(path: str, sidecar: subprocess.Popen[bytes], timeout: float = 10) -> None:
-    """Start the workers once the hub listens, so they join it rather than warn."""
+def _wait_for_hub(
+    path: str, sidecar: subprocess.Popen[bytes], timeout: float = HUB_START_WAIT
+) -> None:
+    """Start the workers once the hub listens (or the sidecar has exited), so they join
+    it rather than serve empty replicas, and a sidecar that cannot start is reported
+    as such, however slowly it got there (it restores its snapshot first)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and sidecar.poll() is None:
         if why_no_hub(path) is None:
             return
         time.sleep(0.05)
+    if sidecar.poll() is None:
+        log.warning("no sync hub at %s after %.0f s; starting gunicorn anyway", path, timeout)
 
 
 def _fail(message: str) -> int:

@@ -121,9 +121,10 @@ class Supervisor:
         code = 0
         try:
             for child in self.children:
-                child.start(first=True)
-                if self._stop_signal is None and child.proc and child.proc.poll() is not None:
-                    code = self._failed_start(child)
+                proc = child.start(first=True)
+                exited = proc.poll()
+                if self._stop_signal is None and exited is not None:
+                    code = self._failed_start(child, exited)
                     break
             else:
                 code = self._watch()
@@ -137,13 +138,11 @@ class Supervisor:
     def _on_hup(self, _signum: int, _frame: object) -> None:
         self._reload = True
 
-    def _failed_start(self, child: Child) -> int:
-        assert child.proc is not None
-        say(
-            f"{child.name} {describe(child.proc.returncode)} while starting; stopping",
-            logging.ERROR,
-        )
-        return child.proc.returncode or 1
+    def _failed_start(self, child: Child, code: int) -> int:
+        """The one message for a child that could not start: it exited during its first
+        start, or later with a start-up error's code (a restart cannot cure either)."""
+        say(f"{child.name} {describe(code)} while starting; stopping", logging.ERROR)
+        return code or 1
 
     def _watch(self) -> int:
         """Restart whatever dies until told to stop; the exit status of ``serve``."""
@@ -165,8 +164,7 @@ class Supervisor:
                 if code is None:
                     continue
                 if code in START_ERRORS:
-                    say(f"{child.name} {describe(code)}, a start-up error; stopping", logging.ERROR)
-                    return code
+                    return self._failed_start(child, code)
                 delay = child.next_delay(now)
                 if delay is None:
                     say(

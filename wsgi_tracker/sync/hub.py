@@ -609,12 +609,18 @@ class SyncHub:
         brings them to this client too, which would count them twice.
         """
         store = self.core.store
+        lock = self.core.lock
         low_water = self.max_queue_bytes // 4
         pending = self._buffer.pending_count
-        chunks = walk(
-            store, list(store.torrents.keys()), self.core.lock, lambda ih, n: n - pending(ih)
-        )
-        for peers, totals in chunks:
+        # The lock taken once a chunk, not once a torrent (~0.7 us each of ~6 at 1M):
+        # nothing here yields inside a chunk, so no one could take it between torrents.
+        chunks = walk(store, list(store.torrents.keys()), None, lambda ih, n: n - pending(ih))
+        while True:
+            with lock:
+                chunk = next(chunks, None)
+            if chunk is None:
+                break
+            peers, totals = chunk
             client.send(f.encode(f.Snapshot(peers)) + f.encode(f.Totals(totals)))
             gevent.sleep(0)
             while client.queued > low_water and not client.closed:

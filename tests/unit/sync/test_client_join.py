@@ -1,0 +1,70 @@
+"""A joining worker is heard from while it applies the hub's snapshot (issue 13 item 4).
+
+A real ``SyncClient`` against this test playing the hub's side of a real Unix
+socket: the hub's hello and the first part of a snapshot, then nothing more,
+as a hub walking a million torrents may pause. The client must heartbeat
+(after its hello, never before) while it joins, and answer nothing from the
+half-filled replica meanwhile (it is not ready).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+
+from wsgi_tracker.core.tracker import TrackerCore
+from wsgi_tracker.core.types import PeerChange
+from wsgi_tracker.sync import frames as f
+from wsgi_tracker.sync.client import SyncClient
+from wsgi_tracker.sync.session import FROM_CLIENT, Conversation, Phase
+
+HEARTBEAT = 0.1
+
+
+def test_a_joining_client_heartbeats_after_its_hello_until_the_snapshot_is_done() -> None:
+    directory = tempfile.mkdtemp(prefix="join-", dir="/tmp")  # a short socket path
+    path = os.path.join(directory, "hub.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    listener.settimeout(10)
+    core = TrackerCore()
+    client = SyncClient(core, path, heartbeat=HEARTBEAT)
+    client.start()
+    try:
+        conn, _ = listener.accept()
+        conn.settimeout(0.2)
+        peers = [
+            PeerChange(n.to_bytes(20, "big"), bytes(20), bytes(6), False, 0, time.time())
+            for n in range(100)
+        ]
+        conn.sendall(f.encode(f.Hello(f.ROLE_HUB, 1)) + f.encode(f.Snapshot(peers)))
+        talk = Conversation(FROM_CLIENT, "the client")  # what the real hub checks
+        decoder = f.FrameDecoder()
+        heard: list[f.Frame] = []
+        deadline = time.monotonic() + 10
+        while sum(isinstance(x, f.Heartbeat) for x in heard) < 3 and time.monotonic() < deadline:
+            try:
+                data = conn.recv(65536)
+            except TimeoutError:
+                continue
+            assert data, "the client hung up while joining"
+            for frame in decoder.feed(data):
+                talk.receive(frame)  # a heartbeat before the hello would raise here
+                heard.append(frame)
+        assert isinstance(heard[0], f.Hello)
+        assert [type(x) for x in heard[1:]] == [f.Heartbeat] * 3
+        assert talk.phase is Phase.JOINING
+        # Still joining: half a replica is never served from.
+        assert not client.ready.is_set() and not client.connected
+        assert len(core.store) == len(peers)
+        conn.sendall(f.encode(f.SnapshotDone()))
+        assert client.wait_ready(10) and client.connected
+        conn.close()
+    finally:
+        client.stop()
+        listener.close()
+        shutil.rmtree(directory, ignore_errors=True)
