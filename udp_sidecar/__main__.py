@@ -154,7 +154,12 @@ def run(
         # The sidecar's UDP counters join every worker's in the whole-tracker /stats; its
         # report also carries the cluster's node list.
         stats = TrackerStats(
-            core, role="udp", extra=None if node is None else lambda: {"cluster": node.status()}
+            core,
+            role="udp",
+            extra=lambda: {
+                "hub": hub.status(),
+                **({} if node is None else {"cluster": node.status()}),
+            },
         )
         stats.share(hub.publish_stats, lambda: [entry.payload for entry in hub.cluster_stats])
     others = None

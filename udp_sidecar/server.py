@@ -13,6 +13,7 @@ one per packet.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ipaddress
 import logging
@@ -20,9 +21,11 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeAlias
 
 import gevent
 from gevent import monkey
+from gevent.event import Event
 from gevent.hub import get_hub
 
 from udp_sidecar.connection_ids import ConnectionIds
@@ -53,6 +56,14 @@ RECV_BYTES = 4096
 # socket, the sync hub) run; one switch per batch costs well under 1%.
 BATCH = 64
 RCVBUF = 4 << 20  # absorbs bursts; the kernel caps it at net.core.rmem_max
+# Answered batches whose replies wait for their changes to reach the other processes, per
+# socket; past this many the loop waits too, rather than answer ever further ahead.
+HELD_BATCHES = 16
+
+# What ``UdpServer.settle`` hands back for a batch whose changes are on their way to the
+# other processes: called before the batch's replies go, it waits (bounded) until they
+# are where every process reads.
+Waiter: TypeAlias = Callable[[], object]
 
 # The real socket class even after monkey-patching: gevent's cooperative
 # socket wraps every recvfrom in Python-level retry code, which the loop below
@@ -180,10 +191,12 @@ class UdpServer:
         self.ids = ConnectionIds(key or os.urandom(32), core.config.connection_id_ttl)
         self.sockets: list[socket.socket] = []
         self._loops: list[gevent.Greenlet] = []
-        # Called after a batch is answered and before its replies go out (the sync hub's
-        # ``settle``, or a sync client's): a reply leaves only once the batch's changes
-        # reached every other process, so the client's next request anywhere sees them.
-        self.settle: Callable[[], object] | None = None
+        # Called after a batch is answered (the sync hub's ``settle``, or a sync client's):
+        # ships the batch's changes at once and returns None if they already reached every
+        # other process, else a ``Waiter``. A reply leaves only once its batch's changes
+        # did, so the client's next request anywhere sees them; meanwhile the loop answers
+        # the next batches (their replies queue behind, in order).
+        self.settle: Callable[[], Waiter | None] | None = None
         # Called before a batch is answered: a process that is a sync client applies what
         # the hub already sent (``SyncClient.drain``); the hub's own process needs none.
         self.drain: Callable[[], object] | None = None
@@ -205,7 +218,9 @@ class UdpServer:
             handler = DatagramHandler(
                 self.core, self.ids, sock.family == socket.AF_INET6, self.clock
             )
-            self._loops.append(gevent.spawn(self._serve, sock, handler))
+            held = _HeldReplies(sock.sendto)
+            self._loops.append(gevent.spawn(held.run))
+            self._loops.append(gevent.spawn(self._serve, sock, handler, held))
 
     def _bind(self, host: str) -> socket.socket:
         try:
@@ -234,7 +249,7 @@ class UdpServer:
 
     # Long on purpose: the receive-answer-send loop for a batch of datagrams, on every UDP request's
     # path.
-    def _serve(self, sock: socket.socket, handler: DatagramHandler) -> None:
+    def _serve(self, sock: socket.socket, handler: DatagramHandler, held: _HeldReplies) -> None:
         """Read a batch, answer it, send the answers back to back, and again.
 
         Sending a batch's replies together, rather than each as soon as it is
@@ -242,6 +257,10 @@ class UdpServer:
         asleep in poll() costs the sender its wake-up, and back-to-back replies
         find it still awake. Measured with bench/udp_load.c, median of 3 runs: 42.0k
         announces/s against 27.9k with each reply sent as soon as it was made.
+
+        A batch whose changes are still on their way to the other processes
+        (``settle`` gave a waiter) hands its replies to ``held``, and the loop
+        reads the next batch meanwhile instead of idling for that round trip.
         """
         recvfrom = sock.recvfrom
         sendto = sock.sendto
@@ -278,14 +297,11 @@ class UdpServer:
                         if reply is not None:
                             replies.append((reply, addr))
                 settle = self.settle
-                if settle is not None and replies:
-                    settle()
-                for reply, addr in replies:
-                    # try/except, not contextlib.suppress: no object per packet here.
-                    try:  # noqa: SIM105
-                        sendto(reply, addr)
-                    except OSError:
-                        pass  # full send buffer or unroutable: UDP may drop, and so do we
+                waiter = settle() if settle is not None and replies else None
+                if waiter is not None or held.batches:
+                    held.add(waiter, replies)  # in order, behind those still waiting
+                else:
+                    _send_all(sendto, replies)
                 if len(batch) == BATCH:
                     # idle(), not sleep(0): sleep(0) only runs callbacks, so under load
                     # timers and other sockets (the sync hub) waited ~50-90 ms; measured
@@ -295,7 +311,8 @@ class UdpServer:
             readable.close()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop every loop, then close the sockets (never a watched fd while it is watched)."""
+        """Stop every loop, then close the sockets (never a watched fd while it is watched).
+        Replies still waiting for their changes to settle are dropped, as UDP may."""
         gevent.killall(self._loops, timeout=timeout)
         self._loops.clear()
         self._close()
@@ -304,3 +321,51 @@ class UdpServer:
         for sock in self.sockets:
             sock.close()
         self.sockets.clear()
+
+
+def _send_all(sendto: Callable[[bytes, tuple], object], replies: list[tuple[bytes, tuple]]) -> None:
+    for reply, addr in replies:
+        # try/except, not contextlib.suppress: no object per packet here.
+        try:  # noqa: SIM105
+            sendto(reply, addr)
+        except OSError:
+            pass  # full send buffer or unroutable: UDP may drop, and so do we
+
+
+class _HeldReplies:
+    """One socket's answered batches whose changes are still on their way to the other
+    processes; ``run`` (a greenlet) sends each batch's replies, in order, once its
+    ``Waiter`` returns. Bounded: past ``HELD_BATCHES`` the receive loop waits in ``add``.
+
+    A UDP process that is a sync client waits a round trip to the hub for each batch's
+    ack; blocking its receive loop for it bounded the process at one batch per round
+    trip (docs/SYNC.md, "Read-your-writes").
+    """
+
+    def __init__(self, sendto: Callable[[bytes, tuple], object]) -> None:
+        self.sendto = sendto
+        self.batches: collections.deque[tuple[Waiter | None, list[tuple[bytes, tuple]]]]
+        self.batches = collections.deque()
+        self._more = Event()
+        self._room = Event()
+
+    def add(self, waiter: Waiter | None, replies: list[tuple[bytes, tuple]]) -> None:
+        batches = self.batches
+        batches.append((waiter, replies))
+        self._more.set()
+        while len(batches) >= HELD_BATCHES:
+            self._room.clear()
+            self._room.wait()
+
+    def run(self) -> None:
+        batches = self.batches
+        while True:
+            while not batches:
+                self._more.clear()
+                self._more.wait()
+            waiter, replies = batches[0]
+            if waiter is not None:
+                waiter()  # bounded: a reply goes late rather than never
+            batches.popleft()
+            self._room.set()
+            _send_all(self.sendto, replies)

@@ -285,3 +285,10 @@ def test_every_worker_reports_exact_whole_tracker_totals(tmp_path):
                 lags[last["served_by"]] = last["sync"]["lag_seconds"]
         assert len(lags) == WHOLE_WORKERS and min(lags.values()) >= 0, (lags, last)
         assert b"wsgi_tracker_sync_lag_seconds " in http_get(web.url + "/metrics")[1]
+        # The hub's own counters, from the sidecar's report (its clients: the workers).
+        while (last["hub"] or {}).get("clients") != WHOLE_WORKERS:
+            assert time.monotonic() < deadline + 2 * CONVERGE_WITHIN, last["hub"]
+            time.sleep(0.05)
+            last = json.loads(http_get(web.url + "/stats")[1])
+        assert last["hub"]["lagging"] == 0 and last["hub"]["acks_past_laggers"] >= 0, last
+        assert b"wsgi_tracker_hub_settle_timeouts_total " in http_get(web.url + "/metrics")[1]

@@ -623,7 +623,8 @@ class ClusterNode:
             for report in reports:
                 if isinstance(report, dict) and isinstance(report.get("id"), str):
                     report["id"] = f"{node}/{report['id']}"
-                    report.pop("cluster", None)
+                    report.pop("cluster", None)  # this node's own hub says these two
+                    report.pop("hub", None)
                     entries.append(f.StatsEntry(0, f.ROLE_HUB, json.dumps(report).encode()))
         if gone:
             self.redis.hdel(self.keys.stats, *gone)

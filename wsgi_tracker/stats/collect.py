@@ -141,6 +141,14 @@ def merge_reports(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return total
 
 
+# The sync hub's counters (SyncHub.status) that /metrics exports, with their help text.
+HUB_COUNTERS = {
+    "acks_past_laggers": "Acks and UDP replies that did not wait for a lagging process.",
+    "settle_timeouts": "UDP batches whose replies went before their changes reached every "
+    "process (the wait was bounded).",
+}
+
+
 class TrackerStats:
     """Everything /stats, /metrics and /stats.html show, for one process to serve.
 
@@ -235,6 +243,7 @@ class TrackerStats:
         # Only this machine's hub names the cluster's nodes (other nodes' reports come
         # without it), so at most one report has it.
         cluster = next((r["cluster"] for r in reports if isinstance(r.get("cluster"), dict)), None)
+        hub = next((r["hub"] for r in reports if isinstance(r.get("hub"), dict)), None)
         torrents, seeders, leechers = self._replica_totals()
         with self.core.lock:
             ws_torrents, ws_seeders, ws_leechers = self.core.ws.totals()
@@ -257,6 +266,7 @@ class TrackerStats:
             "leechers": leechers,
             **merged,
             "sync": sync,
+            "hub": hub,
             "cluster": cluster,
         }
 
@@ -388,6 +398,10 @@ class _SnapshotCollector:
                 if isinstance(n.get("lag_seconds"), int | float):
                     node_lag.add_metric([str(n.get("node"))], n["lag_seconds"])
             yield node_lag
+        hub = s.get("hub") or {}
+        for key, doc in HUB_COUNTERS.items():
+            if isinstance(hub.get(key), int):
+                yield CounterMetricFamily(f"wsgi_tracker_hub_{key}", doc, hub[key])
         lag = (s.get("sync") or {}).get("lag_seconds")
         if isinstance(lag, int | float):
             yield GaugeMetricFamily(

@@ -250,15 +250,16 @@ class SyncClient:
                 return False
             event.wait(left)
 
-    def settle(self, timeout: float = ACK_WAIT) -> bool:
-        """Send this process's changes now and wait (bounded) for their ack: a UDP
-        process calls it before sending a batch's replies. Whether they were acked."""
+    def settle(self, timeout: float = ACK_WAIT) -> Callable[[], bool] | None:
+        """Send this process's changes now: a UDP process calls it once a batch is
+        answered. None when nothing it made waits for an ack, else the wait (bounded
+        by ``timeout``; whether acked) its replies go after, while it answers on."""
         with self.core.lock:
             token = self.write_token()
         if token <= self._acked:
-            return True
+            return None
         self._wake.set()
-        return self.wait_for(token, timeout)
+        return lambda: self.wait_for(token, timeout)
 
     def drain(self, budget: int = DRAIN_MAX) -> bool:
         """Apply what the hub has already sent, without waiting for more: call before

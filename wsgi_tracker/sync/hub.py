@@ -452,6 +452,19 @@ class SyncHub:
         for client in list(self.clients):
             self._drop(client, None)
 
+    def status(self) -> dict[str, int]:
+        """What /stats shows of the hub (the sidecar's report, ``hub``): its clients, how
+        many lag (coalescing per peer), the refreshes held back, and the times
+        read-your-writes did not wait for a process (docs/SYNC.md, "Read-your-writes")."""
+        return {
+            "clients": len(self.clients),
+            "lagging": sum(1 for c in self.clients if c.backlog is not None),
+            "held_refreshes": len(self._held),
+            "acks_past_laggers": self.acks_past_laggers,
+            "settle_timeouts": self.settle_timeouts,
+            "relays_undeliverable": self.relays_undeliverable,
+        }
+
     @property
     def workers(self) -> int:
         """Connected worker processes (``udp-sidecar`` waits for none to be left)."""
@@ -986,17 +999,22 @@ class SyncHub:
             if released:
                 client.send(f.encode(f.Ack(released)))  # an ack covers every mark before it
 
-    def settle(self, timeout: float = SETTLE_WAIT) -> bool:
-        """Send the sidecar's own changes now and wait (bounded) until they are in every
-        joined client's socket. udp-sidecar calls it before sending a batch's replies, so
-        a UDP client's next request, to any process, sees its announce. Returns at once
-        when nothing is buffered or every socket took the bytes (the usual case)."""
+    def settle(self, timeout: float = SETTLE_WAIT) -> Callable[[], bool] | None:
+        """Send the sidecar's own changes now. udp-sidecar calls it once a batch is
+        answered, and sends the batch's replies when they are in every joined client's
+        socket, so a UDP client's next request, to any process, sees its announce: None
+        when they are already (nothing buffered, or every socket took the bytes: the
+        usual case), else a wait (bounded by ``timeout``; whether they got there)."""
         if not len(self._buffer):
-            return True
+            return None
         self._send_own()
         marks = self._marks(None)
         if not marks:
-            return True
+            return None
+        return lambda: self._reached(marks, timeout)
+
+    def _reached(self, marks: list[tuple[_Client, int]], timeout: float) -> bool:
+        """Wait, at most ``timeout``, until each client holds its mark's bytes."""
         deadline = time.monotonic() + timeout
         self._settling += 1
         try:
