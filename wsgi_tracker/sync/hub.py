@@ -25,6 +25,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import itertools
 import logging
 import os
 import socket
@@ -33,8 +34,8 @@ import struct
 import termios
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from typing import NamedTuple, TypeVar, overload
 
 import gevent
 from gevent import socket as gsocket
@@ -67,6 +68,7 @@ from wsgi_tracker.sync.session import FROM_CLIENT, Conversation, Phase
 from wsgi_tracker.sync.socket_path import UnsafeSocketPath, check_private, why_no_hub
 
 log = logging.getLogger("wsgi_tracker.sync.hub")
+T = TypeVar("T")
 
 # Past this many bytes queued to a client, what it is owed coalesces per peer (~500k peer
 # records: seconds of full load) instead of queueing.
@@ -324,6 +326,29 @@ class _Client:
             self.sock.shutdown(socket.SHUT_RDWR)
 
 
+class _Joined(Sequence[T]):
+    """Sequences read as one, never copied: what a fan-out carries is decoded (a
+    PeerChange per record) only if a lagging client merges it into its backlog."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: list[Sequence[T]]) -> None:
+        self.parts = parts
+
+    def __len__(self) -> int:
+        return sum(map(len, self.parts))
+
+    def __iter__(self) -> Iterator[T]:
+        return itertools.chain.from_iterable(self.parts)
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        return list(self)[index]  # nothing on the fan-out path indexes it
+
+
 class _Outbox:
     """What one read from ``origin`` passes on, gathered for one write per other client."""
 
@@ -334,16 +359,16 @@ class _Outbox:
 
     def _empty(self) -> None:
         self.wire: list[bytes] = []
-        self.deltas: list[PeerChange] = []
-        self.counts: list[tuple[bytes, int]] = []
-        self.ws: list[WsChange] = []
+        self.deltas: list[Sequence[PeerChange]] = []
+        self.counts: list[Sequence[tuple[bytes, int]]] = []
+        self.ws: list[Sequence[WsChange]] = []
         self.up: list[f.Frame] = []
 
     def add(self, wire: bytes, parts: Parts, up: f.Frame | None) -> None:
         self.wire.append(wire)
-        self.deltas.extend(parts.deltas)
-        self.counts.extend(parts.counts)
-        self.ws.extend(parts.ws)
+        self.deltas.append(parts.deltas)
+        self.counts.append(parts.counts)
+        self.ws.append(parts.ws)
         if up is not None:
             self.up.append(up)
 
@@ -351,7 +376,7 @@ class _Outbox:
         if not self.wire:
             return
         hub = self.hub
-        parts = Parts(self.deltas, (), self.counts, self.ws)
+        parts = Parts(_Joined(self.deltas), (), _Joined(self.counts), _Joined(self.ws))
         hub._fan_out(b"".join(self.wire), exclude=self.origin, parts=parts)
         if hub.uplink is not None and self.up:
             hub.uplink(self.up)
