@@ -365,7 +365,10 @@ class _HeldReplies:
                 self._more.wait()
             waiter, replies = batches[0]
             if waiter is not None:
-                waiter()  # bounded: a reply goes late rather than never
+                try:
+                    waiter()  # bounded: a reply goes late rather than never
+                except Exception:  # a dead sender would stop this socket's every reply
+                    log.exception("bug: waiting for a batch's changes to settle raised")
             batches.popleft()
             self._room.set()
             _send_all(self.sendto, replies)

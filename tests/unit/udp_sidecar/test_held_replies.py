@@ -80,3 +80,19 @@ def test_a_full_send_buffer_drops_that_reply_only() -> None:
         assert sent == [b"y"]
     finally:
         runner.kill()
+
+
+def test_a_wait_that_raises_still_lets_the_replies_go(caplog) -> None:
+    held, sent, runner = held_with_log()
+
+    def broken() -> None:
+        raise RuntimeError("a bug in a waiter")
+
+    try:
+        held.add(broken, [(b"a", ADDR)])
+        held.add(None, [(b"b", ADDR)])
+        gevent.sleep(0.01)
+        assert sent == [b"a", b"b"]
+        assert "bug: waiting for a batch's changes to settle raised" in caplog.text
+    finally:
+        runner.kill()
