@@ -180,7 +180,7 @@ def is_refresh(store: SwarmStore, change: PeerChange, window: float) -> bool:
     The definition, read off ``store`` before the change is applied; the hub
     itself is told it as the change lands (``SwarmStore.refreshed`` for its own
     announces, ``merge_many``'s ``refreshes`` for a client's), and
-    tests/integration/test_sync_hub_lag.py checks the two agree.
+    tests/unit/sync/test_hub_refresh.py checks the two agree.
 
     True for an announce with no event from a peer ``store`` holds at the same
     endpoint, with the same seeder flag and key, whose current expiry is still
