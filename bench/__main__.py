@@ -1,7 +1,7 @@
 """``python -m bench [scenario ...]``: the benchmark runner (docs/BENCHMARKS.md).
 
-Scenarios: http, udp, udp-scrape, full, stack, http-cores, huge-swarm, memory, sync-lag
-(default: all).
+Scenarios: http, udp, udp-scrape, full, host-page, stack, http-cores, huge-swarm, memory,
+sync-lag (default: all).
 Tracker on --server-cpu, load on --load-cpu, loopback only, every run bounded;
 figures are medians over --reps runs, printed as SUMMARY / RATIO lines, merged
 into bench/results.json, and drawn into docs/benchmarks.png.
@@ -21,7 +21,8 @@ from . import procs, scenarios
 from .report import CHART, RESULTS, Results, draw_chart, machine, markdown
 
 SCENARIOS = (
-    "http", "udp", "udp-scrape", "full", "stack", "http-cores", "huge-swarm", "memory", "sync-lag",
+    "http", "udp", "udp-scrape", "full", "host-page", "stack", "http-cores", "huge-swarm",
+    "memory", "sync-lag",
 )  # fmt: skip
 
 
@@ -61,7 +62,13 @@ def parse_args() -> tuple[list[str], scenarios.Knobs, bool]:
         action="store_true",
         help="also run the npm bittorrent-tracker (npm ci into the cache on first use)",
     )
-    p.add_argument("--full-workers", type=int, default=d.full_workers)
+    p.add_argument(
+        "--full-workers", type=int, default=d.full_workers, help="full, host-page: workers"
+    )
+    p.add_argument("--page", default=d.page, help="host-page: the example site's page to ask for")
+    p.add_argument(
+        "--page-conns", type=int, default=d.page_conns, help="host-page: visitors at once"
+    )
     p.add_argument(
         "--stack-workers", type=int, default=d.stack_workers, help="serve's workers in stack"
     )
@@ -117,6 +124,8 @@ def parse_args() -> tuple[list[str], scenarios.Knobs, bool]:
         anchors=not a.no_anchors,
         bittorrent_tracker=a.bittorrent_tracker,
         full_workers=a.full_workers,
+        page=a.page,
+        page_conns=a.page_conns,
         stack_workers=a.stack_workers,
         cores_workers=a.cores_workers,
         stack_parts=not a.no_stack_parts,
@@ -169,6 +178,8 @@ def main() -> None:
                     scenarios.udp(knobs, results, udp_modes)
             elif name == "full":
                 scenarios.full(knobs, results)
+            elif name == "host-page":
+                scenarios.host_page(knobs, results)
             elif name == "stack":
                 scenarios.stack(knobs, results)
             elif name == "http-cores":

@@ -1,4 +1,5 @@
-"""The load generators: wrk with announce.lua (HTTP) and udp_load (BEP 15, C, built here).
+"""The load generators: wrk with announce.lua (HTTP announces) or page.lua (a host site's
+page), and udp_load (BEP 15, C, built here).
 
 Each run is bounded by its own duration plus a margin, and returns the
 generator's ``KEY=value`` result line as a dict of numbers.
@@ -136,6 +137,21 @@ def wrk(
         cpus,
     )  # fmt: skip
     return _run(cmd, env, seconds + 30, "WRK_RESULT", until="PREFILL_DONE" if prefill else None)
+
+
+def wrk_page(port: int, path: str, seconds: float, *, cpus: str | None, conns: int = 4) -> LoadRun:
+    """wrk + page.lua: ``conns`` visitors asking for the host site's ``path`` back to back
+    for ``seconds`` (a few, so the figure is a page's latency, not a queue of them)."""
+    if not shutil.which("wrk"):
+        raise RuntimeError("wrk missing: apt-get install -y wrk")
+    cmd = pinned(
+        [
+            "wrk", "-t1", f"-c{conns}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
+            "-s", str(HERE / "page.lua"), f"http://127.0.0.1:{port}/",
+        ],
+        cpus,
+    )  # fmt: skip
+    return _run(cmd, {"PAGE": path}, seconds + 30, "WRK_RESULT")
 
 
 def udp_load(

@@ -50,6 +50,8 @@ class Knobs:
     anchors: bool = True
     bittorrent_tracker: bool = False
     full_workers: int = 2
+    page: str = "/torrents"
+    page_conns: int = 4
     stack_workers: int = 1
     cores_workers: int = 2
     stack_parts: bool = True
@@ -344,49 +346,138 @@ def memory(kn: Knobs, results: Results) -> None:
             )
 
 
+# The worker `wsgi-tracker serve` runs, so what an operator's site is served by.
+TRACKER_WORKER = "wsgi_tracker.http.worker.TrackerWorker"
+# The example Flask site (examples/flask_site), whose pages the host-page scenario asks for.
+FLASK_SITE = "examples.flask_site.app:create_app()"
+# Issue 16 target 2: under overload HTTP keeps this share of its solo rate, at this p99,
+# and a UDP flood never raises a host page's p99 above it.
+FAIR_SHARE = 0.3
+FAIR_P99_MS = 50.0
+
+
+def _synced_stack(
+    stack: ExitStack, kn: Knobs, wl: Workload, app: str = "wsgi_tracker.wsgi:app"
+) -> tuple[Server, int, Server, int]:
+    """udp-sidecar (the sync hub) and gunicorn with ``full_workers`` TrackerWorkers serving
+    ``app`` joined to it, all on the server core, each in a session of its own as
+    ``serve`` starts them; filled over UDP (the hub fans the fill out to the workers).
+    Returns (sidecar, its UDP port, gunicorn, its HTTP port)."""
+    sockdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-sync-")))
+    sockdir.chmod(0o700)
+    sock = str(sockdir / "sync.sock")
+    udp_port = free_port()
+    sidecar = trackers.ours_udp(udp_port, kn.outdir, kn.server_cpu, sync_socket=sock)
+    stack.callback(sidecar.stop)
+    http_port = free_port()
+    workers = trackers.ours_http(
+        http_port, wl, kn.outdir, kn.server_cpu,
+        worker_class=TRACKER_WORKER, workers=kn.full_workers, sync_socket=sock, app=app,
+    )  # fmt: skip
+    stack.callback(workers.stop)
+    print(f"started sidecar pid={sidecar.proc.pid}, workers {workers.pids}", flush=True)
+    _prefill(kn, "ours-full", udp_port, wl, over_udp=True)
+    return sidecar, udp_port, workers, http_port
+
+
+def _flood(kn: Knobs, port: int, wl: Workload) -> Callable[[], loads.LoadRun]:
+    """UDP announces as fast as the sidecar answers (closed loop, ``inflight`` in flight)."""
+    return lambda: loads.udp_load(
+        port, wl, kn.dur, cpus=kn.load_cpu, inflight=kn.inflight, socks=kn.socks
+    )
+
+
 def full(kn: Knobs, results: Results) -> None:
-    """gunicorn gevent workers + udp-sidecar with sync, HTTP and UDP load at once."""
-    if not trackers.udp_sidecar_available():
-        print("full: skipped, udp_sidecar is not in the tree yet")
-        return
-    if not trackers.sync_available():
-        print("full: skipped, wsgi_tracker.sync is not in the tree yet")
+    """udp-sidecar + ``full_workers`` TrackerWorkers with sync on the server core: HTTP
+    alone, UDP alone, then both at once, closed loop (issue 16 target 2: with both, HTTP
+    keeps >= 30% of its solo rate with p99 <= 50 ms). Each process's CPU share is
+    reported (``cpu_pct[sidecar]``, ``cpu_pct[workers]``)."""
+    if not trackers.udp_sidecar_available() or not trackers.sync_available():
+        print("full: skipped, udp_sidecar or wsgi_tracker.sync is not in the tree")
         return
     wl = make_workload(kn.outdir, kn.k, kn.clients, kn.tpc)
     with ExitStack() as stack:
-        sockdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-sync-")))
-        sockdir.chmod(0o700)
-        sock = str(sockdir / "sync.sock")
-        udp_port = free_port()
-        sidecar = trackers.ours_udp(udp_port, kn.outdir, kn.server_cpu, sync_socket=sock)
-        stack.callback(sidecar.stop)
-        http_port = free_port()
-        workers = trackers.ours_http(
-            http_port, wl, kn.outdir, kn.server_cpu, workers=kn.full_workers, sync_socket=sock
-        )
-        stack.callback(workers.stop)
-        _prefill(kn, "ours-full", udp_port, wl, over_udp=True)
+        sidecar, udp_port, workers, http_port = _synced_stack(stack, kn, wl)
+        servers = [sidecar, workers]
+        parts = {"sidecar": sidecar.pids, "workers": workers.pids}
+
+        def http_load() -> loads.LoadRun:
+            return loads.wrk(http_port, wl, kn.dur, cpus=kn.load_cpu, conns=kn.conns)
+
+        if kn.warmup:
+            loads.wrk(http_port, wl, kn.warmup, cpus=kn.load_cpu, conns=kn.conns)
         for _rep in range(kn.reps):
-            samples = measure_together(
-                [sidecar, workers],
-                {
-                    "http": lambda: loads.wrk(http_port, wl, kn.dur, cpus=kn.load_cpu),
-                    "udp": lambda: loads.udp_load(udp_port, wl, kn.dur, cpus=kn.load_cpu),
-                },
+            results.add("full", "http-solo", "ours", measure(servers, http_load, parts))
+            results.add(
+                "full", "udp-solo", "ours", measure(servers, _flood(kn, udp_port, wl), parts)
             )
-            for proto, sample in samples.items():
+            both = {"http": http_load, "udp": _flood(kn, udp_port, wl)}
+            for proto, sample in measure_together(servers, both, parts).items():
                 results.add("full", proto, "ours", sample)
     results.print_summaries("full")
-    h, u = results.summary("full", "http", "ours"), results.summary("full", "udp", "ours")
-    if h and u:
-        total = h["rps"] + u["rps"]
+    h, u, solo = (results.summary("full", m, "ours") for m in ("http", "udp", "http-solo"))
+    if h and u and solo:
+        share = h["rps"] / solo["rps"]
         results.figures["full/combined"] = {
-            "announces_per_s": total,
+            "announces_per_s": h["rps"] + u["rps"],
             "processes": kn.full_workers + 1,
+            "http_share_of_solo": share,
+            "http_p99_ms": h["p99_ms"],
         }
+        met = share >= FAIR_SHARE and h["p99_ms"] <= FAIR_P99_MS
         print(
-            f"FULL combined: {total:.0f} announces/s (HTTP {h['rps']:.0f} + UDP {u['rps']:.0f}) "
-            f"served by {kn.full_workers} workers + the sidecar, each applying every announce"
+            f"FULL combined: {h['rps'] + u['rps']:.0f} announces/s (HTTP {h['rps']:.0f} + UDP "
+            f"{u['rps']:.0f}) served by {kn.full_workers} workers + the sidecar, each applying "
+            f"every announce; HTTP {share:.2f}x its solo rate ({solo['rps']:.0f}/s), p99 "
+            f"{h['p99_ms']:.1f} ms (solo {solo['p99_ms']:.1f} ms; target >= {FAIR_SHARE}x, "
+            f"<= {FAIR_P99_MS:.0f} ms: {'met' if met else 'NOT met'})",
+            flush=True,
+        )
+
+
+def host_page(kn: Knobs, results: Results) -> None:
+    """The example Flask site's ``--page`` (it reads the tracker's counts), served by the
+    same TrackerWorkers, asked for by ``--page-conns`` visitors back to back: alone, then
+    while a closed-loop UDP flood hits the sidecar, in each repetition (issue 16 target 2:
+    the flood never raises the page's p99 above 50 ms)."""
+    if not trackers.udp_sidecar_available() or not trackers.sync_available():
+        print("host-page: skipped, udp_sidecar or wsgi_tracker.sync is not in the tree")
+        return
+    wl = make_workload(kn.outdir, kn.k, kn.clients, kn.tpc)
+    with ExitStack() as stack:
+        sidecar, udp_port, workers, http_port = _synced_stack(stack, kn, wl, app=FLASK_SITE)
+        servers = [sidecar, workers]
+        parts = {"sidecar": sidecar.pids, "workers": workers.pids}
+
+        def page_load() -> loads.LoadRun:
+            return loads.wrk_page(http_port, kn.page, kn.dur, cpus=kn.load_cpu, conns=kn.page_conns)
+
+        page_load()  # warm up: the site's first requests compile its templates
+        for _rep in range(kn.reps):
+            results.add("host-page", "page-quiet", "ours", measure(servers, page_load, parts))
+            flooded = {"page": page_load, "udp": _flood(kn, udp_port, wl)}
+            for what, sample in measure_together(servers, flooded, parts).items():
+                results.add("host-page", f"{what}-flood", "ours", sample)
+    results.print_summaries("host-page")
+    quiet, flood = (results.summary("host-page", m, "ours") for m in ("page-quiet", "page-flood"))
+    udp = results.summary("host-page", "udp-flood", "ours")
+    if quiet and flood and udp:
+        results.figures["host-page"] = {
+            "page": kn.page,
+            "quiet_p50_ms": quiet["p50_ms"],
+            "quiet_p99_ms": quiet["p99_ms"],
+            "flood_p50_ms": flood["p50_ms"],
+            "flood_p99_ms": flood["p99_ms"],
+            "flood_udp_per_s": udp["rps"],
+        }
+        met = flood["p99_ms"] <= FAIR_P99_MS
+        print(
+            f"HOST-PAGE {kn.page}: quiet p50 {quiet['p50_ms']:.1f} ms p99 "
+            f"{quiet['p99_ms']:.1f} ms ({quiet['rps']:.0f} pages/s); under a UDP flood of "
+            f"{udp['rps']:.0f}/s p50 {flood['p50_ms']:.1f} ms p99 {flood['p99_ms']:.1f} ms "
+            f"({flood['rps']:.0f} pages/s; target p99 <= {FAIR_P99_MS:.0f} ms: "
+            f"{'met' if met else 'NOT met'})",
+            flush=True,
         )
 
 

@@ -35,16 +35,16 @@ def ours_http(
     worker_class: str = "gevent",
     workers: int = 1,
     sync_socket: str = "off",
+    app: str = "wsgi_tracker.wsgi:app",
 ) -> procs.Server:
-    """gunicorn serving ``wsgi_tracker.wsgi:app``, sync off unless a socket is given.
+    """gunicorn serving ``app`` (default the tracker alone), sync off unless a socket is given.
 
     With the project's gunicorn settings (``wsgi-tracker serve`` uses them): its
     ``post_worker_init`` joins the sync hub; the command line picks the worker class.
     """
     cmd = [
         sys.executable, "-m", "gunicorn", "-c", str(ROOT / "wsgi_tracker/running/gunicorn_conf.py"),
-        "-k", worker_class, "-w", str(workers), "--bind", f"127.0.0.1:{port}",
-        "wsgi_tracker.wsgi:app",
+        "-k", worker_class, "-w", str(workers), "--bind", f"127.0.0.1:{port}", app,
     ]  # fmt: skip
     first = workload.hashes()[0]
     return procs.start(

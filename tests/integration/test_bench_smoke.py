@@ -38,6 +38,16 @@ def test_wrk_announce_script_fills_then_gets_valid_peer_lists(workload):
             assert run.result["avg_peers"] > 0
 
 
+@pytest.mark.skipif(not shutil.which("wrk"), reason="wrk is not installed")
+def test_wrk_page_script_gets_the_example_sites_page():
+    with gunicorn("examples.flask_site.app:create_app()") as server:
+        run = loads.wrk_page(server.port, "/torrents", 1, cpus=None, conns=2)
+        assert run.result["ok"] > 0
+        assert run.result["fail"] == 0
+        missing = loads.wrk_page(server.port, "/no-such-page", 1, cpus=None, conns=1)
+        assert missing.result["ok"] == 0 and missing.result["fail"] > 0  # a 404 is not a page
+
+
 @pytest.mark.skipif(not shutil.which("gcc"), reason="gcc is not installed")
 def test_udp_load_announces_and_scrapes_get_valid_replies(workload):
     with sidecar() as server:
