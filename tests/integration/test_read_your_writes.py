@@ -12,14 +12,25 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import secrets
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import bencodepy
 import pytest
-from servers import Serve, announce_url, ports, scrape_url, serve, udp_announce, udp_scrape
+from servers import (
+    Serve,
+    announce_url,
+    ports,
+    scrape_url,
+    serve,
+    udp_announce,
+    udp_scrape,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -130,3 +141,48 @@ def test_a_udp_announce_is_in_the_next_http_scrape(stack: Serve) -> None:
         assert counts == (1, 1, 0), asked
         seen.add(asked)
     assert len(seen) == 2, f"only workers {seen} answered"
+
+
+def sync_counters(s: Serve) -> dict[str, int]:
+    with worker_connection(s) as (_worker, conn):
+        conn.request("GET", "/stats")
+        return json.loads(conn.getresponse().read())["sync"]
+
+
+def test_replies_stop_waiting_for_a_hub_that_is_behind_until_it_catches_up(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The hub stopped (SIGSTOP) acks nothing: the first reply waits its bound out, the
+    next ones go at once (``ack_skips``) instead of each waiting for an ack that cannot
+    come before that one, and a completion still waits. Resumed, the hub acks, and
+    replies wait for their acks again (read-your-writes). One worker: every request
+    is its."""
+    with serve(tmp_path_factory.mktemp("behind"), workers=1, config=CONFIG) as s:
+        ih = torrent()
+
+        def acked_in_time(port: int) -> bool:
+            """An announce whose reply waited for its ack and got it."""
+            before = sync_counters(s)
+            announce(s, ih, port)
+            after = sync_counters(s)
+            return (after["ack_waits"], after["ack_timeouts"], after["ack_skips"]) == (
+                before["ack_waits"] + 1,
+                before["ack_timeouts"],
+                before["ack_skips"],
+            )
+
+        assert wait_until(lambda: acked_in_time(7010), WITHIN), "acks never came in time"
+        hub = s.sidecar_pid()
+        assert hub is not None
+        before = sync_counters(s)
+        os.kill(hub, signal.SIGSTOP)
+        try:
+            for port in range(7011, 7016):
+                announce(s, ih, port)
+            announce(s, ih, 7016, left=0, event="completed")
+            during = sync_counters(s)
+        finally:
+            os.kill(hub, signal.SIGCONT)
+        assert during["ack_timeouts"] - before["ack_timeouts"] == 2  # the first, the completion
+        assert during["ack_skips"] - before["ack_skips"] == 4
+        assert wait_until(lambda: acked_in_time(7017), WITHIN), "replies never waited again"

@@ -37,8 +37,9 @@ SYNC_SNAPSHOT_WAIT = 5.0
 # a full replica, not a half-filled one (a million torrents take seconds to join).
 SYNC_JOIN_WAIT = 30.0
 # How long a completion's reply waits for the hub's ack (any other announce waits
-# sync.client.ACK_WAIT): the count is the one thing a crash cannot rebuild, so its
-# reply goes once the hub holds it (and journaled it), as long as the hub is there.
+# sync.client.ACK_WAIT, and not at all while the hub is behind): the count is the one
+# thing a crash cannot rebuild, so its reply goes once the hub holds it (and journaled
+# it), as long as the hub is there, however behind it is.
 COMPLETION_ACK_WAIT = 1.0
 
 
@@ -253,7 +254,9 @@ class TrackerMiddleware:
     def announce(self, environ: WSGIEnvironment, passkey: str | None) -> bytes:
         """With sync, read-your-writes (docs/SYNC.md): what the hub already sent is applied
         first, and the reply waits (bounded) until the hub has acked this change, so the
-        client's next request, to any process, sees it."""
+        client's next request, to any process, sees it. While the hub is behind (a wait
+        timed out and its ack has not come) a plain announce's reply goes at once: under
+        overload the wait would pace every client, and a completion still waits."""
         try:
             parsed = parse_announce(self._query(environ), passkey)
         except TrackerError as exc:
@@ -274,7 +277,7 @@ class TrackerMiddleware:
         body = encode_announce(result, parsed.compact, parsed.no_peer_id)
         if sync is not None:
             if parsed.announce.event == EVENT_COMPLETED:
-                sync.wait_for(token, COMPLETION_ACK_WAIT)
+                sync.wait_for(token, COMPLETION_ACK_WAIT, patient=True)
             else:
                 sync.wait_for(token)
         return body

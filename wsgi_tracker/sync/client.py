@@ -150,6 +150,10 @@ class SyncClient:
         self._ack_event = threading.Event()
         self.ack_waits = 0
         self.ack_timeouts = 0
+        self.ack_skips = 0
+        # The newest batch a wait gave up on: until the hub acks it, it is behind, and no
+        # later batch can be acked sooner (acks come in order), so waits are skipped.
+        self._given_up = 0
         self.stale_reads = 0
         self._threads: list[threading.Thread] = []
         # Where WebSocket relays for this process's sockets go: (info_hash, peer_id, text).
@@ -230,13 +234,22 @@ class SyncClient:
         buffer = self._buffer
         return buffer.taken + 1 if len(buffer) else buffer.taken
 
-    def wait_for(self, token: int, timeout: float = ACK_WAIT) -> bool:
+    def wait_for(self, token: int, timeout: float = ACK_WAIT, *, patient: bool = False) -> bool:
         """Wait, at most ``timeout``, until the hub has acked batch ``token``: then the
         change is in every process's replica or socket. Returns at once, False, while
-        the hub is away (nothing can be acked; ``/stats`` says read_your_writes false)."""
+        the hub is away (nothing can be acked; ``/stats`` says read_your_writes false).
+
+        Once a wait has timed out, the hub is behind: until it acks that batch, later
+        waits return at once, False (``ack_skips``), unless ``patient``. Under overload
+        every reply would otherwise wait out its timeout for an ack that cannot come
+        sooner, and a closed-loop client is then paced by the timeout, not by the
+        tracker; the first ack past that batch ends the skipping."""
         if token <= self._acked:
             return True
         if not self.connected:
+            return False
+        if not patient and self._acked < self._given_up:
+            self.ack_skips += 1
             return False
         self.ack_waits += 1
         deadline = time.monotonic() + timeout
@@ -247,6 +260,7 @@ class SyncClient:
             left = deadline - time.monotonic()
             if not self.connected or left <= 0:
                 self.ack_timeouts += 1
+                self._given_up = max(self._given_up, token)
                 return False
             event.wait(left)
 
@@ -259,7 +273,9 @@ class SyncClient:
         if token <= self._acked:
             return None
         self._wake.set()
-        return lambda: self.wait_for(token, timeout)
+        # Patient: a batch of UDP replies may hold a completion, which is answered once
+        # the hub has it (as an HTTP completion is), and one wait covers the whole batch.
+        return lambda: self.wait_for(token, timeout, patient=True)
 
     def drain(self, budget: int = DRAIN_MAX) -> bool:
         """Apply what the hub has already sent, without waiting for more: call before
@@ -291,6 +307,7 @@ class SyncClient:
             "read_your_writes": self.connected,
             "ack_waits": self.ack_waits,
             "ack_timeouts": self.ack_timeouts,
+            "ack_skips": self.ack_skips,
             "stale_reads": self.stale_reads,
         }
 
