@@ -67,7 +67,10 @@ def parse_args() -> tuple[list[str], scenarios.Knobs, bool]:
     )
     p.add_argument("--page", default=d.page, help="host-page: the example site's page to ask for")
     p.add_argument(
-        "--page-conns", type=int, default=d.page_conns, help="host-page: visitors at once"
+        "--page-conns",
+        type=int,
+        default=d.page_conns,
+        help="host-page: visitors at once (default 1: a page's latency, not a queue)",
     )
     p.add_argument(
         "--stack-workers", type=int, default=d.stack_workers, help="serve's workers in stack"
