@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from wsgi_tracker.http import chunked
 from wsgi_tracker.http.chunked import MAX_SIZE_LINE, BodyError, ChunkedBody, LengthBody
-from wsgi_tracker.http.http11 import HeadLimits
+from wsgi_tracker.http.http11 import HeadLimits, check_field_bytes
 
 LIMITS = HeadLimits()
 
@@ -101,3 +102,47 @@ def test_a_length_body_ends_at_its_length(head: bytes, length: int, tail: bytes)
     assert body == data[:length]
     assert framing.done == (len(data) >= length)
     assert framing.rest == (data[length:] if framing.done else b"")
+
+
+TRAILER_PARTS = [b"X-A: 1", b"\r\n", b"\r", b"\n", b"\x01", b":", b" b"]
+
+
+@given(
+    st.lists(st.sampled_from(TRAILER_PARTS), max_size=12),
+    st.lists(st.integers(min_value=0, max_value=80), max_size=6),
+)
+def test_a_trailer_split_anywhere_gets_the_verdict_it_gets_whole(
+    parts: list[bytes], cuts: list[int]
+) -> None:
+    """The trailer is checked as its bytes arrive (each once); a split, even inside a CRLF,
+    must not change what is refused or where the body ends."""
+    wire = b"0\r\n" + b"".join(parts) + b"\r\n\r\nGET /"
+
+    def verdict(cuts: list[int]) -> object:
+        try:
+            return decode(wire, cuts)
+        except BodyError as exc:
+            return str(exc)
+
+    assert verdict([c for c in cuts if c <= len(wire)]) == verdict([])
+    assert verdict(list(range(1, len(wire)))) == verdict([])
+
+
+def test_a_trailer_fed_a_byte_a_read_is_scanned_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trailer trickled one byte a read was scanned whole on each (quadratic: 32 KB cost
+    4 s of CPU); now each byte passes the byte check once."""
+    scanned = []
+
+    def counted(block: bytes) -> None:
+        scanned.append(len(block))
+        check_field_bytes(block)
+
+    monkeypatch.setattr(chunked, "check_field_bytes", counted)
+    trailer = b"".join(b"X-%d: %s\r\n" % (i, b"v" * 500) for i in range(60))  # ~30 KB
+    framing = ChunkedBody(LIMITS)
+    framing.feed(b"0\r\n")
+    for i in range(len(trailer)):
+        framing.feed(trailer[i : i + 1])
+    framing.feed(b"\r\nGET /")
+    assert framing.done and framing.rest == b"GET /"
+    assert sum(scanned) <= 2 * len(trailer)
