@@ -124,7 +124,9 @@ class SyncClient:
         self._wake = threading.Event()
         self._buffer = ChangeBuffer(core.lock, self._wake.set)
         self._reports = ReportBuffer(core.lock)
-        self._send_lock = threading.Lock()
+        # Held to send, and around a batch's take-send-or-put-back and a session's start
+        # (its claims, its socket, its hello): see ``_send``.
+        self._send_lock = threading.RLock()
         self._sock: socket.socket | None = None
         self._resync: tuple[list[bytes], list[tuple[bytes, int]]] | None = None
         self._joining: set[bytes] | None = None
@@ -378,8 +380,12 @@ class SyncClient:
             self._gc_paused = False
             gc.enable()
 
-    def _close(self) -> None:
-        sock, self._sock = self._sock, None
+    def _close(self, which: socket.socket | None = None) -> None:
+        """Close the session's socket (``which``: that one, the session's only if it is)."""
+        if which is None or which is self._sock:
+            sock, self._sock = self._sock, None
+        else:
+            sock = which
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
@@ -388,30 +394,32 @@ class SyncClient:
     def _session(self, sock: socket.socket) -> None:
         core = self.core
         store = core.store
-        with core.lock:
-            # What we held before this hub's snapshot is what a restarted hub lacks:
-            # the totals we believed it had, and the torrents whose peers we re-send.
-            held = list(store.torrents.items())
-            claims = [
-                (ih, swarm.downloaded - self._buffer.pending_count(ih))
-                for ih, swarm in held
-                if swarm.downloaded
-            ]
-            resync = ([ih for ih, _ in held], claims)
-        with self._read_lock:
-            self._decoder = f.FrameDecoder()
-            self._talk = Conversation(FROM_HUB, "the hub")
-            self._inbox.clear()
-            self._inbox_changes = 0
-            self._pos = 0
-            self._fault = None
-            self._session_resync = resync
-            # Torrents whose total the hub has spoken for in this session; None once
-            # the snapshot is complete.
-            self._joining = set()
-            self._ws_joining = set()
-        self._pause_gc()
-        with self._send_lock:  # the flusher's heartbeats go after our hello, never before
+        # Under the send lock: no batch is between taken and sent or put back while the
+        # claims are read, and the flusher's heartbeats follow our hello (see _send).
+        with self._send_lock:
+            with core.lock:
+                # What we held before this hub's snapshot is what a restarted hub lacks:
+                # the totals we believed it had, and the torrents whose peers we re-send.
+                held = list(store.torrents.items())
+                claims = [
+                    (ih, swarm.downloaded - self._buffer.pending_count(ih))
+                    for ih, swarm in held
+                    if swarm.downloaded
+                ]
+                resync = ([ih for ih, _ in held], claims)
+            with self._read_lock:
+                self._decoder = f.FrameDecoder()
+                self._talk = Conversation(FROM_HUB, "the hub")
+                self._inbox.clear()
+                self._inbox_changes = 0
+                self._pos = 0
+                self._fault = None
+                self._session_resync = resync
+                # Torrents whose total the hub has spoken for in this session; None once
+                # the snapshot is complete.
+                self._joining = set()
+                self._ws_joining = set()
+            self._pause_gc()
             self._sock = sock
             sock.sendall(f.encode(f.Hello(self.role, os.getpid())))
         since = time.monotonic()
@@ -603,15 +611,26 @@ class SyncClient:
 
     # --- sending ---------------------------------------------------------------------
 
-    def _send(self, data: bytes) -> bool:
-        sock = self._sock
-        if sock is None or not data:
-            return sock is not None
+    def _send(self, data: bytes, on: socket.socket | None = None) -> bool:
+        """Write ``data`` to the hub; whether it went. With ``on``, only if that is still
+        the session's socket.
+
+        A batch taken for one session must never go out on the next: that one
+        may never be joined (a dying hub's listener still accepts), its bytes
+        are lost with it, and as they were taken from the buffer, the next
+        session's claims counted them as sent. That lost one completion in
+        about one run in eight of the sidecar-kill test (docs/HARDENING.md).
+        """
+        sock = None
         try:
             with self._send_lock:
-                sock.sendall(data)
+                sock = self._sock
+                if sock is None or (on is not None and sock is not on):
+                    return False
+                if data:
+                    sock.sendall(data)
         except OSError:
-            self._close()  # the connection loop sees it and reconnects
+            self._close(sock)  # the connection loop sees it and reconnects
             return False
         return True
 
@@ -635,38 +654,47 @@ class SyncClient:
                     beat = time.monotonic()
                     self._send(f.encode(f.Heartbeat()))
                 continue
+            session = self._sock  # the one we are connected on: what we take goes there
             if self._resync is not None:
                 resync, self._resync = self._resync, None
-                if not self._send_replica(*resync):
+                if not self._send_replica(*resync, session):
                     continue
             wait = batch_wait(last, time.monotonic(), len(self._buffer), self.flush_delay)
             if woken and not stopping and wait:
                 time.sleep(wait)
             last = time.monotonic()
-            changes, counts = self._buffer.take()
-            reports = self._reports.take()
-            data = (
-                f.encode(f.Deltas(changes))
-                + f.encode(f.Counts(counts))
-                + f.encode(f.Reports(reports))
-            )
-            if changes:
-                # Numbered as write_token numbers it: the hub acks it once it holds them.
-                data += f.encode(f.Mark(self._buffer.taken))
-            payload, self._stats_payload = self._stats_payload, None
-            if payload is not None:
-                data += f.encode(f.Stats([f.StatsEntry(os.getpid(), self.role, payload)]))
-            if not data:
-                data = f.encode(f.Heartbeat())
-            if not self._send(data):
-                self._buffer.put_back(changes, counts)
-                self._reports.put_back(reports)
-                if payload is not None and self._stats_payload is None:
-                    self._stats_payload = payload
+            with self._send_lock:  # taken, then sent or put back, before a session starts
+                self._send_batch(session)
             if stopping:
                 return
 
-    def _send_replica(self, torrents: list[bytes], claims: list[tuple[bytes, int]]) -> bool:
+    def _send_batch(self, session: socket.socket | None) -> None:
+        """What the buffers hold, to ``session``; put back if it did not go there."""
+        changes, counts = self._buffer.take()
+        reports = self._reports.take()
+        data = (
+            f.encode(f.Deltas(changes)) + f.encode(f.Counts(counts)) + f.encode(f.Reports(reports))
+        )
+        if changes:
+            # Numbered as write_token numbers it: the hub acks it once it holds them.
+            data += f.encode(f.Mark(self._buffer.taken))
+        payload, self._stats_payload = self._stats_payload, None
+        if payload is not None:
+            data += f.encode(f.Stats([f.StatsEntry(os.getpid(), self.role, payload)]))
+        if not data:
+            data = f.encode(f.Heartbeat())
+        if not self._send(data, session):
+            self._buffer.put_back(changes, counts)
+            self._reports.put_back(reports)
+            if payload is not None and self._stats_payload is None:
+                self._stats_payload = payload
+
+    def _send_replica(
+        self,
+        torrents: list[bytes],
+        claims: list[tuple[bytes, int]],
+        session: socket.socket | None = None,
+    ) -> bool:
         """Re-send the totals we last knew and the live peers of ``torrents``, one by one.
 
         A fresh process has nothing to re-send; one that served while the hub
@@ -674,15 +702,17 @@ class SyncClient:
         """
         core = self.core
         store = core.store
-        if not self._send(f.encode(f.Totals(claims))):
+        if not self._send(f.encode(f.Totals(claims)), session):
             return False
         for peers, _ in walk(store, torrents, core.lock, lambda _ih, _n: 0):
-            if not self._send(f.encode(f.Snapshot(peers))):
+            if not self._send(f.encode(f.Snapshot(peers)), session):
                 return False
         with core.lock:
             held = core.ws.held_by(os.getpid())
         waiting = list(self._ws_waiting)
-        if not self._send(f.encode(f.WsPeers(waiting + held)) + f.encode(f.SnapshotDone())):
+        if not self._send(
+            f.encode(f.WsPeers(waiting + held)) + f.encode(f.SnapshotDone()), session
+        ):
             return False
         for _ in waiting:  # not clear(): one that failed to go meanwhile waits for the next
             self._ws_waiting.popleft()

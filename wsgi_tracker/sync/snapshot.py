@@ -30,6 +30,7 @@ child runs, never for the walk or the encoding.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -62,6 +63,10 @@ VERSION = 2  # 1 had a record format of its own; 2 is sync frames
 HEADER = struct.Struct(">4sBxxxdQQQI")
 MAX_INFLATED = 8 << 30  # far above 1M torrents x 1M peers (~70 MB); a header past it lies
 _fork = monkey.get_original("os", "fork")  # the plain one: the child never runs gevent
+# The saving child yields the CPU to serving (weight ~1/10 of it when both want a core):
+# UDP does not wait for it, and it still finishes on a busy machine (at 19 a 1M save never
+# did in 30 s at load 4; at 10 it took 21 s; BENCHMARKS.md, "Issue 13 (session 5)").
+CHILD_NICE = 10
 
 
 class SnapshotError(ValueError):
@@ -373,23 +378,31 @@ class Saver:
     def save_in_background(self) -> bool:
         started = time.monotonic()
         generation = self.journal.rotate()
+        # Until the child is done, collections here leave every object alive now alone:
+        # a full one would write to each object's header, copying the whole heap
+        # (the pages the child shares) while UDP waits.
+        gc.freeze()
         pid = self._child = _fork()
         if pid == 0:  # the child: a frozen copy of the store; no gevent, no logging
             code = 1
             try:
+                os.nice(CHILD_NICE)
                 save(self.store, self.path, time.time(), generation)
                 code = 0
             finally:
                 os._exit(code)
-        while True:  # poll, so the loop serves meanwhile
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:  # reaped by someone else: the file tells
-                break
-            if done:
-                break
-            gevent.sleep(0.02)
-        self._child = 0
+        try:
+            while True:  # poll, so the loop serves meanwhile
+                try:
+                    done, _ = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:  # reaped by someone else: the file tells
+                    break
+                if done:
+                    break
+                gevent.sleep(0.02)
+        finally:
+            self._child = 0
+            gc.unfreeze()
         # The file, not the exit status, says whether it worked: it holds our generation.
         if saved_generation(self.path) != generation:
             log.error("snapshot %s: not saved (the saving child failed)", self.path)
