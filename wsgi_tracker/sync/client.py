@@ -126,7 +126,7 @@ class SyncClient:
         self._reports = ReportBuffer(core.lock)
         # Held to send, and around a batch's take-send-or-put-back and a session's start
         # (its claims, its socket, its hello): see ``_send``.
-        self._send_lock = threading.RLock()
+        self._send_lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._resync: tuple[list[bytes], list[tuple[bytes, int]]] | None = None
         self._joining: set[bytes] | None = None
@@ -621,14 +621,17 @@ class SyncClient:
         session's claims counted them as sent. That lost one completion in
         about one run in eight of the sidecar-kill test (docs/HARDENING.md).
         """
-        sock = None
+        with self._send_lock:
+            return self._write(data, on)
+
+    def _write(self, data: bytes, on: socket.socket | None) -> bool:
+        """``_send`` with the send lock held."""
+        sock = self._sock
+        if sock is None or (on is not None and sock is not on):
+            return False
         try:
-            with self._send_lock:
-                sock = self._sock
-                if sock is None or (on is not None and sock is not on):
-                    return False
-                if data:
-                    sock.sendall(data)
+            if data:
+                sock.sendall(data)
         except OSError:
             self._close(sock)  # the connection loop sees it and reconnects
             return False
@@ -669,7 +672,8 @@ class SyncClient:
                 return
 
     def _send_batch(self, session: socket.socket | None) -> None:
-        """What the buffers hold, to ``session``; put back if it did not go there."""
+        """What the buffers hold, to ``session``; put back if it did not go there. With the
+        send lock held."""
         changes, counts = self._buffer.take()
         reports = self._reports.take()
         data = (
@@ -683,7 +687,7 @@ class SyncClient:
             data += f.encode(f.Stats([f.StatsEntry(os.getpid(), self.role, payload)]))
         if not data:
             data = f.encode(f.Heartbeat())
-        if not self._send(data, session):
+        if not self._write(data, session):
             self._buffer.put_back(changes, counts)
             self._reports.put_back(reports)
             if payload is not None and self._stats_payload is None:
