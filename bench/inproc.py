@@ -1,7 +1,7 @@
 """In-process figures of the tracker core, without any server: memory, swarm-size cost,
 merging remote changes and a join.
 
-Run in a fresh interpreter (``python -m bench.inproc memory|huge|merge|join ...``, pinned by
+Run in a fresh interpreter (``python -m bench.inproc memory|huge|merge|stream|join ...``, pinned by
 the runner) so RSS growth is the store's alone; prints one JSON line.
 Every peer id and info_hash is a fresh bytes object, as a parsed request
 would give, so the store is charged for the objects it keeps. Times are this
@@ -162,6 +162,106 @@ def merge_cost(reps: int) -> dict[str, float]:
     return {"records": n, "merge_us": best / 5 / n * 1e6}
 
 
+def stream_frames(
+    mix: str, announces: int, rate: float, warmup: int, seed: int = 1
+) -> tuple[list[bytes], list[bytes], dict[str, int]]:
+    """The Deltas frames an idle worker gets while the sidecar answers ``bench.apply_cost``'s
+    UDP ``mix`` at ``rate``/s: (the ``warmup`` announces' frames, the next ``announces``'
+    frames, what the latter's records are).
+
+    The hub is simulated as it ships (docs/SYNC.md, "Shipping"): what a reader sees (a
+    new peer, a seeder flip) goes with the next batch, one per ``FLUSH_DELAY``; a mere
+    refresh of a peer the hub holds waits ``REFRESH_WINDOW``, coalesced per peer. Time
+    is simulated, so the stream is the real one's without the machine's noise: every
+    peer from 127.0.0.1 (as on loopback), 5000 clients over 20 torrents each in 1000
+    (``bench``), or every announce a new peer in one of 100,000 torrents (``distinct``).
+    """
+    from wsgi_tracker.core.swarm import SwarmStore
+    from wsgi_tracker.core.types import PeerChange
+    from wsgi_tracker.sync import frames
+    from wsgi_tracker.sync.replica import FLUSH_DELAY
+
+    window = 0.95  # the hub's REFRESH_WINDOW
+    rng = random.Random(seed)
+    clock = [time.time()]
+    hub = SwarmStore(max_peers_per_address=100_000_000, clock=lambda: clock[0])
+    loopback = bytes((127, 0, 0, 1))
+    warm: list[bytes] = []
+    out: list[bytes] = []
+    batch: list[PeerChange] = []
+    held: dict[tuple[bytes, bytes], tuple[float, PeerChange]] = {}
+    last_flush = clock[0]
+    kinds = {"visible": 0, "refresh": 0}
+    for n in range(warmup + announces):
+        clock[0] += 1 / rate
+        if mix == "distinct":
+            ih, pid = b"%020d" % rng.randrange(100_000), b"-UD" + b"%017d" % n
+            port, seeder = 1024 + n % 60000, n % 5 == 0
+        else:
+            c = rng.randrange(5000)
+            ih = b"%020d" % ((c * 7 + rng.randrange(20)) % 1000)
+            pid, port, seeder = b"-UD0001-%012d" % c, 40000 + c, c % 5 == 0
+        change = PeerChange(ih, pid, loopback + port.to_bytes(2, "big"), seeder, 0, clock[0])
+        swarm = hub.peek(ih)
+        pl = None if swarm is None else swarm.v4
+        refresh = pl is not None and pl.slot(pid) >= 0 and pl.is_seeder(pid) == seeder
+        hub.apply(change, count_download=False)
+        if refresh:
+            held[(ih, pid)] = (held.get((ih, pid), (clock[0],))[0], change)
+        else:
+            held.pop((ih, pid), None)
+            batch.append(change)
+        if clock[0] - last_flush >= FLUSH_DELAY:
+            visible = len(batch)
+            while held:
+                key = next(iter(held))
+                if clock[0] - held[key][0] < window:
+                    break
+                batch.append(held.pop(key)[1])
+            if batch:
+                (out if n >= warmup else warm).append(frames.encode(frames.Deltas(batch)))
+                if n >= warmup:
+                    kinds["visible"] += visible
+                    kinds["refresh"] += len(batch) - visible
+            batch, last_flush = [], clock[0]
+    return warm, out, kinds
+
+
+def stream_cost(mix: str, announces: int, rate: float, warmup: int, reps: int) -> dict:
+    """CPU us per announce answered elsewhere (and per record received) for a replica to
+    decode and merge ``stream_frames``' frames, as an idle worker does: best of ``reps``."""
+    from wsgi_tracker.core.swarm import SwarmStore
+    from wsgi_tracker.sync import frames
+    from wsgi_tracker.sync.replica import merge
+
+    warm, wire, kinds = stream_frames(mix, announces, rate, warmup)
+    best = float("inf")
+    for _ in range(reps):
+        store = SwarmStore(max_peers_per_address=100_000_000)
+        for data in warm:  # the warm-up, as the worker got it (not timed)
+            for frame in frames.decode_all(data):
+                merge(store, frame.peers)  # type: ignore[union-attr]
+        gc.collect()
+        start = time.process_time()
+        decoder = frames.FrameDecoder()
+        for data in wire:
+            for frame in decoder.feed(data):
+                merge(store, frame.peers)  # type: ignore[union-attr]
+        best = min(best, time.process_time() - start)
+    records = kinds["visible"] + kinds["refresh"]
+    return {
+        "mix": mix,
+        "announces": announces,
+        "warmup": warmup,
+        "records": records,
+        "visible": kinds["visible"],
+        "refreshes": kinds["refresh"],
+        "frames": len(wire),
+        "us_per_announce": best / announces * 1e6,
+        "us_per_record": best / max(1, records) * 1e6,
+    }
+
+
 def join_cost(torrents: int) -> dict[str, float]:
     """CPU us per torrent of a join, in process: the hub's walk and encoding of
     ``torrents`` single-peer torrents (a quarter with a completed count), then a
@@ -218,6 +318,14 @@ def main() -> None:
     big.add_argument("--reps", type=int, default=3)
     cost = sub.add_parser("merge", help="decoding + merging one remote change (CPU us)")
     cost.add_argument("--reps", type=int, default=7)
+    flow = sub.add_parser(
+        "stream", help="an idle worker's decode + merge of apply_cost's stream (CPU us)"
+    )
+    flow.add_argument("--mix", choices=("bench", "distinct"), default="bench")
+    flow.add_argument("--announces", type=int, default=100_000)
+    flow.add_argument("--rate", type=float, default=20_000)
+    flow.add_argument("--warmup", type=int, default=0, help="announces first, not timed")
+    flow.add_argument("--reps", type=int, default=3)
     join = sub.add_parser("join", help="a joining replica's CPU us per torrent, both ends")
     join.add_argument("--torrents", type=int, default=200_000)
     args = parser.parse_args()
@@ -225,6 +333,8 @@ def main() -> None:
         out = memory(args.torrents, args.peers)
     elif args.what == "merge":
         out = merge_cost(args.reps)
+    elif args.what == "stream":
+        out = stream_cost(args.mix, args.announces, args.rate, args.warmup, args.reps)
     elif args.what == "join":
         out = join_cost(args.torrents)
     else:

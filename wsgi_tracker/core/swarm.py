@@ -138,10 +138,9 @@ class PeerList:
         """The peer's slot, or -1."""
         if self.index is not None:
             return self.index.get(peer_id, -1)
-        try:
-            return self.ids.index(peer_id)
-        except ValueError:
-            return -1
+        ids = self.ids
+        # ``in`` first: a miss (every newcomer) raising ValueError cost ~1 us.
+        return ids.index(peer_id) if peer_id in ids else -1
 
     def host_count(self, host: bytes) -> int:
         """How many peers of this list announce from ``host`` (``host_width`` bytes).
@@ -907,7 +906,39 @@ class SwarmStore:
                 if pl is not None:
                     index = pl.index
                     slot = index.get(pid, -1) if index is not None else pl.slot(pid)
-                    if slot >= 0:
+                    if slot < 0:
+                        # A newcomer to a list (what most of a live stream is: the hub
+                        # holds mere refreshes back). ``apply``'s rules for it, inlined:
+                        # no sweep due, not stopped, room in every bound, no other family
+                        # whose key would have to be checked.
+                        if (
+                            event != EVENT_STOPPED
+                            and (v6 if pl is v4 else v4) is None
+                            and now < pl.sweep_at
+                            and self.peers_held < self.max_peers
+                            and len(pl.ids) < self.max_peers_per_torrent
+                            and (
+                                len(pl.ids) < self.max_peers_per_address
+                                or pl.host_count(endpoint[: pl.host_width])
+                                < self.max_peers_per_address
+                            )
+                        ):
+                            if not stops or stops.get(ih + pid, -1.0) <= ts:
+                                if type(pl) is OnePeer:
+                                    grown = pl.promote()
+                                    swarm.put(len(endpoint), grown)
+                                else:
+                                    assert type(pl) is PeerList
+                                    grown = pl
+                                seeder = bool(flags & ROW_SEEDER)
+                                grown.upsert(-1, pid, endpoint, seeder, ts + ttl, key)
+                                self.peers_held += 1
+                                self._use(ih, swarm)
+                            applied += 1
+                            if news is not None:
+                                news.append(row)
+                            continue
+                    else:
                         expires = ts + ttl
                         held_at = pl.expires[slot]
                         w = pl.width
@@ -995,7 +1026,11 @@ class SwarmStore:
         if len(swarm) >= self.max_peers_per_torrent:
             raise SwarmFull("swarm is full: this torrent has the most peers allowed")
         host = change.endpoint[: pl.host_width]
-        if pl.host_count(host) >= self.max_peers_per_address:
+        # A list shorter than the bound cannot hold that many from one address.
+        if (
+            len(pl.ids) >= self.max_peers_per_address
+            and pl.host_count(host) >= self.max_peers_per_address
+        ):
             raise AddressFull(
                 f"too many peers from your address: this torrent already has "
                 f"{self.max_peers_per_address} from it"

@@ -718,21 +718,36 @@ def test_the_torrent_index_expires_and_evicts_in_refresh_order(clock, monkeypatc
 # --- merging remote changes in bulk ---------------------------------------------------
 
 MERGE_ENDPOINTS = [v4(1), v4(1, 7000), v4(2), v4(3), v6(1), v6(2, net=9)]
-remote_change = st.tuples(
-    st.integers(0, 2),  # torrent
-    st.integers(0, 4),  # peer
-    st.sampled_from(MERGE_ENDPOINTS),
-    st.booleans(),  # seeder
-    st.sampled_from([EVENT_NONE, EVENT_NONE, EVENT_COMPLETED, EVENT_STARTED, EVENT_STOPPED]),
-    st.sampled_from([-5.0, -1.0, 0.0, 0.0, 0.25, 1.0]),  # timestamp against the clock
-    st.sampled_from([0, 0, 7, 9]),  # key
-)
-merge_step = st.one_of(
-    st.tuples(st.just("batch"), st.booleans(), st.lists(remote_change, max_size=12)),
-    st.tuples(st.just("local"), st.none(), st.lists(remote_change, max_size=2)),
-    st.tuples(st.just("advance"), st.sampled_from([0.5, 7.0, 30.0, 61.0, 200.0]), st.none()),
-    st.tuples(st.just("expire"), st.none(), st.none()),
-)
+
+
+def remote_changes(
+    peers: int, endpoints: st.SearchStrategy, torrents: int = 3
+) -> st.SearchStrategy:
+    return st.tuples(
+        st.integers(0, torrents - 1),
+        st.integers(0, peers - 1),  # peer
+        endpoints,
+        st.booleans(),  # seeder
+        st.sampled_from([EVENT_NONE, EVENT_NONE, EVENT_COMPLETED, EVENT_STARTED, EVENT_STOPPED]),
+        st.sampled_from([-5.0, -1.0, 0.0, 0.0, 0.25, 1.0]),  # timestamp against the clock
+        st.sampled_from([0, 0, 7, 9]),  # key
+    )
+
+
+def merge_steps(change: st.SearchStrategy, batch: int, least: int = 0) -> st.SearchStrategy:
+    return st.lists(
+        st.one_of(
+            st.tuples(
+                st.just("batch"), st.booleans(), st.lists(change, min_size=least, max_size=batch)
+            ),
+            st.tuples(st.just("local"), st.none(), st.lists(change, max_size=2)),
+            st.tuples(
+                st.just("advance"), st.sampled_from([0.5, 7.0, 30.0, 61.0, 200.0]), st.none()
+            ),
+            st.tuples(st.just("expire"), st.none(), st.none()),
+        ),
+        max_size=25,
+    )
 
 
 def store_state(store: SwarmStore) -> tuple:
@@ -748,28 +763,13 @@ def store_state(store: SwarmStore) -> tuple:
     return store.peers_held, dict(store._stops), torrents
 
 
-@settings(max_examples=300)
-@given(st.lists(merge_step, max_size=25))
-def test_merging_in_bulk_gives_the_store_merging_one_by_one_gives(steps):
-    """``merge_many``'s fast paths (a refresh, a change that is not newer) against the
-    general ``merge`` of each change, with bounds small enough to refuse and evict."""
+def bulk_against_one_by_one(steps: list, **bounds: int) -> None:
+    """Run ``steps`` on two stores, one merging each batch with ``merge_many``, the other
+    with ``merge`` change by change: the same changes applied, the same stores."""
     from tests.conftest import ManualClock
     from wsgi_tracker.sync.frames import peer_rows
 
-    stores = []
-    for _ in range(2):
-        clock = ManualClock()
-        stores.append(
-            SwarmStore(
-                peer_ttl=100,
-                max_torrents=2,
-                max_peers_per_torrent=3,
-                max_peers_per_address=2,
-                max_peers=5,
-                sweep_every=60,
-                clock=clock,
-            )
-        )
+    stores = [SwarmStore(peer_ttl=100, sweep_every=60, clock=ManualClock(), **bounds) for _ in "ab"]
     bulk, single = stores
     for what, arg, changes in steps:
         if what == "advance":
@@ -799,6 +799,31 @@ def test_merging_in_bulk_gives_the_store_merging_one_by_one_gives(steps):
             one_by_one
         )
         assert store_state(bulk) == store_state(single)
+
+
+@settings(max_examples=300)
+@given(merge_steps(remote_changes(5, st.sampled_from(MERGE_ENDPOINTS)), 12))
+def test_merging_in_bulk_gives_the_store_merging_one_by_one_gives(steps):
+    """``merge_many``'s fast paths (a refresh, a newcomer, a change that is not newer)
+    against the general ``merge`` of each change, with bounds small enough to refuse and
+    evict."""
+    bulk_against_one_by_one(
+        steps, max_torrents=2, max_peers_per_torrent=3, max_peers_per_address=2, max_peers=5
+    )
+
+
+# Lists past SMALL_LIST (indexed), from a few addresses (the per-address bound counted).
+# One family: a torrent with peers of both takes ``merge`` (the dual-stack identity rule).
+CROWD_ENDPOINTS = st.builds(v4, st.integers(1, 3), st.sampled_from([6881, 7000]))
+
+
+@settings(max_examples=200)
+@given(merge_steps(remote_changes(40, CROWD_ENDPOINTS, torrents=2), 80, least=20))
+def test_merging_in_bulk_into_large_lists_gives_what_one_by_one_gives(steps):
+    """The same, through lists that grow past ``SMALL_LIST`` and up to the bounds."""
+    bulk_against_one_by_one(
+        steps, max_torrents=3, max_peers_per_torrent=30, max_peers_per_address=20, max_peers=70
+    )
 
 
 def test_merge_many_takes_a_slice(store, clock):
