@@ -32,6 +32,7 @@ import collections
 import contextlib
 import fcntl
 import gc
+import heapq
 import logging
 import os
 import socket
@@ -147,9 +148,14 @@ class SyncClient:
         self._fault: Exception | None = None  # a bad frame a request found; the reader raises it
         self._session_resync: tuple[list[bytes], list[tuple[bytes, int]]] = ([], [])
         self._later: list[Callable[[], object]] = []  # callbacks run outside the lock
-        # Acks: the highest batch number the hub acknowledged; waiters wake on each.
+        # Acks: the highest batch number the hub acknowledged. A reply waits on the event
+        # of its own batch (one per batch, shared by its requests), set only once that
+        # batch is acked (or the hub is lost): an ack wakes nobody else. ``_tokens`` is
+        # a heap of the batches waited on, so an ack finds its events without a scan.
         self._acked = 0
-        self._ack_event = threading.Event()
+        self._waiters: dict[int, threading.Event] = {}
+        self._tokens: list[int] = []
+        self._waiters_lock = new_lock()
         self.ack_waits = 0
         self.ack_timeouts = 0
         self.ack_skips = 0
@@ -254,17 +260,23 @@ class SyncClient:
             self.ack_skips += 1
             return False
         self.ack_waits += 1
-        deadline = time.monotonic() + timeout
-        while True:
-            event = self._ack_event  # taken before the check: an ack after it sets this one
-            if self._acked >= token:
+        with self._waiters_lock:  # an ack or a loss taken meanwhile has set no event of ours
+            if token <= self._acked:
                 return True
-            left = deadline - time.monotonic()
-            if not self.connected or left <= 0:
+            if not self.connected:
                 self.ack_timeouts += 1
                 self._given_up = max(self._given_up, token)
                 return False
-            event.wait(left)
+            event = self._waiters.get(token)
+            if event is None:
+                event = self._waiters[token] = threading.Event()
+                heapq.heappush(self._tokens, token)
+        event.wait(timeout)  # one timer per reply, not one per ack
+        if self._acked >= token:
+            return True
+        self.ack_timeouts += 1
+        self._given_up = max(self._given_up, token)
+        return False
 
     def settle(self, timeout: float = ACK_WAIT) -> Callable[[], bool] | None:
         """Send this process's changes now: a UDP process calls it once a batch is
@@ -314,13 +326,20 @@ class SyncClient:
         }
 
     def _acknowledged(self, seq: int) -> None:
-        if seq > self._acked:
-            self._acked = seq
-        self._wake_waiters()
+        """Wake the replies waiting for batches up to ``seq``, and only them."""
+        with self._waiters_lock:
+            if seq > self._acked:
+                self._acked = seq
+            tokens, waiters = self._tokens, self._waiters
+            while tokens and tokens[0] <= seq:
+                waiters.pop(heapq.heappop(tokens)).set()
 
     def _wake_waiters(self) -> None:
-        event, self._ack_event = self._ack_event, threading.Event()
-        event.set()
+        """The hub is lost: nothing waited for will be acked, so every reply goes now."""
+        with self._waiters_lock:
+            waiters, self._waiters, self._tokens = self._waiters, {}, []
+        for event in waiters.values():
+            event.set()
 
     # --- connection ------------------------------------------------------------------
 
