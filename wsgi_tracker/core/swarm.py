@@ -881,12 +881,14 @@ class SwarmStore:
         The same store as one ``merge`` per row (tests/unit/core/test_swarm.py
         checks it on random sequences), at a fraction of the cost: no PeerChange
         per row, one lookup of the torrent and the peer for both the age check
-        and the write. Two changes take a short path: the commonest, a known
-        peer re-announcing from the same endpoint with the same seeder flag
-        (only its expiry moves), and a torrent's first peer (what a joining
-        replica gets for every torrent: a OnePeer, no bounds to count).
-        Anything else (another newcomer, a move, a stop, a list due for its
-        sweep, a known torrent due for its TTL refresh) takes ``merge``. One clock reading
+        and the write. Three changes take a short path: a known peer
+        re-announcing from the same endpoint with the same seeder flag (only
+        its expiry moves), a newcomer to a torrent's list of one family (most
+        of what the hub ships at once: it holds mere refreshes back), and a
+        torrent's first peer (what a joining replica gets for every torrent: a
+        OnePeer, no bounds to count). Anything else (a move, a stop, a list due
+        for its sweep, a dual-stack torrent's newcomer, a bound reached, a known
+        torrent due for its TTL refresh) takes ``merge``. One clock reading
         serves the whole slice: callers bound the slice, so it is milliseconds.
         """
         held, stops = self._held, self._stops
