@@ -27,6 +27,7 @@ from wsgi_tracker.config import ConfigError, TrackerConfig, load_with_sources  #
 from wsgi_tracker.core.tracker import TrackerCore  # noqa: E402
 from wsgi_tracker.running import logs  # noqa: E402
 from wsgi_tracker.running.flags import add_setting_flags, flag_layer, layer_env  # noqa: E402
+from wsgi_tracker.running.gc_tuning import tune_gc  # noqa: E402
 from wsgi_tracker.stats.collect import TrackerStats  # noqa: E402
 from wsgi_tracker.sync import frames, snapshot  # noqa: E402
 from wsgi_tracker.sync.client import SyncClient  # noqa: E402
@@ -63,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     logs.configure(config)
+    tune_gc()
     if args.key_fd is not None:
         try:
             key = read_key(args.key_fd)

@@ -13,6 +13,7 @@ import sys
 
 from wsgi_tracker.config import ConfigError, TrackerConfig
 from wsgi_tracker.running import logs
+from wsgi_tracker.running.gc_tuning import tune_gc
 
 try:
     _settings = TrackerConfig.load()
@@ -49,6 +50,7 @@ def post_worker_init(worker) -> None:  # type: ignore[no-untyped-def]
     from wsgi_tracker.sync.client import warn_if_alone
 
     logs.log_background_errors()  # gevent is imported and patched by now
+    tune_gc()
     worker.hub_hooks = True  # TrackerWorker then does not warn that nothing syncs
     tracker = _tracker(worker)
     if tracker is not None:
