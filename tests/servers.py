@@ -8,6 +8,7 @@ with its captured stderr, so a broken import shows up as the error it is.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import http.client
 import json
@@ -428,8 +429,15 @@ def serve(
 
 
 def short_tempdir(prefix: str) -> str:
-    """A 0700 directory with a short path, for Unix sockets (at most 107 bytes)."""
-    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    """A 0700 directory with a short path, for Unix sockets (at most 107 bytes).
+
+    pytest's ``tmp_path`` is too deep for a socket path under long test names,
+    so this is a plain ``mkdtemp``; it is removed when the test run ends, or
+    every run would leave its sockets' directories in /tmp.
+    """
+    path = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def udp_scrape(
