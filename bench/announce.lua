@@ -24,11 +24,10 @@ local PREFILL  = (os.getenv("PREFILL") or "0") == "1"
 local VALIDATE = (os.getenv("VALIDATE") or "1") ~= "0"
 local POOL     = assert(os.getenv("POOL"), "POOL (a file of hex info_hashes) is required")
 
-local threads = {}
-function setup(thread)
-  thread:set("tid", #threads + 1)
-  table.insert(threads, thread)
-end
+-- wrk_result.lua sits beside this script
+package.path = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "?.lua;" .. package.path
+local result = require("wrk_result")
+setup = result.setup
 
 local char, byte, fmt, random, floor = string.char, string.byte, string.format, math.random, math.floor
 
@@ -112,19 +111,5 @@ function response(status, hdrs, body)
 end
 
 function done(summary, latency, requests)
-  local tok, tfail, tpeers = 0, 0, 0
-  for _, t in ipairs(threads) do
-    tok = tok + (t:get("ok") or 0)
-    tfail = tfail + (t:get("fail") or 0)
-    tpeers = tpeers + (t:get("peers_sum") or 0)
-  end
-  local secs = summary.duration / 1e6
-  local e = summary.errors
-  io.write(fmt("WRK_RESULT rps=%.0f requests=%d secs=%.2f p50_us=%d p90_us=%d p99_us=%d max_us=%d " ..
-               "ok=%d fail=%d avg_peers=%.1f err_connect=%d err_read=%d err_write=%d err_status=%d " ..
-               "err_timeout=%d\n",
-               summary.requests / secs, summary.requests, secs,
-               latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
-               tok, tfail, tok > 0 and tpeers / tok or 0,
-               e.connect, e.read, e.write, e.status, e.timeout))
+  result.print(summary, latency)
 end

@@ -1,16 +1,16 @@
 -- page.lua - wrk script: every request is a GET of one page of the host site (PAGE, e.g.
 -- /torrents), the way a browser asks for it; a reply counts as ok when its status is 200.
 --
--- Prints the same machine-readable line as announce.lua:
+-- Prints the same machine-readable line as announce.lua (wrk_result.lua):
 --   WRK_RESULT rps=... p50_us=... p90_us=... p99_us=... max_us=... requests=... ok=... fail=...
+
+-- wrk_result.lua sits beside this script
+package.path = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "?.lua;" .. package.path
+local result = require("wrk_result")
+setup = result.setup
 
 local PAGE = assert(os.getenv("PAGE"), "PAGE (the path to ask for) is required")
 local fmt = string.format
-
-local threads = {}
-function setup(thread)
-  table.insert(threads, thread)
-end
 
 ok, fail = 0, 0
 
@@ -28,17 +28,5 @@ function response(status, hdrs, body)
 end
 
 function done(summary, latency, requests)
-  local tok, tfail = 0, 0
-  for _, t in ipairs(threads) do
-    tok = tok + (t:get("ok") or 0)
-    tfail = tfail + (t:get("fail") or 0)
-  end
-  local secs = summary.duration / 1e6
-  local e = summary.errors
-  io.write(fmt("WRK_RESULT rps=%.0f requests=%d secs=%.2f p50_us=%d p90_us=%d p99_us=%d max_us=%d " ..
-               "ok=%d fail=%d avg_peers=0 err_connect=%d err_read=%d err_write=%d err_status=%d " ..
-               "err_timeout=%d\n",
-               summary.requests / secs, summary.requests, secs,
-               latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
-               tok, tfail, e.connect, e.read, e.write, e.status, e.timeout))
+  result.print(summary, latency)
 end
