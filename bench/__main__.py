@@ -1,7 +1,7 @@
 """``python -m bench [scenario ...]``: the benchmark runner (docs/BENCHMARKS.md).
 
-Scenarios: http, udp, udp-scrape, full, host-page, stack, http-cores, huge-swarm, memory,
-sync-lag (default: all).
+Scenarios: http, udp, udp-scrape, full, host-page, ryw, stack, http-cores, huge-swarm,
+memory, sync-lag (default: all).
 Tracker on --server-cpu, load on --load-cpu, loopback only, every run bounded;
 figures are medians over --reps runs, printed as SUMMARY / RATIO lines, merged
 into bench/results.json, and drawn into docs/benchmarks.png.
@@ -17,12 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-from . import procs, scenarios
+from . import procs, ryw, scenarios
 from .report import CHART, RESULTS, Results, draw_chart, machine, markdown
 
 SCENARIOS = (
-    "http", "udp", "udp-scrape", "full", "host-page", "stack", "http-cores", "huge-swarm",
-    "memory", "sync-lag",
+    "http", "udp", "udp-scrape", "full", "host-page", "ryw", "stack", "http-cores",
+    "huge-swarm", "memory", "sync-lag",
 )  # fmt: skip
 
 
@@ -71,6 +71,12 @@ def parse_args() -> tuple[list[str], scenarios.Knobs, bool]:
         type=int,
         default=d.page_conns,
         help="host-page: visitors at once (default 1: a page's latency, not a queue)",
+    )
+    p.add_argument(
+        "--ryw-conns",
+        type=lambda v: tuple(int(n) for n in v.split(",")),
+        default=d.ryw_conns,
+        help="ryw: wrk connection counts, comma-separated (default 1,50,120)",
     )
     p.add_argument(
         "--stack-workers", type=int, default=d.stack_workers, help="serve's workers in stack"
@@ -137,6 +143,7 @@ def parse_args() -> tuple[list[str], scenarios.Knobs, bool]:
         mem_torrents=a.mem_torrents,
         mem_peers=a.mem_peers,
         mem_wire_http_peers=a.mem_wire_http_peers,
+        ryw_conns=a.ryw_conns,
     )
     procs.NICE = a.nice
     if a.from_runs:
@@ -183,6 +190,8 @@ def main() -> None:
                 scenarios.full(knobs, results)
             elif name == "host-page":
                 scenarios.host_page(knobs, results)
+            elif name == "ryw":
+                ryw.ryw(knobs, results)
             elif name == "stack":
                 scenarios.stack(knobs, results)
             elif name == "http-cores":

@@ -60,6 +60,7 @@ class Knobs:
     mem_torrents: int = 100_000
     mem_peers: int = 1_000_000
     mem_wire_http_peers: int = 200_000
+    ryw_conns: tuple[int, ...] = (1, 50, 120)
 
 
 Starter = Callable[[int], Server]
@@ -81,7 +82,7 @@ def _start_all(stack: ExitStack, starters: dict[str, Starter]) -> dict[str, tupl
     return running
 
 
-def _prefill(kn: Knobs, name: str, port: int, wl: Workload, over_udp: bool) -> None:
+def prefill(kn: Knobs, name: str, port: int, wl: Workload, over_udp: bool) -> None:
     """Announce every (client, torrent) pair once so every measured reply is full."""
     limit = max(60.0, wl.peers / 1000)
     if over_udp:
@@ -134,7 +135,7 @@ def http(kn: Knobs, results: Results) -> None:
     with ExitStack() as stack:
         running = _start_all(stack, starters)
         for name, (_server, port) in running.items():
-            _prefill(kn, name, port, wl, over_udp=not name.startswith("ours"))
+            prefill(kn, name, port, wl, over_udp=not name.startswith("ours"))
             if kn.warmup:
                 loads.wrk(port, wl, kn.warmup, cpus=kn.load_cpu, conns=kn.conns)
         for _rep in range(kn.reps):
@@ -167,7 +168,7 @@ def udp(kn: Knobs, results: Results, modes: tuple[str, ...]) -> None:
     with ExitStack() as stack:
         running = _start_all(stack, starters)
         for name, (_server, port) in running.items():
-            _prefill(kn, name, port, wl, over_udp=True)
+            prefill(kn, name, port, wl, over_udp=True)
         for _rep in range(kn.reps):
             for name, (server, port) in running.items():
                 for mode in modes:
@@ -262,7 +263,7 @@ def huge_swarm(kn: Knobs, results: Results) -> None:
         running = _start_all(stack, starters)
         for name, (_server, port) in running.items():
             for wl in (big, small):
-                _prefill(kn, name, port, wl, over_udp=protocols[name] != ("http",))
+                prefill(kn, name, port, wl, over_udp=protocols[name] != ("http",))
         for _rep in range(kn.reps):
             for name, (server, port) in running.items():
                 for proto in protocols[name]:
@@ -327,7 +328,7 @@ def memory(kn: Knobs, results: Results) -> None:
         with ExitStack() as stack:
             (server, port) = _start_all(stack, {name: start})[name]
             before = server.rss_kb()
-            _prefill(kn, name, port, wl, over_udp)
+            prefill(kn, name, port, wl, over_udp)
             after = server.rss_kb()
             fig = {
                 "peers": wl.peers,
@@ -356,27 +357,47 @@ FAIR_SHARE = 0.3
 FAIR_P99_MS = 50.0
 
 
-def _synced_stack(
-    stack: ExitStack, kn: Knobs, wl: Workload, app: str = "wsgi_tracker.wsgi:app"
-) -> tuple[Server, int, Server, int]:
-    """udp-sidecar (the sync hub) and gunicorn with ``full_workers`` TrackerWorkers serving
-    ``app`` joined to it, all on the server core, each in a session of its own as
-    ``serve`` starts them; filled over UDP (the hub fans the fill out to the workers).
-    Returns (sidecar, its UDP port, gunicorn, its HTTP port)."""
+def start_hub(stack: ExitStack, kn: Knobs) -> tuple[Server, int, str]:
+    """udp-sidecar (the sync hub) on the server core, in a session of its own as ``serve``
+    starts it. Returns (sidecar, its UDP port, its sync socket)."""
     sockdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-sync-")))
     sockdir.chmod(0o700)
     sock = str(sockdir / "sync.sock")
     udp_port = free_port()
     sidecar = trackers.ours_udp(udp_port, kn.outdir, kn.server_cpu, sync_socket=sock)
     stack.callback(sidecar.stop)
+    return sidecar, udp_port, sock
+
+
+def start_joined_workers(
+    stack: ExitStack,
+    kn: Knobs,
+    wl: Workload,
+    sock: str,
+    app: str = "wsgi_tracker.wsgi:app",
+    env: dict[str, str] | None = None,
+) -> tuple[Server, int]:
+    """gunicorn with ``full_workers`` TrackerWorkers serving ``app``, joined to the hub at
+    ``sock``, on the server core (``env``: settings of its own). Returns (it, its port)."""
     http_port = free_port()
     workers = trackers.ours_http(
         http_port, wl, kn.outdir, kn.server_cpu,
-        worker_class=TRACKER_WORKER, workers=kn.full_workers, sync_socket=sock, app=app,
+        worker_class=TRACKER_WORKER, workers=kn.full_workers, sync_socket=sock, app=app, env=env,
     )  # fmt: skip
     stack.callback(workers.stop)
+    return workers, http_port
+
+
+def _synced_stack(
+    stack: ExitStack, kn: Knobs, wl: Workload, app: str = "wsgi_tracker.wsgi:app"
+) -> tuple[Server, int, Server, int]:
+    """The hub and ``full_workers`` TrackerWorkers serving ``app`` joined to it, filled over
+    UDP (the hub fans the fill out to the workers). Returns (sidecar, its UDP port,
+    gunicorn, its HTTP port)."""
+    sidecar, udp_port, sock = start_hub(stack, kn)
+    workers, http_port = start_joined_workers(stack, kn, wl, sock, app)
     print(f"started sidecar pid={sidecar.proc.pid}, workers {workers.pids}", flush=True)
-    _prefill(kn, "ours-full", udp_port, wl, over_udp=True)
+    prefill(kn, "ours-full", udp_port, wl, over_udp=True)
     return sidecar, udp_port, workers, http_port
 
 
@@ -523,7 +544,7 @@ def stack(kn: Knobs, results: Results) -> None:
         for name in running:
             # One UDP fill reaches every process of serve through the hub.
             over_udp = "udp" in protocols[name]
-            _prefill(kn, name, ports[name]["udp" if over_udp else "http"], wl, over_udp)
+            prefill(kn, name, ports[name]["udp" if over_udp else "http"], wl, over_udp)
             if kn.warmup and "http" in protocols[name]:
                 loads.wrk(ports[name]["http"], wl, kn.warmup, cpus=kn.load_cpu, conns=kn.conns)
         parts = {"ours-serve": trackers.serve_parts(running["ours-serve"][0])}
@@ -611,7 +632,7 @@ def http_cores(kn: Knobs, results: Results) -> None:
             )  # fmt: skip
             stack_.callback(server.stop)
             print(f"started {name} pid={server.proc.pid} pids={server.pids}", flush=True)
-            _prefill(kn, name, udp_port, wl, over_udp=True)
+            prefill(kn, name, udp_port, wl, over_udp=True)
             running[name] = (server, http_port)
         for _rep in range(kn.reps):
             for name, (server, port) in running.items():

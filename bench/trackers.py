@@ -36,8 +36,10 @@ def ours_http(
     workers: int = 1,
     sync_socket: str = "off",
     app: str = "wsgi_tracker.wsgi:app",
+    env: dict[str, str] | None = None,
 ) -> procs.Server:
-    """gunicorn serving ``app`` (default the tracker alone), sync off unless a socket is given.
+    """gunicorn serving ``app`` (default the tracker alone), sync off unless a socket is given;
+    ``env``: more settings (``WSGI_TRACKER_*``).
 
     With the project's gunicorn settings (``wsgi-tracker serve`` uses them): its
     ``post_worker_init`` joins the sync hub; the command line picks the worker class.
@@ -53,7 +55,7 @@ def ours_http(
         cpus=cpus,
         log=outdir / f"gunicorn-{worker_class}-{port}.log",
         ready=lambda: http_ready(port, first),
-        env={"WSGI_TRACKER_SYNC_SOCKET": sync_socket},
+        env={"WSGI_TRACKER_SYNC_SOCKET": sync_socket, **(env or {})},
         cwd=str(ROOT),
         workers=workers,
     )

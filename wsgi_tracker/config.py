@@ -216,6 +216,14 @@ class TrackerConfig:
         "wsgi-tracker serve and the project's gunicorn config only, so flask run, runserver "
         "and test clients never join a live hub. A path: every process joins it. 'off': no sync.",
     )
+    read_your_writes: bool = _setting(
+        True,
+        "With the sync hub, an announce's reply waits (at most 30 ms; a completion's 1 s) "
+        "until the hub has passed the change to every process, so the client's next request "
+        "to any of them sees it (docs/SYNC.md). Off: no reply waits for the hub, and a "
+        "completion answered just before the hub dies may be lost; a request still applies "
+        "what the hub already sent before it reads.",
+    )
     snapshot_path: str = _setting("", "File the sidecar saves the swarms to; empty: no snapshot.")
     snapshot_interval: int = _setting(60, "Seconds between snapshots.", check=at_least(1))
     # --- cluster (docs/CLUSTER.md) -----------------------------------------------------

@@ -186,3 +186,28 @@ def test_replies_stop_waiting_for_a_hub_that_is_behind_until_it_catches_up(
         assert during["ack_timeouts"] - before["ack_timeouts"] == 2  # the first, the completion
         assert during["ack_skips"] - before["ack_skips"] == 4
         assert wait_until(lambda: acked_in_time(7017), WITHIN), "replies never waited again"
+
+
+def test_with_read_your_writes_off_no_reply_waits_and_changes_still_spread(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The ``read_your_writes`` setting off (what ``bench ryw`` compares against): no
+    announce's reply waits for an ack, completions included, /stats says so, and the
+    change still reaches the other processes (eventually, not before the reply)."""
+    config = CONFIG + "read_your_writes = false\n"
+    with serve(tmp_path_factory.mktemp("ryw-off"), workers=1, config=config) as s:
+        ih = torrent()
+        before = sync_counters(s)
+        assert before["connected"] and before["read_your_writes"] is False
+        for port in range(7020, 7024):
+            announce(s, ih, port)
+        announce(s, ih, 7024, left=0, event="completed")
+        after = sync_counters(s)
+        assert (after["ack_waits"], after["ack_timeouts"], after["ack_skips"]) == (
+            before["ack_waits"],
+            before["ack_timeouts"],
+            before["ack_skips"],
+        )
+        assert wait_until(lambda: udp_scrape("127.0.0.1", s.udp.port, ih) == [(1, 1, 4)], WITHIN), (
+            "the announces never reached the sidecar"
+        )

@@ -163,6 +163,8 @@ class SyncClient:
         # later batch can be acked sooner (acks come in order), so waits are skipped.
         self._given_up = 0
         self.stale_reads = 0
+        # Off (the read_your_writes setting): no reply waits for an ack.
+        self.read_your_writes = core.config.read_your_writes
         self._threads: list[threading.Thread] = []
         # Where WebSocket relays for this process's sockets go: (info_hash, peer_id, text).
         self.on_relay: Callable[[bytes, bytes, str], object] | None = None
@@ -245,7 +247,8 @@ class SyncClient:
     def wait_for(self, token: int, timeout: float = ACK_WAIT, *, patient: bool = False) -> bool:
         """Wait, at most ``timeout``, until the hub has acked batch ``token``: then the
         change is in every process's replica or socket. Returns at once, False, while
-        the hub is away (nothing can be acked; ``/stats`` says read_your_writes false).
+        the hub is away (nothing can be acked; ``/stats`` says read_your_writes false), and
+        always with the ``read_your_writes`` setting off.
 
         Once a wait has timed out, the hub is behind: until it acks that batch, later
         waits return at once, False (``ack_skips``), unless ``patient``. Under overload
@@ -254,7 +257,7 @@ class SyncClient:
         tracker; the first ack past that batch ends the skipping."""
         if token <= self._acked:
             return True
-        if not self.connected:
+        if not self.connected or not self.read_your_writes:
             return False
         if not patient and self._acked < self._given_up:
             self.ack_skips += 1
@@ -284,7 +287,7 @@ class SyncClient:
         by ``timeout``; whether acked) its replies go after, while it answers on."""
         with self.core.lock:
             token = self.write_token()
-        if token <= self._acked:
+        if token <= self._acked or not self.read_your_writes:
             return None
         self._wake.set()
         # Patient: a batch of UDP replies may hold a completion, which is answered once
@@ -317,8 +320,8 @@ class SyncClient:
         return {
             "connected": self.connected,
             "lag_seconds": self.delta_lag,
-            # Replies wait for the hub's ack only while it is there.
-            "read_your_writes": self.connected,
+            # Replies wait for the hub's ack only while it is there, and only if asked to.
+            "read_your_writes": self.connected and self.read_your_writes,
             "ack_waits": self.ack_waits,
             "ack_timeouts": self.ack_timeouts,
             "ack_skips": self.ack_skips,
