@@ -50,7 +50,7 @@ def test_an_ack_wakes_the_batches_it_covers_and_no_other():
     for thread in threads[:3]:
         thread.join(WAIT)
     assert results[1] == [True] and results[2] == [True, True]
-    assert set(client._waiters) == {3} and not client._waiters[3].is_set()
+    assert set(client._waiters) == {3} and not client._waiters[3].acked.is_set()
     assert threads[3].is_alive()
     client._acknowledged(3)
     threads[3].join(WAIT)
@@ -77,3 +77,33 @@ def test_losing_the_hub_releases_every_reply_unacked():
     assert results == {7: [False], 8: [False]}
     assert client.ack_timeouts == 2 and client._waiters == {}
     assert client.wait_for(9, WAIT) is False  # away: no wait at all
+
+
+def test_a_batch_has_one_timer_its_first_plain_reply_holds_and_a_completion_outlasts_it():
+    client = waiting_client()
+    results: dict[str, list[bool]] = {"first": [], "later": [], "completion": []}
+
+    def wait(name: str, timeout: float, patient: bool = False) -> threading.Thread:
+        def run() -> None:
+            results[name].append(client.wait_for(4, timeout, patient=patient))
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+    first = wait("first", 0.05)  # holds the batch's timer, and times out
+    until_registered(client, {4})
+    for _ in range(10_000):  # the first reply has taken the timer
+        if client._waiters[4].timer_deadline is not None:
+            break
+        threading.Event().wait(0.001)
+    completion = wait("completion", WAIT, patient=True)
+    later = wait("later", WAIT)  # no timer of its own: released with the first
+    first.join(WAIT)
+    later.join(WAIT)
+    assert results["first"] == [False] and results["later"] == [False]
+    assert completion.is_alive()  # a completion waits for the ack itself
+    client._acknowledged(4)
+    completion.join(WAIT)
+    assert results["completion"] == [True]
+    assert client.ack_waits == 3 and client.ack_timeouts == 2
