@@ -11,6 +11,8 @@
 --   PREFILL  1 = announce every (client, torrent) pair once, in order, then stop the thread
 --            (run with one wrk thread); the tracker is then full before anything is measured
 --   VALIDATE 1 (default) = check every body: a bencoded dict with interval and peers, no failure
+--   NEW_PEERS 1 = every announce is from a peer new to the tracker (a random peer_id): a change
+--            every reader sees, where the default's re-announces of known peers only refresh
 --
 -- Prints one machine-readable line at the end:
 --   WRK_RESULT rps=... p50_us=... p90_us=... p99_us=... max_us=... requests=... ok=... fail=...
@@ -22,6 +24,7 @@ local SEED_PCT = tonumber(os.getenv("SEED_PCT") or "20")
 local CLOSE    = (os.getenv("CLOSE") or "0") == "1"
 local PREFILL  = (os.getenv("PREFILL") or "0") == "1"
 local VALIDATE = (os.getenv("VALIDATE") or "1") ~= "0"
+local NEW_PEERS = (os.getenv("NEW_PEERS") or "0") == "1"
 local POOL     = assert(os.getenv("POOL"), "POOL (a file of hex info_hashes) is required")
 
 -- wrk_result.lua sits beside this script
@@ -81,9 +84,15 @@ function request()
     t = (ci * TPC + random(0, TPC - 1)) % #pool
   end
   local c = clients[ci]
+  local pid = c.pid
+  if NEW_PEERS then
+    local t = {}
+    for j = 1, 12 do t[j] = char(random(0, 255)) end
+    pid = urlenc("-BMNEW1-" .. table.concat(t))
+  end
   -- same seeder rule as udp_load.c: left=0 for SEED_PCT% of (client, torrent) pairs
   local left = ((ci * 7 + t * 13) % 100 < SEED_PCT) and 0 or random(1, 1073741824)
-  local path = "/announce?info_hash=" .. pool[t + 1] .. "&peer_id=" .. c.pid ..
+  local path = "/announce?info_hash=" .. pool[t + 1] .. "&peer_id=" .. pid ..
                "&port=" .. c.port .. "&uploaded=0&downloaded=0&left=" .. left ..
                "&compact=1&numwant=" .. NUMWANT
   return wrk.format("GET", path, headers)

@@ -119,8 +119,11 @@ def wrk(
     close: bool = False,
     prefill: bool = False,
     numwant: int = 50,
+    new_peers: bool = False,
 ) -> LoadRun:
-    """wrk + announce.lua for ``seconds`` (prefill: until every pair announced, at most that)."""
+    """wrk + announce.lua for ``seconds`` (prefill: until every pair announced, at most that;
+    ``new_peers``: every announce from a peer new to the tracker instead of a known one's
+    re-announce)."""
     if not shutil.which("wrk"):
         raise RuntimeError("wrk missing: apt-get install -y wrk")
     env = {
@@ -128,6 +131,7 @@ def wrk(
         "NUMWANT": str(numwant),
         "CLOSE": "1" if close else "0",
         "PREFILL": "1" if prefill else "0",
+        "NEW_PEERS": "1" if new_peers else "0",
     }
     cmd = pinned(
         [

@@ -7,6 +7,10 @@ it off. They are measured in turn, the order swapped every repetition, at each
 of ``ryw_conns`` wrk connections. Both are joined the whole time, so whichever
 one is idle applies the measured one's changes in both halves alike.
 
+Two kinds of announces: known peers re-announcing (a pure refresh, which needs no
+ack, so RYW should cost nothing there) and peers new to the tracker (every reply
+waits for its ack).
+
 * With one connection the figure is latency: what waiting for the ack adds to a
   reply (p50 and p99, on minus off).
 * With many connections a closed loop is paced by the tracker's CPU, not by any
@@ -18,6 +22,7 @@ one is idle applies the measured one's changes in both halves alike.
 
 from __future__ import annotations
 
+import itertools
 from contextlib import ExitStack
 
 from . import loads
@@ -27,6 +32,10 @@ from .scenarios import Knobs, prefill, start_hub, start_joined_workers
 from .workload import make_workload
 
 SETTING = "WSGI_TRACKER_READ_YOUR_WRITES"
+# What the announces are: "refresh", known peers re-announcing as they were (most of a real
+# tracker's announces; nothing a reader sees changes, so no reply waits for an ack), and
+# "new", a peer new to the tracker each time (every reply waits).
+KINDS = ("refresh", "new")
 
 
 def ryw(kn: Knobs, results: Results) -> None:
@@ -50,29 +59,32 @@ def ryw(kn: Knobs, results: Results) -> None:
                 loads.wrk(port, wl, kn.warmup, cpus=kn.load_cpu, conns=kn.conns)
         order = list(gunicorns)
         for _rep in range(kn.reps):
-            for conns in kn.ryw_conns:
+            for kind, conns in itertools.product(KINDS, kn.ryw_conns):
                 for mode in order:
                     port = gunicorns[mode][1]
                     sample = measure(
                         servers,
-                        lambda port=port, conns=conns: loads.wrk(
-                            port, wl, kn.dur, cpus=kn.load_cpu, conns=conns
+                        lambda port=port, conns=conns, kind=kind: loads.wrk(
+                            port, wl, kn.dur, cpus=kn.load_cpu, conns=conns, new_peers=kind == "new"
                         ),
                         parts,
                     )
-                    results.add("ryw", f"c{conns}-{mode}", "ours", sample)
+                    results.add("ryw", f"{kind}-c{conns}-{mode}", "ours", sample)
             order.reverse()
     results.print_summaries("ryw")
     _figures(kn, results)
 
 
 def _figures(kn: Knobs, results: Results) -> None:
-    """Per connection count: the rate on/off, CPU per announce on/off, latency added."""
-    for conns in kn.ryw_conns:
-        on, off = (results.summary("ryw", f"c{conns}-{m}", "ours") for m in ("on", "off"))
+    """Per kind and connection count: the rate on/off, CPU per announce on/off, latency
+    added."""
+    for kind, conns in itertools.product(KINDS, kn.ryw_conns):
+        name = f"{kind}-c{conns}"
+        on, off = (results.summary("ryw", f"{name}-{m}", "ours") for m in ("on", "off"))
         if not (on and off):
             continue
         fig = {
+            "kind": kind,
             "conns": conns,
             "rps_on": _f(on, "rps"),
             "rps_off": _f(off, "rps"),
@@ -82,9 +94,9 @@ def _figures(kn: Knobs, results: Results) -> None:
             "added_p50_ms": _f(on, "p50_ms") - _f(off, "p50_ms"),
             "added_p99_ms": _f(on, "p99_ms") - _f(off, "p99_ms"),
         }
-        results.figures[f"ryw/c{conns}"] = fig
+        results.figures[f"ryw/{name}"] = fig
         print(
-            f"RYW c{conns}: on {fig['rps_on']:.0f}/s, off {fig['rps_off']:.0f}/s "
+            f"RYW {name}: on {fig['rps_on']:.0f}/s, off {fig['rps_off']:.0f}/s "
             f"(ratio {fig['rps_ratio']:.2f}); servers' CPU per announce on "
             f"{fig['us_per_announce_on']:.0f} us, off {fig['us_per_announce_off']:.0f} us; "
             f"p50 on {on['p50_ms']:.2f} / off {off['p50_ms']:.2f} ms, p99 on "

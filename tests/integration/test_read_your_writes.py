@@ -211,3 +211,27 @@ def test_with_read_your_writes_off_no_reply_waits_and_changes_still_spread(
         assert wait_until(lambda: udp_scrape("127.0.0.1", s.udp.port, ih) == [(1, 1, 4)], WITHIN), (
             "the announces never reached the sidecar"
         )
+
+
+def test_a_pure_refresh_needs_no_ack_and_a_visible_change_still_waits(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A peer re-announcing as it was (no event, same address, port and seeder flag)
+    changes nothing any reply shows, and the hub holds such refreshes back itself, so its
+    reply does not wait (``ack_unneeded``); a new peer's and a seeder flip's do. One
+    worker: every request is its."""
+    with serve(tmp_path_factory.mktemp("refresh"), workers=1, config=CONFIG) as s:
+        ih = torrent()
+        before = sync_counters(s)
+        announce(s, ih, 7030)  # a new peer: waits for its ack
+        for _ in range(3):
+            announce(s, ih, 7030)  # the same peer again: a pure refresh
+        announce(s, ih, 7030, left=0)  # now a seeder: visible, waits
+        after = sync_counters(s)
+        assert after["ack_unneeded"] - before["ack_unneeded"] == 3
+        waited = (after["ack_waits"] + after["ack_skips"]) - (
+            before["ack_waits"] + before["ack_skips"]
+        )
+        assert waited == 2
+        asked, counts = scrape(s, ih)
+        assert counts == (1, 0, 0), asked

@@ -256,7 +256,8 @@ class TrackerMiddleware:
         first, and the reply waits (bounded) until the hub has acked this change, so the
         client's next request, to any process, sees it. While the hub is behind (a wait
         timed out and its ack has not come) a plain announce's reply goes at once: under
-        overload the wait would pace every client, and a completion still waits."""
+        overload the wait would pace every client, and a completion still waits. A pure
+        refresh (what no reader sees) never waits (``SyncClient.write_token``)."""
         try:
             parsed = parse_announce(self._query(environ), passkey)
         except TrackerError as exc:
@@ -271,7 +272,7 @@ class TrackerMiddleware:
                 result = self.core.announce(
                     parsed.announce, client, with_ids=not parsed.compact and not parsed.no_peer_id
                 )
-                token = 0 if sync is None else sync.write_token()
+                token = 0 if sync is None else sync.write_token(self.core.store.refreshed)
         except TrackerError as exc:
             return encode_failure(str(exc))
         body = encode_announce(result, parsed.compact, parsed.no_peer_id)

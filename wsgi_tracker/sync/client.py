@@ -58,6 +58,7 @@ from wsgi_tracker.sync.replica import (
     ReportBuffer,
     batch_wait,
     merge,
+    refresh_ahead,
     walk,
 )
 from wsgi_tracker.sync.session import FROM_HUB, Conversation, Phase
@@ -183,6 +184,8 @@ class SyncClient:
         self.ack_waits = 0
         self.ack_timeouts = 0
         self.ack_skips = 0
+        self.ack_unneeded = 0  # replies to pure refreshes: nothing to wait for
+        self._refresh_ahead = refresh_ahead()
         # The newest batch a wait gave up on: until the hub acks it, it is behind, and no
         # later batch can be acked sooner (acks come in order), so waits are skipped.
         self._given_up = 0
@@ -262,9 +265,21 @@ class SyncClient:
 
     # --- read-your-writes ------------------------------------------------------------
 
-    def write_token(self) -> int:
+    def write_token(self, refreshed: float = 0.0) -> int:
         """The batch that carries the change this process just made (call with
-        ``core.lock`` held, right after the change); pass it to ``wait_for``."""
+        ``core.lock`` held, right after the change); pass it to ``wait_for``.
+
+        0, which needs no wait, when the change only moved a known peer's expiry
+        and that expiry was well ahead (``refreshed``: ``SwarmStore.refreshed`` after
+        the change, 0.0 for anything else): no reply or scrape of any process shows
+        it, and the hub itself holds such a refresh back up to ``REFRESH_WINDOW``
+        under the same rule, so an ack would promise nothing about it. Most
+        announces are such refreshes (a client re-announcing on its interval), so
+        read-your-writes costs their replies nothing (``ack_unneeded`` in /stats).
+        """
+        if refreshed > time.time() + self._refresh_ahead:
+            self.ack_unneeded += 1
+            return 0
         buffer = self._buffer
         return buffer.taken + 1 if len(buffer) else buffer.taken
 
@@ -362,6 +377,7 @@ class SyncClient:
             "ack_waits": self.ack_waits,
             "ack_timeouts": self.ack_timeouts,
             "ack_skips": self.ack_skips,
+            "ack_unneeded": self.ack_unneeded,
             "stale_reads": self.stale_reads,
         }
 

@@ -59,9 +59,11 @@ from wsgi_tracker.sync.replica import (
     HEARTBEAT,
     JOIN_WAIT,
     RECV_BYTES,
+    REFRESH_WINDOW,
     WRITE_CHUNK,
     ChangeBuffer,
     batch_wait,
+    refresh_ahead,
     walk,
 )
 from wsgi_tracker.sync.session import FROM_CLIENT, Conversation, Phase
@@ -73,10 +75,6 @@ T = TypeVar("T")
 # Past this many bytes queued to a client, what it is owed coalesces per peer (~500k peer
 # records: seconds of full load) instead of queueing.
 MAX_QUEUE_BYTES = 32 << 20
-# A pure refresh of a known peer waits at most this long before it is shipped, and ships
-# once however often the peer announced meanwhile. Receivers then hold the peer's expiry
-# up to this much early, against a TTL of about an hour (docs/SYNC.md, "Shipping").
-REFRESH_WINDOW = 0.95  # plus at most one REFRESH_TICK: out within a second
 REFRESH_TICK = 0.05  # how often the held refreshes that are due go out
 # A client's changes are applied in slices this large; after about SLICE_SECONDS of
 # them, what they changed goes out and UDP (and everyone else) gets the loop.
@@ -166,12 +164,6 @@ class Backlog:
             + f.encode(f.Counts(list(counts.items())))
             + f.encode(f.WsPeers(ws))
         )
-
-
-def refresh_ahead(window: float) -> float:
-    """How far ahead a peer's expiry must be for a refresh of it to be held ``window``:
-    so far that a receiver getting it up to ``window`` late never lets the peer lapse."""
-    return 2 * window + 1.0
 
 
 def is_refresh(store: SwarmStore, change: PeerChange, window: float) -> bool:

@@ -24,6 +24,11 @@ MAX_BUFFERED = 200_000
 FLUSH_DELAY = 0.001
 # A batch this large is sent at once rather than after the flush delay.
 FLUSH_RECORDS = 256
+# A pure refresh of a known peer waits at most this long in the hub before it is shipped,
+# and ships once however often the peer announced meanwhile. Receivers then hold the
+# peer's expiry up to this much early, against a TTL of about an hour (docs/SYNC.md,
+# "Shipping"); and a reply to such an announce does not wait for its ack (client.py).
+REFRESH_WINDOW = 0.95  # plus at most one of the hub's REFRESH_TICK: out within a second
 # Both ends heartbeat after this much silence, and give the other up after DEAD_AFTER.
 HEARTBEAT = 1.0
 DEAD_AFTER = 10.0
@@ -48,6 +53,12 @@ def batch_wait(last: float, now: float, buffered: int, flush_delay: float = FLUS
     if buffered >= FLUSH_RECORDS:
         return 0.0
     return max(0.0, last + flush_delay - now)
+
+
+def refresh_ahead(window: float = REFRESH_WINDOW) -> float:
+    """How far ahead a peer's expiry must be for a refresh of it to be held ``window``:
+    so far that a receiver getting it up to ``window`` late never lets the peer lapse."""
+    return 2 * window + 1.0
 
 
 def walk(
