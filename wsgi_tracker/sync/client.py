@@ -101,8 +101,8 @@ class _Batch:
     holds the batch's one timer, and every later plain reply (its deadline is no
     earlier) waits on ``released`` with none. A timer per reply (gevent's
     ``Timeout`` in each ``Event.wait``) was ~5% of a serving worker's GIL time in
-    py-spy, at 10-25 replies a batch. A patient wait (a completion) waits for ``acked`` on its own
-    timer, so no plain reply's timeout cuts it short.
+    py-spy, at 10-25 replies a batch. A patient wait (a completion) waits for
+    ``acked`` on its own timer, so no plain reply's timeout cuts it short.
     """
 
     __slots__ = ("acked", "released", "timer_deadline")
