@@ -44,6 +44,8 @@ _ANNOUNCE_REPLY = struct.Struct(">IIIII")
 _REPLY_HEADER = struct.Struct(">II")
 _SCRAPE_ENTRY = struct.Struct(">III")
 
+_ANNOUNCE_ACTION = ACTION_ANNOUNCE.to_bytes(4, "big")  # bytes 8-12 of an announce
+
 HEADER_SIZE = _HEADER.size  # 16
 ANNOUNCE_SIZE = _ANNOUNCE.size  # 98
 IPV4_WIDTH = 6
@@ -121,11 +123,18 @@ Request = ConnectRequest | AnnounceRequest | ScrapeRequest
 def parse_request(data: bytes, max_scrape_hashes: int = MAX_SCRAPE_IPV4) -> Request:
     """Parse one client datagram; raises PacketError for anything else."""
     size = len(data)
+    if size >= ANNOUNCE_SIZE and data[8:12] == _ANNOUNCE_ACTION:
+        # Nearly every datagram: header and body in one unpack, not two.
+        return _parse_announce(data)
     if size < HEADER_SIZE:
         raise PacketError(f"packet too short: {size} bytes, a request has at least {HEADER_SIZE}")
     connection_id, action, transaction_id = _HEADER.unpack_from(data)
     if action == ACTION_ANNOUNCE:
-        return _parse_announce(data, connection_id, transaction_id)
+        raise PacketError(
+            f"announce too short: {size} bytes, at least {ANNOUNCE_SIZE}",
+            transaction_id,
+            connection_id,
+        )
     if action == ACTION_CONNECT:
         if connection_id != PROTOCOL_ID_BYTES:
             raise PacketError(
@@ -141,17 +150,24 @@ def parse_request(data: bytes, max_scrape_hashes: int = MAX_SCRAPE_IPV4) -> Requ
     )
 
 
-def _parse_announce(data: bytes, connection_id: bytes, transaction_id: int) -> AnnounceRequest:
+def _parse_announce(data: bytes) -> AnnounceRequest:
+    """An announce of at least ``ANNOUNCE_SIZE`` bytes (the caller checked the size and action)."""
     size = len(data)
-    if size < ANNOUNCE_SIZE:
-        raise PacketError(
-            f"announce too short: {size} bytes, at least {ANNOUNCE_SIZE}",
-            transaction_id,
-            connection_id,
-        )
-    (_, _, _, info_hash, peer_id, downloaded, left, uploaded, event, ip, key, num_want, port) = (
-        _ANNOUNCE.unpack_from(data)
-    )
+    (
+        connection_id,
+        _,
+        transaction_id,
+        info_hash,
+        peer_id,
+        downloaded,
+        left,
+        uploaded,
+        event,
+        ip,
+        key,
+        num_want,
+        port,
+    ) = _ANNOUNCE.unpack_from(data)
     if event > 3:
         raise PacketError(
             f"invalid event: {event} (expected 0 none, 1 completed, 2 started, 3 stopped)",

@@ -440,6 +440,43 @@ def test_malformed_requests_get_error_replies_and_the_server_keeps_serving(serve
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("host", HOSTS)
+def test_a_burst_read_as_batches_answers_each_datagram_on_its_own(server, host):
+    """The server reads many datagrams per wake-up and answers them together: a malformed
+    one among them gets its own error, junk gets nothing, and every other its reply."""
+    torrent = ih(30 if ":" in host else 31)
+    with clients(host, server.port, 1) as (c,):
+        good = {1000 + n: announce_packet(c.cid, 1000 + n, torrent, pid(n), 7000 + n)
+                for n in range(40)}  # fmt: skip
+        bad = {
+            2001: announce_packet(c.cid, 2001, torrent, pid(99), 7099, event=9),
+            2002: announce_packet(bytes(8), 2002, torrent, pid(98), 7098),
+            2003: scrape_packet(c.cid, 2003),
+        }
+        burst = list(good.items())
+        for at, (tid, packet) in zip((5, 17, 33), bad.items(), strict=True):
+            burst.insert(at, (tid, packet))
+        burst.insert(25, (0, b"\xff" * 15))  # not BEP 15: dropped, and nothing else with it
+        for _, packet in burst:
+            c.sock.sendto(packet, c.server)
+        replies: dict[int, bytes] = {}
+        deadline = time.monotonic() + 10
+        while len(replies) < len(good) + len(bad) and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                reply = c.sock.recv(4096)
+                replies[struct.unpack_from(">I", reply, 4)[0]] = reply
+        assert sorted(replies) == sorted([*good, *bad])
+        for tid in good:
+            assert read_announce(replies[tid], tid, c.width).interval > 0
+        assert "invalid event: 9" in read_error(replies[2001], 2001)
+        assert "connection id" in read_error(replies[2002], 2002)
+        assert "scrape without info_hash" in read_error(replies[2003], 2003)
+        last = c.announce(torrent, pid(0), 7000)
+        assert last.leechers == len(good)
+        assert sorted(last.peers) == sorted(entry(host, 7000 + n) for n in range(1, 40))
+
+
+@pytest.mark.integration
 def test_expired_connection_id_is_refused(tmp_path):
     config = tmp_path / "tracker.toml"
     config.write_text("connection_id_ttl = 1\n")

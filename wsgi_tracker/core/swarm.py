@@ -297,6 +297,9 @@ class PeerList:
         if len(runs) == 1:
             a, b = runs[0]
             return bytes(addrs[a * w : b * w])
+        if len(runs) == 2:  # a window that wrapped, or one split around the asker: ~half the
+            (a, b), (c, d) = runs  # time of the general join, whose list is a function call
+            return b"".join((addrs[a * w : b * w], addrs[c * w : d * w]))
         return b"".join([addrs[a * w : b * w] for a, b in runs])
 
     def peer_ids(self, runs: list[tuple[int, int]]) -> list[bytes]:

@@ -346,19 +346,26 @@ def _frame(kind: int, body: bytes) -> bytes:
     return _HEADER.pack(len(body), kind) + body
 
 
+# Each record in one C call, by its shape: the hub encodes every change it ships.
+_PACK_V4, _PACK_V4_KEY, _PACK_V6, _PACK_V6_KEY = (
+    _SHAPES[flags][0].pack for flags in (0, _KEY, _IPV6, _IPV6 | _KEY)
+)
+
+
 def _peer_body(peers: Iterable[PeerChange]) -> bytes:
-    pack = _PEER.pack
-    pack_key = _KEY_FIELD.pack
-    parts = []
-    for p in peers:
-        flags = (_SEEDER if p.seeder else 0) | (_IPV6 if len(p.endpoint) == IPV6_WIDTH else 0)
-        if p.key:
-            parts.append(pack(p.info_hash, p.peer_id, p.timestamp, flags | _KEY, p.event))
-            parts.append(p.endpoint)
-            parts.append(pack_key(p.key))
+    parts: list[bytes] = []
+    append = parts.append
+    for ih, pid, ep, seeder, event, ts, key in peers:
+        flags = _SEEDER if seeder else 0
+        if len(ep) == IPV6_WIDTH:
+            if key:
+                append(_PACK_V6_KEY(ih, pid, ts, flags | _IPV6 | _KEY, event, ep, key))
+            else:
+                append(_PACK_V6(ih, pid, ts, flags | _IPV6, event, ep))
+        elif key:
+            append(_PACK_V4_KEY(ih, pid, ts, flags | _KEY, event, ep, key))
         else:
-            parts.append(pack(p.info_hash, p.peer_id, p.timestamp, flags, p.event))
-            parts.append(p.endpoint)
+            append(_PACK_V4(ih, pid, ts, flags, event, ep))
     return b"".join(parts)
 
 

@@ -780,12 +780,18 @@ class SyncHub:
 
     def _own_change(self, change: PeerChange, counted: bool, refreshed: float) -> None:
         """The listener for the sidecar's own announces: refreshes (the core says which)
-        are held, the rest go with the next batch."""
-        if refreshed > change.timestamp + self._ahead and self.refresh_window and not counted:
-            self._hold(change, None)
+        are held, the rest go with the next batch.
+
+        On every UDP announce's path, so ``_hold`` is inlined here (for the sidecar,
+        the origin is always None) and a change is read by index, not by name."""
+        held = self._held
+        if refreshed > change[5] + self._ahead and self.refresh_window and not counted:
+            key = (change[0], change[1], len(change[2]))
+            had = held.get(key)
+            held[key] = (time.monotonic() if had is None else had[0], change, None)
             return
-        if self._held:
-            self._held.pop((change.info_hash, change.peer_id, len(change.endpoint)), None)
+        if held:
+            held.pop((change[0], change[1], len(change[2])), None)
         self._buffer(change, counted)
 
     def _hold(self, change: PeerChange, origin: _Client | None) -> None:
@@ -807,11 +813,12 @@ class SyncHub:
                 for _ in range(f.RECORDS_PER_FRAME):
                     if not held:
                         break
-                    key = next(iter(held))
-                    since, change, origin = held[key]
+                    key, entry = held.popitem(last=False)  # one C call a refresh
+                    since, change, origin = entry
                     if since > due:
+                        held[key] = entry  # not due: back in front, where it was
+                        held.move_to_end(key, last=False)
                         break
-                    del held[key]
                     batch.setdefault(origin, []).append(change)
             if not batch:
                 return

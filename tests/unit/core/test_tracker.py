@@ -18,6 +18,7 @@ from wsgi_tracker.core.types import (
     EVENT_STARTED,
     EVENT_STOPPED,
     Announce,
+    PeerChange,
     ScrapeEntry,
 )
 
@@ -168,6 +169,27 @@ def test_completed_counts_once_and_listeners_hear_it(core):
         ScrapeEntry(IH, 1, 1, 0),
         ScrapeEntry(b"u" * 20, 0, 0, 0),
     ]
+
+
+def test_listeners_get_a_peer_change_with_every_field_in_place(clock):
+    """The core makes its PeerChange without the NamedTuple's __new__ (speed): it must
+    still be a PeerChange whose fields read by name what the announce said."""
+    heard = []
+    core = TrackerCore(TrackerConfig(), clock=clock)
+    core.listeners.append(lambda change, counted, _: heard.append(change))
+    core.announce(Announce(IH, pid(7), 6881, left=0, event=EVENT_STARTED, key=0xBEEF), V4_CLIENT)
+    (change,) = heard
+    assert type(change) is PeerChange
+    assert change == PeerChange(
+        info_hash=IH,
+        peer_id=pid(7),
+        endpoint=V4_CLIENT + (6881).to_bytes(2, "big"),
+        seeder=True,
+        event=EVENT_STARTED,
+        timestamp=clock(),
+        key=0xBEEF,
+    )
+    assert change._fields == PeerChange._fields and change.key == 0xBEEF
 
 
 def test_ip_parameter_is_ignored_unless_allowed(clock):

@@ -316,6 +316,39 @@ def test_any_body_after_a_valid_header_parses_or_raises_packet_error_only(
         assert isinstance(req, ConnectRequest | AnnounceRequest | ScrapeRequest)
 
 
+@given(
+    st.binary(min_size=8, max_size=8),
+    st.integers(0, 2**32 - 1),
+    st.binary(min_size=20, max_size=20),
+    st.binary(min_size=20, max_size=20),
+    st.tuples(*[st.integers(-(2**63), 2**63 - 1)] * 3),
+    st.integers(0, 2**32 - 1),
+    st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+    st.integers(-(2**31), 2**31 - 1),
+    st.integers(0, 65535),
+)
+def test_any_announce_reads_back_its_fields_or_is_refused_with_its_ids(
+    cid, tid, info_hash, peer_id, counters, event, ip_key, num_want, port
+):
+    """Announces are read in one unpack of header and body: every field lands in place,
+    and a refused one still names its transaction and connection ids."""
+    downloaded, left, uploaded = counters
+    ip, key = ip_key
+    packet = struct.pack(
+        ">8sII20s20sqqqIIIiH", cid, ACTION_ANNOUNCE, tid, info_hash, peer_id,
+        downloaded, left, uploaded, event, ip, key, num_want, port,
+    )  # fmt: skip
+    try:
+        req = parse_request(packet)
+    except PacketError as err:
+        assert (err.transaction_id, err.connection_id) == (tid, cid)
+        assert event > 3 or port == 0
+        return
+    assert req == AnnounceRequest(
+        cid, tid, info_hash, peer_id, downloaded, left, uploaded, event, ip, key, num_want, port
+    )
+
+
 # --- to the core ---------------------------------------------------------------------------
 
 CONFIG = TrackerConfig()
