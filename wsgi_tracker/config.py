@@ -189,6 +189,14 @@ class TrackerConfig:
         "gunicorn's keepalive.",
         check=at_least(0),
     )
+    http_max_body_bytes: int = _setting(
+        16 * 1024 * 1024,
+        "Largest request body TrackerWorker takes for the host site (by Content-Length or "
+        "chunked; the tracker itself reads none): a larger one gets 413 and the connection is "
+        "closed, before the app runs when its Content-Length says so (nginx's "
+        "client_max_body_size, which applies in front of it). 0: no limit.",
+        check=at_least(0),
+    )
     http_connections_per_address: int = _setting(
         128,
         "Most connections one client address may hold open in one TrackerWorker process "

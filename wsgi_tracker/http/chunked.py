@@ -39,6 +39,8 @@ _FIELD_BYTES = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))  # a
 #: beside those of a head (http11.STRICTER_THAN_H11), which also apply to trailers.
 STRICTER_THAN_H11 = ("chunk size over", "chunk size line over")
 
+CONTENT_TOO_LARGE = "413 Content Too Large"  # RFC 9110 15.5.14
+
 
 class BodyError(HttpError):
     """A request body that breaks its framing (or comes too slowly): the connection cannot
@@ -48,9 +50,22 @@ class BodyError(HttpError):
         super().__init__(status, message)
 
 
-def framing_for(req: RequestHead, limits: HeadLimits) -> LengthBody | ChunkedBody:
-    """How a request's body ends, as its head declares (RFC 9112 6.3)."""
-    return ChunkedBody(limits) if req.chunked else LengthBody(req.content_length or 0)
+def framing_for(
+    req: RequestHead, limits: HeadLimits, max_body: int = 0
+) -> LengthBody | ChunkedBody:
+    """How a request's body ends, as its head declares (RFC 9112 6.3).
+
+    ``max_body`` (0: none) bounds the body: a Content-Length over it is refused
+    here, before the app runs; a chunked body at the chunk that would pass it.
+    """
+    if req.chunked:
+        return ChunkedBody(limits, max_body)
+    length = req.content_length or 0
+    if max_body and length > max_body:
+        raise BodyError(
+            f"request body of {length} bytes is over the limit of {max_body}", CONTENT_TOO_LARGE
+        )
+    return LengthBody(length)
 
 
 class LengthBody:
@@ -82,12 +97,16 @@ class LengthBody:
 class ChunkedBody:
     """A ``Transfer-Encoding: chunked`` body, decoded as its bytes arrive."""
 
-    __slots__ = ("_buf", "_checked", "_in_chunk", "_limits", "_state", "_trailer", "rest")
+    __slots__ = (
+        "_buf", "_checked", "_in_chunk", "_left", "_limits", "_max", "_state", "_trailer", "rest"
+    )  # fmt: skip
 
     _SIZE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
 
-    def __init__(self, limits: HeadLimits) -> None:
+    def __init__(self, limits: HeadLimits, max_body: int = 0) -> None:
         self._limits = limits  # bound the trailer fields as a head's fields are bounded
+        self._max = max_body  # 0: no bound on the body's length
+        self._left = max_body  # data bytes the chunks still to come may carry
         self._buf = b""  # undecoded bytes: a partial size line, chunk end or trailer
         self._state = self._SIZE
         self._in_chunk = 0  # data bytes left in the current chunk
@@ -142,6 +161,13 @@ class ChunkedBody:
                     break
                 pos = line_end + 2
                 self._in_chunk = _chunk_size(line)
+                if self._max:
+                    self._left -= self._in_chunk
+                    if self._left < 0:  # refused at its size line, before its data comes
+                        raise BodyError(
+                            f"chunked request body over the limit of {self._max} bytes",
+                            CONTENT_TOO_LARGE,
+                        )
                 self._state = self._DATA if self._in_chunk else self._TRAILER
                 continue
             self._feed_trailer(buf[pos:])

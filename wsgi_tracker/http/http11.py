@@ -135,26 +135,76 @@ def parse_request_line(line: bytes, max_line: int) -> tuple[bytes, bytes, bytes]
 
 
 def skip_empty_lines(data: bytes) -> bytes:
-    """Drop CRLFs before a request line (RFC 9112 2.2: a server SHOULD ignore at least one)."""
-    while data[:2] == b"\r\n":
-        data = data[2:]
-    return data
+    """Drop CRLFs before a request line (RFC 9112 2.2: a server SHOULD ignore at least one).
 
-
-def check_partial_head(data: bytes, limits: HeadLimits = DEFAULT_LIMITS) -> None:
-    """Refuse what is already wrong in the start of a head that has not ended yet.
-
-    Without it a request that can never end with CRLF CRLF (all-LF line ends,
-    HTTP/0.9's bare ``GET /path``) or whose first line is already too long
-    would hold its connection until a timeout instead of getting its 400.
+    Counted first and cut once: cutting a pair at a time copied the rest each time, so a
+    64 KiB read of CRLFs cost ~43 ms of CPU (quadratic in the read).
     """
-    if data.count(b"\n") != data.count(b"\r\n"):
-        raise HttpError(BAD_REQUEST, _forbidden_byte(data))
-    end = data.find(b"\r\n")
-    if end >= 0:
-        parse_request_line(data[:end], limits.line)
-    elif limits.line and len(data) > limits.line:
-        raise HttpError("414 URI Too Long", f"request line over {limits.line} bytes")
+    skip = 0
+    while data.startswith(b"\r\n", skip):
+        skip += 2
+    return data[skip:] if skip else data
+
+
+class PartialHead:
+    """A request head that did not come in one read, checked as its bytes arrive.
+
+    Without the early checks a request that can never end with CRLF CRLF (all-LF
+    line ends, HTTP/0.9's bare ``GET /path``, a NUL) or whose first line is already
+    too long would hold its connection until a timeout instead of getting its 400.
+    Each read is checked once and the end is looked for only in the new bytes: a
+    head trickled a byte a read was checked and searched whole on each, and copied
+    whole to append it (quadratic: 3.3 s of CPU for a 29 KB head). A trailing CR is
+    held back from the check, so no check splits a CRLF.
+    """
+
+    __slots__ = ("_checked", "_held", "_limits", "_line_done")
+
+    def __init__(self, limits: HeadLimits = DEFAULT_LIMITS) -> None:
+        self._held = bytearray()
+        self._checked = 0  # how much of _held has passed the byte check
+        self._line_done = False  # the request line has ended and passed
+        self._limits = limits
+
+    @property
+    def data(self) -> bytes:
+        """Everything held so far (the CRLFs before the request line dropped)."""
+        return bytes(self._held)
+
+    def feed(self, data: bytes) -> int:
+        """Add the next bytes read: where the head's CRLF CRLF starts, or -1 until it has
+        come; HttpError for what is already wrong."""
+        held = self._held
+        held += data
+        if held[:2] == b"\r\n":  # only ever before the request line (RFC 9112 2.2)
+            skip = 2
+            while held.startswith(b"\r\n", skip):
+                skip += 2
+            del held[:skip]
+            self._checked = 0
+        checked = self._checked
+        end = held.find(b"\r\n\r\n", max(0, checked - 3))
+        if end >= 0:  # what follows may be the next request: parse_request_head checks the head
+            if end > MAX_HEAD_BYTES:
+                raise HttpError(TOO_LARGE, f"request head over {MAX_HEAD_BYTES} bytes")
+            return end
+        new = bytes(held[checked:]).removesuffix(b"\r")
+        try:
+            check_field_bytes(new)
+        except HttpError:  # refused: say where in the whole head
+            raise HttpError(BAD_REQUEST, _forbidden_byte(bytes(held))) from None
+        self._checked = checked + len(new)
+        limits = self._limits
+        if not self._line_done:
+            line_end = held.find(b"\r\n", max(0, checked - 1))
+            if line_end >= 0:
+                parse_request_line(bytes(held[:line_end]), limits.line)
+                self._line_done = True
+            elif limits.line and len(held) > limits.line:
+                raise HttpError("414 URI Too Long", f"request line over {limits.line} bytes")
+        if len(held) > MAX_HEAD_BYTES:
+            raise HttpError(TOO_LARGE, f"request head over {MAX_HEAD_BYTES} bytes")
+        return -1
 
 
 def parse_request_head(head: bytes, limits: HeadLimits = DEFAULT_LIMITS) -> RequestHead:

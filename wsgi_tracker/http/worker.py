@@ -38,19 +38,19 @@ import gevent
 from gevent.hub import Hub
 from gunicorn.http.wsgi import base_environ
 from gunicorn.workers.ggevent import GeventWorker
+from werkzeug.exceptions import HTTPException
 
 from wsgi_tracker.config import TrackerConfig
 from wsgi_tracker.core.addresses import parse_ip
 from wsgi_tracker.http.chunked import BodyError, ChunkedBody, LengthBody, framing_for
 from wsgi_tracker.http.http11 import (
-    MAX_HEAD_BYTES,
     SERVER_ERROR,
     UPGRADE_KEY,
     HeadLimits,
     HttpError,
+    PartialHead,
     RequestHead,
     ResponseHead,
-    check_partial_head,
     environ_for,
     parse_request_head,
     response_head,
@@ -104,6 +104,20 @@ class BodyPace:
         self.idle = idle  # the socket's usual timeout, put back after each read
 
 
+class AppBodyError(BodyError, HTTPException):
+    """What an app's read of a broken body raises: a BodyError that is also werkzeug's
+    HTTPException with the body's status, so a Flask app answers it as the client's
+    error it is, with no traceback, instead of a 500 (an app need not know the worker).
+    Whatever the app answers, the worker sends the body's own refusal."""
+
+    def __init__(self, error: BodyError) -> None:
+        super().__init__(str(error), error.status)
+        self.code = int(error.status[:3])
+
+    def __str__(self) -> str:
+        return str(self.description)
+
+
 class RequestBody:
     """``wsgi.input``: the body as its framing (``http.chunked``) delimits it, buffered
     bytes first; it reads b"" at the body's end, never into the next request."""
@@ -127,22 +141,31 @@ class RequestBody:
         self._pace = pace
         self._deadline = 0.0  # set by the first read from the socket
 
+    @property
+    def broken(self) -> BodyError | None:
+        """Why the body could not be read (its framing broke, it came too slowly or was too
+        long), whatever the app made of the error: then the client's answer is this one."""
+        return self._broken
+
     def _fill(self, want: int) -> None:
-        framing = self._framing
         if self._broken is not None:
-            raise self._broken
+            raise AppBodyError(self._broken)
         if self._expect:
             self._expect = False
             self._sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        try:
+            self._read_into_buffer(want)
+        except BodyError as exc:
+            self._broken = exc
+            raise AppBodyError(exc) from None
+
+    def _read_into_buffer(self, want: int) -> None:
+        framing = self._framing
         while len(self._buf) < want and not framing.done:
             chunk = self._recv(framing.wire_left())
             if not chunk:
                 raise OSError("client closed the connection inside a request body")
-            try:
-                self._buf += framing.feed(chunk)
-            except BodyError as exc:
-                self._broken = exc
-                raise
+            self._buf += framing.feed(chunk)
 
     def _recv(self, left: int | None) -> bytes:
         """One read of the body's bytes, within the pace's deadline (BodyError 408 past it)."""
@@ -167,10 +190,7 @@ class RequestBody:
             if chunk is not None:
                 self._deadline += len(chunk) / pace.min_rate
                 return chunk
-        self._broken = BodyError(
-            f"request body slower than {pace.min_rate} bytes/s", "408 Request Timeout"
-        )
-        raise self._broken
+        raise BodyError(f"request body slower than {pace.min_rate} bytes/s", "408 Request Timeout")
 
     def read(self, size: int | None = -1) -> bytes:
         want = sys.maxsize if size is None or size < 0 else size
@@ -448,6 +468,7 @@ class TrackerWorker(GeventWorker):
         settings = TrackerConfig.load()
         self._head_timeout = float(settings.http_head_timeout)
         self._pace = BodyPace(self._head_timeout, settings.http_body_min_rate, self._idle_timeout)
+        self._max_body = settings.http_max_body_bytes
         self._per_address = settings.http_connections_per_address
         self._exempt = ClientAddress(settings.trusted_proxies).is_trusted
         self._connections: dict[str, int] = {}
@@ -660,7 +681,7 @@ class TrackerWorker(GeventWorker):
             head, pending = pending[:end], pending[end + 4 :]
             try:
                 req = parse_request_head(head, self._limits)
-                framing = framing_for(req, self._limits)
+                framing = framing_for(req, self._limits, self._max_body)
                 body = RequestBody(sock, pending, framing, req.expect_continue, self._pace)
             except HttpError as exc:
                 self._refuse(sock, exc)
@@ -670,7 +691,7 @@ class TrackerWorker(GeventWorker):
             upgrade: list[Handler] = []
             if "HTTP_UPGRADE" in env:
                 env[UPGRADE_KEY] = upgrade.append
-            if not self._respond(sock, env, req, upgrade):
+            if not self._respond(sock, env, req, body, upgrade):
                 return False
             after = body.finish()
             if upgrade:
@@ -717,11 +738,10 @@ class TrackerWorker(GeventWorker):
         wrong in its start is refused at once; one that is not complete by the
         deadline gets 408, however steadily its bytes trickle in (slowloris).
         """
+        head = PartialHead(self._limits)
         try:
-            while True:
-                check_partial_head(pending, self._limits)
-                if len(pending) > MAX_HEAD_BYTES:
-                    raise HttpError("431 Request Header Fields Too Large", "request head")
+            end = head.feed(pending)
+            while end < 0:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError
@@ -729,11 +749,9 @@ class TrackerWorker(GeventWorker):
                 chunk = sock.recv(RECV_BYTES)
                 if not chunk:
                     return None
-                pending = skip_empty_lines(pending + chunk)
-                end = pending.find(b"\r\n\r\n")
-                if end >= 0:
-                    sock.settimeout(self._idle_timeout)
-                    return pending, end
+                end = head.feed(chunk)
+            sock.settimeout(self._idle_timeout)
+            return head.data, end
         except TimeoutError:
             self._refuse(
                 sock,
@@ -760,7 +778,12 @@ class TrackerWorker(GeventWorker):
     # Long on purpose: one request from environ to the last body byte, with framing enforced inline;
     # on every request's path.
     def _respond(
-        self, sock: socket.socket, env: dict[str, Any], req: RequestHead, upgrade: list[Handler]
+        self,
+        sock: socket.socket,
+        env: dict[str, Any],
+        req: RequestHead,
+        body: RequestBody,
+        upgrade: list[Handler],
     ) -> bool:
         """Run the app and send its response (none if it took the socket over, see
         UPGRADE_KEY); returns whether to keep the connection."""
@@ -782,6 +805,8 @@ class TrackerWorker(GeventWorker):
                 raise AssertionError("the app wrote a body before calling start_response")
             out = b""
             if frame is None:
+                if body.broken is not None:  # the app answered a body it could not read
+                    raise body.broken
                 status, headers = started
                 frame = response_head(
                     status, headers, http10=http10, head_only=head_only, keep_alive=keep,
@@ -833,13 +858,14 @@ class TrackerWorker(GeventWorker):
                     close()
         except OSError:
             return False
-        except BodyError as exc:  # the client's body broke its framing as the app read it
-            self.log.info("Bad request body for %s: %s", env.get("RAW_URI"), exc)
-            if frame is None:
-                started[:] = [exc.status, []]
-                self._refuse(sock, exc)
-            return False
         except Exception as exc:
+            broken = body.broken
+            if broken is not None:  # the client's body broke as the app read it: its fault
+                self.log.info("Bad request body for %s: %s", env.get("RAW_URI"), broken)
+                if frame is None:
+                    started[:] = [broken.status, []]
+                    self._refuse(sock, broken)
+                return False
             if isinstance(exc, HttpError):  # the app's head broke the rules: no traceback
                 self.log.error("Refused the response to %s: %s", env.get("RAW_URI"), exc)
             else:

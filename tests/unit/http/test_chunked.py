@@ -7,8 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wsgi_tracker.http import chunked
-from wsgi_tracker.http.chunked import MAX_SIZE_LINE, BodyError, ChunkedBody, LengthBody
-from wsgi_tracker.http.http11 import HeadLimits, check_field_bytes
+from wsgi_tracker.http.chunked import (
+    MAX_SIZE_LINE,
+    BodyError,
+    ChunkedBody,
+    LengthBody,
+    framing_for,
+)
+from wsgi_tracker.http.http11 import HeadLimits, check_field_bytes, parse_request_head
 
 LIMITS = HeadLimits()
 
@@ -146,3 +152,21 @@ def test_a_trailer_fed_a_byte_a_read_is_scanned_once(monkeypatch: pytest.MonkeyP
     framing.feed(b"\r\nGET /")
     assert framing.done and framing.rest == b"GET /"
     assert sum(scanned) <= 2 * len(trailer)
+
+
+def test_a_content_length_over_the_body_limit_is_refused_from_the_head() -> None:
+    req = parse_request_head(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 11")
+    assert framing_for(req, HeadLimits(), 11).wire_left() == 11
+    with pytest.raises(BodyError, match="request body of 11 bytes is over the limit of 10") as e:
+        framing_for(req, HeadLimits(), 10)
+    assert e.value.status.startswith("413")
+
+
+def test_a_chunked_body_is_refused_at_the_size_that_passes_the_limit() -> None:
+    body = ChunkedBody(HeadLimits(), max_body=10)
+    assert body.feed(b"6\r\nhello \r\n") == b"hello "
+    with pytest.raises(BodyError, match="over the limit of 10 bytes") as e:
+        body.feed(b"5\r\n")  # before its data comes
+    assert e.value.status.startswith("413")
+    exact = ChunkedBody(HeadLimits(), max_body=10)
+    assert exact.feed(b"6\r\nhello \r\n4\r\nworl\r\n0\r\n\r\n") == b"hello worl" and exact.done

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import pytest
 from hypothesis import given
@@ -152,6 +153,22 @@ def test_message_buffer_assembles_fragments_and_enforces_caps() -> None:
     buf.add("123456", True, False)
     with pytest.raises(c.WsError, match="message over 10 bytes"):
         buf.add("78901", True, True)
+
+
+def test_a_message_in_one_byte_fragments_is_held_in_about_its_own_size() -> None:
+    """64 KiB as one-character fragments: the engine's strings were kept one by one (~560 KB
+    held per connection, x1,000 connections a worker); now ~its size in one bytearray."""
+    buf = c.MessageBuffer(LIMITS)
+    pieces = ["é" if n % 2 else "a" for n in range(40_000)]  # 60,000 bytes of UTF-8
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        assert all(buf.add(p, True, False) is None for p in pieces)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * 60_000
+    assert buf.add("!", True, True) == "".join(pieces) + "!"
 
 
 # --- handshake -------------------------------------------------------------------------

@@ -1,0 +1,175 @@
+"""Session 6's attack pass, as an outside tester runs it: ``wsgi-tracker serve --workers 2``
+with sync on, serving a Flask site that takes uploads beside the tracker.
+
+Attackers connect from 127.0.0.2, bystanders from 127.0.0.3. Every bad input must
+get a clear refusal and cost no one else their answers. Nothing here asserts a
+speed: each read has a timeout far above what an answer takes, each loop a bound.
+docs/HARDENING.md, "Attacks (session 6)", has what was tried and measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+from collections.abc import Iterator
+
+import bencodepy
+import pytest
+from servers import Serve, announce_url, http_get, scrape_url, serve
+
+pytestmark = pytest.mark.integration
+ATTACKER, BYSTANDER = "127.0.0.2", "127.0.0.3"
+MAX_BODY = 100_000
+READ_TIMEOUT = 20.0
+CHUNKED = b"Transfer-Encoding: chunked\r\n"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+    config = f"http_max_body_bytes = {MAX_BODY}\nhttp_head_timeout = 20\n"
+    with serve(
+        tmp_path_factory.mktemp("attacks"), workers=2, app="tests.upload_site:app", config=config
+    ) as started:
+        yield started
+
+
+def connect(stack: Serve, source: str = ATTACKER) -> socket.socket:
+    sock = socket.socket()
+    sock.settimeout(READ_TIMEOUT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((source, 0))
+    sock.connect((stack.http.host, stack.http.port))
+    return sock
+
+
+def read_to_close(sock: socket.socket) -> bytes:
+    chunks = []
+    for _ in range(10_000):  # bounded: the replies here are small
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def announce(stack: Serve, source: str = BYSTANDER, info_hash: bytes | None = None) -> dict:
+    ih = info_hash or os.urandom(20)
+    url = announce_url(stack.http.url + "/announce", ih, os.urandom(20), 6881, 0)
+    query = url.partition("?")[2]
+    with connect(stack, source) as sock:
+        sock.sendall(b"GET /announce?%b HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % (
+            query.encode()
+        ))  # fmt: skip
+        reply = read_to_close(sock)
+    return bencodepy.decode(reply.partition(b"\r\n\r\n")[2])
+
+
+def upload_still_works(stack: Serve) -> None:
+    payload = os.urandom(1000)
+    with connect(stack, BYSTANDER) as sock:
+        sock.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (len(payload), payload)
+        )
+        assert read_to_close(sock).startswith(b"HTTP/1.1 200")
+
+
+def test_a_head_trickled_a_byte_a_send_is_answered_and_bystanders_too(stack: Serve) -> None:
+    """A 29 KB head, a byte per send: each read is checked once (it was re-checked whole on
+    every read: 3.3 s of one worker's CPU), and the others' announces are answered meanwhile."""
+    pad = b"X-Pad: %b\r\n" % (b"p" * 640)  # serve allows 50 fields
+    head = b"GET /announce HTTP/1.1\r\nHost: t\r\nConnection: close\r\n" + pad * 45 + b"\r\n"
+    answered: list[dict] = []
+    done = threading.Event()
+
+    def bystander() -> None:
+        for _ in range(200):  # bounded; ends when the trickle does
+            answered.append(announce(stack))
+            if done.is_set():
+                break
+
+    thread = threading.Thread(target=bystander)
+    with connect(stack) as sock:
+        thread.start()
+        try:
+            for i in range(len(head)):
+                sock.send(head[i : i + 1])
+        finally:
+            done.set()
+            thread.join(READ_TIMEOUT * 3)
+        reply = read_to_close(sock)
+    assert reply.startswith(b"HTTP/1.1 200") and b"failure reason" in reply  # no info_hash
+    assert answered and all(b"interval" in a for a in answered)
+
+
+def test_a_body_over_the_limit_by_content_length_gets_413_before_the_app(stack: Serve) -> None:
+    """Refused from its head alone: no 100 Continue invites it, the app never runs."""
+    with connect(stack) as sock:
+        sock.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % (MAX_BODY + 1)
+        )
+        reply = read_to_close(sock)
+    assert reply.startswith(b"HTTP/1.1 413")
+    assert b"request body of 100001 bytes is over the limit of 100000" in reply
+    upload_still_works(stack)
+
+
+def test_a_chunked_body_over_the_limit_gets_413_at_the_chunk_that_passes_it(stack: Serve) -> None:
+    with connect(stack) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: t\r\n" + CHUNKED + b"\r\n")
+        sock.sendall(b"%x\r\n%b\r\n" % (60_000, b"a" * 60_000))
+        sock.sendall(b"%x\r\n" % 60_000)  # its size alone passes the limit
+        reply = read_to_close(sock)
+    assert reply.startswith(b"HTTP/1.1 413")
+    assert b"chunked request body over the limit of 100000 bytes" in reply
+    upload_still_works(stack)
+
+
+def test_a_body_at_the_limit_is_taken(stack: Serve) -> None:
+    payload = os.urandom(MAX_BODY)
+    with connect(stack, BYSTANDER) as sock:
+        sock.sendall(b"POST /upload HTTP/1.1\r\nHost: t\r\nConnection: close\r\n" + CHUNKED)
+        sock.sendall(b"\r\n%x\r\n%b\r\n0\r\n\r\n" % (len(payload), payload))
+        reply = read_to_close(sock)
+    digest = hashlib.sha1(payload).hexdigest().encode()
+    assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"%d %b" % (MAX_BODY, digest))
+
+
+def test_a_broken_chunked_body_read_by_flask_is_a_400_and_no_traceback(stack: Serve) -> None:
+    """Flask catches the read's error and answered 500 with a logged traceback; the body's
+    error is the client's: a 400 naming it, an info line, nothing lost."""
+    before = stack.log()
+    with connect(stack) as sock:
+        sock.sendall(
+            b"POST /upload HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\n" + CHUNKED + b"\r\n"
+        )
+        # the 100 goes out once the view reads; then the body comes, broken (no CRLF after data)
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"5\r\nhello\r\n3\r\nabcXX")
+        reply = read_to_close(sock)
+    assert reply.startswith(b"HTTP/1.1 400")
+    assert b"chunk data not followed by CRLF" in reply
+    upload_still_works(stack)
+    logged = stack.log()[len(before) :]
+    assert "Bad request body for /upload" in logged
+    assert "Traceback" not in logged and "Exception on /upload" not in logged
+
+
+def test_a_bad_body_leaves_the_tracker_state_alone(stack: Serve) -> None:
+    """After the refused bodies above, an announce is answered and counted as before."""
+    info_hash = os.urandom(20)
+    reply = announce(stack, info_hash=info_hash)
+    assert reply[b"interval"] >= 1 and b"failure reason" not in reply
+    status, body = http_get(scrape_url(stack.http.url + "/scrape", info_hash))
+    assert status == 200
+    assert bencodepy.decode(body)[b"files"][info_hash][b"complete"] == 1
+
+
+def test_every_process_is_still_serving(stack: Serve) -> None:
+    assert stack.proc.poll() is None and len(stack.worker_pids()) == 2
