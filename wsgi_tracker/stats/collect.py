@@ -36,6 +36,7 @@ RATE_WINDOW = 10.0  # seconds over which "per second" is averaged
 TOTALS_MAX_AGE = 2.0  # a replica walk costs O(torrents): reuse it this long
 TOTALS_CHUNK = 2000  # torrents read between two yields to the announces
 TOTALS_PAUSE = 0.001  # seconds of each yield
+TOTALS_WAIT = 30.0  # the longest a request waits for another's walk before it shows older totals
 
 
 @dataclass
@@ -174,6 +175,7 @@ class TrackerStats:
         self.meter = RateMeter()
         self._stop_sharing: threading.Event | None = None
         self._totals: tuple[float, tuple[int, int, int]] = (-TOTALS_MAX_AGE, (0, 0, 0))
+        self._walking = False  # a request is walking the replica for new totals
 
     def share(
         self,
@@ -222,11 +224,24 @@ class TrackerStats:
         return encode_report(self.report())
 
     def _replica_totals(self) -> tuple[int, int, int]:
-        now = time.monotonic()
+        """The replica's totals, walked at most once per TOTALS_MAX_AGE and by one request
+        at a time: the others wait for its totals instead of walking too (each /stats of
+        a burst started its own walk, a copy of every key and seconds of CPU at 1M
+        torrents). A flag, not a lock: the walk yields, and no lock is held across a yield."""
         at, totals = self._totals
-        if now - at >= TOTALS_MAX_AGE:
+        if time.monotonic() - at < TOTALS_MAX_AGE:
+            return totals
+        if self._walking:
+            deadline = time.monotonic() + TOTALS_WAIT
+            while self._walking and time.monotonic() < deadline:
+                time.sleep(TOTALS_PAUSE * 10)
+            return self._totals[1]
+        self._walking = True
+        try:
             totals = replica_totals(self.core)
             self._totals = (time.monotonic(), totals)
+        finally:
+            self._walking = False
         return totals
 
     def snapshot(self) -> dict[str, Any]:

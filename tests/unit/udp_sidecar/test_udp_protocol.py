@@ -19,6 +19,7 @@ from udp_sidecar.protocol import (
     ACTION_CONNECT,
     ACTION_ERROR,
     ACTION_SCRAPE,
+    MAX_OPTIONS_BYTES,
     MAX_PEERS_IPV4,
     MAX_PEERS_IPV6,
     MAX_SCRAPE_IPV4,
@@ -221,6 +222,24 @@ def test_truncated_option_is_refused_with_its_ids(options):
     err = refused(announce_packet(options=options))
     assert (err.transaction_id, err.connection_id) == (9, CID)
     assert "truncated" in str(err)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [b"\x01" * 65000, b"\x02\x01a" * 21600, url_data(b"a" * 255) * 8 + b"\x01"],
+    ids=["nops", "one-byte-url-data", "past-the-bound"],
+)
+def test_options_past_their_bound_are_refused_with_its_ids(options):
+    """The walk is bounded: 64 KiB of NOPs or of 1-byte URLData cost 6-9 ms a datagram."""
+    err = refused(announce_packet(options=options))
+    assert (err.transaction_id, err.connection_id) == (9, CID)
+    assert str(err) == f"BEP 41 options over {MAX_OPTIONS_BYTES} bytes before EndOfOptions"
+
+
+def test_options_up_to_their_bound_and_padding_after_the_end_are_read():
+    chunks = [bytes([65 + n]) * 255 for n in range(8)]  # the last one ends past the bound
+    req = parse_request(announce_packet(options=url_data(*chunks) + b"\x00" + b"\x01" * 9000))
+    assert isinstance(req, AnnounceRequest) and req.url_data == b"".join(chunks)
 
 
 @given(st.lists(st.binary(max_size=255), max_size=8))
