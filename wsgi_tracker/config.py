@@ -11,6 +11,7 @@ field here and regenerate the docs: ``wsgi-tracker config --markdown > docs/CONF
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +43,22 @@ _PEER_ID_PREFIXES = Check(
     "be 1-20 latin-1 characters each",
     lambda v: all(0 < len(p) <= 20 and all(ord(c) < 256 for c in p) for p in v),
 )
+
+
+def _is_proxy(entry: str) -> bool:
+    """An address, a network or 'unix', as http.proxy.TrustedNetworks reads the entry."""
+    if entry.strip().lower() == "unix":
+        return True
+    try:
+        ipaddress.ip_network(entry.strip(), strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+# Checked here, where every setting is: found only by the worker, a bad entry was a
+# traceback in each worker and gunicorn's "Worker failed to boot" (exit 3).
+_PROXIES = Check("be IP addresses, networks or 'unix'", lambda v: all(_is_proxy(e) for e in v))
 # Variables read by the processes around the tracker rather than by TrackerConfig.
 PROCESS_ENV = {
     CONFIG_FILE_ENV: "The TOML file to read when no `--config` is given.",
@@ -171,7 +188,9 @@ class TrackerConfig:
     )
     # --- reverse proxy -----------------------------------------------------------------
     trusted_proxies: tuple[str, ...] = _setting(
-        (), "Addresses or networks of reverse proxies whose X-Forwarded-For is believed."
+        (),
+        "Addresses or networks of reverse proxies whose X-Forwarded-For is believed.",
+        check=_PROXIES,
     )
     # --- HTTP server (wsgi_tracker.http.worker.TrackerWorker; docs/HARDENING.md) ---------
     http_head_timeout: int = _setting(

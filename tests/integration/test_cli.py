@@ -97,3 +97,13 @@ def test_a_udp_port_in_use_under_serve_is_the_sidecars_line_and_serves_stop():
     assert lines[0] == f"udp-sidecar: cannot bind 127.0.0.1:{port}: address already in use"
     # serve's supervisor adds why it stopped, and restarts nothing; no traceback anywhere.
     assert len(lines) == 2 and "udp-sidecar exited with 2 while starting; stopping" in lines[1]
+
+
+def test_a_bad_trusted_proxy_is_one_line_before_anything_starts(tmp_path):
+    """Found only in the workers before: a traceback in each and gunicorn's exit 3."""
+    conf = tmp_path / "tracker.toml"
+    conf.write_text('trusted_proxies = ["10.0.0.1", "not-an-ip"]\n')
+    rule = "must be IP addresses, networks or 'unix', got ('10.0.0.1', 'not-an-ip')"
+    assert serve("--config", str(conf)) == f"wsgi-tracker: trusted_proxies {rule}"
+    env_line = serve(WSGI_TRACKER_TRUSTED_PROXIES="1.2.3.0/33")
+    assert env_line.startswith("wsgi-tracker: trusted_proxies must be IP addresses")
