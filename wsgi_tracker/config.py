@@ -180,6 +180,12 @@ class TrackerConfig:
     ws_max_offers: int = _setting(
         10, "Most WebRTC offers in one WebSocket announce.", check=at_least(0)
     )
+    ws_max_peers_per_connection: int = _setting(
+        200,
+        "Most (info_hash, peer_id) pairs one WebSocket connection may announce; the next get "
+        "a failure reason, so one socket cannot fill the WebSocket swarms. 0: no bound.",
+        check=at_least(0),
+    )
     ws_max_message_bytes: int = _setting(
         65536, "Largest WebSocket message accepted.", check=at_least(1)
     )

@@ -18,20 +18,37 @@ from collections.abc import Iterator
 
 import bencodepy
 import pytest
-from servers import Serve, announce_url, http_get, scrape_url, serve, udp_announce
+from servers import (
+    Serve,
+    announce_url,
+    http_get,
+    scrape_url,
+    serve,
+    udp_announce,
+    ws_announce,
+    ws_connect,
+    ws_recv,
+    ws_scrape,
+    ws_send,
+)
 
 from udp_sidecar.protocol import ACTION_ERROR, build_announce_request, build_connect_request
 
 pytestmark = pytest.mark.integration
 ATTACKER, BYSTANDER = "127.0.0.2", "127.0.0.3"
 MAX_BODY = 100_000
+WS_PEERS = 5
 READ_TIMEOUT = 20.0
 CHUNKED = b"Transfer-Encoding: chunked\r\n"
+WS_PEER = "-WW0001-000000000001"
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    config = f"http_max_body_bytes = {MAX_BODY}\nhttp_head_timeout = 20\n"
+    config = (
+        f"http_max_body_bytes = {MAX_BODY}\nhttp_head_timeout = 20\n"
+        f"ws_max_peers_per_connection = {WS_PEERS}\n"
+    )
     with serve(
         tmp_path_factory.mktemp("attacks"), workers=2, app="tests.upload_site:app", config=config
     ) as started:
@@ -197,3 +214,21 @@ def test_a_udp_announce_with_64_kib_of_options_gets_an_error_naming_the_bound(st
             assert reply[8:].startswith(b"BEP 41 options over 2048 bytes")
     # the sidecar serves on: a plain announce still gets its reply
     udp_announce(stack.udp.host, stack.udp.port, os.urandom(20), os.urandom(20), 6881, 0, 2)
+
+
+def test_one_websocket_cannot_announce_more_peers_than_its_bound(stack: Serve) -> None:
+    """Torrent after torrent on one socket filled the WebSocket swarms for everyone."""
+    ws = ws_connect(stack.http)
+    try:
+        for n in range(WS_PEERS):
+            assert "interval" in ws_announce(ws, WS_PEER, ih=f"{n:020d}")
+        ws_send(ws, action="announce", info_hash=f"{WS_PEERS:020d}", peer_id=WS_PEER, left=1)
+        refused = ws_recv(ws)
+        assert refused["failure reason"] == (
+            f"this connection holds {WS_PEERS} peers, the most allowed, nothing was changed"
+        )
+        nothing = {"complete": 0, "incomplete": 0, "downloaded": 0}
+        assert ws_scrape(ws, f"{WS_PEERS:020d}") == nothing
+        assert "interval" in ws_announce(ws, WS_PEER, ih=f"{0:020d}")  # the socket serves on
+    finally:
+        ws.close()

@@ -73,6 +73,7 @@ class WsTracker:
             max_frame_bytes=cfg.ws_max_frame_bytes,
         )
         self.rng = rng or random.Random()
+        self.max_held = cfg.ws_max_peers_per_connection  # 0: no bound
         self.pid = os.getpid()
         self.local: dict[tuple[bytes, bytes], Session] = {}
         self.counters = core.counters
@@ -129,6 +130,12 @@ class WsTracker:
                 if key in self.local or (holder is not None and holder != self.pid):
                     raise WsError(
                         "peer_id is in use on another connection, nothing was changed",
+                        info_hash=msg.info_hash,
+                    )
+                if self.max_held and len(session.held) >= self.max_held:
+                    raise WsError(
+                        f"this connection holds {len(session.held)} peers, the most allowed, "
+                        "nothing was changed",
                         info_hash=msg.info_hash,
                     )
             change = WsChange(*key, self.pid, msg.seeder, msg.event, now)

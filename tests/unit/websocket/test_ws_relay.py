@@ -155,6 +155,29 @@ def test_a_peer_id_held_by_another_connection_is_refused(tracker: WsTracker) -> 
     assert scrape(a)["incomplete"] == 1
 
 
+def test_one_connection_cannot_announce_more_peers_than_its_bound() -> None:
+    """One socket announcing torrent after torrent could fill the WebSocket swarms."""
+    core = TrackerCore(TrackerConfig(sync_socket="off", ws_max_peers_per_connection=3))
+    tracker = WsTracker(core, rng=random.Random(2))
+    peer, other = Peer(tracker, 1), Peer(tracker, 2)
+
+    def announce(who: Peer, n: int, event: str = "started") -> dict:
+        (reply,) = who.send(
+            action="announce", info_hash=f"{n:020d}", peer_id=who.id, left=1, event=event
+        )
+        return reply
+
+    assert all("interval" in announce(peer, n) for n in range(3))
+    assert announce(peer, 3)["failure reason"] == (
+        "this connection holds 3 peers, the most allowed, nothing was changed"
+    )
+    assert core.ws.counts(f"{3:020d}".encode()) == (0, 0, 0)
+    assert "interval" in announce(peer, 0)  # a known one re-announces
+    announce(peer, 1, "stopped")
+    assert "interval" in announce(peer, 3)  # a stop frees a place
+    assert "interval" in announce(other, 4)  # the bound is per connection
+
+
 def test_a_closed_socket_stops_its_peers_and_stopped_leaves_the_swarm(tracker: WsTracker) -> None:
     a, b = Peer(tracker, 1), Peer(tracker, 2)
     a.announce()
