@@ -41,6 +41,13 @@ SYNC_JOIN_WAIT = 30.0
 # thing a crash cannot rebuild, so its reply goes once the hub holds it (and journaled
 # it), as long as the hub is there, however behind it is.
 COMPLETION_ACK_WAIT = 1.0
+# The answer to an announce or scrape while this process's first snapshot is still
+# arriving past SYNC_JOIN_WAIT: a half-filled replica would hand out 0/0/0 for a torrent
+# the tracker holds, so the client is told to come back (clients retry a failure).
+STILL_JOINING = encode_failure(
+    "tracker is starting: this process is still loading the swarms from the sync hub; "
+    "retry in a few seconds"
+)
 
 
 def not_found(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -109,11 +116,12 @@ class TrackerMiddleware:
             passkey = path[len(self._announce_prefix) :] if path != self._announce else None
             if wants_websocket(environ):
                 return self.websocket(environ, start_response, passkey)
-            body = self.announce(environ, passkey)
+            body = self.announce(environ, passkey) if self._synced else self._still_joining()
         elif path == self._scrape:
-            body = self.scrape(environ, None)
+            body = self.scrape(environ, None) if self._synced else self._still_joining()
         elif path.startswith(self._scrape_prefix):
-            body = self.scrape(environ, path[len(self._scrape_prefix) :])
+            passkey = path[len(self._scrape_prefix) :]
+            body = self.scrape(environ, passkey) if self._synced else self._still_joining()
         elif path in self._stats_routes:
             return self._stats_routes[path](environ, start_response)
         else:
@@ -134,6 +142,11 @@ class TrackerMiddleware:
             self.start_sync(SYNC_JOIN_WAIT)
         else:
             self._synced = True
+
+    def _still_joining(self) -> bytes:
+        """The answer while the first snapshot is still arriving (counted as an error)."""
+        self.core.counters.error("http", "starting")
+        return STILL_JOINING
 
     def start_sync(self, wait: float = SYNC_SNAPSHOT_WAIT) -> None:
         """Start this process's background work: the hook's delivery, and the sync

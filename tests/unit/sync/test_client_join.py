@@ -1,4 +1,5 @@
-"""A joining worker is heard from while it applies the hub's snapshot (issue 13 item 4).
+"""A joining worker is heard from while it applies the hub's snapshot (issue 13 item 4),
+and answers nothing from a half-filled replica.
 
 A real ``SyncClient`` against this test playing the hub's side of a real Unix
 socket: the hub's hello and the first part of a snapshot, then nothing more,
@@ -13,10 +14,17 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
+import urllib.parse
 
+import bencodepy
+import pytest
+
+from wsgi_tracker.config import TrackerConfig
 from wsgi_tracker.core.tracker import TrackerCore
 from wsgi_tracker.core.types import PeerChange
+from wsgi_tracker.http import middleware
 from wsgi_tracker.sync import frames as f
 from wsgi_tracker.sync.client import SyncClient
 from wsgi_tracker.sync.session import FROM_CLIENT, Conversation, Phase
@@ -66,5 +74,52 @@ def test_a_joining_client_heartbeats_after_its_hello_until_the_snapshot_is_done(
         conn.close()
     finally:
         client.stop()
+        listener.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_request_while_the_first_snapshot_is_still_arriving_is_refused_not_half_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past its wait, a request gets a failure reason to retry, never 0/0/0 for a torrent
+    the hub holds (a million torrents took longer than the wait on a loaded machine)."""
+    monkeypatch.setattr(middleware, "SYNC_JOIN_WAIT", 0.2)
+    directory = tempfile.mkdtemp(prefix="join-", dir="/tmp")
+    path = os.path.join(directory, "hub.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    listener.settimeout(10)
+    held = (7).to_bytes(20, "big")
+    app = middleware.TrackerMiddleware(config=TrackerConfig(sync_socket=path))
+    query = "info_hash=" + urllib.parse.quote_from_bytes(held)
+    environ = {"PATH_INFO": "/scrape", "QUERY_STRING": query, "REMOTE_ADDR": "127.0.0.1"}
+
+    def scrape() -> dict:
+        return bencodepy.decode(b"".join(app(dict(environ), lambda *a: None)))
+
+    conn = None
+    try:
+        answers: list[dict] = []
+        first = threading.Thread(target=lambda: answers.append(scrape()))
+        first.start()  # the first request starts the client and waits for the snapshot
+        conn, _ = listener.accept()
+        peer = PeerChange(held, bytes(20), bytes(6), True, 0, time.time())
+        first_half = [
+            PeerChange(n.to_bytes(20, "big"), bytes(20), bytes(6), False, 0, time.time())
+            for n in range(5)
+        ]
+        conn.sendall(f.encode(f.Hello(f.ROLE_HUB, 1)) + f.encode(f.Snapshot(first_half)))
+        first.join(10)
+        assert b"still loading" in answers[0][b"failure reason"]
+        assert b"still loading" in scrape()[b"failure reason"]
+        conn.sendall(f.encode(f.Snapshot([peer])) + f.encode(f.SnapshotDone()))
+        assert app.sync is not None and app.sync.wait_ready(10)
+        assert scrape()[b"files"][held][b"complete"] == 1
+    finally:
+        if app.sync is not None:
+            app.sync.stop()
+        if conn is not None:
+            conn.close()
         listener.close()
         shutil.rmtree(directory, ignore_errors=True)
