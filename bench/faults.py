@@ -12,7 +12,14 @@ Short runs on loopback, each with its own udp-sidecar:
    the save windows (from the sidecar's own log), and the fork's time;
 3. ``join``: against the same sidecar, a fresh process joins the hub as a
    worker does (a real ``TrackerCore`` and ``SyncClient`` under gevent): the
-   seconds from connect to a complete replica, and the torrents it holds then.
+   seconds from connect to a complete replica, and the torrents it holds then;
+4. ``serve``: the real thing, ``wsgi-tracker serve --workers W`` (default 1)
+   started from the same snapshot: the start (the hub restores, a worker
+   joins), then ``kill -9`` of a worker while an HTTP scrape probe runs: the
+   seconds until the new worker answers the last torrent the hub walks with its
+   full counts, how many answers were 0/0/0 meanwhile, any drop for silence;
+   then SIGTERM and the stop's seconds, and whether the final save was logged.
+   With one worker every answer after the kill is the new worker's.
 
 Prints one line per figure and a final ``FAULTS_RESULT`` line (key=value).
 """
@@ -20,16 +27,22 @@ Prints one line per figure and a final ``FAULTS_RESULT`` line (key=value).
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 from pathlib import Path
+
+import bencodepy
 
 from udp_sidecar.protocol import build_announce_request, build_connect_request
 
@@ -158,6 +171,7 @@ def main() -> None:
     p.add_argument("--interval", type=int, default=8, help="seconds between saves")
     p.add_argument("--seconds", type=float, default=25, help="length of the UDP probe")
     p.add_argument("--rate", type=float, default=1000, help="UDP announces/s of the probe")
+    p.add_argument("--workers", type=int, default=1, help="serve's workers (the serve part)")
     p.add_argument(
         "--snapshot",
         metavar="FILE",
@@ -175,11 +189,14 @@ def main() -> None:
     if parts & {"save", "join"}:
         with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
             run_sidecar(Path(tmp), args, parts, result)
+    if "serve" in parts:
+        with tempfile.TemporaryDirectory(prefix="bench-faults-") as tmp:
+            run_serve(Path(tmp), args, result)
     print("FAULTS_RESULT " + " ".join(f"{k}={v:.3f}" for k, v in result.items()))
 
 
-def run_sidecar(tmp: Path, args: argparse.Namespace, parts: set[str], result: dict) -> None:
-    snap = tmp / "swarms.snap"
+def prepare_snapshot(snap: Path, args: argparse.Namespace) -> None:
+    """``snap`` holds ``--torrents`` torrents: a copy of ``--snapshot``, else made here."""
     started = time.monotonic()
     if args.snapshot and Path(args.snapshot).exists():
         shutil.copyfile(args.snapshot, snap)
@@ -188,6 +205,11 @@ def run_sidecar(tmp: Path, args: argparse.Namespace, parts: set[str], result: di
         print(f"snapshot of {args.torrents} torrents written in {time.monotonic() - started:.1f} s")
         if args.snapshot:
             shutil.copyfile(snap, args.snapshot)
+
+
+def run_sidecar(tmp: Path, args: argparse.Namespace, parts: set[str], result: dict) -> None:
+    snap = tmp / "swarms.snap"
+    prepare_snapshot(snap, args)
     sock = str(tmp / "hub" / "sync.sock")
     port = procs.free_port()
     conf = tmp / "t.toml"
@@ -252,6 +274,176 @@ def run_sidecar(tmp: Path, args: argparse.Namespace, parts: set[str], result: di
         result["stop_seconds"] = stop
         final = "before exit" in log.read_text()
         print(f"stop: {stop:.1f} s, final save logged: {final}")
+
+
+def expected(n: int) -> tuple[int, int, int]:
+    """(complete, downloaded, incomplete) of ``make_snapshot``'s torrent ``n``."""
+    return (1, 1 + n % 7, 0) if n % 2 == 0 else (0, 1 + n % 7, 1)
+
+
+class ScrapeProbe:
+    """HTTP scrapes of two of ``make_snapshot``'s torrents, one after another, each on a
+    fresh connection (so gunicorn hands it to any worker), in a thread until ``stop``."""
+
+    def __init__(self, port: int, torrents: int) -> None:
+        self.port = port
+        self.numbers = (0, torrents - 1)  # the first and the last torrent the hub walks
+        hashes = b"".join(
+            b"&info_hash=" + urllib.parse.quote_from_bytes(n.to_bytes(20, "big")).encode()
+            for n in self.numbers
+        )
+        self.target = "/scrape?" + hashes[1:].decode()
+        self.answers: list[tuple[float, float, bool, bool]] = []  # (sent, got, full, empty)
+        self.failures: list[tuple[float, str]] = []  # (sent, what)
+        self.refusals: list[tuple[float, str]] = []  # (sent, failure reason)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ScrapeProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(90)
+
+    def _run(self) -> None:
+        want = {n.to_bytes(20, "big"): expected(n) for n in self.numbers}
+        while not self._stop.is_set():
+            sent = time.monotonic()
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            try:
+                conn.request("GET", self.target)
+                reply = bencodepy.decode(conn.getresponse().read())
+            except (OSError, bencodepy.BencodeDecodeError, http.client.HTTPException) as exc:
+                self.failures.append((sent, f"{exc!r} after {time.monotonic() - sent:.1f} s"))
+                time.sleep(0.05)
+                continue
+            finally:
+                conn.close()
+            if b"failure reason" in reply:  # still joining past its wait: told to retry
+                self.refusals.append((sent, reply[b"failure reason"].decode()))
+                continue
+            files = reply.get(b"files", {})
+            got = {
+                ih: tuple(
+                    files.get(ih, {}).get(k, 0) for k in (b"complete", b"downloaded", b"incomplete")
+                )
+                for ih in want
+            }
+            full = got == want
+            empty = any(g == (0, 0, 0) for g in got.values())
+            self.answers.append((sent, time.monotonic(), full, empty))
+            time.sleep(0.02)
+
+    def first_full_after(self, moment: float, within: float) -> float | None:
+        """When the first full answer to a scrape sent after ``moment`` arrived."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            for sent, got, full, _ in list(self.answers):
+                if sent > moment and full:
+                    return got
+            time.sleep(0.05)
+        return None
+
+    def not_full_after(self, moment: float) -> tuple[int, int]:
+        """(answers not full, of them 0/0/0) to scrapes sent after ``moment``."""
+        late = [a for a in self.answers if a[0] > moment and not a[2]]
+        return len(late), sum(1 for a in late if a[3])
+
+
+def run_serve(tmp: Path, args: argparse.Namespace, result: dict) -> None:
+    """``wsgi-tracker serve`` from a ``--torrents`` snapshot: start, kill -9 a worker, stop."""
+    snap = tmp / "swarms.snap"
+    prepare_snapshot(snap, args)
+    http_port, udp_port = procs.free_port(), procs.free_port()
+    conf = tmp / "t.toml"
+    sock = tmp / "hub" / "sync.sock"
+    conf.write_text(
+        f'udp_bind = ["127.0.0.1"]\nsnapshot_path = "{snap}"\nsnapshot_interval = 3600\n'
+        f'sync_socket = "{sock}"\n'
+    )
+    log = tmp / "serve.log"
+    cmd = [sys.executable, "-m", "wsgi_tracker.running.cli", "serve", "--config", str(conf)]
+    cmd += ["--bind", f"127.0.0.1:{http_port}", "--workers", str(args.workers)]
+    cmd += ["--udp-port", str(udp_port)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out)
+    text = lambda: log.read_text(errors="replace")  # noqa: E731
+    try:
+        with ScrapeProbe(http_port, args.torrents) as probe:
+            started = time.monotonic()
+            up = probe.first_full_after(started, 300)
+            if up is None:
+                raise SystemExit(f"serve never answered in full: {text()[-3000:]}")
+            result["serve_start_seconds"] = up - started
+            print(
+                f"serve start (restore {args.torrents} torrents, {args.workers} worker(s) "
+                f"join): full answers after {up - started:.1f} s"
+            )
+            master = next(
+                p
+                for p in procs.children(proc.pid)
+                if b"gunicorn" in Path(f"/proc/{p}/cmdline").read_bytes()
+            )
+            victim = min(procs.children(master))
+            sidecar_cpu = sum(procs.cpu_seconds(p) for p in procs.children(proc.pid) if p != master)
+            time.sleep(1.0)
+            killed = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            full = probe.first_full_after(killed, 120)
+            sidecar_cpu = (
+                sum(procs.cpu_seconds(p) for p in procs.children(proc.pid) if p != master)
+                - sidecar_cpu
+            )
+            new = [p for p in procs.children(master) if p != victim]
+            joiner_cpu = sum(procs.cpu_seconds(p) for p in new)
+            time.sleep(1.0)
+        partial, empty = probe.not_full_after(killed)
+        failed = [what for sent, what in probe.failures if sent > killed]
+        refused = [why for sent, why in probe.refusals if sent > killed]
+        after = text()[text().find(f"pid {victim}") :]
+        silent = after.count("silent for")
+        connects = len(re.findall(r"sync hub: worker pid \d+ connected", after))
+        result.update(
+            rejoin_seconds=(full - killed) if full else float("nan"),
+            rejoin_partial_answers=partial,
+            rejoin_empty_answers=empty,
+            rejoin_silence_drops=silent,
+            rejoin_cpu_worker=joiner_cpu,
+            rejoin_cpu_sidecar=sidecar_cpu,
+        )
+        print(
+            f"kill -9 of worker {victim}: full answers after "
+            f"{result['rejoin_seconds']:.2f} s; {partial} answers not full ({empty} 0/0/0), "
+            f"{len(failed)} failed, {len(refused)} told to retry, {silent} drops for silence, "
+            f"{connects} connects "
+            f"(CPU: new worker {joiner_cpu:.2f} s, sidecar {sidecar_cpu:.2f} s)"
+        )
+        result["rejoin_failed_requests"] = len(failed)
+        result["rejoin_refused_requests"] = len(refused)
+        for failure in sorted(set(failed))[:5]:
+            print(f"  a scrape failed: {failure}")
+        if os.environ.get("BENCH_FAULTS_LOG"):
+            print(after[-6000:])
+    finally:
+        stopping = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            for pid in procs.descendants(proc.pid):
+                os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+        stop = time.monotonic() - stopping
+        saved = "before exit" in text()
+        result.update(serve_stop_seconds=stop, serve_final_save=float(saved))
+        print(f"serve stop: {stop:.1f} s (exit {proc.returncode}), final save logged: {saved}")
+        for line in text().splitlines()[-40:]:
+            if re.search(r"stopp|saved|exited|did not stop", line):
+                print("  " + line)
 
 
 if __name__ == "__main__":
