@@ -120,8 +120,14 @@ def encode(snapshot: Snapshot) -> bytes:
     return _frame(snapshot.saved_at, snapshot.generation, raw)
 
 
+# zlib's fastest level: at 1M torrents level 6 took 2.06 s of a save's ~11 s (the final
+# one runs in the stopping sidecar, against serve's deadline), level 1 0.59 s, for a file
+# 3% larger (11.4 against 11.1 MB). Any level reads back the same.
+COMPRESS_LEVEL = 1
+
+
 def _frame(saved_at: float, generation: int, raw: bytes) -> bytes:
-    body = zlib.compress(raw, 6)
+    body = zlib.compress(raw, COMPRESS_LEVEL)
     fields = (MAGIC, VERSION, saved_at, generation, len(body), len(raw))
     crc = zlib.crc32(body, zlib.crc32(HEADER.pack(*fields, 0)))
     return HEADER.pack(*fields, crc) + body
