@@ -28,8 +28,11 @@ from wsgi_tracker.sync.socket_path import UnsafeSocketPath, check_private, why_n
 
 GUNICORN_CONF = Path(__file__).with_name("gunicorn_conf.py")
 GUNICORN_STOP_TIMEOUT = 20.0  # its graceful_timeout (10 s), the workers' last flush, slack
-# The sidecar's last save at 1M torrents takes seconds, and the save is what keeps the counts.
-SIDECAR_STOP_TIMEOUT = 60.0
+# The sidecar's last save at 1M torrents takes ~8 s of CPU: 5.9-6.8 s at load 2, past 60 s
+# at load 10-12 on 2 cores (bench.faults --parts serve), as long as its restore at start
+# (HUB_START_WAIT). Killed, it loses no count (the journal has them) but the peers' state
+# since the last periodic save.
+SIDECAR_STOP_TIMEOUT = 120.0
 # How long gunicorn waits for the hub to listen: the sidecar restores its snapshot first
 # (~8 s at 1M torrents on a quiet machine, three times that under load).
 HUB_START_WAIT = 120.0
