@@ -31,6 +31,7 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 
+from wsgi_tracker.core.pending import Item, PendingChanges
 from wsgi_tracker.core.types import (
     EVENT_COMPLETED,
     EVENT_NONE,
@@ -342,6 +343,16 @@ def _window(
     return taken
 
 
+# Stashed changes of a torrent nobody reads are dropped unapplied this long past the torrent
+# TTL after they arrived: margin for a change stamped ahead of this process's clock.
+PENDING_SKEW = 600
+
+
+def _row_of(item: Item) -> PeerRow:
+    """A stashed item that is a row with its arrival second appended, as a row."""
+    return item[:7]  # type: ignore[return-value]
+
+
 # OnePeer's record: peer_id, expiry, key, seeder, next sweep; then the endpoint.
 _ONE = struct.Struct("<20sdIBq")
 _ONE_HEAD = _ONE.size
@@ -540,6 +551,7 @@ class SwarmStore:
         max_peers_per_address: int = 16,
         max_peers: int = 5_000_000,
         sweep_every: int = 60,
+        max_pending: int = 250_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.peer_ttl = peer_ttl
@@ -558,10 +570,14 @@ class SwarmStore:
         # The torrent index (docs/ARCHITECTURE.md, "The swarm store"): a plain dict in
         # refresh order, which is expiry order. cachetools' TTLCache cost ~250 B a torrent
         # in its links and OrderedDict, most of the 300 B a single-peer torrent may cost.
-        # Readers may iterate it; only the store changes it. It may hold expired
-        # torrents until the next insert or ``expire`` drops them: ``peek`` hides them.
-        self.torrents: dict[bytes, Swarm] = {}
-        self._held = self.torrents
+        # Readers iterate it through ``torrents``; only the store changes it. It may hold
+        # expired torrents until the next insert or ``expire`` drops them: ``peek`` hides them.
+        self._held: dict[bytes, Swarm] = {}
+        # Remote changes stashed and not yet applied (``stash``): every read or change of
+        # a torrent folds its own in first, so nothing outside the store can tell.
+        self.pending = PendingChanges()
+        self.max_pending = max_pending
+        self._unpack: Callable[[Item], PeerRow] = _row_of
         # The oldest torrents, (info_hash, swarm, touched) in order, as of when they were
         # lined up; one that has moved since (refreshed or dropped) is skipped.
         self._front: collections.deque[tuple[bytes, Swarm, int, float]] = collections.deque()
@@ -575,6 +591,14 @@ class SwarmStore:
 
     def __len__(self) -> int:
         return len(self.torrents)
+
+    @property
+    def torrents(self) -> dict[bytes, Swarm]:
+        """Every torrent held, in refresh order, with every stashed change applied: what a
+        reader that walks them all (a snapshot, a full scrape, the stats) must see."""
+        if self.pending:
+            self.fold_all()
+        return self._held
 
     def get(self, info_hash: bytes) -> Swarm | None:
         """The torrent, as a use: one not refreshed for a sweep period is (``peek`` says why)."""
@@ -595,6 +619,8 @@ class SwarmStore:
         making the oldest torrents the next evicted however busy they are.
         Expired reads as absent.
         """
+        if self.pending and info_hash in self.pending:
+            self._fold(info_hash)
         swarm = self._held.get(info_hash)
         if swarm is None or self._expiry(swarm) <= self.clock():
             return None
@@ -629,14 +655,29 @@ class SwarmStore:
         if old is not None and old is not swarm:
             self.peers_held -= len(old)  # an expired torrent made anew
         known = old is not None
+        pending = self.pending
+        moved: set[bytes] | None = None
         while (oldest := self._oldest()) is not None:
             placed = oldest[1].touched
             if (placed if placed >= 0 else -1 - placed) > now:
                 break
+            if pending and oldest[0] in pending:
+                # Its stashed changes would have refreshed it (or found it gone, which
+                # ``apply`` sees by its expiry when they are folded): not dropped here.
+                if moved is None:
+                    moved = set()
+                elif oldest[0] in moved:
+                    break
+                moved.add(oldest[0])
+                self._use(oldest[0], oldest[1])
+                continue
             self._drop(oldest[0], oldest[1])
         if not known:
             while len(held) >= self.max_torrents and (oldest := self._oldest()) is not None:
                 stale, candidate, lined_last = oldest
+                if pending and stale in pending:
+                    self._fold(stale)  # evicted (or kept) as it stands with them applied
+                    continue
                 last = self._last_announce(candidate)
                 if last > lined_last or int(last) > candidate.touched:
                     # A second chance (as the CLOCK algorithm gives): announced since it
@@ -699,7 +740,20 @@ class SwarmStore:
         change only moved a known peer's expiry (and from when).
         """
         ih = change.info_hash
+        pending = self.pending
+        if pending and ih in pending:
+            self._fold(ih)
         swarm = self._held.get(ih)
+        now = int(self.clock())
+        if (
+            swarm is not None
+            and now - swarm.touched >= self.sweep_every
+            and self._expiry(swarm) <= now
+        ):
+            # Expired is gone, whether or not the front of the order has been dropped
+            # yet: a torrent is never revived with its old counter.
+            self._drop(ih, swarm)
+            swarm = None
         self.refreshed = 0.0  # set again below for a refresh, once the rules have passed
         if change.event == EVENT_STOPPED:
             self._stop(swarm, change)
@@ -713,7 +767,6 @@ class SwarmStore:
         width = len(endpoint)
         # Sweep both families first: a list nobody of its family announces to must still
         # expire (its peers are handed to the other family), and dead peers hold no places.
-        now = int(self.clock())
         v4, v6 = swarm.v4, swarm.v6
         if v4 is not None and now >= v4.sweep_at:
             self._sweep(swarm, v4, now)
@@ -894,7 +947,7 @@ class SwarmStore:
         torrent due for its TTL refresh) takes ``merge``. One clock reading
         serves the whole slice: callers bound the slice, so it is milliseconds.
         """
-        held, stops = self._held, self._stops
+        held, stops, pending = self._held, self._stops, self.pending
         ttl, every = self.peer_ttl, self.sweep_every
         now = int(self.clock())
         roomy = self.max_peers_per_torrent > 0 and self.max_peers_per_address > 0
@@ -902,7 +955,12 @@ class SwarmStore:
         for i in range(start, len(rows) if stop is None else stop):
             row = rows[i]
             ih, pid, ts, flags, event, endpoint, key = row
+            if pending and ih in pending:
+                self._fold(ih)
             swarm = held.get(ih)
+            if swarm is not None and now - swarm.touched >= every and self._expiry(swarm) <= now:
+                self._drop(ih, swarm)  # as ``apply`` does: expired is gone
+                swarm = None
             # A torrent not due for its refresh is not expired either (its TTL runs a
             # sweep period past the refresh), so ``get`` would find it, and leave it be.
             if swarm is not None and now - swarm.touched < every:
@@ -1016,6 +1074,78 @@ class SwarmStore:
                     news.append(row)
         return applied
 
+    # --- lazy application (docs/SYNC.md, "Applying lazily") ------------------------------
+
+    def stash(self, items: Sequence[Item], unpack: Callable[[Item], PeerRow]) -> None:
+        """Take remote changes (deltas, in order) to be applied when their torrent is next
+        read or changed, with exactly ``merge_many``'s rules and as of the second each
+        arrived in (each item's last element; ``unpack`` makes an item its row).
+
+        Every read of a torrent folds its stashed changes in first (``_fold``), so
+        answers are the ones applying each change at once would give. Near a global
+        bound (``max_peers``, ``max_torrents``), where which newcomer is refused or which
+        torrent evicted would depend on when each change was applied, it applies
+        everything at once instead. Stashed changes of a torrent nobody reads go
+        unapplied once they have expired (``PendingChanges.drop_expired``); past
+        ``max_pending`` the caller folds the oldest in slices (``fold_some``).
+        """
+        if not items:
+            return
+        pending = self.pending
+        n = len(items)
+        second = items[-1][-1]
+        if (
+            self.peers_held + pending.records + n >= self.max_peers
+            or len(self._held) + len(pending) + n >= self.max_torrents
+        ):
+            self.fold_all()
+            self.merge_many([unpack(item) for item in items])
+            return
+        self._unpack = unpack
+        pending.add(items, second)
+        if pending.records > n:
+            pending.drop_expired(second, self.torrent_ttl + PENDING_SKEW)
+
+    def fold_some(self, budget: int) -> int:
+        """Fold the torrents whose stashed changes are oldest, about ``budget`` changes
+        (whole torrents); how many were folded."""
+        pending = self.pending
+        done = 0
+        for ih in pending.oldest():
+            done += self._fold(ih)
+            if done >= budget:
+                break
+        return done
+
+    def fold_all(self) -> None:
+        """Apply every stashed change (a reader is about to walk every torrent)."""
+        pending = self.pending
+        for ih in list(pending.by_torrent):
+            self._fold(ih)
+        pending.clear()
+
+    def _fold(self, info_hash: bytes) -> int:
+        """Apply the torrent's stashed changes in order, each second's with the clock
+        read as that second (what ``merge_many`` would have done on arrival: the same
+        sweeps, refreshes and expiries); how many there were."""
+        items = self.pending.take(info_hash)
+        if not items:
+            return 0
+        unpack, clock = self._unpack, self.clock
+        start, n = 0, len(items)
+        try:
+            while start < n:
+                second = items[start][-1]
+                end = start + 1
+                while end < n and items[end][-1] == second:
+                    end += 1
+                self.clock = float(second).__float__  # read as that second, for this group
+                self.merge_many([unpack(item) for item in items[start:end]])
+                start = end
+        finally:
+            self.clock = clock
+        return n
+
     def _admit(self, swarm: Swarm, pl: PeerList, change: PeerChange) -> None:
         """Raise unless a new peer may join: the bounds, and the peer's other family.
 
@@ -1083,7 +1213,7 @@ class SwarmStore:
         so they are not applied. Their keys still are: the record is the same
         peer at the same address, which is all the identity rule asks.
         """
-        swarm = self._held.get(change.info_hash)
+        swarm = self.peek(change.info_hash)
         if swarm is None:
             return
         pl = swarm.family(len(change.endpoint), create=False)
@@ -1220,10 +1350,15 @@ class SwarmStore:
         return out
 
     def totals(self) -> tuple[int, int, int]:
-        """(torrents, seeders, leechers) across the replica."""
-        seeders = leechers = 0
+        """(torrents, seeders, leechers) across the replica; expired torrents not yet
+        dropped count for nothing (``peek`` hides them)."""
+        torrents = seeders = leechers = 0
+        now = self.clock()
         for swarm in self.torrents.values():
+            if self._expiry(swarm) <= now:
+                continue
+            torrents += 1
             s = swarm.complete
             seeders += s
             leechers += len(swarm) - s
-        return len(self.torrents), seeders, leechers
+        return torrents, seeders, leechers

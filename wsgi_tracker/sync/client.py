@@ -59,6 +59,7 @@ from wsgi_tracker.sync.replica import (
     batch_wait,
     merge,
     refresh_ahead,
+    stash,
     walk,
 )
 from wsgi_tracker.sync.session import FROM_HUB, Conversation, Phase
@@ -604,9 +605,14 @@ class SyncClient:
         return done
 
     def _merge(self, peers: Sequence[PeerChange], start: int, stop: int, state: bool) -> None:
-        """One slice of a frame's records, merged in bulk (``SwarmStore.merge_many``)."""
+        """One slice of a frame's records: a snapshot's merged in bulk
+        (``SwarmStore.merge_many``), deltas stashed to be applied per torrent when it
+        is next read (``SwarmStore.stash``; docs/SYNC.md, "Applying lazily")."""
         with self.core.lock:
-            merge(self.core.store, peers, state, start, stop)
+            if state:
+                merge(self.core.store, peers, state, start, stop)
+            else:
+                stash(self.core.store, peers, start, stop)
 
     def _run_later(self) -> None:
         """Callbacks that may block (a WebSocket relay's send), run outside ``_read_lock``."""

@@ -117,6 +117,22 @@ def merge(
     return store.merge_many(frames.peer_rows(peers), start, stop, state, news)
 
 
+def stash(store: SwarmStore, peers: Sequence[PeerChange], start: int, stop: int) -> None:
+    """Take ``peers[start:stop]`` (a Deltas frame's records) to be applied lazily, each
+    torrent's when it is next read (``SwarmStore.stash``); past the store's
+    ``max_pending``, fold as many of the oldest as came in, so the bound holds."""
+    if isinstance(peers, frames.PeerRecords):
+        items = peers.pending(start, stop, int(store.clock()))
+        store.stash(items, frames.pending_row)
+    else:
+        second = (int(store.clock()),)
+        store.stash(
+            [row + second for row in frames.peer_rows(peers[start:stop])], frames.pending_row
+        )
+    if store.pending.records > store.max_pending:
+        store.fold_some(stop - start)
+
+
 class ChangeBuffer:
     """The listener on ``TrackerCore.listeners``: costs an append, never a syscall.
 
