@@ -1,8 +1,9 @@
 """In-process figures of the tracker core, without any server: memory, swarm-size cost,
-merging remote changes and a join.
+merging remote changes, stashing them lazily, and a join.
 
-Run in a fresh interpreter (``python -m bench.inproc memory|huge|merge|stream|join ...``, pinned by
-the runner) so RSS growth is the store's alone; prints one JSON line.
+Run in a fresh interpreter (``python -m bench.inproc
+memory|pending|huge|merge|stream|join ...``, pinned by the runner) so RSS growth is the
+store's alone; prints one JSON line.
 Every peer id and info_hash is a fresh bytes object, as a parsed request
 would give, so the store is charged for the objects it keeps. Times are this
 process's CPU time (``time.process_time``), so a machine shared with other work
@@ -88,6 +89,49 @@ def memory(torrents: int, peers: int) -> dict[str, float]:
         "bytes_per_torrent": (after - before) * 1024 / max(1, torrents_held),
         "new_peer_announces_per_s": peers / elapsed,
         "reannounce_us": reannounce_us,
+    }
+
+
+def pending_memory(torrents: int, records: int) -> dict[str, float]:
+    """RSS growth per record for ``records`` remote changes (new peers, one record shape)
+    stashed by a lazy replica over ``torrents`` torrents, and the CPU to stash them and
+    then to read every torrent once (which folds them all in). Compare the bytes with
+    ``memory``'s for the same peers applied (RSS does not shrink once the stash is
+    folded, so the two cannot be told apart in one process)."""
+    from wsgi_tracker.core.swarm import SwarmStore
+    from wsgi_tracker.core.types import PeerChange
+    from wsgi_tracker.sync import frames
+    from wsgi_tracker.sync.replica import stash
+
+    now = time.time()
+    store = SwarmStore(max_torrents=max(torrents, 1) * 2, max_pending=records + 1)
+    step = frames.RECORDS_PER_FRAME
+    wires = []
+    for at in range(0, records, step):
+        batch = [
+            PeerChange(info_hash(i % torrents), peer_id(i), address(i) + b"\x1a\xe1", False, 0, now)
+            for i in range(at, min(records, at + step))
+        ]
+        wires.append(frames.encode(frames.Deltas(batch)))
+    gc.collect()
+    before = rss_kb()
+    start = time.process_time()
+    for wire in wires:
+        for frame in frames.decode_all(wire):
+            stash(store, frame.peers, 0, len(frame.peers))  # type: ignore[union-attr]
+    stashed_s = time.process_time() - start
+    del wires, frame
+    gc.collect()
+    stashed = rss_kb()
+    start = time.process_time()
+    torrents_held, _seeders, leechers = store.totals()  # reads every torrent: folds all
+    folded_s = time.process_time() - start
+    return {
+        "torrents": torrents_held,
+        "peers": leechers,
+        "pending_bytes_per_record": (stashed - before) * 1024 / records,
+        "stash_us_per_record": stashed_s / records * 1e6,
+        "fold_us_per_record": folded_s / records * 1e6,
     }
 
 
@@ -330,6 +374,9 @@ def main() -> None:
     mem = sub.add_parser("memory", help="bytes per peer")
     mem.add_argument("--torrents", type=int, default=100_000)
     mem.add_argument("--peers", type=int, default=1_000_000)
+    lazy = sub.add_parser("pending", help="bytes per stashed remote change, then folded")
+    lazy.add_argument("--torrents", type=int, default=1_000_000)
+    lazy.add_argument("--records", type=int, default=1_000_000)
     big = sub.add_parser("huge", help="announce cost in a huge swarm vs a small one")
     big.add_argument("--peers", type=int, default=50_000)
     big.add_argument("--small", type=int, default=100)
@@ -357,6 +404,8 @@ def main() -> None:
     tune_gc()  # as every serving process runs
     if args.what == "memory":
         out = memory(args.torrents, args.peers)
+    elif args.what == "pending":
+        out = pending_memory(args.torrents, args.records)
     elif args.what == "merge":
         out = merge_cost(args.reps)
     elif args.what == "stream":

@@ -33,6 +33,7 @@ import contextlib
 import fcntl
 import gc
 import heapq
+import itertools
 import logging
 import os
 import socket
@@ -585,6 +586,8 @@ class SyncClient:
         done = 0
         while inbox and (budget is None or done < budget):
             frame = inbox[0]
+            if type(frame) is f.Deltas and not self._pos and len(inbox) > 1:
+                frame = self._join_deltas(None if budget is None else budget - done)
             if isinstance(frame, f.Deltas | f.Snapshot):
                 peers = frame.peers
                 start = self._pos
@@ -597,12 +600,46 @@ class SyncClient:
                     break
                 self._pos = 0
                 if isinstance(frame, f.Deltas) and peers:
-                    self.delta_lag = max(0.0, time.time() - peers[-1].timestamp)
+                    last = (
+                        peers.last_timestamp()
+                        if isinstance(peers, f.PeerRecords)
+                        else peers[-1].timestamp
+                    )
+                    self.delta_lag = max(0.0, time.time() - last)
             else:
                 self._apply(frame, self._session_resync)
                 done += 1
             inbox.popleft()
         return done
+
+    def _join_deltas(self, room: int | None) -> f.Frame:
+        """The Deltas frames at the head of the inbox, as one (as many as are ``joinable``
+        and fit in ``room`` changes): stashing costs per call as well as per record."""
+        inbox = self._inbox
+        head = inbox[0]
+        assert isinstance(head, f.Deltas)
+        first = head.peers
+        if not isinstance(first, f.PeerRecords):
+            return head
+        parts = [first]
+        n = len(first)
+        for frame in itertools.islice(inbox, 1, None):
+            if type(frame) is not f.Deltas:
+                break
+            peers = frame.peers
+            if not (isinstance(peers, f.PeerRecords) and first.joinable(peers)):
+                break
+            if room is not None and n + len(peers) > room:
+                break
+            parts.append(peers)
+            n += len(peers)
+        if len(parts) == 1:
+            return head
+        for _ in parts:
+            inbox.popleft()
+        joined = f.Deltas(f.PeerRecords.joined(parts))
+        inbox.appendleft(joined)
+        return joined
 
     def _merge(self, peers: Sequence[PeerChange], start: int, stop: int, state: bool) -> None:
         """One slice of a frame's records: a snapshot's merged in bulk

@@ -130,6 +130,7 @@ _REST = {
 # first two bytes against the first two of this, cautiously (anything else: the walk).
 _TS_AT = 40
 _TS_LIMIT = struct.pack(">d", MAX_TIMESTAMP)
+_TIMESTAMP = struct.Struct(">d")
 
 
 class FrameError(ValueError):
@@ -189,6 +190,18 @@ class PeerRecords(Sequence[PeerChange]):
         records._rows, records._body, records._rec = None, body, rec
         return records
 
+    def joinable(self, other: PeerRecords) -> bool:
+        """Whether ``joined`` can put ``other`` behind these: both packed, one shape."""
+        return self._rows is None and other._rows is None and self._rec is other._rec
+
+    @classmethod
+    def joined(cls, parts: Sequence[PeerRecords]) -> PeerRecords:
+        """One run of records from several ``joinable`` bodies, in order: a reader that
+        takes the hub's 1 ms batches by the dozen stashes them in one go."""
+        rec = parts[0]._rec
+        assert rec is not None
+        return cls.packed(b"".join([p._body for p in parts]), rec)
+
     @property
     def rows(self) -> list[PeerRow]:
         rows = self._rows
@@ -220,6 +233,14 @@ class PeerRecords(Sequence[PeerChange]):
                 repeat(stamp),
             )
         )
+
+    def last_timestamp(self) -> float:
+        """The last record's timestamp, without cutting a packed body into rows."""
+        rec = self._rec
+        if self._rows is None and rec is not None:
+            (ts,) = _TIMESTAMP.unpack_from(self._body, len(self._body) - rec.size + _TS_AT)
+            return ts  # type: ignore[no-any-return]
+        return self.rows[-1][2]
 
     def __len__(self) -> int:
         rows = self._rows

@@ -317,3 +317,5 @@ def test_peer_bodies_decode_in_bulk_as_the_record_walk_does(peers, damage, cut):
         items = again.pending(lo, hi, 1_700_000_000)
         assert [f.pending_row(item) for item in items] == walked[lo:hi]
         assert all(item[-1] == 1_700_000_000 for item in items)
+        if walked:
+            assert f._decode_peers(data).last_timestamp() == walked[-1][2]
