@@ -15,7 +15,7 @@ from wsgi_tracker.config import ConfigError, TrackerConfig
 from wsgi_tracker.core.addresses import pack_ip
 from wsgi_tracker.core.errors import TrackerError
 from wsgi_tracker.core.tracker import TrackerCore
-from wsgi_tracker.core.types import Announce
+from wsgi_tracker.core.types import Announce, PeerChange
 from wsgi_tracker.http.middleware import TrackerMiddleware
 from wsgi_tracker.stats.collect import (
     TOTALS_CHUNK,
@@ -28,6 +28,7 @@ from wsgi_tracker.stats.collect import (
     render_prometheus,
     replica_totals,
 )
+from wsgi_tracker.sync.replica import stash
 
 IH = bytes.fromhex("44" * 20)
 CLIENT = pack_ip("127.0.0.1")
@@ -292,3 +293,21 @@ def test_every_worker_reports_exact_whole_tracker_totals(tmp_path):
             last = json.loads(http_get(web.url + "/stats")[1])
         assert last["hub"]["lagging"] == 0 and last["hub"]["acks_past_laggers"] >= 0, last
         assert b"wsgi_tracker_hub_settle_timeouts_total " in http_get(web.url + "/metrics")[1]
+
+
+def test_replica_count_of_a_lazy_replica_folds_chunk_by_chunk(clock):
+    """A worker's replica holds other processes' changes stashed (core/pending.py): the
+    count sees them all, and copying the names under the lock applies none of them (all
+    at once would stall every announce for as long as applying them takes)."""
+    core = TrackerCore(TrackerConfig(), clock=clock)
+    changes = [
+        PeerChange(
+            n.to_bytes(20, "big"), pid(n), bytes([127, 0, 0, 1, 26, 225]), n % 3 == 0, 0, clock()
+        )
+        for n in range(2 * TOTALS_CHUNK + 3)
+    ]
+    stash(core.store, changes, 0, len(changes))
+    assert len(core.store.names()) == len(changes) and core.store.pending.records == len(changes)
+    seeders = (len(changes) + 2) // 3
+    assert replica_totals(core) == (len(changes), seeders, len(changes) - seeders)
+    assert core.store.pending.records == 0

@@ -600,6 +600,16 @@ class SwarmStore:
             self.fold_all()
         return self._held
 
+    def names(self) -> list[bytes]:
+        """Every torrent held or with changes stashed, folding nothing: for a reader that
+        then reads them a chunk at a time (``peek`` folds each), where ``torrents``
+        would apply every stashed change at once under the caller's lock."""
+        names = list(self._held)
+        if self.pending:
+            held = self._held
+            names.extend(ih for ih in self.pending.by_torrent if ih not in held)
+        return names
+
     def get(self, info_hash: bytes) -> Swarm | None:
         """The torrent, as a use: one not refreshed for a sweep period is (``peek`` says why)."""
         swarm = self.peek(info_hash)

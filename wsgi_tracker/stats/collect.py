@@ -310,7 +310,7 @@ def replica_totals(core: TrackerCore) -> tuple[int, int, int]:
     """
     store = core.store
     with core.lock:
-        keys = list(store.torrents)
+        keys = store.names()  # the stashed changes are folded chunk by chunk, by peek
     torrents = seeders = peers = 0
     for start in range(0, len(keys), TOTALS_CHUNK):
         if start:
