@@ -436,6 +436,21 @@ def serve(
 # --- small client helpers ------------------------------------------------------------------
 
 
+def read_to_close(sock: socket.socket, reads: int = 10_000) -> bytes:
+    """Everything the server sends until it closes (or resets) the connection, in at
+    most ``reads`` reads; the socket's own timeout bounds each."""
+    chunks = []
+    for _ in range(reads):
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def short_tempdir(prefix: str) -> str:
     """A 0700 directory with a short path, for Unix sockets (at most 107 bytes).
 

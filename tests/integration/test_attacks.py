@@ -22,6 +22,7 @@ from servers import (
     Serve,
     announce_url,
     http_get,
+    read_to_close,
     scrape_url,
     serve,
     udp_announce,
@@ -62,19 +63,6 @@ def connect(stack: Serve, source: str = ATTACKER) -> socket.socket:
     sock.bind((source, 0))
     sock.connect((stack.http.host, stack.http.port))
     return sock
-
-
-def read_to_close(sock: socket.socket) -> bytes:
-    chunks = []
-    for _ in range(10_000):  # bounded: the replies here are small
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def announce(stack: Serve, source: str = BYSTANDER, info_hash: bytes | None = None) -> dict:

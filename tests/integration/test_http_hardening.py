@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from servers import Server, gunicorn, http_get
+from servers import Server, gunicorn, http_get, read_to_close
 
 from wsgi_tracker.config import TrackerConfig
 
@@ -52,19 +52,6 @@ def connect(srv: Server, source: str = BYSTANDER) -> socket.socket:
     sock.bind((source, 0))
     sock.connect((srv.host, srv.port))
     return sock
-
-
-def read_to_close(sock: socket.socket) -> bytes:
-    chunks = []
-    for _ in range(1000):  # bounded: replies here are a few hundred bytes
-        try:
-            chunk = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def talk(srv: Server, data: bytes, source: str = BYSTANDER) -> bytes:

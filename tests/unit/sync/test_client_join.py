@@ -10,10 +10,7 @@ half-filled replica meanwhile (it is not ready).
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -32,13 +29,10 @@ from wsgi_tracker.sync.session import FROM_CLIENT, Conversation, Phase
 HEARTBEAT = 0.1
 
 
-def test_a_joining_client_heartbeats_after_its_hello_until_the_snapshot_is_done() -> None:
-    directory = tempfile.mkdtemp(prefix="join-", dir="/tmp")  # a short socket path
-    path = os.path.join(directory, "hub.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(1)
-    listener.settimeout(10)
+def test_a_joining_client_heartbeats_after_its_hello_until_the_snapshot_is_done(
+    hub_listener: tuple[str, socket.socket],
+) -> None:
+    path, listener = hub_listener
     core = TrackerCore()
     client = SyncClient(core, path, heartbeat=HEARTBEAT)
     client.start()
@@ -74,22 +68,15 @@ def test_a_joining_client_heartbeats_after_its_hello_until_the_snapshot_is_done(
         conn.close()
     finally:
         client.stop()
-        listener.close()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_a_request_while_the_first_snapshot_is_still_arriving_is_refused_not_half_answered(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, hub_listener: tuple[str, socket.socket]
 ) -> None:
     """Past its wait, a request gets a failure reason to retry, never 0/0/0 for a torrent
     the hub holds (a million torrents took longer than the wait on a loaded machine)."""
     monkeypatch.setattr(middleware, "SYNC_JOIN_WAIT", 0.2)
-    directory = tempfile.mkdtemp(prefix="join-", dir="/tmp")
-    path = os.path.join(directory, "hub.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(1)
-    listener.settimeout(10)
+    path, listener = hub_listener
     held = (7).to_bytes(20, "big")
     app = middleware.TrackerMiddleware(config=TrackerConfig(sync_socket=path))
     query = "info_hash=" + urllib.parse.quote_from_bytes(held)
@@ -121,5 +108,3 @@ def test_a_request_while_the_first_snapshot_is_still_arriving_is_refused_not_hal
             app.sync.stop()
         if conn is not None:
             conn.close()
-        listener.close()
-        shutil.rmtree(directory, ignore_errors=True)

@@ -9,10 +9,7 @@ applied at once.
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
-import tempfile
 import time
 
 from wsgi_tracker.core.tracker import TrackerCore
@@ -28,13 +25,10 @@ def change(t: int, p: int, endpoint: bytes = V4, key: int = 0, event: int = 0) -
     return PeerChange(b"%020d" % t, b"-PEER-%014d" % p, endpoint, False, event, time.time(), key)
 
 
-def test_stashed_deltas_read_as_applied_in_order() -> None:
-    directory = tempfile.mkdtemp(prefix="lazy-", dir="/tmp")  # a short socket path
-    path = os.path.join(directory, "hub.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(1)
-    listener.settimeout(10)
+def test_stashed_deltas_read_as_applied_in_order(
+    hub_listener: tuple[str, socket.socket],
+) -> None:
+    path, listener = hub_listener
     core = TrackerCore()
     client = SyncClient(core, path)
     client.start()
@@ -75,5 +69,3 @@ def test_stashed_deltas_read_as_applied_in_order() -> None:
         assert store.pending.records == 0
     finally:
         client.stop(timeout=2)
-        listener.close()
-        shutil.rmtree(directory, ignore_errors=True)
