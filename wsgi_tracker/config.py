@@ -257,6 +257,14 @@ class TrackerConfig:
         "completion answered just before the hub dies may be lost; a request still applies "
         "what the hub already sent before it reads.",
     )
+    lazy_apply: bool = _setting(
+        False,
+        "With the sync hub, a worker (or a second UDP process) files other processes' changes "
+        "under their torrents and applies them when that torrent is next read, instead of "
+        "at once (docs/SYNC.md, 'Applying lazily'): about half the CPU an idle process pays "
+        "per remote change, but a busy worker's tail latency under a UDP flood was worse in "
+        "bench full. For many workers whose torrents differ.",
+    )
     snapshot_path: str = _setting("", "File the sidecar saves the swarms to; empty: no snapshot.")
     snapshot_interval: int = _setting(60, "Seconds between snapshots.", check=at_least(1))
     # --- cluster (docs/CLUSTER.md) -----------------------------------------------------

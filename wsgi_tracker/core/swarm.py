@@ -1098,19 +1098,41 @@ class SwarmStore:
         everything at once instead. Stashed changes of a torrent nobody reads go
         unapplied once they have expired (``PendingChanges.drop_expired``); past
         ``max_pending`` the caller folds the oldest in slices (``fold_some``).
+
+        A torrent already held with nothing stashed (this process has read it, or
+        announced to it) is applied at once, in one ``merge_many`` for the batch: it
+        is likely read again soon, and folding a record or two per read costs about
+        twice what the batch's merge does (``bench full``: HTTP beside a UDP flood
+        fell to 0.13-0.32x of its solo rate when every change was stashed).
         """
         if not items:
             return
         pending = self.pending
         n = len(items)
         second = items[-1][-1]
+        held = self._held
         if (
             self.peers_held + pending.records + n >= self.max_peers
-            or len(self._held) + len(pending) + n >= self.max_torrents
+            or len(held) + len(pending) + n >= self.max_torrents
         ):
             self.fold_all()
             self.merge_many([unpack(item) for item in items])
             return
+        if held:
+            stashed = pending.by_torrent
+            hot: list[PeerRow] = []
+            cold: list[Item] = []
+            for item in items:
+                ih = item[0]
+                if ih in held and ih not in stashed:
+                    hot.append(unpack(item))
+                else:
+                    cold.append(item)
+            if hot:
+                self.merge_many(hot)
+                if not cold:
+                    return
+                items, n = cold, len(cold)
         self._unpack = unpack
         pending.add(items, second)
         if pending.records > n:

@@ -194,6 +194,7 @@ class SyncClient:
         self.stale_reads = 0
         # Off (the read_your_writes setting): no reply waits for an ack.
         self.read_your_writes = core.config.read_your_writes
+        self.lazy_apply = core.config.lazy_apply  # deltas stashed, not merged (_merge)
         self._threads: list[threading.Thread] = []
         # Where WebSocket relays for this process's sockets go: (info_hash, peer_id, text).
         self.on_relay: Callable[[bytes, bytes, str], object] | None = None
@@ -642,11 +643,11 @@ class SyncClient:
         return joined
 
     def _merge(self, peers: Sequence[PeerChange], start: int, stop: int, state: bool) -> None:
-        """One slice of a frame's records: a snapshot's merged in bulk
-        (``SwarmStore.merge_many``), deltas stashed to be applied per torrent when it
-        is next read (``SwarmStore.stash``; docs/SYNC.md, "Applying lazily")."""
+        """One slice of a frame's records, merged in bulk (``SwarmStore.merge_many``); with
+        ``lazy_apply``, deltas are stashed instead, to be applied per torrent when it is
+        next read (``SwarmStore.stash``; docs/SYNC.md, "Applying lazily")."""
         with self.core.lock:
-            if state:
+            if state or not self.lazy_apply:
                 merge(self.core.store, peers, state, start, stop)
             else:
                 stash(self.core.store, peers, start, stop)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import time
 
+from wsgi_tracker.config import TrackerConfig
 from wsgi_tracker.core.tracker import TrackerCore
 from wsgi_tracker.core.types import EVENT_STOPPED, PeerChange
 from wsgi_tracker.sync import frames as f
@@ -29,7 +30,7 @@ def test_stashed_deltas_read_as_applied_in_order(
     hub_listener: tuple[str, socket.socket],
 ) -> None:
     path, listener = hub_listener
-    core = TrackerCore()
+    core = TrackerCore(TrackerConfig(lazy_apply=True))
     client = SyncClient(core, path)
     client.start()
     try:
