@@ -186,6 +186,13 @@ class TrackerConfig:
         "a failure reason, so one socket cannot fill the WebSocket swarms. 0: no bound.",
         check=at_least(0),
     )
+    ws_max_queued_bytes: int = _setting(
+        64 << 20,
+        "Most bytes one worker holds queued for WebSocket readers slower than the messages "
+        "relayed to them, over all its connections (each is also closed past 1 MiB); past "
+        "it the connection with the most queued is closed and logged. 0: no bound.",
+        check=at_least(0),
+    )
     ws_max_message_bytes: int = _setting(
         65536, "Largest WebSocket message accepted.", check=at_least(1)
     )

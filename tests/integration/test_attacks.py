@@ -18,16 +18,20 @@ from collections.abc import Iterator
 
 import bencodepy
 import pytest
+import websocket as websocket_client
 from servers import (
     Serve,
     announce_url,
+    gunicorn,
     http_get,
     read_to_close,
     scrape_url,
     serve,
     udp_announce,
     ws_announce,
+    ws_closed_with,
     ws_connect,
+    ws_eventually_scrape,
     ws_recv,
     ws_scrape,
     ws_send,
@@ -42,6 +46,7 @@ WS_PEERS = 5
 READ_TIMEOUT = 20.0
 CHUNKED = b"Transfer-Encoding: chunked\r\n"
 WS_PEER = "-WW0001-000000000001"
+NOTHING = {"complete": 0, "incomplete": 0, "downloaded": 0}
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +225,62 @@ def test_one_websocket_cannot_announce_more_peers_than_its_bound(stack: Serve) -
         assert "interval" in ws_announce(ws, WS_PEER, ih=f"{0:020d}")  # the socket serves on
     finally:
         ws.close()
+
+
+# --- session 7 (harden): docs/HARDENING.md, "Attacks (session 7, harden)" ----------------
+
+
+def test_a_frame_header_claiming_2_63_bytes_closes_with_1009_at_once(stack: Serve) -> None:
+    """The frame cap acted on bytes received: a header claiming 2^63 - 1 bytes and a few
+    of them held the socket until ws_idle_timeout (180 s). Now its header is enough."""
+    ws = ws_connect(stack.http)
+    try:
+        assert "interval" in ws_announce(ws, WS_PEER, ih="h" * 20)
+        header = bytes([0x81, 0x80 | 127]) + ((1 << 63) - 1).to_bytes(8, "big") + b"mask"
+        ws.sock.sendall(header + b"abc")
+        assert ws_closed_with(ws) == (
+            1009,
+            f"frame over 16384 bytes: its header claims {(1 << 63) - 1}",
+        )
+    finally:
+        ws.close()
+    # its peer stopped with its socket; the worker serves on
+    check = ws_connect(stack.http)
+    try:
+        assert ws_eventually_scrape(check, "h" * 20, NOTHING) == NOTHING
+    finally:
+        check.close()
+
+
+SLOW_TOTAL = 256 << 10  # ws_max_queued_bytes of the slow-reader test, under 1 MiB a connection
+SDP = "s" * 7000  # two offers a message: within the 16 KiB frame
+
+
+def test_slow_readers_together_over_the_worker_bound_lose_the_largest() -> None:
+    """Each slow reader may queue 1 MiB; 1,000 of them were 1 GB a worker. Two readers that
+    never read, fed offers, pass ws_max_queued_bytes together before either passes 1 MiB:
+    one is closed and logged, the other and the feeder are served on."""
+    env = {"WSGI_TRACKER_WS_MAX_QUEUED_BYTES": str(SLOW_TOTAL)}
+    small = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)]
+    with gunicorn(env=env) as alone:
+        slow = [websocket_client.create_connection(
+            f"ws://127.0.0.1:{alone.port}/announce", timeout=READ_TIMEOUT, sockopt=small
+        ) for _ in range(2)]  # fmt: skip
+        feeder = ws_connect(alone)
+        try:
+            for n, ws in enumerate(slow):
+                ws_announce(ws, f"-WW0001-slow{n:08d}", ih="s" * 20)
+            offers = [
+                {"offer_id": f"{k:020d}", "offer": {"type": "offer", "sdp": SDP}} for k in range(2)
+            ]
+            for _ in range(3000):  # ~42 MB relayed at most; the kernel's buffers take a few
+                ws_announce(feeder, WS_PEER, ih="s" * 20, offers=offers, numwant=2)
+                if "Closed a slow WebSocket reader" in alone.stderr():
+                    break
+            logged = alone.stderr()
+            assert f"over ws_max_queued_bytes ({SLOW_TOTAL})" in logged
+            assert "Traceback" not in logged
+            assert ws_scrape(feeder, "s" * 20)["incomplete"] == 2  # the feeder and one reader
+        finally:
+            for ws in (*slow, feeder):
+                ws.close()

@@ -264,6 +264,58 @@ class MessageBuffer:
         return text
 
 
+class FrameHeaders:
+    """Reads the payload length each frame header claims, as its header arrives.
+
+    The frame cap in ``MessageBuffer`` acts on payload bytes received, and
+    wsproto does not show a header: a header claiming 2^63 bytes followed by a
+    few held its socket until ``ws_idle_timeout`` of silence (longer with a byte
+    every few minutes). This follows the raw stream from frame to frame (a
+    skip count over payloads, at most a 13-byte partial header kept), so a
+    claim over ``limit`` is refused when its header comes. No extension is
+    ever negotiated, so the length on the wire is the payload's.
+    """
+
+    __slots__ = ("_head", "_skip", "limit")  # one per held connection
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._skip = 0  # payload bytes of the current frame still to come
+        self._head = b""  # a header cut by the end of a read
+
+    def feed(self, data: bytes) -> None:
+        """Follow ``data``; raises WsError (1009) at a header claiming over ``limit``."""
+        size = len(data)
+        if self._skip >= size:
+            self._skip -= size
+            return
+        pos = self._skip
+        if self._head:  # (then _skip was 0)
+            data = self._head + data
+            size = len(data)
+            self._head = b""
+        while pos < size:
+            if size - pos < 2:
+                break
+            second = data[pos + 1]
+            code = second & 0x7F
+            width = 2 if code == 126 else 8 if code == 127 else 0
+            need = 2 + width + (4 if second & 0x80 else 0)
+            if size - pos < need:
+                break
+            length = int.from_bytes(data[pos + 2 : pos + 2 + width], "big") if width else code
+            if length > self.limit:
+                raise WsError(
+                    f"frame over {self.limit} bytes: its header claims {length}", CLOSE_TOO_BIG
+                )
+            pos += need + length
+        else:
+            self._skip = pos - size
+            return
+        self._head = data[pos:]
+        self._skip = 0
+
+
 # --- encoding --------------------------------------------------------------------------
 
 

@@ -8,7 +8,10 @@ messages between wsproto and ``WsTracker``.
 Sends never block the greenlet that relays: a message to a peer goes out
 with a non-blocking send, and only what the kernel did not take waits in
 that connection's outbox for its own writer greenlet (spawned on demand). A
-peer that lets more than ``MAX_OUTBOX_BYTES`` pile up is closed.
+peer that lets more than ``MAX_OUTBOX_BYTES`` pile up is closed, and so is the
+one with the most queued whenever all of a worker's outboxes together pass
+``ws_max_queued_bytes`` (``_Backlog``): 1,000 slow readers of 1 MiB each were
+1 GB a worker.
 
 When the worker stops (``going_away``), every connection it holds is told
 1001 "going away" with a reason, so browsers reconnect (to another worker, or
@@ -35,6 +38,7 @@ from wsgi_tracker.websocket.codec import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
     CLOSE_UNSUPPORTED,
+    FrameHeaders,
     MessageBuffer,
     WsError,
     switching_protocols,
@@ -49,6 +53,43 @@ RECV_BYTES = 65536
 MAX_OUTBOX_BYTES = 1 << 20
 CLOSE_WAIT = 2.0  # seconds a client has to answer our close before its socket is shut
 SWEEP_EVERY = 1.0  # seconds between idle checks
+
+
+class _Backlog:
+    """The bytes queued in all of this process's outboxes (one worker, one event loop).
+
+    Only outboxes with something pending are in ``outboxes``; the largest is
+    looked for only when the total passes ``limit`` (0: no bound).
+    """
+
+    __slots__ = ("limit", "outboxes", "total")
+
+    def __init__(self) -> None:
+        self.limit = 0
+        self.total = 0
+        self.outboxes: set[_Outbox] = set()
+
+    def grew(self, outbox: _Outbox, size: int) -> None:
+        self.outboxes.add(outbox)
+        self.total += size
+        while self.limit and self.total > self.limit and self.outboxes:
+            largest = max(self.outboxes, key=lambda o: o.queued)
+            log.warning(
+                "Closed a slow WebSocket reader: %d bytes queued for it, %d for all of this "
+                "worker's, over ws_max_queued_bytes (%d)",
+                largest.queued,
+                self.total,
+                self.limit,
+            )
+            largest.break_off()
+
+    def shrank(self, outbox: _Outbox, size: int, empty: bool) -> None:
+        self.total -= size
+        if empty:
+            self.outboxes.discard(outbox)
+
+
+_backlog = _Backlog()
 
 
 class _Outbox:
@@ -82,9 +123,10 @@ class _Outbox:
             self.pending = deque()
         self.pending.append(data)
         self.queued += len(data)
+        _backlog.grew(self, len(data))  # may break this outbox off, or another
         if self.queued > MAX_OUTBOX_BYTES:
             self.break_off()
-        elif self.writer is None:
+        elif self.writer is None and not self.broken:
             self.writer = gevent.spawn(self._write)
 
     def _write(self) -> None:
@@ -92,6 +134,7 @@ class _Outbox:
             while self.pending and not self.broken:
                 data = self.pending.popleft()
                 self.queued -= len(data)
+                _backlog.shrank(self, len(data), not self.pending)
                 self.sock.sendall(data)
         except OSError:
             self.break_off()
@@ -104,6 +147,9 @@ class _Outbox:
         """Stop writing and wake the reader (it sees EOF and cleans up)."""
         self.broken = True
         self.pending = None
+        if self.queued:
+            _backlog.shrank(self, self.queued, True)
+            self.queued = 0
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
 
@@ -128,8 +174,8 @@ class WsConnection:
     """
 
     __slots__ = (
-        "buffer", "done", "fd", "last", "outbox", "release", "session", "sock", "tracker",
-        "watcher", "ws",
+        "buffer", "done", "fd", "headers", "last", "outbox", "release", "session", "sock",
+        "tracker", "watcher", "ws",
     )  # fmt: skip
 
     def __init__(
@@ -143,8 +189,11 @@ class WsConnection:
         self.last = time.monotonic()  # data last received, for the idle sweep
         self.ws = Connection(ConnectionType.SERVER)
         self.outbox = _Outbox(sock)
+        _backlog.limit = tracker.core.config.ws_max_queued_bytes
         self.session = Session(self.send_text, passkey)
         self.buffer = MessageBuffer(tracker.limits)
+        limits = tracker.limits
+        self.headers = FrameHeaders(min(limits.max_frame_bytes, limits.max_message_bytes))
         self.watcher = gevent.get_hub().loop.io(self.fd, 1)
 
     def send_text(self, text: str) -> None:
@@ -189,7 +238,7 @@ class WsConnection:
             self.ws.receive_data(data or None)
             return (
                 bool(data)
-                and self._events()
+                and self._events(data)
                 and self.ws.state is not ConnectionState.CLOSED
                 and not self.outbox.broken
             )
@@ -226,8 +275,9 @@ class WsConnection:
             self.sock.close()
             self.release()
 
-    def _events(self) -> bool:
-        """Handle what wsproto made of the bytes so far; False once the socket should close."""
+    def _events(self, data: bytes) -> bool:
+        """Handle what wsproto made of the bytes so far (``data`` the last of them), then
+        check the frame headers in ``data``; False once the socket should close."""
         try:
             for event in self.ws.events():
                 if isinstance(event, TextMessage):
@@ -244,6 +294,7 @@ class WsConnection:
                     else:  # wsproto could not parse a frame (still open): say why
                         self.close(event.code, event.reason or "protocol error")
                     return False
+            self.headers.feed(data)
         except WsError as exc:
             assert exc.close_code is not None
             self.close(exc.close_code, exc.reason)

@@ -302,3 +302,55 @@ def test_message_buffer_never_holds_more_than_its_cap(pieces: list[tuple[str, bo
         if finished:
             assert out is not None and len(out.encode()) == message
             frame = message = 0
+
+
+def client_frames(payloads: list[bytes]) -> bytes:
+    """Masked text frames as a browser sends them, by wsproto's own client."""
+    from wsproto.frame_protocol import FrameProtocol, Opcode
+
+    proto = FrameProtocol(client=True, extensions=[])
+    return b"".join(proto._serialize_frame(Opcode.TEXT, p) for p in payloads)
+
+
+def frame_header(length: int, masked: bool = True) -> bytes:
+    """A text frame's header claiming ``length`` payload bytes (and its mask key)."""
+    if length < 126:
+        head = bytes([0x81, (0x80 if masked else 0) | length])
+    elif length < 1 << 16:
+        head = bytes([0x81, (0x80 if masked else 0) | 126]) + length.to_bytes(2, "big")
+    else:
+        head = bytes([0x81, (0x80 if masked else 0) | 127]) + length.to_bytes(8, "big")
+    return head + (b"mask" if masked else b"")
+
+
+@given(
+    st.lists(st.binary(max_size=300), min_size=1, max_size=8),
+    st.lists(st.integers(1, 400), max_size=20),
+)
+def test_frame_headers_follow_frames_split_anywhere(payloads: list[bytes], cuts: list[int]) -> None:
+    """Frames within the limit, cut into reads anywhere, are never refused, and the
+    follower ends at a frame boundary (nothing to skip, no partial header)."""
+    stream = client_frames(payloads)
+    headers = c.FrameHeaders(300)
+    pos = 0
+    for cut in [*cuts, len(stream)]:
+        headers.feed(stream[pos : pos + cut])
+        pos += cut
+    headers.feed(stream[pos:])
+    assert headers._skip == 0 and headers._head == b""
+
+
+@pytest.mark.parametrize("claim", [301, 1 << 16, (1 << 63) - 1, (1 << 64) - 1])
+@pytest.mark.parametrize("split", [1, 2, 5, 13])
+def test_a_header_claiming_too_much_is_refused_when_it_arrives(claim: int, split: int) -> None:
+    """After a valid frame, a header claiming too much is a 1009 in the read that completes
+    it, however the header is cut, before any of its payload comes."""
+    headers = c.FrameHeaders(300)
+    header = frame_header(claim)
+    stream = client_frames([b"x" * 300]) + header
+    end = len(stream) - len(header) + min(split, len(header) - 1)
+    headers.feed(stream[:end])
+    with pytest.raises(c.WsError) as refused:
+        headers.feed(stream[end:])
+    assert refused.value.close_code == c.CLOSE_TOO_BIG
+    assert refused.value.reason == f"frame over 300 bytes: its header claims {claim}"
