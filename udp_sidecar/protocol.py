@@ -181,6 +181,8 @@ def _parse_announce(data: bytes) -> AnnounceRequest:
         )
     if port == 0:
         raise PacketError("invalid port: 0 is outside 1-65535", transaction_id, connection_id)
+    if (downloaded | left | uploaded) < 0:  # one test on the common path
+        raise PacketError(_negative(downloaded, left, uploaded), transaction_id, connection_id)
     url_data = b""
     if size > ANNOUNCE_SIZE:
         try:
@@ -202,6 +204,18 @@ def _parse_announce(data: bytes) -> AnnounceRequest:
         port,
         url_data,
     )
+
+
+def _negative(downloaded: int, left: int, uploaded: int) -> str:
+    """Which counter is refused. BEP 15's counters are signed, but a negative count means
+    nothing: a negative ``left`` was taken as a leecher, where HTTP refuses it. (A negative
+    num_want is BEP 15's "default" for -1, and harmless for any other: kept so.)"""
+    name, value = next(
+        (n, v)
+        for n, v in (("downloaded", downloaded), ("left", left), ("uploaded", uploaded))
+        if v < 0
+    )
+    return f"invalid {name}: {value} is outside 0-{2**63 - 1}"
 
 
 def parse_options(data: bytes, offset: int) -> bytes:

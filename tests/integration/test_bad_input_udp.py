@@ -157,6 +157,14 @@ CORPUS: list[Case] = [
         lambda cid: announce(cid, port=0, event=9),
         EVENT.format(9),
     ),
+    # --- negative counters: HTTP refuses them; UDP took a negative left as a leecher -------
+    Case("negative left", lambda cid: announce(cid, left=-1), "invalid left: -1 is outside 0-"),
+    Case(
+        "most negative downloaded",
+        lambda cid: announce(cid, downloaded=-(2**63)),
+        f"invalid downloaded: {-(2**63)} is outside 0-",
+    ),
+    Case("negative uploaded unproven", fixed(announce(BOGUS, uploaded=-1)), "invalid uploaded: -1"),
     # --- BEP 41 options cut short ---------------------------------------------------------
     Case("URL option without length", lambda cid: announce(cid) + b"\x02", TRUNC.format(2, 98)),
     Case(

@@ -160,10 +160,26 @@ def test_announce_fields_are_read():
     )
 
 
-def test_announce_counters_are_signed_64_bit():
-    req = parse_request(announce_packet(left=-1, downloaded=2**63 - 1))
+def test_announce_counters_go_up_to_the_wire_bound():
+    req = parse_request(announce_packet(left=2**63 - 1, downloaded=2**63 - 1, num_want=2**31 - 1))
     assert isinstance(req, AnnounceRequest)
-    assert (req.left, req.downloaded) == (-1, 2**63 - 1)
+    assert (req.left, req.downloaded, req.num_want) == (2**63 - 1, 2**63 - 1, 2**31 - 1)
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"left": -1}, f"invalid left: -1 is outside 0-{2**63 - 1}"),
+        ({"downloaded": -(2**63)}, f"invalid downloaded: {-(2**63)} is outside 0-{2**63 - 1}"),
+        ({"uploaded": -5, "left": -1}, f"invalid left: -1 is outside 0-{2**63 - 1}"),  # 1st
+        ({"uploaded": -5}, f"invalid uploaded: -5 is outside 0-{2**63 - 1}"),
+    ],
+)
+def test_a_negative_counter_is_refused_naming_the_field(fields, reason):
+    """HTTP refuses a negative number; UDP took a negative left as a leecher."""
+    err = refused(announce_packet(tid=77, **fields))
+    assert str(err).startswith(reason)
+    assert (err.transaction_id, err.connection_id) == (77, CID)
 
 
 @pytest.mark.parametrize("size", [16, 20, 97])
@@ -361,7 +377,7 @@ def test_any_announce_reads_back_its_fields_or_is_refused_with_its_ids(
         req = parse_request(packet)
     except PacketError as err:
         assert (err.transaction_id, err.connection_id) == (tid, cid)
-        assert event > 3 or port == 0
+        assert event > 3 or port == 0 or min(counters) < 0
         return
     assert req == AnnounceRequest(
         cid, tid, info_hash, peer_id, downloaded, left, uploaded, event, ip, key, num_want, port
