@@ -28,6 +28,7 @@ from servers import (
     scrape_url,
     serve,
     udp_announce,
+    wait_until,
     ws_announce,
     ws_closed_with,
     ws_connect,
@@ -284,3 +285,19 @@ def test_slow_readers_together_over_the_worker_bound_lose_the_largest() -> None:
         finally:
             for ws in (*slow, feeder):
                 ws.close()
+
+
+def test_a_body_cut_short_by_a_close_is_one_info_line_not_a_traceback(stack: Serve) -> None:
+    """The worker's read raised an OSError into the app: Flask logged 'Exception on
+    /upload' with a ~30-line traceback for each such request, a log flood at will."""
+    before = stack.log()
+    for _ in range(3):
+        with connect(stack) as sock:
+            sock.sendall(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n0123")
+            sock.shutdown(socket.SHUT_WR)  # the body ends 996 bytes short
+            read_to_close(sock)
+    upload_still_works(stack)
+    reason = "Bad request body for /upload: client closed the connection inside a request body"
+    assert wait_until(lambda: stack.log()[len(before) :].count(reason) == 3)
+    logged = stack.log()[len(before) :]
+    assert "Traceback" not in logged and "Exception on /upload" not in logged

@@ -7,7 +7,9 @@ the tracker and reverse its URLs, and settings.TRACKER is read and checked.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
 import subprocess
 import sys
 
@@ -19,6 +21,7 @@ from servers import (
     django_runserver,
     gunicorn,
     http_get,
+    read_to_close,
     short_tempdir,
     sidecar,
     udp_scrape,
@@ -99,3 +102,34 @@ def test_a_site_url_the_tracker_shadows_is_a_system_check_warning():
     output = done.stdout + done.stderr
     assert "(wsgi_tracker.W001) the site's URL 'scrape' (mine) is shadowed" in output
     assert manage("check", settings="examples.django_site.settings").returncode == 0
+
+
+def test_a_body_django_cannot_read_is_the_clients_error_with_no_traceback():
+    """A slow body raised the worker's BodyError inside request.body: Django logged
+    'Internal Server Error' with a traceback (and sent got_request_exception, which error
+    trackers report). Now it is Django's BadRequest: the worker answers the body's 408 and
+    logs one line; a whole body read after it is answered as before."""
+    env = {
+        "PYTHONPATH": TESTS,
+        "DJANGO_SETTINGS_MODULE": "django_settings_upload",
+        "WSGI_TRACKER_HTTP_HEAD_TIMEOUT": "1",
+    }
+    with gunicorn(APP, env=env) as web:
+        with socket.create_connection(("127.0.0.1", web.port), timeout=20) as sock:
+            sock.sendall(
+                b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n0123456789"
+            )
+            reply = read_to_close(sock)  # silent past the grace: 408
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert b"request body slower than 500 bytes/s" in reply
+        with socket.create_connection(("127.0.0.1", web.port), timeout=20) as sock:
+            sock.sendall(
+                b"POST /upload HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                b"Content-Length: 1000\r\n\r\n" + b"x" * 1000
+            )
+            reply = read_to_close(sock)
+        digest = hashlib.sha1(b"x" * 1000).hexdigest().encode()
+        assert reply.startswith(b"HTTP/1.1 200") and b"\r\n1000 " + digest + b"\r\n" in reply
+        logged = web.stderr()
+        assert "Bad request body for /upload" in logged
+        assert "Traceback" not in logged and "Internal Server Error" not in logged, logged

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.apps import AppConfig
@@ -12,6 +13,7 @@ from django.core.exceptions import ImproperlyConfigured
 from wsgi_tracker.config import ConfigError, TrackerConfig, load_with_sources
 from wsgi_tracker.core.locks import ProcessLock
 from wsgi_tracker.django import LABEL
+from wsgi_tracker.http.chunked import BodyError
 from wsgi_tracker.http.middleware import TrackerMiddleware
 
 
@@ -25,6 +27,7 @@ class TrackerAppConfig(AppConfig):
         self.config = settings_config()  # a bad setting stops Django at start, by name
         self._tracker: TrackerMiddleware | None = None
         checks.register(check_shadowed_urls, checks.Tags.urls)
+        logging.getLogger("django.request").addFilter(not_a_body_error)
 
     @property
     def tracker(self) -> TrackerMiddleware:
@@ -33,6 +36,12 @@ class TrackerAppConfig(AppConfig):
             if self._tracker is None:
                 self._tracker = TrackerMiddleware(None, self.config)
             return self._tracker
+
+
+def not_a_body_error(record: logging.LogRecord) -> bool:
+    """Drop Django's line (with its traceback) for a body TrackerWorker could not read:
+    the client's error, answered and logged in one line by the worker itself."""
+    return not (record.exc_info and isinstance(record.exc_info[1], BodyError))
 
 
 def settings_config() -> TrackerConfig:

@@ -24,6 +24,7 @@ body than its Content-Length, a short one closes the connection).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -118,6 +119,22 @@ class AppBodyError(BodyError, HTTPException):
         return str(self.description)
 
 
+def app_body_error(error: BodyError) -> AppBodyError:
+    """The AppBodyError to raise in the app, Django's ``BadRequest`` too once Django is
+    loaded: Django took the worker's error for its own and logged "Internal Server
+    Error" with a traceback (and sent ``got_request_exception``, which error trackers
+    report); ``wsgi_tracker.django`` drops its log line for it (the worker logs one)."""
+    return _app_body_error_class()(error)
+
+
+@functools.cache
+def _app_body_error_class() -> type[AppBodyError]:
+    bad_request = getattr(sys.modules.get("django.core.exceptions"), "BadRequest", None)
+    if bad_request is None:
+        return AppBodyError
+    return type("AppBodyError", (AppBodyError, bad_request), {})
+
+
 class RequestBody:
     """``wsgi.input``: the body as its framing (``http.chunked``) delimits it, buffered
     bytes first; it reads b"" at the body's end, never into the next request."""
@@ -149,7 +166,7 @@ class RequestBody:
 
     def _fill(self, want: int) -> None:
         if self._broken is not None:
-            raise AppBodyError(self._broken)
+            raise app_body_error(self._broken)
         if self._expect:
             self._expect = False
             self._sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -157,14 +174,15 @@ class RequestBody:
             self._read_into_buffer(want)
         except BodyError as exc:
             self._broken = exc
-            raise AppBodyError(exc) from None
+            raise app_body_error(exc) from None
 
     def _read_into_buffer(self, want: int) -> None:
         framing = self._framing
         while len(self._buf) < want and not framing.done:
             chunk = self._recv(framing.wire_left())
-            if not chunk:
-                raise OSError("client closed the connection inside a request body")
+            if not chunk:  # a BodyError, not an OSError: the app's framework logged a
+                # traceback for each (~2.5 KB of log for a 60-byte request, at will)
+                raise BodyError("client closed the connection inside a request body")
             self._buf += framing.feed(chunk)
 
     def _recv(self, left: int | None) -> bytes:
