@@ -26,7 +26,6 @@ from wsgi_tracker.settings import (
     ConfigError,
     Follows,
     Setting,
-    at_least,
     between,
     did_you_mean,
     one_of,
@@ -38,6 +37,17 @@ from wsgi_tracker.settings import setting as _setting
 __all__ = ["ENV_PREFIX", "ConfigError", "TrackerConfig", "load_with_sources"]
 
 CONFIG_FILE_ENV = "WSGI_TRACKER_CONFIG"
+# Upper bounds, so a typo or an overflow is one line naming the setting at load. An
+# interval of 2**40 s was a struct.error on every UDP announce (the reply carries it in
+# 32 bits) and no reply at all; the others only bound what a value could mean.
+DAY = 86400
+WEEK = 7 * DAY  # the longest a client is asked to wait between announces
+FOUR_WEEKS = 4 * WEEK  # a peer TTL: the default follows 2 * (interval + jitter) + 60
+MOST_PER_REQUEST = 100_000  # peers, hashes, offers or query bytes in one request or reply
+MOST_HELD = 1_000_000_000  # torrents, peers, events, connections (a peer is ~200 bytes)
+MOST_BYTES = 1 << 40
+WS_MOST_BYTES = 1 << 20  # websocket.server.MAX_OUTBOX_BYTES: a longer message overflows it
+MOST_PROCESSES = 1024
 # peer_id prefixes: 1-20 characters of latin-1 (peer ids are bytes; clients use ASCII).
 _PEER_ID_PREFIXES = Check(
     "be 1-20 latin-1 characters each",
@@ -100,35 +110,37 @@ class TrackerConfig:
     scrape_path: str = _setting("/scrape", "Path of the HTTP scrape endpoint.", check=url_path())
     # --- announce policy ---------------------------------------------------------------
     interval: int = _setting(
-        1800, "Seconds a client should wait between announces.", check=at_least(1)
+        1800, "Seconds a client should wait between announces.", check=between(1, WEEK)
     )
     interval_jitter: int = _setting(
         120,
         "Up to this many seconds are added at random to each interval, to spread load.",
-        check=at_least(0),
+        check=between(0, WEEK),
     )
     min_interval: int = _setting(
         900,
         "Seconds a client must wait between announces.",
-        check=at_least(1),
+        check=between(1, WEEK),
         follows=Follows(("interval",), lambda interval: max(1, interval // 2), "interval / 2"),
     )
     peer_ttl: int = _setting(
         3900,
         "Seconds a peer is kept without re-announcing: two longest intervals and a minute, "
         "so a peer survives one lost announce.",
-        check=at_least(1),
+        check=between(1, FOUR_WEEKS),
         follows=Follows(
             ("interval", "interval_jitter"),
             lambda interval, jitter: 2 * (interval + jitter) + 60,
             "2 * (interval + interval_jitter) + 60",
         ),
     )
-    numwant_max: int = _setting(200, "Most peers handed out in one reply.", check=at_least(1))
+    numwant_max: int = _setting(
+        200, "Most peers handed out in one reply.", check=between(1, MOST_PER_REQUEST)
+    )
     numwant_default: int = _setting(
         50,
         "Peers handed out when the client does not say.",
-        check=at_least(0),
+        check=between(0, MOST_PER_REQUEST),
         follows=Follows(("numwant_max",), lambda most: min(50, most), "min(50, numwant_max)"),
     )
     allow_ip_param: bool = _setting(
@@ -138,66 +150,70 @@ class TrackerConfig:
     )
     # --- bounds ------------------------------------------------------------------------
     max_torrents: int = _setting(
-        1_000_000, "Most torrents held; past it the stalest torrent is evicted.", check=at_least(1)
+        1_000_000,
+        "Most torrents held; past it the stalest torrent is evicted.",
+        check=between(1, MOST_HELD),
     )
     max_peers_per_torrent: int = _setting(
         200_000,
         "Most peers in one torrent; past it new peers are refused ('swarm is full').",
-        check=at_least(1),
+        check=between(1, MOST_HELD),
     )
     max_peers_per_address: int = _setting(
         16,
         "Most peers in one torrent from one address (an IPv4 address or an IPv6 /64); "
         "past it that address's new peers are refused. Sized for a household behind one "
         "NAT (docs/HARDENING.md).",
-        check=at_least(1),
+        check=between(1, MOST_HELD),
     )
     max_peers: int = _setting(
         5_000_000,
         "Most peers one process holds over all torrents (~200 bytes each); past it new "
         "peers are refused ('tracker is full').",
-        check=at_least(1),
+        check=between(1, MOST_HELD),
     )
     max_scrape_hashes: int = _setting(
-        64, "Most info_hashes in one HTTP scrape request.", check=at_least(1)
+        64, "Most info_hashes in one HTTP scrape request.", check=between(1, MOST_PER_REQUEST)
     )
     full_scrape: bool = _setting(False, "Answer a scrape without info_hash with every torrent.")
-    max_query_bytes: int = _setting(2048, "Longest HTTP query string accepted.", check=at_least(1))
+    max_query_bytes: int = _setting(
+        2048, "Longest HTTP query string accepted.", check=between(1, MOST_PER_REQUEST)
+    )
     # --- WebSocket (WebTorrent) peers, docs/WEBTORRENT.md; aquatic_ws's defaults ----------
     ws_interval: int = _setting(
-        120, "Seconds a WebSocket peer should wait between announces.", check=at_least(1)
+        120, "Seconds a WebSocket peer should wait between announces.", check=between(1, WEEK)
     )
     ws_peer_ttl: int = _setting(
         300,
         "Seconds a WebSocket peer is kept without re-announcing (its socket may be gone).",
-        check=at_least(1),
+        check=between(1, FOUR_WEEKS),
     )
     ws_idle_timeout: int = _setting(
         180,
         "Seconds a WebSocket connection may stay silent before it is closed.",
-        check=at_least(1),
+        check=between(1, DAY),
     )
     ws_max_offers: int = _setting(
-        10, "Most WebRTC offers in one WebSocket announce.", check=at_least(0)
+        10, "Most WebRTC offers in one WebSocket announce.", check=between(0, MOST_PER_REQUEST)
     )
     ws_max_peers_per_connection: int = _setting(
         200,
         "Most (info_hash, peer_id) pairs one WebSocket connection may announce; the next get "
         "a failure reason, so one socket cannot fill the WebSocket swarms. 0: no bound.",
-        check=at_least(0),
+        check=between(0, MOST_HELD),
     )
     ws_max_queued_bytes: int = _setting(
         64 << 20,
         "Most bytes one worker holds queued for WebSocket readers slower than the messages "
         "relayed to them, over all its connections (each is also closed past 1 MiB); past "
         "it the connection with the most queued is closed and logged. 0: no bound.",
-        check=at_least(0),
+        check=between(0, MOST_BYTES),
     )
     ws_max_message_bytes: int = _setting(
-        65536, "Largest WebSocket message accepted.", check=at_least(1)
+        65536, "Largest WebSocket message accepted.", check=between(1, WS_MOST_BYTES)
     )
     ws_max_frame_bytes: int = _setting(
-        16384, "Largest WebSocket frame accepted.", check=at_least(1)
+        16384, "Largest WebSocket frame accepted.", check=between(1, WS_MOST_BYTES)
     )
     # --- reverse proxy -----------------------------------------------------------------
     trusted_proxies: tuple[str, ...] = _setting(
@@ -211,7 +227,7 @@ class TrackerConfig:
         "Seconds a connection has to send a complete request head, counted from its "
         "first byte (from the connect for a new connection); slower ones (slowloris) get "
         "408 and are closed. Idle time between keep-alive requests is gunicorn's keepalive.",
-        check=at_least(1),
+        check=between(1, DAY),
     )
     http_body_min_rate: int = _setting(
         500,
@@ -219,7 +235,7 @@ class TrackerConfig:
         "http_head_timeout seconds (Apache's mod_reqtimeout MinRate): a body trickled slower "
         "(a slow POST) gets 408 and is closed. 0: no rule; each read still waits at most "
         "gunicorn's keepalive.",
-        check=at_least(0),
+        check=between(0, MOST_BYTES),
     )
     http_max_body_bytes: int = _setting(
         16 * 1024 * 1024,
@@ -227,27 +243,29 @@ class TrackerConfig:
         "chunked; the tracker itself reads none): a larger one gets 413 and the connection is "
         "closed, before the app runs when its Content-Length says so (nginx's "
         "client_max_body_size, which applies in front of it). 0: no limit.",
-        check=at_least(0),
+        check=between(0, MOST_BYTES),
     )
     http_connections_per_address: int = _setting(
         128,
         "Most connections one client address may hold open in one TrackerWorker process "
         "(the next get 503 and are closed), so one host cannot take every connection; "
         "0: no cap. Unix-socket peers and trusted_proxies are exempt (limit them in the proxy).",
-        check=at_least(0),
+        check=between(0, MOST_HELD),
     )
     # --- UDP ---------------------------------------------------------------------------
     udp_port: int = _setting(6969, "UDP port of udp-sidecar.", check=between(1, 65535))
     udp_bind: tuple[str, ...] = _setting(("0.0.0.0", "::"), "Addresses udp-sidecar binds.")
     connection_id_ttl: int = _setting(
-        120, "Seconds a UDP connection id stays valid (BEP 15 says two minutes).", check=at_least(1)
+        120,
+        "Seconds a UDP connection id stays valid (BEP 15 says two minutes).",
+        check=between(1, DAY),
     )
     udp_processes: int = _setting(
         1,
         "UDP-serving processes udp-sidecar runs on udp_port (SO_REUSEPORT), one of them the "
         "sync hub; 0: one per core it may run on. Each holds a full replica and applies every "
         "other process's changes (docs/UDP.md); more than 1 needs the sync hub.",
-        check=at_least(0),
+        check=between(0, MOST_PROCESSES),
     )
     # --- sync and persistence ----------------------------------------------------------
     sync_socket: str = _setting(
@@ -273,7 +291,7 @@ class TrackerConfig:
         "bench full. For many workers whose torrents differ.",
     )
     snapshot_path: str = _setting("", "File the sidecar saves the swarms to; empty: no snapshot.")
-    snapshot_interval: int = _setting(60, "Seconds between snapshots.", check=at_least(1))
+    snapshot_interval: int = _setting(60, "Seconds between snapshots.", check=between(1, DAY))
     # --- cluster (docs/CLUSTER.md) -----------------------------------------------------
     redis_url: str = _setting(
         "",
@@ -287,12 +305,14 @@ class TrackerConfig:
     )
     cluster_node: str = _setting("", "This node's name in stats; empty: the host name.")
     cluster_stream_maxlen: int = _setting(
-        100_000, "Entries (batches of changes) the cluster stream keeps, about.", check=at_least(1)
+        100_000,
+        "Entries (batches of changes) the cluster stream keeps, about.",
+        check=between(1, MOST_HELD),
     )
     cluster_snapshot_interval: int = _setting(
         30,
         "Seconds between the cluster snapshots in Redis (one node writes each).",
-        check=at_least(1),
+        check=between(1, DAY),
     )
     # --- access (docs/ACCESS.md) -------------------------------------------------------
     access_mode: str = _setting(
@@ -319,7 +339,7 @@ class TrackerConfig:
     passkey_cache_ttl: int = _setting(
         60,
         "Seconds the answers of the authenticate callable are cached; 0: ask every time.",
-        check=at_least(0),
+        check=between(0, DAY),
     )
     announce_hook: str = _setting(
         "", "Announce hook as 'module:callable', given lists of AnnounceEvent (docs/ACCESS.md)."
@@ -327,12 +347,12 @@ class TrackerConfig:
     hook_queue_size: int = _setting(
         100_000,
         "Announce events held for the hook; past it new events are dropped and counted.",
-        check=at_least(1),
+        check=between(1, MOST_HELD),
     )
     hook_flush_seconds: int = _setting(
         3,
         "Seconds between the announce hook's batches (each one database transaction).",
-        check=at_least(1),
+        check=between(1, DAY),
     )
     client_allow: tuple[str, ...] = _setting(
         (),

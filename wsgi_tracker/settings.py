@@ -33,10 +33,6 @@ class Check:
     ok: Callable[[Any], bool]
 
 
-def at_least(low: int) -> Check:
-    return Check("not be negative" if low == 0 else f"be at least {low}", lambda v: v >= low)
-
-
 def between(low: int, high: int) -> Check:
     return Check(f"be {low}-{high}", lambda v: low <= v <= high)
 

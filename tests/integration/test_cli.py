@@ -107,3 +107,13 @@ def test_a_bad_trusted_proxy_is_one_line_before_anything_starts(tmp_path):
     assert serve("--config", str(conf)) == f"wsgi-tracker: trusted_proxies {rule}"
     env_line = serve(WSGI_TRACKER_TRUSTED_PROXIES="1.2.3.0/33")
     assert env_line.startswith("wsgi-tracker: trusted_proxies must be IP addresses")
+
+
+def test_a_setting_past_its_upper_bound_is_one_line_before_anything_starts(tmp_path):
+    """An interval of 2**40 s started, and every UDP announce was a struct.error (the
+    reply carries it in 32 bits), with no reply; the sizes had no bound at all."""
+    conf = tmp_path / "tracker.toml"
+    conf.write_text(f"interval = {2**40}\n")
+    assert serve("--config", str(conf)) == f"wsgi-tracker: interval must be 1-604800, got {2**40}"
+    line = serve(WSGI_TRACKER_MAX_TORRENTS=str(10**12))
+    assert line == f"wsgi-tracker: max_torrents must be 1-1000000000, got {10**12}"

@@ -80,8 +80,15 @@ def test_environment_text_is_converted_per_type():
     [
         ({"WSGI_TRACKER_INTERVAL": "soon"}, "WSGI_TRACKER_INTERVAL must be an integer, got 'soon'"),
         ({"WSGI_TRACKER_FULL_SCRAPE": "maybe"}, "WSGI_TRACKER_FULL_SCRAPE must be true or false"),
-        ({"WSGI_TRACKER_NUMWANT_MAX": "0"}, "numwant_max must be at least 1, got 0"),
-        ({"WSGI_TRACKER_INTERVAL_JITTER": "-1"}, "interval_jitter must not be negative"),
+        ({"WSGI_TRACKER_NUMWANT_MAX": "0"}, "numwant_max must be 1-100000, got 0"),
+        ({"WSGI_TRACKER_INTERVAL_JITTER": "-1"}, "interval_jitter must be 0-604800, got -1"),
+        # upper bounds: 2**40 s of interval was a struct.error on every UDP announce
+        ({"WSGI_TRACKER_INTERVAL": str(2**40)}, f"interval must be 1-604800, got {2**40}"),
+        ({"WSGI_TRACKER_MAX_TORRENTS": "1" * 30}, "max_torrents must be 1-1000000000, got 111"),
+        (
+            {"WSGI_TRACKER_WS_MAX_MESSAGE_BYTES": "2000000"},
+            "ws_max_message_bytes must be 1-1048576",
+        ),
         ({"WSGI_TRACKER_MIN_INTERVAL": "2000"}, "min_interval (2000) must not exceed interval"),
         ({"WSGI_TRACKER_PEER_TTL": "100"}, "peer_ttl (100) must be at least interval"),
         ({"WSGI_TRACKER_NUMWANT_DEFAULT": "500"}, "numwant_default (500) exceeds numwant_max"),
