@@ -352,13 +352,14 @@ def join_cost(torrents: int) -> dict[str, float]:
     received = frames.decode_all(data)
     decoded = time.process_time()
     replica = SwarmStore()
+    gc.disable()  # as a joining SyncClient does (_pause_gc)
     for frame in received:
         if isinstance(frame, frames.Totals):
-            for ih, total in frame.totals:
-                replica.set_downloaded(ih, total)
+            replica.set_totals(frame.totals)
         elif isinstance(frame, frames.Snapshot):
-            merge(replica, frame.peers, state=True)
+            merge(replica, frame.peers, state=True)  # SwarmStore.load_state, as a joiner's
     merged = time.process_time()
+    gc.enable()
     assert len(replica) == torrents and replica.peers_held == torrents
     return {
         "torrents": torrents,

@@ -493,9 +493,11 @@ class SyncClient:
                 self._pos = 0
                 self._fault = None
                 self._session_resync = resync
-                # Torrents whose total the hub has spoken for in this session; None once
-                # the snapshot is complete.
-                self._joining = set()
+                # Torrents held before this session whose total the hub has not spoken
+                # for yet (a Totals or Counts frame); None once the snapshot is complete.
+                # Only these can hold a stale total: any other torrent's count is ours
+                # unsent or the hub's.
+                self._joining = set(resync[0])
                 self._ws_joining = set()
             self._pause_gc()
             self._sock = sock
@@ -665,29 +667,29 @@ class SyncClient:
         if isinstance(frame, f.Counts):
             with core.lock:
                 for ih, n in frame.counts:
-                    if joining is not None and ih not in joining:
-                        joining.add(ih)
+                    if joining and ih in joining:
+                        joining.discard(ih)
                         store.set_downloaded(ih, pending(ih))
                     store.add_downloaded(ih, n)
         elif isinstance(frame, f.Totals) and joining is not None:
             totals = frame.totals
-            set_downloaded = store.set_downloaded
             with core.lock:
-                joining.update(map(itemgetter(0), totals))
+                if joining:
+                    joining.difference_update(map(itemgetter(0), totals))
                 if self._buffer.counts:
+                    set_downloaded = store.set_downloaded
                     for ih, total in totals:
                         set_downloaded(ih, total + pending(ih))
                 else:  # nothing of ours unsent (a fresh worker): a million totals, no lookups
-                    for ih, total in totals:
-                        set_downloaded(ih, total)
+                    store.set_totals(totals)
         elif isinstance(frame, f.SnapshotDone) and joining is not None:
             with core.lock:
                 # The hub had no total for these: only our unsent counts remain. Only a
                 # torrent held before this session can hold more: one made since holds
-                # our unsent counts, or its count came from the hub (it is in joining).
-                for ih in resync[0]:
+                # our unsent counts, or its count came from the hub.
+                for ih in joining:
                     swarm = store.peek(ih)
-                    if swarm is not None and swarm.downloaded and ih not in joining:
+                    if swarm is not None and swarm.downloaded:
                         swarm.downloaded = pending(ih)
                 # Other processes' WebSocket peers: the hub's snapshot is the truth (the
                 # ones that left while we were away are not in it; their holders'

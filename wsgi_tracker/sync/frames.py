@@ -41,6 +41,7 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
+from operator import itemgetter
 from typing import overload
 
 from wsgi_tracker.core.types import (
@@ -445,11 +446,18 @@ _PACK_V4, _PACK_V4_KEY, _PACK_V6, _PACK_V6_KEY = (
 )
 
 
+# A row's fields in a PeerChange's order: rows (a store walk's, a decoded frame's) are
+# packed by the same loop, in C, with no PeerChange made per record.
+_AS_CHANGE = itemgetter(0, 1, 5, 3, 4, 2, 6)
+
+
 def _peer_body(peers: Iterable[PeerChange]) -> bytes:
+    """The records of ``peers``, or of rows given as ``map(_AS_CHANGE, rows)``: the
+    seeder field may then be a row's flags, of which only the seeder bit is read."""
     parts: list[bytes] = []
     append = parts.append
     for ih, pid, ep, seeder, event, ts, key in peers:
-        flags = _SEEDER if seeder else 0
+        flags = seeder & _SEEDER
         if len(ep) == IPV6_WIDTH:
             if key:
                 append(_PACK_V6_KEY(ih, pid, ts, flags | _IPV6 | _KEY, event, ep, key))
@@ -466,6 +474,12 @@ def _peer_frames(kind: int, peers: Sequence[PeerChange]) -> bytes:
     if not peers:
         return b""
     step = RECORDS_PER_FRAME
+    if isinstance(peers, PeerRecords):
+        rows = peers.rows
+        return b"".join(
+            _frame(kind, _peer_body(map(_AS_CHANGE, rows[i : i + step])))
+            for i in range(0, len(rows), step)
+        )
     return b"".join(
         _frame(kind, _peer_body(peers[i : i + step])) for i in range(0, len(peers), step)
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from wsgi_tracker.core.swarm import SwarmStore
@@ -63,35 +63,29 @@ def refresh_ahead(window: float = REFRESH_WINDOW) -> float:
 
 def walk(
     store: SwarmStore,
-    torrents: Iterable[bytes],
+    torrents: Sequence[bytes],
     lock: AbstractLock | None = None,
-    total: Callable[[bytes, int], int] = lambda _ih, n: n,
-) -> Iterator[tuple[list[PeerChange], list[tuple[bytes, int]]]]:
+    total: Callable[[bytes, int], int] | None = None,
+) -> Iterator[tuple[frames.PeerRecords, list[tuple[bytes, int]]]]:
     """The replica torrent by torrent, in chunks of about ``RECORDS_PER_FRAME`` records.
 
     The one walk behind the hub's snapshot for a joining client, a client's
-    re-sent replica and the snapshot file. Each torrent's peers and total
-    (``total(info_hash, downloaded)``, 0 to leave it out) are taken together
-    under ``lock``; the generator never yields control inside a chunk, so the
-    caller decides what runs between chunks. Reads ``peek``: a walk is no use,
-    the eviction order stays. The last chunk may be empty.
+    re-sent replica and the snapshot file (``SwarmStore.state_rows``). Each
+    chunk's peers and totals (``total(info_hash, downloaded)``, 0 to leave it
+    out; by default as held) are taken together under ``lock``, once a chunk
+    (a few ms at most); the generator never yields control inside a chunk, so
+    the caller decides what runs between chunks. The peers come as rows
+    (``PeerRecords``), which ``frames.encode`` packs without a PeerChange
+    apiece. The last chunk may be empty.
     """
     guard = contextlib.nullcontext() if lock is None else lock
-    peers: list[PeerChange] = []
-    totals: list[tuple[bytes, int]] = []
-    for ih in torrents:
+    at = 0
+    while True:
         with guard:
-            swarm = store.peek(ih)
-            if swarm is None:
-                continue
-            peers.extend(store.swarm_peers(ih, swarm))
-            count = total(ih, swarm.downloaded) if swarm.downloaded else 0
-        if count:
-            totals.append((ih, count))
-        if len(peers) + len(totals) >= RECORDS_PER_FRAME:
-            yield peers, totals
-            peers, totals = [], []
-    yield peers, totals
+            rows, totals, at = store.state_rows(torrents, at, RECORDS_PER_FRAME, total)
+        yield frames.PeerRecords(rows), totals
+        if at >= len(torrents):
+            return
 
 
 def apply_remote(store: SwarmStore, change: PeerChange, state: bool = False) -> bool:
@@ -112,9 +106,14 @@ def merge(
     changes) as ``apply_remote`` would one by one, in bulk; how many were applied.
 
     Callers that must yield between slices (a joining client, a lagging hub)
-    pass bounded ``start``/``stop``; ``news`` collects the applied records.
+    pass bounded ``start``/``stop``; ``news`` collects the applied records. State
+    (a snapshot) goes through ``SwarmStore.load_state``, which makes the torrents
+    the store lacks in one step each: a joining replica lacks them all.
     """
-    return store.merge_many(frames.peer_rows(peers), start, stop, state, news)
+    rows = frames.peer_rows(peers)
+    if state and news is None:
+        return store.load_state(rows, start, stop)
+    return store.merge_many(rows, start, stop, state, news)
 
 
 def stash(store: SwarmStore, peers: Sequence[PeerChange], start: int, stop: int) -> None:

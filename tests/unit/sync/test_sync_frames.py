@@ -319,3 +319,12 @@ def test_peer_bodies_decode_in_bulk_as_the_record_walk_does(peers, damage, cut):
         assert all(item[-1] == 1_700_000_000 for item in items)
         if walked:
             assert f._decode_peers(data).last_timestamp() == walked[-1][2]
+
+
+@given(st.lists(record_change, max_size=20), st.sampled_from([0, 2, 4, 6]))
+def test_rows_encode_to_the_bytes_of_their_changes(peers: list[PeerChange], other: int) -> None:
+    """A walk's rows (PeerRecords; the flags byte may hold other bits) are packed straight,
+    to the same bytes as the PeerChanges they stand for."""
+    rows = [(*r[:3], r[3] | other, *r[4:]) for r in f.peer_rows(peers)]
+    for kind in (f.Snapshot, f.Deltas):
+        assert f.encode(kind(f.PeerRecords(rows))) == f.encode(kind(peers))
