@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from servers import REPO_ROOT, announce_url, gunicorn, http_get, sidecar, udp_scrape
 
-from wsgi_tracker.running import gunicorn_conf
+from wsgi_tracker.running import cli, gunicorn_conf
 
 UNITS = REPO_ROOT / "deploy" / "systemd"
 SIDECAR_UNIT = UNITS / "udp-sidecar.service"
@@ -52,6 +52,14 @@ def test_units_start_the_sidecar_first_both_restart_and_share_the_runtime_direct
         assert service["User"] == side["Service"]["User"]
     for path in (SIDECAR_UNIT, GUNICORN_UNIT):
         assert unit_environment(path)["WSGI_TRACKER_SYNC_SOCKET"] == "/run/wsgi-tracker/sync.sock"
+
+
+def test_units_give_each_child_the_stop_deadline_serve_gives_it() -> None:
+    """systemd's TimeoutStopSec is serve's deadline: the sidecar's last save at 1M torrents
+    takes ~20 s under load, and the unit's old 15 s killed it before the save was out."""
+    side, web = unit(SIDECAR_UNIT), unit(GUNICORN_UNIT)
+    assert side["Service"]["TimeoutStopSec"] == f"{cli.SIDECAR_STOP_TIMEOUT:.0f}s"
+    assert web["Service"]["TimeoutStopSec"] == f"{cli.GUNICORN_STOP_TIMEOUT:.0f}s"
 
 
 def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
