@@ -39,6 +39,7 @@ from servers import (
 )
 
 from udp_sidecar.protocol import ACTION_ERROR, build_announce_request, build_connect_request
+from wsgi_tracker.sync import frames
 
 pytestmark = pytest.mark.integration
 ATTACKER, BYSTANDER = "127.0.0.2", "127.0.0.3"
@@ -301,3 +302,45 @@ def test_a_body_cut_short_by_a_close_is_one_info_line_not_a_traceback(stack: Ser
     assert wait_until(lambda: stack.log()[len(before) :].count(reason) == 3)
     logged = stack.log()[len(before) :]
     assert "Traceback" not in logged and "Exception on /upload" not in logged
+
+
+def hub_socket(stack: Serve) -> str:
+    return str(stack.log_path.parent / "hub" / "sync.sock")  # serve()'s config puts it there
+
+
+@pytest.mark.parametrize(
+    ("name", "sent", "logged"),
+    [
+        ("garbage", os.urandom(64), "sync hub: refusing "),
+        ("a 4 GiB frame", struct.pack(">IB", 2**32 - 1, 1), "frame length 4294967295 exceeds"),
+        ("an unknown role", frames.encode(frames.Hello(200, 1)), "hello role is 200"),
+        (
+            "a second hello",
+            frames.encode(frames.Hello(frames.ROLE_TOOL, 1)) * 2,
+            "refusing tool pid 1: Hello frame from",
+        ),
+        ("a snapshot before a hello", frames.encode(frames.SnapshotDone()), "while"),
+    ],
+)
+def test_a_local_client_speaking_garbage_to_the_hub_is_dropped_in_one_line(
+    stack: Serve, name: str, sent: bytes, logged: str
+) -> None:
+    """The hub's socket is 0600 in a 0700 directory (socket_path.check_private): only this
+    user gets here. Whatever such a client sends, it is dropped with one line, the hub
+    reads its hello first, and the workers and UDP are served on."""
+    before = stack.log()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(READ_TIMEOUT)
+        sock.connect(hub_socket(stack))
+        sock.sendall(sent)
+        read_to_close(sock)  # the hub's hello (and whatever else), then its close
+    assert wait_until(lambda: logged in stack.log()[len(before) :]), name
+    assert "Traceback" not in stack.log()[len(before) :]
+    assert b"failure reason" not in bencodepy.encode(announce(stack))
+    udp_announce(stack.udp.host, stack.udp.port, os.urandom(20), os.urandom(20), 6881, 0, 2)
+
+
+def test_the_hub_socket_and_its_directory_are_private(stack: Serve) -> None:
+    path = hub_socket(stack)
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o700
