@@ -10,6 +10,7 @@ docs/HARDENING.md, "Attacks (session 6)", has what was tried and measured.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import struct
@@ -344,3 +345,34 @@ def test_the_hub_socket_and_its_directory_are_private(stack: Serve) -> None:
     path = hub_socket(stack)
     assert os.stat(path).st_mode & 0o777 == 0o600
     assert os.stat(os.path.dirname(path)).st_mode & 0o777 == 0o700
+
+
+def test_answers_to_no_offer_do_not_reach_the_peer_named(stack: Serve) -> None:
+    """One connection holding a peer could send answers to any peer_id at line rate:
+    20,000 of 1 KB pushed a reader past its 1 MiB outbox and disconnected it. Now an
+    answer reaches a peer only for an offer it made to the answerer, from either worker."""
+    victim, attacker = ws_connect(stack.http), ws_connect(stack.http)
+    try:
+        ws_announce(victim, "-WW0001-victim000001", ih="v" * 20)
+        ws_announce(attacker, "-WW0001-attack000001", ih="v" * 20)
+        bogus = {
+            "action": "announce", "info_hash": "v" * 20, "peer_id": "-WW0001-attack000001",
+            "to_peer_id": "-WW0001-victim000001", "answer": {"type": "answer", "sdp": "x" * 1000},
+        }  # fmt: skip
+        frame = websocket_client.ABNF.create_frame
+        burst = b"".join(
+            frame(json.dumps({**bogus, "offer_id": f"{n:020d}"}), 1).format() for n in range(2000)
+        )
+        attacker.sock.sendall(burst)
+        ws_send(attacker, action="scrape", info_hash="v" * 20)  # after them, in order
+        # refused here when this worker holds the victim; left for the hub (no reply) when not
+        replies = [ws_recv(attacker)]
+        while replies[-1]["action"] != "scrape" and len(replies) <= 2000:
+            replies.append(ws_recv(attacker))
+        assert replies[-1]["action"] == "scrape"
+        assert all("made no such offer" in r["failure reason"] for r in replies[:-1])
+        ws_send(victim, action="scrape", info_hash="v" * 20)
+        assert ws_recv(victim)["action"] == "scrape"  # no answer came before its reply
+    finally:
+        victim.close()
+        attacker.close()

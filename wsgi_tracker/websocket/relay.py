@@ -10,6 +10,7 @@ routes by holder pid). No sockets here: the gevent shell is ``server.py``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -43,14 +44,40 @@ Publish = Callable[[WsChange], None]
 
 
 class Session:
-    """One WebSocket connection as the tracker sees it."""
+    """One WebSocket connection as the tracker sees it.
 
-    __slots__ = ("held", "passkey", "send")
+    ``offered`` maps the offer ids of its last relayed offers to the peer each
+    went to (made on its first offer): an answer reaches this socket only for
+    one of them, from that peer, once. Without it anyone holding a peer in the
+    swarm could send answers to any peer_id at line rate: 20,000 of 1 KB from
+    one connection pushed a reader past its 1 MiB outbox in 3.5 s, and it was
+    disconnected, its peers stopped.
+    """
+
+    __slots__ = ("held", "offered", "passkey", "send")
 
     def __init__(self, send: Callable[[str], None], passkey: str | None = None) -> None:
         self.send = send
         self.passkey = passkey
         self.held: set[tuple[bytes, bytes]] = set()
+        self.offered: dict[bytes, bytes] | None = None
+
+    def offer_sent(self, offer_id: bytes, to_peer: bytes, kept: int) -> None:
+        offered = self.offered
+        if offered is None:
+            offered = self.offered = {}
+        offered.pop(offer_id, None)  # a re-used id moves to the newest end
+        offered[offer_id] = to_peer
+        if len(offered) > kept:
+            del offered[next(iter(offered))]
+
+    def answer_expected(self, offer_id: bytes, from_peer: bytes) -> bool:
+        """Whether an answer to ``offer_id`` from ``from_peer`` is due (then no longer)."""
+        offered = self.offered
+        if offered is None or offered.get(offer_id) != from_peer:
+            return False
+        del offered[offer_id]
+        return True
 
 
 class WsTracker:
@@ -74,6 +101,9 @@ class WsTracker:
         )
         self.rng = rng or random.Random()
         self.max_held = cfg.ws_max_peers_per_connection  # 0: no bound
+        # Offers awaiting an answer, per session: two announces' worth (bittorrent-tracker
+        # drops an unanswered offer after 50 s, and announces every ws_interval).
+        self.offers_kept = 2 * max(1, self.limits.max_offers)
         self.pid = os.getpid()
         self.local: dict[tuple[bytes, bytes], Session] = {}
         self.counters = core.counters
@@ -151,6 +181,7 @@ class WsTracker:
         )
         for (to_peer, holder), offer in zip(targets, msg.offers, strict=False):
             if self._deliver(holder, msg.info_hash, to_peer, encode_offer(*key, offer)):
+                session.offer_sent(offer.offer_id, to_peer, self.offers_kept)
                 self.counters.relayed["offer"] += 1
 
     def _apply(self, session: Session, change: WsChange) -> None:
@@ -180,7 +211,8 @@ class WsTracker:
             holder, msg.info_hash, msg.to_peer_id, encode_answer(msg)
         ):
             raise WsError(
-                "answer to an unknown peer: to_peer_id is not in this swarm, nothing was changed",
+                "answer to an unknown peer: to_peer_id is not in this swarm or made no "
+                "such offer to this peer_id, nothing was changed",
                 info_hash=msg.info_hash,
             )
         self.counters.relayed["answer"] += 1
@@ -212,9 +244,23 @@ class WsTracker:
         return self.remote is not None and self.remote(holder, info_hash, peer_id, text)
 
     def receive(self, info_hash: bytes, peer_id: bytes, text: str) -> bool:
-        """Hand ``text`` to the local session holding the peer; False if none does."""
+        """Hand ``text`` to the local session holding the peer; False if none does, or
+        if it is an answer to no offer that session made to the answering peer.
+
+        Offers and answers from another process come as their text only: an answer is
+        told by its top-level key (in JSON text ``"answer":{`` cannot occur inside a
+        string) and read back in full, ~1 us a KB, against ~50-180 us a relay."""
         session = self.local.get((info_hash, peer_id))
         if session is None:
             return False
+        if _ANSWER_KEY in text:
+            answer = json.loads(text)
+            if not session.answer_expected(
+                answer["offer_id"].encode("latin-1"), answer["peer_id"].encode("latin-1")
+            ):
+                return False
         session.send(text)
         return True
+
+
+_ANSWER_KEY = ',"answer":{"type":"answer"'  # codec.encode_answer's, and only its

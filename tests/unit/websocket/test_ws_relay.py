@@ -296,3 +296,48 @@ def test_forget_others_keeps_own_and_known_peers_only() -> None:
     assert swarms.forget_others(1, {(ih, b"b" * 20)}) == 2
     assert sorted(c.peer_id for c in swarms.peers()) == [b"a" * 20, b"b" * 20]
     assert other not in swarms.torrents
+
+
+def answer(frm: Peer, to: Peer, offer_id: str) -> list[dict]:
+    return frm.send(
+        action="announce",
+        info_hash=IH,
+        peer_id=frm.id,
+        to_peer_id=to.id,
+        offer_id=offer_id,
+        answer={"type": "answer", "sdp": "a"},
+    )
+
+
+def test_an_answer_reaches_an_offerer_once_and_only_from_the_peer_offered(
+    tracker: WsTracker,
+) -> None:
+    """Answers needed only a peer in the swarm: any socket could send the offerer answers
+    at line rate, past its outbox, and so disconnect it."""
+    offerer, target, other = Peer(tracker, 1), Peer(tracker, 2), Peer(tracker, 3)
+    target.announce()
+    offerer.announce(n_offers=1)
+    offer = target.inbox[-1]
+    assert "offer" in offer
+    other.announce()  # after the offer: it got none
+    refused = "answer to an unknown peer: to_peer_id is not in this swarm or made no such offer"
+    offerer.inbox.clear()
+    for who, offer_id in ((other, offer["offer_id"]), (target, "x" * 20)):
+        (reply,) = answer(who, offerer, offer_id)
+        assert reply["failure reason"].startswith(refused)
+    assert offerer.inbox == []
+    assert answer(target, offerer, offer["offer_id"]) == []
+    assert [m["peer_id"] for m in offerer.inbox] == [target.id]
+    (again,) = answer(target, offerer, offer["offer_id"])  # once
+    assert again["failure reason"].startswith(refused)
+    assert tracker.counters.relayed == {"offer": 1, "answer": 1}
+
+
+def test_a_session_keeps_the_offers_of_its_last_two_announces() -> None:
+    session = Session(lambda t: None)
+    for n in range(25):
+        session.offer_sent(b"%020d" % n, b"peer", kept=20)
+    assert not session.answer_expected(b"%020d" % 4, b"peer")  # the oldest five are gone
+    assert session.answer_expected(b"%020d" % 5, b"peer")
+    assert not session.answer_expected(b"%020d" % 24, b"someone else")
+    assert session.answer_expected(b"%020d" % 24, b"peer")
