@@ -29,6 +29,7 @@ from servers import (
     scrape_url,
     serve,
     udp_announce,
+    udp_scrape,
     wait_until,
     ws_announce,
     ws_closed_with,
@@ -376,3 +377,13 @@ def test_answers_to_no_offer_do_not_reach_the_peer_named(stack: Serve) -> None:
     finally:
         victim.close()
         attacker.close()
+
+
+@pytest.mark.parametrize("count", [74, 122])
+def test_a_udp_scrape_of_74_to_122_hashes_is_answered_in_one_datagram(
+    stack: Serve, count: int
+) -> None:
+    """BEP 15 says about 74 hashes fit; 122 entries still fit one unfragmented IPv4 reply
+    (123 and more are refused naming the bound: test_bad_input_udp.py)."""
+    hashes = [os.urandom(20) for _ in range(count)]
+    assert udp_scrape(stack.udp.host, stack.udp.port, *hashes) == [(0, 0, 0)] * count
