@@ -17,7 +17,9 @@ tracker = make_app()
 
 
 def _kind(lock: object) -> str:
-    return f"{type(lock).__module__}.{type(lock).__qualname__}"
+    """The lock's type; for the core's ``ReadGate``, the lock inside it."""
+    held = getattr(lock, "raw", lock)
+    return f"{type(held).__module__}.{type(held).__qualname__}"
 
 
 def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:

@@ -151,7 +151,8 @@ if child == 0:                   # a gunicorn worker: fork, then patch, then ser
     import gevent.thread
     from wsgi_tracker.sync.hub import SyncHub
     hub = SyncHub(TrackerCore(), "/nonexistent/sync.sock")
-    locks = [early.lock, hub.core.lock, hub._buffer._lock]
+    gated = [early.lock, hub.core.lock, hub._buffer._lock]
+    locks = [getattr(x, "raw", x) for x in gated]  # the lock inside the core's ReadGate
     os._exit(0 if all(isinstance(x, gevent.thread.LockType) for x in locks) else 1)
 _, status = os.waitpid(child, 0)
 sys.exit(os.waitstatus_to_exitcode(status))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 # Bumped in every forked child: a lock made in an earlier generation is the parent's.
@@ -41,11 +42,57 @@ def new_lock() -> Any:
     return threading.Lock()
 
 
+class ReadGate:
+    """``TrackerCore.lock``: the lock every reader and writer of a replica takes, and so
+    the one place where what sync has received is applied before anyone reads.
+
+    ``before`` (None, or ``SyncClient.drain`` while a sync client runs in this
+    process) is called on entering, before the lock is taken: the middleware's
+    announces and scrapes, a host site's view (``with core.lock:
+    core.scrape(...)``, docs/EMBEDDING.md), ``/stats``, the WebSocket tracker and a
+    UDP process's batch all see every change already in the sync socket, so
+    the client's reader may leave frames there a while (docs/SYNC.md,
+    "Read-your-writes"). Whoever applies those frames holds ``raw``, the lock
+    itself, which does not drain again.
+    """
+
+    __slots__ = ("before", "raw")
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.before: Callable[[], object] | None = None
+
+    def __enter__(self) -> bool:
+        before = self.before
+        if before is not None:
+            before()
+        return self.raw.acquire()  # type: ignore[no-any-return]
+
+    def __exit__(self, *exc: object) -> None:
+        self.raw.release()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        before = self.before
+        if before is not None:
+            before()
+        return self.raw.acquire(blocking, timeout)  # type: ignore[no-any-return]
+
+    def release(self) -> None:
+        self.raw.release()
+
+    def locked(self) -> bool:
+        return self.raw.locked()  # type: ignore[no-any-return]
+
+
 class ProcessLock:
     """A per-instance lock attribute, made on first use in each process.
 
     ``lock = ProcessLock()`` in a class body; ``with self.lock:`` as usual.
+    ``ProcessLock(gate=True)`` makes a ``ReadGate`` around the lock instead.
     """
+
+    def __init__(self, *, gate: bool = False) -> None:
+        self._gate = gate
 
     def __set_name__(self, owner: type, name: str) -> None:
         self._slot = f"_{name}_of_process"
@@ -59,5 +106,6 @@ class ProcessLock:
         with _making:
             held = obj.__dict__.get(self._slot)
             if held is None or held[0] != _generation:
-                held = obj.__dict__[self._slot] = (_generation, new_lock())
+                made = ReadGate(new_lock()) if self._gate else new_lock()
+                held = obj.__dict__[self._slot] = (_generation, made)
         return held[1]

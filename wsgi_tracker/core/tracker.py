@@ -67,8 +67,9 @@ class TrackerCore:
     # WebSocket (WebTorrent) peers: a swarm of their own kind, see core/ws_swarm.py.
     ws: WsSwarms = field(init=False)
     # Serialises the store for threaded WSGI servers; uncontended under gevent. Made
-    # in the process that uses it, so it is gevent's where gevent runs (locks.py).
-    lock = ProcessLock()
+    # in the process that uses it, so it is gevent's where gevent runs (locks.py). A
+    # ReadGate: with sync on, taking it first applies what the hub has already sent.
+    lock = ProcessLock(gate=True)
 
     def __post_init__(self) -> None:
         # None when public and hookless: the hot path then pays one ``is None`` test each.

@@ -266,19 +266,18 @@ class TrackerMiddleware:
 
     def announce(self, environ: WSGIEnvironment, passkey: str | None) -> bytes:
         """With sync, read-your-writes (docs/SYNC.md): what the hub already sent is applied
-        first, and the reply waits (bounded) until the hub has acked this change, so the
-        client's next request, to any process, sees it. While the hub is behind (a wait
-        timed out and its ack has not come) a plain announce's reply goes at once: under
-        overload the wait would pace every client, and a completion still waits. A pure
-        refresh (what no reader sees) never waits (``SyncClient.write_token``)."""
+        first (``core.lock`` is a ``ReadGate``), and the reply waits (bounded) until the hub
+        has acked this change, so the client's next request, to any process, sees it. While
+        the hub is behind (a wait timed out and its ack has not come) a plain announce's
+        reply goes at once: under overload the wait would pace every client, and a
+        completion still waits. A pure refresh (what no reader sees) never waits
+        (``SyncClient.write_token``)."""
         try:
             parsed = parse_announce(self._query(environ), passkey)
         except TrackerError as exc:
             self.core.counters.error("http", "malformed")
             return encode_failure(str(exc))
         sync = self.sync
-        if sync is not None:
-            sync.drain()
         try:
             client = self.client_ip(environ)
             with self.core.lock:
@@ -303,10 +302,8 @@ class TrackerMiddleware:
         except TrackerError as exc:
             self.core.counters.error("http", "malformed")
             return encode_failure(str(exc))
-        if self.sync is not None:
-            self.sync.drain()
         try:
-            with self.core.lock:
+            with self.core.lock:  # with sync, its gate applies what the hub sent first
                 if hashes:
                     entries = self.core.scrape(hashes, passkey=passkey)
                 else:

@@ -7,13 +7,16 @@ as real threads under a threaded WSGI server. Two loops:
 * the connection loop connects (with exponential backoff), reads the hub's
   snapshot, then applies every frame the hub sends, under ``core.lock``, in
   slices of ``SLICE`` changes; with a backlog it pauses as long as each slice
-  took, so a flood of remote changes never holds a request up for long;
+  took, so a flood of remote changes never holds a request up for long; once
+  caught up it leaves the hub's frames in the socket for ``READ_PAUSE``, so
+  the 1 ms batches are taken together;
 * the flusher sends what ``ChangeBuffer`` collected every few milliseconds,
   each batch marked with a sequence number (Mark), and a heartbeat when there
   was nothing to send.
 
-Read-your-writes (docs/SYNC.md): a request first applies what the hub has
-already sent (``drain``: a non-blocking read, so no two greenlets wait on the
+Read-your-writes (docs/SYNC.md): whatever reads the replica first applies what
+the hub has already sent (``core.lock`` is a ``ReadGate`` that calls ``drain``
+while this client runs: a non-blocking read, so no two greenlets wait on the
 socket; every byte is consumed under ``_read_lock`` into one decoder, so order
 holds), and an announce's reply waits, bounded, for the hub's Ack of the batch
 holding its change (``write_token`` / ``wait_for``). The hub acks once the batch
@@ -81,6 +84,12 @@ SLICE = 512
 # the answer may miss the newest remote changes (counted as stale_reads). A backlog
 # this large means the process is overloaded, and the reader catches up in slices.
 DRAIN_MAX = 1024
+# How long the reader leaves the hub's frames in the socket once it has caught up, while
+# no reply of this process waits for an ack: the 1 ms batches gather there and are read,
+# decoded and applied together, not one wake-up each. Every reader of the replica takes
+# ``core.lock``, whose gate drains the socket first, so none of them misses a change
+# the pause left there (docs/SYNC.md, "Read-your-writes").
+READ_PAUSE = 0.01
 # Decoded changes held ahead of being applied; the rest stay in the socket, so a hub
 # sending a large snapshot still meets the kernel's flow control.
 INBOX_MAX = 2 * f.RECORDS_PER_FRAME
@@ -150,8 +159,11 @@ class SyncClient:
         self.delta_lag: float | None = None
         self.ready = threading.Event()  # first snapshot applied, or no hub at the start
         self._wake = threading.Event()
-        self._buffer = ChangeBuffer(core.lock, self._wake.set)
-        self._reports = ReportBuffer(core.lock)
+        self._unpause = threading.Event()  # ends the reader's READ_PAUSE early
+        # The core's lock itself, not its gate (``ReadGate``): what holds it here reads
+        # nothing of the replica, or is this client applying frames.
+        self._buffer = ChangeBuffer(core.lock.raw, self._wake.set)
+        self._reports = ReportBuffer(core.lock.raw)
         # Held to send, and around a batch's take-send-or-put-back and a session's start
         # (its claims, its socket, its hello): see ``_send``.
         self._send_lock = threading.Lock()
@@ -204,6 +216,7 @@ class SyncClient:
 
     def start(self) -> None:
         self.core.listeners.append(self._buffer)
+        self.core.lock.before = self.drain  # every reader drains first (``ReadGate``)
         accounting = self.core.accounting
         if accounting is not None:
             # The hub's ledger sees every process's announces: accounting runs there.
@@ -236,8 +249,12 @@ class SyncClient:
         """
         if self._buffer in self.core.listeners:
             self.core.listeners.remove(self._buffer)
+        gate = self.core.lock
+        if gate.before == self.drain:
+            gate.before = None
         self._stopped = True
         self._wake.set()
+        self._unpause.set()
         flusher = self._threads[1] if len(self._threads) > 1 else None
         if flusher is not None:
             flusher.join(timeout)
@@ -317,6 +334,7 @@ class SyncClient:
             if batch is None:
                 batch = self._waiters[token] = _Batch()
                 heapq.heappush(self._tokens, token)
+                self._unpause.set()  # the ack comes through the reader: it reads now
             timer = batch.timer_deadline
             holds_timer = not patient and timer is None
             if holds_timer:
@@ -340,7 +358,7 @@ class SyncClient:
         """Send this process's changes now: a UDP process calls it once a batch is
         answered. None when nothing it made waits for an ack, else the wait (bounded
         by ``timeout``; whether acked) its replies go after, while it answers on."""
-        with self.core.lock:
+        with self.core.lock.raw:
             token = self.write_token()
         if token <= self._acked or not self.read_your_writes:
             return None
@@ -475,7 +493,7 @@ class SyncClient:
         # Under the send lock: no batch is between taken and sent or put back while the
         # claims are read, and the flusher's heartbeats follow our hello (see _send).
         with self._send_lock:
-            with core.lock:
+            with core.lock.raw:
                 # What we held before this hub's snapshot is what a restarted hub lacks:
                 # the totals we believed it had, and the torrents whose peers we re-send.
                 held = list(store.torrents.items())
@@ -534,6 +552,16 @@ class SyncClient:
                 # gevent's sleep(0), which lets no socket be polled. Not in a first
                 # join: every request waits for it (``ready``), so a pause is lost time.
                 time.sleep(time.monotonic() - began if self.ready.is_set() else 0)
+            self._pause()
+
+    def _pause(self) -> None:
+        """Caught up: leave the hub's next frames in the socket for ``READ_PAUSE``, so
+        they are taken together, unless a reply waits for an ack (it ends the pause:
+        ``wait_for``), the process is still joining, or it is stopping. A reader of the
+        replica meanwhile drains them itself (``ReadGate``)."""
+        self._unpause.clear()
+        if self.connected and not self._waiters and not self._stopped:
+            self._unpause.wait(READ_PAUSE)
 
     def _catch_up(self, budget: int | None, reads: int | None = None) -> bool:
         """Read what the socket holds and apply it in order, at most ``budget`` changes
@@ -648,7 +676,7 @@ class SyncClient:
         """One slice of a frame's records, merged in bulk (``SwarmStore.merge_many``); with
         ``lazy_apply``, deltas are stashed instead, to be applied per torrent when it is
         next read (``SwarmStore.stash``; docs/SYNC.md, "Applying lazily")."""
-        with self.core.lock:
+        with self.core.lock.raw:
             if state or not self.lazy_apply:
                 merge(self.core.store, peers, state, start, stop)
             else:
@@ -665,7 +693,7 @@ class SyncClient:
         pending = self._buffer.pending_count
         joining = self._joining
         if isinstance(frame, f.Counts):
-            with core.lock:
+            with core.lock.raw:
                 for ih, n in frame.counts:
                     if joining and ih in joining:
                         joining.discard(ih)
@@ -673,7 +701,7 @@ class SyncClient:
                     store.add_downloaded(ih, n)
         elif isinstance(frame, f.Totals) and joining is not None:
             totals = frame.totals
-            with core.lock:
+            with core.lock.raw:
                 if joining:
                     joining.difference_update(map(itemgetter(0), totals))
                 if self._buffer.counts:
@@ -683,7 +711,7 @@ class SyncClient:
                 else:  # nothing of ours unsent (a fresh worker): a million totals, no lookups
                     store.set_totals(totals)
         elif isinstance(frame, f.SnapshotDone) and joining is not None:
-            with core.lock:
+            with core.lock.raw:
                 # The hub had no total for these: only our unsent counts remain. Only a
                 # torrent held before this session can hold more: one made since holds
                 # our unsent counts, or its count came from the hub.
@@ -714,7 +742,7 @@ class SyncClient:
             now = time.time()
             if joining is not None:
                 self._ws_joining.update((c.info_hash, c.peer_id) for c in frame.changes)
-            with core.lock:
+            with core.lock.raw:
                 for ws_change in frame.changes:
                     with contextlib.suppress(WsSwarmFull):
                         core.ws.apply(ws_change, now)
