@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from wsgi_tracker.config import TrackerConfig
+from wsgi_tracker.core.gc_tuning import tune_gc
 from wsgi_tracker.core.tracker import TrackerCore
 from wsgi_tracker.core.types import Announce
-from wsgi_tracker.running.gc_tuning import tune_gc
 
 
 def rss_kb() -> int:

@@ -24,10 +24,10 @@ from udp_sidecar.processes import KEY_BYTES, KEY_FD_FLAG, UdpProcesses, read_key
 from udp_sidecar.server import BindError, UdpServer  # noqa: E402
 from wsgi_tracker.cluster import ClusterNode  # noqa: E402
 from wsgi_tracker.config import ConfigError, TrackerConfig, load_with_sources  # noqa: E402
+from wsgi_tracker.core.gc_tuning import tune_gc  # noqa: E402
 from wsgi_tracker.core.tracker import TrackerCore  # noqa: E402
 from wsgi_tracker.running import logs  # noqa: E402
 from wsgi_tracker.running.flags import add_setting_flags, flag_layer, layer_env  # noqa: E402
-from wsgi_tracker.running.gc_tuning import tune_gc  # noqa: E402
 from wsgi_tracker.stats.collect import TrackerStats  # noqa: E402
 from wsgi_tracker.sync import frames, snapshot  # noqa: E402
 from wsgi_tracker.sync.client import SyncClient  # noqa: E402

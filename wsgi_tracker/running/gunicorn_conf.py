@@ -12,8 +12,8 @@ import os
 import sys
 
 from wsgi_tracker.config import ConfigError, TrackerConfig
+from wsgi_tracker.core.gc_tuning import tune_gc
 from wsgi_tracker.running import logs
-from wsgi_tracker.running.gc_tuning import tune_gc
 
 try:
     _settings = TrackerConfig.load()

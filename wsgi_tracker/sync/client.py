@@ -34,7 +34,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
-import gc
 import heapq
 import itertools
 import logging
@@ -47,6 +46,7 @@ import time
 from collections.abc import Callable, Sequence
 from operator import itemgetter
 
+from wsgi_tracker.core import gc_tuning
 from wsgi_tracker.core.locks import new_lock
 from wsgi_tracker.core.tracker import TrackerCore
 from wsgi_tracker.core.types import PeerChange, WsChange
@@ -463,18 +463,14 @@ class SyncClient:
                 self._wake_waiters()
 
     def _pause_gc(self) -> None:
-        """No garbage collection while a snapshot is applied: a joining replica makes
-        millions of objects that all live on, and each full collection walks every one
-        of them again (~2 of ~6.5 us a torrent joining 1M; nothing it makes is cyclic,
-        reference counts free the rest)."""
-        if gc.isenabled():
-            gc.disable()
+        """No garbage collection while a snapshot is applied (core/gc_tuning.py)."""
+        if gc_tuning.pause():
             self._gc_paused = True
 
     def _resume_gc(self) -> None:
         if self._gc_paused:
             self._gc_paused = False
-            gc.enable()
+            gc_tuning.resume()
 
     def _close(self, which: socket.socket | None = None) -> None:
         """Close the session's socket (``which``: that one, the session's only if it is)."""

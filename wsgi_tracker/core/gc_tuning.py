@@ -1,4 +1,8 @@
-"""The cyclic garbage collector's pace in every serving process (workers, UDP processes).
+"""The cyclic garbage collector's policy in every serving process (workers, UDP processes).
+
+One place for it: the pace (``tune_gc``, at a process's start) and what a bulk
+build of the replica does to the collector (``pause``/``resume``, the sync
+client's join).
 
 A replica is millions of long-lived objects and a stream of changes allocates
 a few per record (a new peer, a new torrent), so CPython's default young
@@ -28,6 +32,34 @@ YOUNG = 5_000  # allocations between young collections (CPython: 700); bounds th
 MIDDLE = 20  # young collections per middle one (CPython: 10)
 OLD = 100  # middle collections per full one, also bounded by the heap's growth (CPython: 10)
 
+_tuned = False  # this process serves (tune_gc ran), so a built replica is frozen
+
 
 def tune_gc() -> None:
+    global _tuned
     gc.set_threshold(YOUNG, MIDDLE, OLD)
+    _tuned = True
+
+
+def pause() -> bool:
+    """No collection while a replica is built in bulk (a join): it makes millions of
+    objects that all live on, and each collection would walk them again (~2 of ~6.5 us
+    a torrent joining 1M). Returns whether it paused (False: the collector was off)."""
+    if not gc.isenabled():
+        return False
+    gc.disable()
+    return True
+
+
+def resume() -> None:
+    """The collector back on after ``pause``. In a serving process, everything alive
+    now is frozen first (``gc.freeze``: out of every generation, for good): else the
+    next young collection walks the whole new replica, then a middle one again, then
+    a full one (141 and 237 ms of CPU after joining 1M single-peer torrents, under 3 ms
+    frozen; docs/BENCHMARKS.md, "Issue 16 target 2 (session 7, fair)"). Reference
+    counting still frees frozen objects; only cycles among them are never collected,
+    and a replica makes none (records are bytes, tuples and slotted objects), so what
+    can leak is bounded by the cyclic objects alive at each join."""
+    if _tuned:
+        gc.freeze()
+    gc.enable()
