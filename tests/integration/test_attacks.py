@@ -284,7 +284,11 @@ def test_slow_readers_together_over_the_worker_bound_lose_the_largest() -> None:
             logged = alone.stderr()
             assert f"over ws_max_queued_bytes ({SLOW_TOTAL})" in logged
             assert "Traceback" not in logged
-            assert ws_scrape(feeder, "s" * 20)["incomplete"] == 2  # the feeder and one reader
+            # the closed reader's peer stops once its greenlet sees the shut socket (async);
+            # one close is what the loop waits for, a second could come before it looks
+            closed = logged.count("Closed a slow WebSocket reader")
+            want = {"complete": 0, "incomplete": 1 + 2 - closed, "downloaded": 0}
+            assert closed in (1, 2) and ws_eventually_scrape(feeder, "s" * 20, want) == want
         finally:
             for ws in (*slow, feeder):
                 ws.close()
