@@ -29,7 +29,7 @@ import random
 import struct
 import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 
 from wsgi_tracker.core.pending import Item, PendingChanges
@@ -1105,7 +1105,7 @@ class SwarmStore:
         now = int(self.clock())
         sweep_at = now + every
         roomy = self.max_peers_per_torrent > 0 and self.max_peers_per_address > 0
-        of = OnePeer.of
+        pack = _ONE.pack
         applied = room = made = 0
         stamp = now
         stashed = True  # whether ``pending`` may hold anything (it only shrinks here)
@@ -1142,7 +1142,7 @@ class SwarmStore:
                 continue  # held may have ih now
             last = ih
             swarm = Swarm()
-            one = of(pid, endpoint, flags & ROW_SEEDER == ROW_SEEDER, ts + ttl, key, sweep_at)
+            one = OnePeer(pack(pid, ts + ttl, key, flags & ROW_SEEDER, sweep_at) + endpoint)
             if len(endpoint) == IPV4_WIDTH:
                 swarm.v4 = one
             else:
@@ -1441,27 +1441,29 @@ class SwarmStore:
         names: Sequence[bytes],
         start: int = 0,
         budget: int | None = None,
-        total: Callable[[bytes, int], int] | None = None,
+        less: Mapping[bytes, int] | None = None,
+        totals: bool = True,
     ) -> tuple[list[PeerRow], list[tuple[bytes, int]], int]:
         """The live state of ``names[start:]``, torrent by torrent, until about ``budget``
         records: (peer rows, (info_hash, total) pairs, the index after the last torrent
         taken). What sync sends of a replica and the snapshot file holds.
 
         A peer's row is its last announce: the time it was last seen (its expiry
-        less the TTL), no event. ``total(info_hash, downloaded)`` says which total
-        to send (0: none); by default the one held. Expired torrents are left out,
-        and no torrent's place in the eviction order moves (as ``peek``). Rows, not
-        a PeerChange apiece: that was ~0.4 us of a walk's ~3.7 us a torrent at 1M.
+        less the TTL), no event. Each torrent's total is sent less what ``less`` holds
+        for it (counts the caller will send anyway), none if that leaves 0 or
+        ``totals`` is false. Expired torrents are left out, and no torrent's place in
+        the eviction order moves (as ``peek``). Rows, not a PeerChange apiece: that
+        was ~0.4 us of a walk's ~3.7 us a torrent at 1M.
         """
         held, pending = self._held, self.pending
         ttl, torrent_ttl = self.peer_ttl, self.torrent_ttl
         now = self.clock()
         rows: list[PeerRow] = []
-        totals: list[tuple[bytes, int]] = []
+        pairs: list[tuple[bytes, int]] = []
         append = rows.append
         i, end = start, len(names)
         limit = math.inf if budget is None else budget
-        while i < end and len(rows) + len(totals) < limit:
+        while i < end and len(rows) + len(pairs) < limit:
             ih = names[i]
             i += 1
             if pending and ih in pending:
@@ -1494,12 +1496,12 @@ class SwarmStore:
                             keys[slot],
                         )
                     )
-            count = swarm.downloaded
-            if count and total is not None:
-                count = total(ih, count)
+            count = swarm.downloaded if totals else 0
+            if count and less:
+                count -= less.get(ih, 0)
             if count:
-                totals.append((ih, count))
-        return rows, totals, i
+                pairs.append((ih, count))
+        return rows, pairs, i
 
     def totals(self) -> tuple[int, int, int]:
         """(torrents, seeders, leechers) across the replica; expired torrents not yet

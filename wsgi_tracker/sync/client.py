@@ -853,7 +853,7 @@ class SyncClient:
         store = core.store
         if not self._send(f.encode(f.Totals(claims)), session):
             return False
-        for peers, _ in walk(store, torrents, core.lock, lambda _ih, _n: 0):
+        for peers, _ in walk(store, torrents, core.lock, totals=False):
             if not self._send(f.encode(f.Snapshot(peers)), session):
                 return False
         with core.lock:

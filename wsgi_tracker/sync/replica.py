@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from wsgi_tracker.core.swarm import SwarmStore
@@ -65,14 +65,15 @@ def walk(
     store: SwarmStore,
     torrents: Sequence[bytes],
     lock: AbstractLock | None = None,
-    total: Callable[[bytes, int], int] | None = None,
+    less: Callable[[], Mapping[bytes, int]] | None = None,
+    totals: bool = True,
 ) -> Iterator[tuple[frames.PeerRecords, list[tuple[bytes, int]]]]:
     """The replica torrent by torrent, in chunks of about ``RECORDS_PER_FRAME`` records.
 
     The one walk behind the hub's snapshot for a joining client, a client's
     re-sent replica and the snapshot file (``SwarmStore.state_rows``). Each
-    chunk's peers and totals (``total(info_hash, downloaded)``, 0 to leave it
-    out; by default as held) are taken together under ``lock``, once a chunk
+    chunk's peers and totals (as held, less what ``less()`` holds then for each
+    torrent; none without ``totals``) are taken together under ``lock``, once a chunk
     (a few ms at most); the generator never yields control inside a chunk, so
     the caller decides what runs between chunks. The peers come as rows
     (``PeerRecords``), which ``frames.encode`` packs without a PeerChange
@@ -82,8 +83,10 @@ def walk(
     at = 0
     while True:
         with guard:
-            rows, totals, at = store.state_rows(torrents, at, RECORDS_PER_FRAME, total)
-        yield frames.PeerRecords(rows), totals
+            rows, pairs, at = store.state_rows(
+                torrents, at, RECORDS_PER_FRAME, None if less is None else less(), totals
+            )
+        yield frames.PeerRecords(rows), pairs
         if at >= len(torrents):
             return
 
