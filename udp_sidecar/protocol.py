@@ -49,7 +49,8 @@ _ANNOUNCE_REPLY = struct.Struct(">IIIII")
 _REPLY_HEADER = struct.Struct(">II")
 _SCRAPE_ENTRY = struct.Struct(">III")
 
-_ANNOUNCE_ACTION = ACTION_ANNOUNCE.to_bytes(4, "big")  # bytes 8-12 of an announce
+_ANNOUNCE_ACTION = ACTION_ANNOUNCE.to_bytes(4, "big")
+_U32 = 2**32 - 1  # bytes 8-12 of an announce
 
 HEADER_SIZE = _HEADER.size  # 16
 ANNOUNCE_SIZE = _ANNOUNCE.size  # 98
@@ -342,10 +343,15 @@ def build_announce(
 
 
 def build_scrape(transaction_id: int, entries: list[ScrapeEntry]) -> bytes:
-    """One (seeders, completed, leechers) triple per requested hash, in request order."""
+    """One (seeders, completed, leechers) triple per requested hash, in request order.
+
+    ``completed`` saturates at the field's 2**32 - 1: the total is a 64-bit sum (sync
+    and the cluster carry it so, as HTTP shows it), and past the field it was a
+    struct.error and a logged traceback for each scrape of the torrent, with no reply.
+    The peer counts are bounded by ``max_peers`` (at most 10**9)."""
     pack = _SCRAPE_ENTRY.pack
     return _REPLY_HEADER.pack(ACTION_SCRAPE, transaction_id) + b"".join(
-        pack(e.complete, e.downloaded, e.incomplete) for e in entries
+        pack(e.complete, min(e.downloaded, _U32), e.incomplete) for e in entries
     )
 
 

@@ -391,3 +391,27 @@ def test_a_udp_scrape_of_74_to_122_hashes_is_answered_in_one_datagram(
     (123 and more are refused naming the bound: test_bad_input_udp.py)."""
     hashes = [os.urandom(20) for _ in range(count)]
     assert udp_scrape(stack.udp.host, stack.udp.port, *hashes) == [(0, 0, 0)] * count
+
+
+def test_a_completed_total_past_32_bits_is_a_saturated_udp_scrape(stack: Serve) -> None:
+    """The total is a 64-bit sum from sync (or the cluster): past 2**32 - 1 every UDP
+    scrape of that torrent was a struct.error, a traceback logged and no reply. Here a
+    client of the hub's socket (this user only) adds completions to get there."""
+    info_hash = os.urandom(20)
+    before = stack.log()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(READ_TIMEOUT)
+        sock.connect(hub_socket(stack))
+        decoder = frames.FrameDecoder()
+        sock.sendall(frames.encode(frames.Hello(frames.ROLE_WORKER, 4_000_000)))
+        done = False
+        for _ in range(10_000):  # the hub's snapshot, up to its end
+            done = any(isinstance(f, frames.SnapshotDone) for f in decoder.feed(sock.recv(65536)))
+            if done:
+                break
+        assert done
+        big = frames.Counts([(info_hash, 2**32 - 1)])
+        sock.sendall(frames.encode(frames.SnapshotDone()) + frames.encode(big) * 2)
+        scrape = lambda: udp_scrape(stack.udp.host, stack.udp.port, info_hash)  # noqa: E731
+        assert wait_until(lambda: scrape() == [(0, 2**32 - 1, 0)])
+    assert "Traceback" not in stack.log()[len(before) :]

@@ -314,6 +314,13 @@ def test_peer_caps_keep_replies_within_one_unfragmented_datagram():
     assert datagram(48, MAX_PEERS_IPV6, 18) <= 1280 < datagram(48, MAX_PEERS_IPV6 + 1, 18)
 
 
+def test_a_completed_total_past_32_bits_saturates_in_the_scrape_reply():
+    """The total is a 64-bit sum (sync and the cluster carry it so): past the 32-bit
+    field it was a struct.error, a traceback logged for every scrape of the torrent."""
+    reply = build_scrape(4, [ScrapeEntry(b"a" * 20, 5, 2**40, 3)])
+    assert struct.unpack(">IIIII", reply) == (ACTION_SCRAPE, 4, 5, 2**32 - 1, 3)
+
+
 def test_scrape_caps_keep_replies_within_one_unfragmented_datagram():
     def datagram(headers: int, n: int) -> int:
         return headers + len(build_scrape(1, [ScrapeEntry(b"a" * 20, 1, 1, 1)] * n))
