@@ -15,6 +15,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 
 import bencodepy
@@ -35,6 +36,7 @@ from servers import (
     ws_closed_with,
     ws_connect,
     ws_eventually_scrape,
+    ws_holder,
     ws_recv,
     ws_scrape,
     ws_send,
@@ -415,3 +417,32 @@ def test_a_completed_total_past_32_bits_is_a_saturated_udp_scrape(stack: Serve) 
         scrape = lambda: udp_scrape(stack.udp.host, stack.udp.port, info_hash)  # noqa: E731
         assert wait_until(lambda: scrape() == [(0, 2**32 - 1, 0)])
     assert "Traceback" not in stack.log()[len(before) :]
+
+
+def test_a_client_leaving_in_a_live_workers_name_stops_none_of_its_websocket_peers(
+    stack: Serve,
+) -> None:
+    """A hub client that said hello with a live worker's pid stopped that worker's
+    WebSocket peers everywhere when it left, their sockets still open."""
+    ws, check = ws_connect(stack.http), ws_connect(stack.http)
+    try:
+        ws_announce(ws, WS_PEER, ih="k" * 20)
+        holder = ws_holder(stack.http, ws, stack.worker_pids())
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(READ_TIMEOUT)
+            sock.connect(hub_socket(stack))
+            decoder = frames.FrameDecoder()
+            sock.sendall(frames.encode(frames.Hello(frames.ROLE_WORKER, holder)))
+            for _ in range(10_000):  # the hub's snapshot, up to its end
+                if any(isinstance(f, frames.SnapshotDone) for f in decoder.feed(sock.recv(65536))):
+                    break
+            sock.sendall(frames.encode(frames.SnapshotDone()))
+        # Nothing marks the hub's handling of a quiet leave: look for a second. Before, the
+        # peer was gone by the first scrape after it (0.5 s and more in a probe).
+        one = {"complete": 0, "incomplete": 1, "downloaded": 0}
+        for _ in range(5):
+            assert ws_scrape(check, "k" * 20) == one
+            time.sleep(0.2)
+    finally:
+        ws.close()
+        check.close()

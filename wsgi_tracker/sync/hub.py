@@ -556,8 +556,14 @@ class SyncHub:
         client.close()
         client.acks.clear()
         self._progress()
-        if client.role == f.ROLE_WORKER and client.pid:
+        if client.role == f.ROLE_WORKER and client.pid and not self._connected(client.pid):
             self._stop_ws_peers(client.pid)
+
+    def _connected(self, pid: int) -> bool:
+        """Whether a worker of that pid is still connected: a client that said hello with a
+        live worker's pid (this user only: the socket is 0600) stopped that worker's
+        WebSocket peers everywhere when it left, its sockets still open."""
+        return any(c.pid == pid and c.role == f.ROLE_WORKER for c in self.clients)
 
     def _stop_ws_peers(self, pid: int) -> None:
         """A worker is gone and its sockets with it: its WebSocket peers stop everywhere.
