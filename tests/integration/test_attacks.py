@@ -348,6 +348,21 @@ def test_a_local_client_speaking_garbage_to_the_hub_is_dropped_in_one_line(
     udp_announce(stack.udp.host, stack.udp.port, os.urandom(20), os.urandom(20), 6881, 0, 2)
 
 
+def join_hub(stack: Serve, pid: int) -> socket.socket:
+    """A client of the hub's socket joined as worker ``pid``: hello, the hub's whole
+    snapshot read, its own (empty) replica sent."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(READ_TIMEOUT)
+    sock.connect(hub_socket(stack))
+    sock.sendall(frames.encode(frames.Hello(frames.ROLE_WORKER, pid)))
+    decoder = frames.FrameDecoder()
+    for _ in range(10_000):  # reads of the snapshot, up to its end
+        if any(isinstance(f, frames.SnapshotDone) for f in decoder.feed(sock.recv(65536))):
+            sock.sendall(frames.encode(frames.SnapshotDone()))
+            return sock
+    raise AssertionError("no SnapshotDone from the hub")
+
+
 def test_the_hub_socket_and_its_directory_are_private(stack: Serve) -> None:
     path = hub_socket(stack)
     assert os.stat(path).st_mode & 0o777 == 0o600
@@ -401,19 +416,9 @@ def test_a_completed_total_past_32_bits_is_a_saturated_udp_scrape(stack: Serve) 
     client of the hub's socket (this user only) adds completions to get there."""
     info_hash = os.urandom(20)
     before = stack.log()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(READ_TIMEOUT)
-        sock.connect(hub_socket(stack))
-        decoder = frames.FrameDecoder()
-        sock.sendall(frames.encode(frames.Hello(frames.ROLE_WORKER, 4_000_000)))
-        done = False
-        for _ in range(10_000):  # the hub's snapshot, up to its end
-            done = any(isinstance(f, frames.SnapshotDone) for f in decoder.feed(sock.recv(65536)))
-            if done:
-                break
-        assert done
+    with join_hub(stack, 4_000_000) as sock:
         big = frames.Counts([(info_hash, 2**32 - 1)])
-        sock.sendall(frames.encode(frames.SnapshotDone()) + frames.encode(big) * 2)
+        sock.sendall(frames.encode(big) * 2)
         scrape = lambda: udp_scrape(stack.udp.host, stack.udp.port, info_hash)  # noqa: E731
         assert wait_until(lambda: scrape() == [(0, 2**32 - 1, 0)])
     assert "Traceback" not in stack.log()[len(before) :]
@@ -428,15 +433,7 @@ def test_a_client_leaving_in_a_live_workers_name_stops_none_of_its_websocket_pee
     try:
         ws_announce(ws, WS_PEER, ih="k" * 20)
         holder = ws_holder(stack.http, ws, stack.worker_pids())
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(READ_TIMEOUT)
-            sock.connect(hub_socket(stack))
-            decoder = frames.FrameDecoder()
-            sock.sendall(frames.encode(frames.Hello(frames.ROLE_WORKER, holder)))
-            for _ in range(10_000):  # the hub's snapshot, up to its end
-                if any(isinstance(f, frames.SnapshotDone) for f in decoder.feed(sock.recv(65536))):
-                    break
-            sock.sendall(frames.encode(frames.SnapshotDone()))
+        join_hub(stack, holder).close()  # joins in the worker's name, and leaves
         # Nothing marks the hub's handling of a quiet leave: look for a second. Before, the
         # peer was gone by the first scrape after it (0.5 s and more in a probe).
         one = {"complete": 0, "incomplete": 1, "downloaded": 0}
