@@ -24,7 +24,7 @@ from udp_sidecar.processes import KEY_BYTES, KEY_FD_FLAG, UdpProcesses, read_key
 from udp_sidecar.server import BindError, UdpServer  # noqa: E402
 from wsgi_tracker.cluster import ClusterNode  # noqa: E402
 from wsgi_tracker.config import ConfigError, TrackerConfig, load_with_sources  # noqa: E402
-from wsgi_tracker.core.gc_tuning import tune_gc  # noqa: E402
+from wsgi_tracker.core.gc_tuning import YOUNG_UDP, tune_gc  # noqa: E402
 from wsgi_tracker.core.tracker import TrackerCore  # noqa: E402
 from wsgi_tracker.running import logs  # noqa: E402
 from wsgi_tracker.running.flags import add_setting_flags, flag_layer, layer_env  # noqa: E402
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _fail(str(exc))
     logs.configure(config)
-    tune_gc()
+    tune_gc(YOUNG_UDP)
     if args.key_fd is not None:
         try:
             key = read_key(args.key_fd)

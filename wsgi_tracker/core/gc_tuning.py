@@ -21,7 +21,10 @@ a young collection in a page worker freed ~23,000 of them at once and took 30-72
 ms of CPU (140 ms of wall time under the UDP flood, past the host page's 50 ms
 p99 target by itself); at 5,000 the largest took 3.5-5 ms, and an idle worker's
 cost per remote change did not move (docs/BENCHMARKS.md, "Issue 16 target 2
-(session 7, fair)").
+(session 7, fair)"). A UDP process serves no pages and keeps 50,000: there the
+young generation holds the hub's batches in flight, which each young collection
+walks (at 5,000, 1-4 collections of up to 12 ms of CPU in each 5 s of a flood;
+at 50,000 none of 0.5 ms or more inside the windows of 11 runs).
 """
 
 from __future__ import annotations
@@ -29,15 +32,17 @@ from __future__ import annotations
 import gc
 
 YOUNG = 5_000  # allocations between young collections (CPython: 700); bounds their pause
+YOUNG_UDP = 50_000  # the same in a UDP process (udp-sidecar): no pages, so no cycles
 MIDDLE = 20  # young collections per middle one (CPython: 10)
 OLD = 100  # middle collections per full one, also bounded by the heap's growth (CPython: 10)
 
 _tuned = False  # this process serves (tune_gc ran), so a built replica is frozen
 
 
-def tune_gc() -> None:
+def tune_gc(young: int = YOUNG) -> None:
+    """The pace of a serving process; ``young``: ``YOUNG_UDP`` in a UDP process."""
     global _tuned
-    gc.set_threshold(YOUNG, MIDDLE, OLD)
+    gc.set_threshold(young, MIDDLE, OLD)
     _tuned = True
 
 
