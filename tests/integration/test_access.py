@@ -18,6 +18,7 @@ from servers import announce_url, gunicorn, http_get, scrape_url, sidecar, udp_s
 
 from udp_sidecar.protocol import build_announce_request, build_connect_request
 from wsgi_tracker.access.policy import (
+    PASSKEY_CACHE_SIZE,
     AccessDenied,
     parse_info_hash,
     parse_info_hash_list,
@@ -203,6 +204,27 @@ def test_host_callable_decides_passkeys_and_its_answers_are_cached(clock):
     with pytest.raises(AccessDenied, match="unknown passkey"):
         core.access.user_for("nobody")
     assert asked == ["k-alice", "k-bob", "nobody", "boom"]  # one question per key
+
+
+def test_made_up_passkeys_do_not_evict_the_users_cached_answers(clock):
+    """In one cache, 100,000 made-up passkeys (a minute of one client's announces) evicted
+    every user's answer: then each of their announces asked the host again."""
+    asked: list[str] = []
+
+    def authenticate(passkey: str):
+        asked.append(passkey)
+        return 7 if passkey == "k-alice" else False
+
+    core = TrackerCore(TrackerConfig(private=True), clock=clock, authenticate=authenticate)
+    assert core.access.user_for("k-alice") == 7
+    for n in range(PASSKEY_CACHE_SIZE + 1):
+        with pytest.raises(AccessDenied, match="unknown passkey"):
+            core.access.user_for(f"made-up-{n}")
+    assert core.access.user_for("k-alice") == 7
+    assert asked.count("k-alice") == 1  # still the cached answer
+    with pytest.raises(AccessDenied):
+        core.access.user_for(f"made-up-{PASSKEY_CACHE_SIZE}")  # a repeated refusal: cached
+    assert len(asked) == PASSKEY_CACHE_SIZE + 2
 
 
 def test_callable_can_be_named_in_the_config_for_the_udp_sidecar(clock):

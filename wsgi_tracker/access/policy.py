@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 RECHECK_SECONDS = 1.0  # how often a process looks at a list file's mtime
 MAX_PASSKEY_CHARS = 128  # longer keys are refused before any lookup
 PASSKEY_CACHE_SIZE = 100_000
+# The host's refusals are cached apart: in one cache, 100,000 made-up passkeys (a minute
+# of announces from one client) evicted every user's answer, and then each of their
+# announces asked the host again. A made-up key is new each time, so only a client that
+# repeats a stale one is helped by a refusal cached at all: a few suffice.
+REFUSED_CACHE_SIZE = 10_000
 
 # The host app's passkey check: falsy refuses, True admits as the passkey itself,
 # anything else admits as that user id (handed to the announce hook).
@@ -151,8 +156,10 @@ class AccessPolicy:
         self.next_check = 0.0
         self.force_reload = False
         self.cache: TTLCache[str, Hashable] | None = None
+        self.refused: TTLCache[str, bool] | None = None
         if self.authenticate is not None and self.passkey_cache_ttl > 0:
             self.cache = TTLCache(PASSKEY_CACHE_SIZE, self.passkey_cache_ttl)
+            self.refused = TTLCache(REFUSED_CACHE_SIZE, self.passkey_cache_ttl)
 
     @classmethod
     def from_config(
@@ -227,8 +234,9 @@ class AccessPolicy:
         for watched in (self.torrents, self.passkeys):
             if watched is not None:
                 watched.refresh(force)
-        if force and self.cache is not None:
+        if force and self.cache is not None and self.refused is not None:
             self.cache.clear()
+            self.refused.clear()
 
     # --- the checks ----------------------------------------------------------------------
     def admit(self, info_hash: bytes, passkey: str | None, now: float) -> Hashable:
@@ -272,19 +280,24 @@ class AccessPolicy:
         raise AccessDenied("passkey_unknown", "unknown passkey")
 
     def _ask_host(self, passkey: str) -> Hashable:
-        cache = self.cache
-        if cache is not None:
+        cache, refused = self.cache, self.refused
+        if cache is not None and refused is not None:
             hit = cache.get(passkey)
             if hit is not None:
                 return hit
+            if passkey in refused:
+                return False
         assert self.authenticate is not None
         try:
             answer = self.authenticate(passkey) or False
         except Exception:
             log.exception("authenticate(%r) raised; refusing the passkey", passkey)
             return False  # not cached: the host may recover
-        if cache is not None:
-            cache[passkey] = answer
+        if cache is not None and refused is not None:
+            if answer:
+                cache[passkey] = answer
+            else:
+                refused[passkey] = True
         return answer
 
 
