@@ -118,3 +118,62 @@ def test_a_worker_met_before_claims_against_the_total(hub: SyncHub) -> None:
         assert total(hub, RESTORED + 5) == RESTORED + 5
     finally:
         again.close()
+
+
+def clients(hub: SyncHub, want: int) -> int:
+    """The hub's connected clients once they are ``want`` (bounded), else how many."""
+    for _ in range(200):
+        if hub.status()["clients"] == want:
+            break
+        gevent.sleep(0.01)
+    return hub.status()["clients"]
+
+
+def test_a_reconnecting_worker_gets_back_a_batch_the_hub_never_read(hub: SyncHub) -> None:
+    # Worker A's connection ends with one count written and never read (a drop, a reset):
+    # A's claim when it is back is 11. Worker B's fresh count reached the hub meanwhile,
+    # so the total (11) would hide A's loss; held against what the hub had when A's
+    # connection ended (10), it does not.
+    a = Worker(hub.path, 3001)
+    a.claim(RESTORED)
+    a.close()
+    b = Worker(hub.path, 3002)
+    try:
+        assert clients(hub, 1) == 1
+        b.claim(RESTORED)
+        b.send(f.Counts([(TORRENT, 1)]))
+        assert total(hub, RESTORED + 1) == RESTORED + 1
+        a = Worker(hub.path, 3001)
+        a.claim(RESTORED + 1)
+        assert total(hub, RESTORED + 2) == RESTORED + 2
+        raised = b.until(f.Counts)
+        assert isinstance(raised, f.Counts) and raised.counts == [(TORRENT, 1)]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_reconnecting_worker_counts_nothing_twice_when_others_counted_since(
+    hub: SyncHub,
+) -> None:
+    # A's count reached the hub before its connection ended; B counts one after. A's claim
+    # (11: the hub's 10 and its own) meets what the hub had when A left (11): nothing
+    # comes back twice, and B's count is not mistaken for A's.
+    a = Worker(hub.path, 4001)
+    a.claim(RESTORED)
+    a.send(f.Counts([(TORRENT, 1)]))
+    assert total(hub, RESTORED + 1) == RESTORED + 1
+    a.close()
+    b = Worker(hub.path, 4002)
+    try:
+        assert clients(hub, 1) == 1
+        b.claim(RESTORED)
+        b.send(f.Counts([(TORRENT, 1)]))
+        assert total(hub, RESTORED + 2) == RESTORED + 2
+        a = Worker(hub.path, 4001)
+        a.claim(RESTORED + 1)
+        gevent.sleep(0.2)
+        assert total(hub, RESTORED + 2) == RESTORED + 2
+    finally:
+        a.close()
+        b.close()

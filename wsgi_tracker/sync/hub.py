@@ -237,6 +237,9 @@ class _Client:
         self.snapshot: gevent.Greenlet | None = None
         # Whether this client's claims can hold only earlier hubs' counts (SyncHub._claim).
         self.knows_only_earlier_hubs = False
+        # For a process reconnecting to this hub: the increments counted here since its
+        # last connection ended, until its claims arrive (SyncHub._claim).
+        self.since_left: dict[bytes, int] | None = None
         self.since = time.monotonic()
         self.talk = Conversation(FROM_CLIENT, self.name)
 
@@ -442,6 +445,11 @@ class SyncHub:
         self._fresh: dict[bytes, int] | None = {}
         self._met: set[int] | None = set()
         self._claims_until = time.monotonic() + CLAIM_WINDOW
+        # Processes whose connection ended, by pid, for CLAIM_WINDOW after: when it ended,
+        # and every increment counted here since (a reconnect's claim is held against
+        # the total less these: what the hub had when its belief was last fed).
+        self._left: dict[int, tuple[float, dict[bytes, int]]] = {}
+        self._rejoining: set[_Client] = set()  # back, with claims still to come
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -556,6 +564,10 @@ class SyncHub:
         client.close()
         client.acks.clear()
         self._progress()
+        self._rejoining.discard(client)
+        if client.pid:
+            # A new epoch each time: a later one holds back less, so it never counts twice.
+            self._left[client.pid] = (time.monotonic(), {})
         if client.role == f.ROLE_WORKER and client.pid and not self._connected(client.pid):
             self._stop_ws_peers(client.pid)
 
@@ -734,6 +746,10 @@ class SyncHub:
         client.knows_only_earlier_hubs = met is not None and frame.pid not in met
         if met is not None:
             met.add(frame.pid)
+        left = self._left.pop(frame.pid, None)
+        if left is not None and time.monotonic() - left[0] < CLAIM_WINDOW:
+            client.since_left = left[1]
+            self._rejoining.add(client)
         log.info("sync hub: %s connected", client.name)
         client.snapshot = gevent.spawn(self._send_snapshot, client)
 
@@ -986,26 +1002,34 @@ class SyncHub:
     ) -> list[tuple[bytes, int]]:
         """Raise totals to a client's claims (the totals it believed the hub had when it
         connected); returns the increments. More than we had means we lost some: a
-        restart, with a batch of its counts unread in the dead hub's socket (its claim
-        counts a batch once written, its buffer no longer does).
+        restart, or a connection that ended, with a batch of its counts unread in our
+        socket (its claim counts a batch once written, its buffer no longer does).
 
-        The claim is held against what this hub knew before it counted anything
-        itself: the total less the increments counted here since the start, when the
-        client had never met this hub (its claims hold an earlier hub's counts only),
-        else the total. Held against the total alone, another worker's counts made
-        since the restart, reaching us first, hid the loss (one completion short in 5
-        of 5 runs of the sidecar-kill test under load, docs/HARDENING.md).
+        The claim is held against what fed the client's belief last. For a process
+        back within CLAIM_WINDOW of its last connection here ending: the total less
+        every increment counted since it ended (what we had then; a later epoch than
+        its belief's only ever holds back less, so nothing counts twice). For one this
+        hub never met, within CLAIM_WINDOW of the start: the total less the increments
+        counted here since the start (its claims hold an earlier hub's counts only).
+        Else the total. Held against the total alone, another worker's counts made
+        meanwhile, reaching us first, hid the loss (one completion short in 5 of 5 runs
+        of the sidecar-kill test under load, docs/HARDENING.md).
         """
-        fresh = self._fresh if client.knows_only_earlier_hubs and self._claiming() else None
+        since = client.since_left
+        if since is None and client.knows_only_earlier_hubs and self._claiming():
+            since = self._fresh
+        client.since_left = None  # one claim a connection
+        self._rejoining.discard(client)
         store = self.core.store
         raised = []
         with self.core.lock:
             for ih, claim in claims:
                 have = store.scrape(ih)[1]
-                known = have if fresh is None else max(0, have - fresh.get(ih, 0))
+                known = have if since is None else max(0, have - since.get(ih, 0))
                 if claim > known:
                     store.add_downloaded(ih, claim - known)
                     raised.append((ih, claim - known))
+        self._count_since_left(raised)
         return raised
 
     def _claiming(self) -> bool:
@@ -1024,6 +1048,23 @@ class SyncHub:
             assert fresh is not None
             for ih, n in counts:
                 fresh[ih] = fresh.get(ih, 0) + n
+        self._count_since_left(counts)
+
+    def _count_since_left(self, counts: Sequence[tuple[bytes, int]]) -> None:
+        """Every increment (a raise by a claim too) for each process that left, until it
+        is back and has claimed; a record older than CLAIM_WINDOW is let go."""
+        if not counts:
+            return
+        trackers = [c.since_left for c in self._rejoining if c.since_left is not None]
+        if self._left:
+            now = time.monotonic()
+            for pid, (at, _) in list(self._left.items()):
+                if now - at >= CLAIM_WINDOW:
+                    del self._left[pid]
+            trackers.extend(since for _, since in self._left.values())
+        for since in trackers:
+            for ih, n in counts:
+                since[ih] = since.get(ih, 0) + n
 
     def _flush_loop(self) -> None:
         """Send the sidecar's own changes (UDP announces) every few milliseconds."""
