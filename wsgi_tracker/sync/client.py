@@ -160,6 +160,7 @@ class SyncClient:
         self.ready = threading.Event()  # first snapshot applied, or no hub at the start
         self._wake = threading.Event()
         self._unpause = threading.Event()  # ends the reader's READ_PAUSE early
+        self._read_since = False  # whether anything drained since the reader's last pause
         # The core's lock itself, not its gate (``ReadGate``): what holds it here reads
         # nothing of the replica, or is this client applying frames.
         self._buffer = ChangeBuffer(core.lock.raw, self._wake.set)
@@ -371,6 +372,7 @@ class SyncClient:
         """Apply what the hub has already sent, without waiting for more: call before
         answering a read. Costs one ioctl when there is nothing; applies at most
         ``budget`` changes. Returns whether everything sent so far is applied."""
+        self._read_since = True  # the process is serving: its reader does not pause
         sock = self._sock
         if sock is None or (not self._inbox and not _unread(sock.fileno())):
             return True
@@ -554,9 +556,15 @@ class SyncClient:
         """Caught up: leave the hub's next frames in the socket for ``READ_PAUSE``, so
         they are taken together, unless a reply waits for an ack (it ends the pause:
         ``wait_for``), the process is still joining, or it is stopping. A reader of the
-        replica meanwhile drains them itself (``ReadGate``)."""
+        replica meanwhile drains them itself (``ReadGate``).
+
+        Only while the process is idle: not if anything read the replica since the
+        last pause. A serving worker's reader applies what comes at once, between its
+        requests, as without the pause, rather than leave it to the next request's
+        drain, on that reply's path."""
         self._unpause.clear()
-        if self.connected and not self._waiters and not self._stopped:
+        busy, self._read_since = self._read_since, False
+        if self.connected and not busy and not self._waiters and not self._stopped:
             self._unpause.wait(READ_PAUSE)
 
     def _catch_up(self, budget: int | None, reads: int | None = None) -> bool:

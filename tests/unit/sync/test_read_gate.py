@@ -92,3 +92,22 @@ def test_stopping_ends_the_pause_and_gives_the_lock_its_gate_back(
     client.stop(timeout=5)
     assert core.lock.before is None
     assert all(not t.is_alive() for t in client._threads)  # not left in its 600 s pause
+
+
+def test_a_serving_process_reader_does_not_pause_it_applies_what_comes(
+    paused: tuple[SyncClient, socket.socket],
+) -> None:
+    client, conn = paused
+    core = client.core
+    with core.lock:  # a request reads the replica: the process is serving
+        pass
+    first, second = IH, b"%020d" % 8
+    deadline = time.monotonic() + 10
+    for ih in (first, second):
+        peer = PeerChange(ih, b"-PEER-%014d" % 1, V4, False, 0, time.time(), 0)
+        conn.sendall(f.encode(f.Deltas([peer])))
+        if ih == first:
+            client._unpause.set()  # ends the pause under way; after it, none is taken
+        while core.store.peek(ih) is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # peek takes no lock: only the reader can have applied it
+        assert core.store.peek(ih) is not None
