@@ -92,6 +92,10 @@ SETTLE_WAIT = 0.03
 # is at most 2 s) and claims once its join is done (at most JOIN_WAIT).
 CLAIM_WINDOW = 2 * JOIN_WAIT
 
+# The processes that count completions, so claim totals when they are back: a tool that
+# connects and leaves (a probe, a filler) leaves no record to feed (``_left``).
+CLAIMING_ROLES = frozenset((f.ROLE_WORKER, f.ROLE_UDP))
+
 # Where the changes made on this machine also go (the cluster node, wsgi_tracker/cluster/):
 # called with the decoded Deltas, Snapshot (news), Counts and WsPeers frames, never blocking.
 Uplink = Callable[[Sequence[f.Frame]], None]
@@ -565,7 +569,7 @@ class SyncHub:
         client.acks.clear()
         self._progress()
         self._rejoining.discard(client)
-        if client.pid:
+        if client.pid and client.role in CLAIMING_ROLES:
             # A new epoch each time: a later one holds back less, so it never counts twice.
             self._left[client.pid] = (time.monotonic(), {})
         if client.role == f.ROLE_WORKER and client.pid and not self._connected(client.pid):
