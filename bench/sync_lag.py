@@ -332,7 +332,7 @@ def observer(
     from wsgi_tracker.sync.replica import apply_remote
 
     lags: dict[str, list[float]] = {name: [] for name in (*origins.values(), "http", "refresh")}
-    store = SwarmStore(max_peers_per_address=1 << 30)
+    store = SwarmStore(max_peers_per_address=1_000_000_000)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
     sock.sendall(frames.encode(frames.Hello(frames.ROLE_TOOL, os.getpid())))

@@ -71,7 +71,7 @@ class Reader:
         self.sock.connect(path)
         hello = frames.encode(frames.Hello(frames.ROLE_TOOL, pid))
         self.sock.sendall(hello + frames.encode(frames.SnapshotDone()))
-        self.store = SwarmStore(max_peers_per_address=1 << 30)
+        self.store = SwarmStore(max_peers_per_address=1_000_000_000)
         self.totals: dict[bytes, int] = {}
         self.records = 0
         self.closed = False
@@ -125,7 +125,7 @@ def wait(predicate, within: float = WITHIN) -> bool:  # type: ignore[no-untyped-
 
 def hub_at(tmp_path: Path, **kw: object) -> tuple[SyncHub, str]:
     path = str(tmp_path / "hub" / "sync.sock")
-    core = TrackerCore(TrackerConfig(max_peers_per_address=1 << 30))
+    core = TrackerCore(TrackerConfig(max_peers_per_address=1_000_000_000))
     hub = SyncHub(core, path, **kw)  # type: ignore[arg-type]
     hub.start()
     return hub, path
