@@ -13,6 +13,7 @@ replica, and the new one is not dropped for silence while it joins.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -132,7 +133,11 @@ def test_a_worker_killed_rejoins_a_large_hub_and_answers_in_full(tmp_path: Path)
 
         def probe() -> None:
             while not stop.is_set() and len(answers) < 10_000:
-                answers.append(scrape(s))
+                # The request the killed worker held when it died is reset: no answer at
+                # all (the probe used to die of it, and the new worker then got no scrape
+                # to count: 2 of 5 runs failed at load ~1).
+                with contextlib.suppress(ConnectionError):
+                    answers.append(scrape(s))
                 time.sleep(0.01)
 
         prober = threading.Thread(target=probe, daemon=True)
