@@ -227,9 +227,10 @@ def serve_for_hub(config: TrackerConfig, key: bytes) -> int:
     if not client.wait_ready(JOIN_WAIT):
         log.warning("udp-sidecar: no snapshot from the hub within %.0f s; serving", JOIN_WAIT)
     server = UdpServer(core, config.udp_bind, config.udp_port, key=key, reuse_port=True, join=True)
-    # Read-your-writes as in a worker: apply what the hub sent before a batch is answered,
-    # and send the batch's replies once the hub has its changes where every process reads.
-    server.drain, server.settle = client.drain, client.settle
+    # Read-your-writes as in a worker: what the hub sent is applied as a batch takes
+    # core.lock (the client's ReadGate), and the batch's replies go once the hub has its
+    # changes where every process reads.
+    server.settle = client.settle
     try:
         server.start()
     except BindError as exc:

@@ -197,9 +197,6 @@ class UdpServer:
         # did, so the client's next request anywhere sees them; meanwhile the loop answers
         # the next batches (their replies queue behind, in order).
         self.settle: Callable[[], Waiter | None] | None = None
-        # Called before a batch is answered: a process that is a sync client applies what
-        # the hub already sent (``SyncClient.drain``); the hub's own process needs none.
-        self.drain: Callable[[], object] | None = None
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -284,9 +281,8 @@ class UdpServer:
                     hub.wait(readable)
                     continue
                 replies = []
-                drain = self.drain
-                if drain is not None:
-                    drain()
+                # A process that is a sync client applies what the hub already sent as the
+                # lock is taken (``ReadGate``), so the batch reads every change before it.
                 with lock:
                     for data, addr in batch:
                         try:

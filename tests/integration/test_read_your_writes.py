@@ -36,6 +36,12 @@ pytestmark = pytest.mark.integration
 
 TRIALS = 80  # per test; the chance that 80 fair draws miss an order of two workers is ~1e-10
 WITHIN = 60.0  # seconds: a bound on each test's loop, not a figure under test
+# Between trials (never inside one, where it would give a worker time to catch up on its
+# own): back to back, the worker that just closed a connection is still running when the
+# next one arrives and accepts it before the other wakes, so a burst of trials can all
+# land on one worker (seen: none of 80 trials crossed). A pause lets both wait for it,
+# as they would for separate clients, so the draws are fair.
+BETWEEN_TRIALS = 0.02
 CONFIG = 'stats_path = "/stats"\n'
 
 
@@ -94,6 +100,8 @@ def trials(seen: set, want: int) -> Iterator[int]:
     for n in range(TRIALS):
         if len(seen) >= want or time.monotonic() > deadline:
             return
+        if n:
+            time.sleep(BETWEEN_TRIALS)
         yield n
 
 
