@@ -631,7 +631,8 @@ class SwarmStore:
         making the oldest torrents the next evicted however busy they are.
         Expired reads as absent.
         """
-        if self.pending and info_hash in self.pending:
+        stashed = self.pending.by_torrent
+        if stashed and info_hash in stashed:
             self._fold(info_hash)
         swarm = self._held.get(info_hash)
         if swarm is None or self._expiry(swarm) <= self.clock():
@@ -667,7 +668,7 @@ class SwarmStore:
         if old is not None and old is not swarm:
             self.peers_held -= len(old)  # an expired torrent made anew
         known = old is not None
-        pending = self.pending
+        pending = self.pending.by_torrent
         moved: set[bytes] | None = None
         while (oldest := self._oldest()) is not None:
             placed = oldest[1].touched
@@ -752,7 +753,7 @@ class SwarmStore:
         change only moved a known peer's expiry (and from when).
         """
         ih = change.info_hash
-        pending = self.pending
+        pending = self.pending.by_torrent
         if pending and ih in pending:
             self._fold(ih)
         swarm = self._held.get(ih)
@@ -959,7 +960,8 @@ class SwarmStore:
         torrent due for its TTL refresh) takes ``merge``. One clock reading
         serves the whole slice: callers bound the slice, so it is milliseconds.
         """
-        held, stops, pending = self._held, self._stops, self.pending
+        held, stops = self._held, self._stops
+        pending = self.pending.by_torrent  # a dict: a record's check is C, no method call
         ttl, every = self.peer_ttl, self.sweep_every
         now = int(self.clock())
         roomy = self.max_peers_per_torrent > 0 and self.max_peers_per_address > 0
@@ -1099,7 +1101,8 @@ class SwarmStore:
         (tests/unit/core/test_load_state.py checks it on random snapshots). Returns
         how many rows were applied, as ``merge_many`` counts them.
         """
-        held, stops, pending, lined = self._held, self._stops, self.pending, self._lined
+        held, stops, lined = self._held, self._stops, self._lined
+        pending = self.pending.by_torrent
         ttl, every = self.peer_ttl, self.sweep_every
         stop = len(rows) if stop is None else stop
         now = int(self.clock())
@@ -1163,7 +1166,7 @@ class SwarmStore:
     def set_totals(self, totals: Iterable[tuple[bytes, int]]) -> None:
         """``set_downloaded`` of each (info_hash, total), in order: one clock reading and
         no call for a torrent held (a joining replica's million totals)."""
-        held, pending, ttl = self._held, self.pending, self.torrent_ttl
+        held, pending, ttl = self._held, self.pending.by_torrent, self.torrent_ttl
         now = self.clock()
         for ih, total in totals:
             swarm = held.get(ih)
@@ -1176,7 +1179,9 @@ class SwarmStore:
 
     # --- lazy application (docs/SYNC.md, "Applying lazily") ------------------------------
 
-    def stash(self, items: Sequence[Item], unpack: Callable[[Item], PeerRow]) -> None:
+    def stash(
+        self, items: Sequence[Item], unpack: Callable[[Item], PeerRow], held_too: bool = False
+    ) -> None:
         """Take remote changes (deltas, in order) to be applied when their torrent is next
         read or changed, with exactly ``merge_many``'s rules and as of the second each
         arrived in (each item's last element; ``unpack`` makes an item its row).
@@ -1193,7 +1198,10 @@ class SwarmStore:
         announced to it) is applied at once, in one ``merge_many`` for the batch: it
         is likely read again soon, and folding a record or two per read costs about
         twice what the batch's merge does (``bench full``: HTTP beside a UDP flood
-        fell to 0.13-0.32x of its solo rate when every change was stashed).
+        fell to 0.13-0.32x of its solo rate when every change was stashed). Unless
+        ``held_too``: an idle process (nothing read its replica for a while) stashes
+        those as well, since no read is coming soon, and what it saves (the merge of
+        every other process's announce) is what keeping it in step costs.
         """
         if not items:
             return
@@ -1208,7 +1216,7 @@ class SwarmStore:
             self.fold_all()
             self.merge_many([unpack(item) for item in items])
             return
-        if held:
+        if held and not held_too:
             stashed = pending.by_torrent
             hot: list[PeerRow] = []
             cold: list[Item] = []
@@ -1455,7 +1463,7 @@ class SwarmStore:
         the eviction order moves (as ``peek``). Rows, not a PeerChange apiece: that
         was ~0.4 us of a walk's ~3.7 us a torrent at 1M.
         """
-        held, pending = self._held, self.pending
+        held, pending = self._held, self.pending.by_torrent
         ttl, torrent_ttl = self.peer_ttl, self.torrent_ttl
         now = self.clock()
         rows: list[PeerRow] = []

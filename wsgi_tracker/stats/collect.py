@@ -213,7 +213,9 @@ class TrackerStats:
                 return
 
     def report(self) -> dict[str, Any]:
-        with self.core.lock:
+        # The lock itself, not its gate: counters only, nothing of the replica, so no
+        # drain (the publisher's once a second would make an idle process look busy).
+        with self.core.lock.raw:
             report = process_report(self.core, self.meter, self.role)
         if self.extra is not None:
             report.update(self.extra())

@@ -90,6 +90,15 @@ DRAIN_MAX = 1024
 # ``core.lock``, whose gate drains the socket first, so none of them misses a change
 # the pause left there (docs/SYNC.md, "Read-your-writes").
 READ_PAUSE = 0.01
+# A process that read nothing of its replica for IDLE_AFTER seconds is idle: it stashes
+# every remote change, its torrents' too, to be applied only when a read asks for that
+# torrent (``SwarmStore.stash``), and its reader's pause grows to IDLE_PAUSE, checked
+# every READ_PAUSE and ended early once PAUSE_BYTES wait: the hub's writes to a full
+# socket would queue, and acks wait for what is queued (well under the ~200 KB a Unix
+# socket holds at the hub's ~1,000 frames a second).
+IDLE_AFTER = 1.0
+IDLE_PAUSE = 0.05
+PAUSE_BYTES = 64 << 10
 # Decoded changes held ahead of being applied; the rest stay in the socket, so a hub
 # sending a large snapshot still meets the kernel's flow control.
 INBOX_MAX = 2 * f.RECORDS_PER_FRAME
@@ -160,7 +169,10 @@ class SyncClient:
         self.ready = threading.Event()  # first snapshot applied, or no hub at the start
         self._wake = threading.Event()
         self._unpause = threading.Event()  # ends the reader's READ_PAUSE early
-        self._read_since = False  # whether anything drained since the reader's last pause
+        # When anything last drained (monotonic), and when the reader last paused: whether
+        # the process is serving, idle, or in between (``_pause``, ``_merge``).
+        self._last_read = time.monotonic()
+        self._paused_at = self._last_read
         # The core's lock itself, not its gate (``ReadGate``): what holds it here reads
         # nothing of the replica, or is this client applying frames.
         self._buffer = ChangeBuffer(core.lock.raw, self._wake.set)
@@ -372,7 +384,7 @@ class SyncClient:
         """Apply what the hub has already sent, without waiting for more: call before
         answering a read. Costs one ioctl when there is nothing; applies at most
         ``budget`` changes. Returns whether everything sent so far is applied."""
-        self._read_since = True  # the process is serving: its reader does not pause
+        self._last_read = time.monotonic()  # the process is serving: see ``_pause``
         sock = self._sock
         if sock is None or (not self._inbox and not _unread(sock.fileno())):
             return True
@@ -558,14 +570,27 @@ class SyncClient:
         ``wait_for``), the process is still joining, or it is stopping. A reader of the
         replica meanwhile drains them itself (``ReadGate``).
 
-        Only while the process is idle: not if anything read the replica since the
-        last pause. A serving worker's reader applies what comes at once, between its
-        requests, as without the pause, rather than leave it to the next request's
-        drain, on that reply's path."""
+        Only while nothing read the replica since the last pause: a serving worker's
+        reader applies what comes at once, between its requests, as without the pause,
+        rather than leave it to the next request's drain, on that reply's path. An idle
+        process (``IDLE_AFTER``) pauses up to ``IDLE_PAUSE``, until ``PAUSE_BYTES`` wait
+        or something reads."""
         self._unpause.clear()
-        busy, self._read_since = self._read_since, False
-        if self.connected and not busy and not self._waiters and not self._stopped:
+        began = time.monotonic()
+        last_read, paused_at, self._paused_at = self._last_read, self._paused_at, began
+        if not self.connected or last_read > paused_at or self._waiters or self._stopped:
+            return
+        if began - last_read < IDLE_AFTER:
             self._unpause.wait(READ_PAUSE)
+            return
+        fd = self._fileno()
+        while not self._unpause.wait(READ_PAUSE):
+            if (
+                time.monotonic() - began >= IDLE_PAUSE
+                or self._last_read > began
+                or _unread(fd) >= PAUSE_BYTES
+            ):
+                return
 
     def _catch_up(self, budget: int | None, reads: int | None = None) -> bool:
         """Read what the socket holds and apply it in order, at most ``budget`` changes
@@ -677,14 +702,20 @@ class SyncClient:
         return joined
 
     def _merge(self, peers: Sequence[PeerChange], start: int, stop: int, state: bool) -> None:
-        """One slice of a frame's records, merged in bulk (``SwarmStore.merge_many``); with
-        ``lazy_apply``, deltas are stashed instead, to be applied per torrent when it is
-        next read (``SwarmStore.stash``; docs/SYNC.md, "Applying lazily")."""
+        """One slice of a frame's records, merged in bulk (``SwarmStore.merge_many``).
+        Deltas are stashed instead, to be applied per torrent when it is next read
+        (``SwarmStore.stash``; docs/SYNC.md, "Applying lazily"): all of them while the
+        process is idle (``IDLE_AFTER``), and with ``lazy_apply`` those of torrents it
+        does not hold while it serves."""
         with self.core.lock.raw:
-            if state or not self.lazy_apply:
+            if state:
                 merge(self.core.store, peers, state, start, stop)
-            else:
+            elif time.monotonic() - self._last_read >= IDLE_AFTER:
+                stash(self.core.store, peers, start, stop, held_too=True)
+            elif self.lazy_apply:
                 stash(self.core.store, peers, start, stop)
+            else:
+                merge(self.core.store, peers, state, start, stop)
 
     def _run_later(self) -> None:
         """Callbacks that may block (a WebSocket relay's send), run outside ``_read_lock``."""
