@@ -21,7 +21,7 @@ from gevent.event import Event  # noqa: E402
 
 from udp_sidecar import ORPHANED  # noqa: E402
 from udp_sidecar.processes import KEY_BYTES, KEY_FD_FLAG, UdpProcesses, read_key  # noqa: E402
-from udp_sidecar.server import BindError, UdpServer  # noqa: E402
+from udp_sidecar.server import BindError, UdpServer, settle_visible  # noqa: E402
 from wsgi_tracker.cluster import ClusterNode  # noqa: E402
 from wsgi_tracker.config import ConfigError, TrackerConfig, load_with_sources  # noqa: E402
 from wsgi_tracker.core.gc_tuning import YOUNG_UDP, tune_gc  # noqa: E402
@@ -125,7 +125,8 @@ def run(
         saver = snapshot.Saver(core.store, config.snapshot_path, config.snapshot_interval, journal)
     # One connection-id key for every UDP process: the kernel may move a client to another.
     key = os.urandom(KEY_BYTES)
-    server = UdpServer(core, binds, port, key=key, reuse_port=processes > 1)
+    steer = processes if processes > 1 and config.udp_steering else 0
+    server = UdpServer(core, binds, port, key=key, reuse_port=processes > 1, steer=steer)
     try:
         server.start()
     except BindError as exc:
@@ -229,8 +230,8 @@ def serve_for_hub(config: TrackerConfig, key: bytes) -> int:
     server = UdpServer(core, config.udp_bind, config.udp_port, key=key, reuse_port=True, join=True)
     # Read-your-writes as in a worker: what the hub sent is applied as a batch takes
     # core.lock (the client's ReadGate), and the batch's replies go once the hub has its
-    # changes where every process reads.
-    server.settle = client.settle
+    # changes where every process reads (a batch of pure refreshes needs no wait).
+    server.settle = settle_visible(core, client.settle)
     try:
         server.start()
     except BindError as exc:

@@ -267,6 +267,14 @@ class TrackerConfig:
         "other process's changes (docs/UDP.md); more than 1 needs the sync hub.",
         check=between(0, MOST_PROCESSES),
     )
+    udp_steering: bool = _setting(
+        True,
+        "With udp_processes above 1, announces go to the process that owns their torrent "
+        "(the info_hash's first 4 bytes modulo the process count, a BPF program on the "
+        "SO_REUSEPORT group), so each process answers its share of the torrents; connects "
+        "and scrapes go by the kernel's hash. Off: every datagram by the kernel's hash "
+        "(docs/UDP.md).",
+    )
     # --- sync and persistence ----------------------------------------------------------
     sync_socket: str = _setting(
         "",

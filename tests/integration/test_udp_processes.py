@@ -32,6 +32,7 @@ import servers
 from servers import Server, alive, children, http_get, serve, sidecar, wait_until
 
 from udp_sidecar.protocol import build_announce_request, build_connect_request
+from udp_sidecar.steering import owner
 from wsgi_tracker.sync import frames
 
 pytestmark = pytest.mark.integration
@@ -43,6 +44,19 @@ HOST = "127.0.0.1"
 
 def ih(tag: str) -> bytes:
     return tag.encode().ljust(20, b".")
+
+
+def owned(tag: str, index: int, processes: int = 2) -> bytes:
+    """A torrent whose announces go to the ``index``-th process (the hub's is 0): with
+    ``udp_steering`` (the default) a torrent's announces all reach one process."""
+    torrent = (index.to_bytes(4, "big") + tag.encode()).ljust(20, b".")
+    assert owner(torrent, processes) == index
+    return torrent
+
+
+def both(tag: str) -> list[bytes]:
+    """A torrent of each of the two processes."""
+    return [owned(tag, 0), owned(tag, 1)]
 
 
 def peer_id(n: int) -> bytes:
@@ -173,14 +187,17 @@ def test_both_processes_answer_and_hand_out_each_others_peers(tmp_path: Path) ->
     with two_processes(tmp_path) as hub:
         senders = Senders(hub.port)
         try:
-            torrent = ih("shared")
-            for n in range(SENDERS):
-                senders.announce(n, torrent, left=1000, event=2)
+            torrents = both("shared")
+            for torrent in torrents:
+                for n in range(SENDERS):
+                    senders.announce(n, torrent, left=1000, event=2)
             everyone = {20000 + n for n in range(SENDERS)}
 
             def all_see_all() -> bool:
                 return all(
                     peer_ports(senders.announce(n, torrent, left=1000)) == everyone - {20000 + n}
+                    and senders.scrape(n, torrent) == (0, 0, SENDERS)  # any process
+                    for torrent in torrents
                     for n in range(SENDERS)
                 )
 
@@ -193,7 +210,8 @@ def test_both_processes_answer_and_hand_out_each_others_peers(tmp_path: Path) ->
             # One key for every process: an id from any socket works on every other one,
             # so some of these cross from one process to the other.
             for n in range(SENDERS):
-                reply = senders.announce(n, torrent, cid=senders.ids[(n + 1) % SENDERS], left=1000)
+                cid = senders.ids[(n + 1) % SENDERS]
+                reply = senders.announce(n, torrents[n % 2], cid=cid, left=1000)
                 assert struct.unpack_from(">I", reply)[0] == 1, reply
         finally:
             senders.close()
@@ -228,8 +246,9 @@ def test_a_killed_udp_process_is_restarted_and_the_counts_stay(tmp_path: Path) -
                 ),
                 WITHIN,
             )
-            for n in range(SENDERS):
-                senders.announce(n, ih("after"), left=5, event=2)
+            for torrent in both("after"):
+                for n in range(SENDERS):
+                    senders.announce(n, torrent, left=5, event=2)
             reports = udp_reports(hub.sync_socket, lambda r: udp_pids(r) == {hub.proc.pid, new})
             assert udp_pids(reports) == {hub.proc.pid, new}, reports
         finally:
@@ -265,22 +284,27 @@ def test_under_serve_http_workers_hand_out_what_both_udp_processes_were_told(
         assert wait_until(lambda: "UDP process serving" in stack.log(), WITHIN), stack.log()
         senders = Senders(stack.udp.port)
         try:
-            torrent = ih("served")
-            for n in range(SENDERS):
-                senders.announce(n, torrent, left=1000, event=2)
+            torrents = both("served")
+            for torrent in torrents:
+                for n in range(SENDERS):
+                    senders.announce(n, torrent, left=1000, event=2)
             everyone = {20000 + n for n in range(SENDERS)}
 
             def http_sees_all() -> bool:
-                url = servers.announce_url(
-                    stack.http.url + "/announce",
-                    torrent,
-                    b"-HT0001-000000000001",
-                    7000,
-                    1000,
-                    numwant=200,
-                )
-                status, body = http_get(url)
-                return status == 200 and servers.ports(bencodepy.decode(body)[b"peers"]) >= everyone
+                for torrent in torrents:
+                    url = servers.announce_url(
+                        stack.http.url + "/announce",
+                        torrent,
+                        b"-HT0001-000000000001",
+                        7000,
+                        1000,
+                        numwant=200,
+                    )
+                    status, body = http_get(url)
+                    peers = servers.ports(bencodepy.decode(body)[b"peers"])
+                    if status != 200 or not peers >= everyone:
+                        return False
+                return True
 
             assert wait_until(http_sees_all, WITHIN)
 
@@ -394,10 +418,62 @@ def test_ipv6_is_shared_by_both_processes_too(tmp_path: Path) -> None:
     with two_processes(tmp_path, binds=(HOST, "::1")) as hub:
         senders = Senders(hub.port, host="::1")
         try:
-            for n in range(SENDERS):
-                reply = senders.announce(n, ih("six"), left=1, event=2)
-                assert struct.unpack_from(">I", reply)[0] == 1, reply
+            for torrent in both("six"):
+                for n in range(SENDERS):
+                    reply = senders.announce(n, torrent, left=1, event=2)
+                    assert struct.unpack_from(">I", reply)[0] == 1, reply
         finally:
             senders.close()
         reports = udp_reports(hub.sync_socket, lambda r: len(udp_pids(r)) == 2)
         assert udp_pids(reports) == {hub.proc.pid, *others(hub)}, reports
+
+
+def announces_by_process(reports: dict[str, dict]) -> dict[int, int]:
+    return {
+        int(rid.partition(":")[2]): r["announces"]["udp"]
+        for rid, r in reports.items()
+        if rid.startswith("udp:")
+    }
+
+
+def test_a_torrents_announces_all_reach_its_process_and_every_process_sees_them(
+    tmp_path: Path,
+) -> None:
+    """Steering (the default): from every source port, a torrent's announces reach one
+    process, the hub's (index 0) or the other (index 1); connects and scrapes are still
+    answered by both, and each process's scrape counts the other's announces."""
+    with two_processes(tmp_path) as hub:
+        (child,) = others(hub)
+        senders = Senders(hub.port)  # connects from every port: both processes answer them
+        try:
+            expected = {hub.proc.pid: 0, child: 0}
+            for index, pid in enumerate((hub.proc.pid, child)):
+                for torrent in (owned(f"steered{k}", index) for k in range(3)):
+                    for n in range(SENDERS):
+                        senders.announce(n, torrent, left=1000, event=2)
+                    expected[pid] += SENDERS
+                    assert all(
+                        senders.scrape(n, torrent) == (0, 0, SENDERS) for n in range(SENDERS)
+                    )
+            reports = udp_reports(hub.sync_socket, lambda r: announces_by_process(r) == expected)
+            assert announces_by_process(reports) == expected, reports
+            scrapes = {
+                int(rid.partition(":")[2]): r["scrapes"]["udp"]
+                for rid, r in reports.items()
+                if rid.startswith("udp:")
+            }
+            assert all(scrapes.values()), reports  # by the kernel's hash: both answer some
+        finally:
+            senders.close()
+
+
+def test_without_steering_one_torrents_announces_reach_both_processes(tmp_path: Path) -> None:
+    with two_processes(tmp_path, ("--no-udp-steering",)) as hub:
+        senders = Senders(hub.port)
+        try:
+            for n in range(SENDERS):
+                senders.announce(n, ih("spread"), left=1000, event=2)
+            reports = udp_reports(hub.sync_socket, lambda r: len(udp_pids(r)) == 2)
+            assert udp_pids(reports) == {hub.proc.pid, *others(hub)}, reports
+        finally:
+            senders.close()
