@@ -1,6 +1,7 @@
 """An idle process (nothing read its replica for ``IDLE_AFTER``) stashes every remote
 change, its own torrents' too, and the read that asks applies them; a serving one
-merges at once; an idle reader's long pause ends once ``PAUSE_BYTES`` wait.
+merges at once; an idle reader's long pause is no longer than the hub's last rate takes
+to fill ``PAUSE_BYTES``.
 
 A real ``SyncClient`` against this test playing the hub over a real Unix socket. The
 test never drains (that is a read): it learns the reader has handled the Deltas from
@@ -89,19 +90,19 @@ def test_a_serving_process_merges_what_comes_at_once(
     assert swarm is not None and swarm.incomplete == 3
 
 
-def test_an_idle_readers_long_pause_ends_once_enough_bytes_wait(
+def test_an_idle_readers_long_pause_is_cut_to_what_the_hubs_rate_fills_pause_bytes_in(
     joined: tuple[SyncClient, socket.socket], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client, conn = joined
     monkeypatch.setattr(client_module, "IDLE_AFTER", 0.0)
     monkeypatch.setattr(client_module, "READ_PAUSE", 0.01)
-    monkeypatch.setattr(client_module, "IDLE_PAUSE", 600.0)  # only the bytes can end it
+    monkeypatch.setattr(client_module, "IDLE_PAUSE", 600.0)  # only the bytes can cut it
     monkeypatch.setattr(client_module, "PAUSE_BYTES", 1)
     client._unpause.set()  # the pause under way started before the patch
     time.sleep(0.2)  # the client's re-send of its replica after the join (a read) is done
     for p in (2, 3):  # a pause follows each; the second's, nothing read since the first
         send_and_wait(client, conn, f.Deltas([change(p)]))
-    send_and_wait(client, conn, f.Deltas([change(4)]))  # so only the bytes ended it
+    send_and_wait(client, conn, f.Deltas([change(4)]))  # so only the bytes cut it short
     with client.core.lock:
         (entry,) = client.core.scrape([IH])
     assert entry.incomplete == 5
