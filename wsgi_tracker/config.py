@@ -292,12 +292,11 @@ class TrackerConfig:
     )
     lazy_apply: bool = _setting(
         False,
-        "With the sync hub, a serving worker (or a second UDP process) files other "
-        "processes' changes to torrents it does not hold under those torrents and applies "
-        "them when that torrent is next read, instead of at once (docs/SYNC.md, 'Applying "
-        "lazily'); a busy worker's tail latency under a UDP flood was worse in bench full. "
-        "For many workers whose torrents differ. Whatever this says, a process that read "
-        "nothing for a second stashes every change until it reads again.",
+        "With the sync hub, a worker (or a second UDP process) files other processes' changes "
+        "under their torrents and applies them when that torrent is next read, instead of "
+        "at once (docs/SYNC.md, 'Applying lazily'): about half the CPU an idle process pays "
+        "per remote change, but a busy worker's tail latency under a UDP flood was worse in "
+        "bench full. For many workers whose torrents differ.",
     )
     snapshot_path: str = _setting("", "File the sidecar saves the swarms to; empty: no snapshot.")
     snapshot_interval: int = _setting(60, "Seconds between snapshots.", check=between(1, DAY))

@@ -25,6 +25,11 @@ from typing import Any
 
 Item = tuple[Any, ...]  # (info_hash, ..., arrival second); only the sync layer reads the middle
 GENERATION = 60  # seconds of arrivals per generation
+# A torrent with this many items stashed is folded at once (``add`` names it): the read
+# that folds a torrent pays for all its items (~2.5 ms at most, then), and a torrent
+# that busy is read soon anyway. A flood on a few torrents nobody read for a while
+# would otherwise leave thousands each for the next read to fold, on its reply's path.
+MAX_PER_TORRENT = 256
 
 _first = itemgetter(0)
 
@@ -50,10 +55,12 @@ class PendingChanges:
     def __contains__(self, info_hash: object) -> bool:
         return info_hash in self.by_torrent
 
-    def add(self, items: Sequence[Item], second: int) -> None:
-        """Stash ``items`` (each ending with ``second``) behind each torrent's earlier ones."""
+    def add(self, items: Sequence[Item], second: int) -> list[bytes]:
+        """Stash ``items`` (each ending with ``second``) behind each torrent's earlier ones;
+        the torrents that now hold ``MAX_PER_TORRENT`` items, for the caller to fold."""
         pending = self.by_torrent
         get = pending.get
+        full: list[bytes] = []
         for item in items:
             ih = item[0]
             had = get(ih)
@@ -61,6 +68,8 @@ class PendingChanges:
                 pending[ih] = item
             elif type(had) is list:
                 had.append(item)
+                if len(had) == MAX_PER_TORRENT:
+                    full.append(ih)
             else:
                 pending[ih] = [had, item]
         self.records += len(items)
@@ -68,6 +77,7 @@ class PendingChanges:
         if not generations or second >= generations[-1][0] + GENERATION:
             generations.append((second, set()))
         generations[-1][1].update(map(_first, items))
+        return full
 
     def take(self, info_hash: bytes) -> list[Item] | None:
         """The torrent's items in arrival order, which leave; None when it has none."""

@@ -1179,9 +1179,7 @@ class SwarmStore:
 
     # --- lazy application (docs/SYNC.md, "Applying lazily") ------------------------------
 
-    def stash(
-        self, items: Sequence[Item], unpack: Callable[[Item], PeerRow], held_too: bool = False
-    ) -> None:
+    def stash(self, items: Sequence[Item], unpack: Callable[[Item], PeerRow]) -> None:
         """Take remote changes (deltas, in order) to be applied when their torrent is next
         read or changed, with exactly ``merge_many``'s rules and as of the second each
         arrived in (each item's last element; ``unpack`` makes an item its row).
@@ -1192,16 +1190,14 @@ class SwarmStore:
         torrent evicted would depend on when each change was applied, it applies
         everything at once instead. Stashed changes of a torrent nobody reads go
         unapplied once they have expired (``PendingChanges.drop_expired``); past
-        ``max_pending`` the caller folds the oldest in slices (``fold_some``).
+        ``max_pending`` the caller folds the oldest in slices (``fold_some``), and a
+        torrent whose stash reaches ``MAX_PER_TORRENT`` is folded at once.
 
         A torrent already held with nothing stashed (this process has read it, or
         announced to it) is applied at once, in one ``merge_many`` for the batch: it
         is likely read again soon, and folding a record or two per read costs about
         twice what the batch's merge does (``bench full``: HTTP beside a UDP flood
-        fell to 0.13-0.32x of its solo rate when every change was stashed). Unless
-        ``held_too``: an idle process (nothing read its replica for a while) stashes
-        those as well, since no read is coming soon, and what it saves (the merge of
-        every other process's announce) is what keeping it in step costs.
+        fell to 0.13-0.32x of its solo rate when every change was stashed).
         """
         if not items:
             return
@@ -1216,7 +1212,7 @@ class SwarmStore:
             self.fold_all()
             self.merge_many([unpack(item) for item in items])
             return
-        if held and not held_too:
+        if held:
             stashed = pending.by_torrent
             hot: list[PeerRow] = []
             cold: list[Item] = []
@@ -1232,7 +1228,8 @@ class SwarmStore:
                     return
                 items, n = cold, len(cold)
         self._unpack = unpack
-        pending.add(items, second)
+        for full in pending.add(items, second):
+            self._fold(full)
         if pending.records > n:
             pending.drop_expired(second, self.torrent_ttl + PENDING_SKEW)
 

@@ -90,10 +90,9 @@ DRAIN_MAX = 1024
 # ``core.lock``, whose gate drains the socket first, so none of them misses a change
 # the pause left there (docs/SYNC.md, "Read-your-writes").
 READ_PAUSE = 0.01
-# A process that read nothing of its replica for IDLE_AFTER seconds is idle: it stashes
-# every remote change, its torrents' too, to be applied only when a read asks for that
-# torrent (``SwarmStore.stash``), and its reader's pause grows to IDLE_PAUSE, or to as
-# long as the hub took to send PAUSE_BYTES at the rate it sent before: the hub's writes
+# A process that read nothing of its replica for IDLE_AFTER seconds is idle: its reader's
+# pause grows to IDLE_PAUSE, or to as long as the hub took to send PAUSE_BYTES at the
+# rate it sent before, so it takes the hub's batches fifty at a time: the hub's writes
 # to a full socket would queue, and acks wait for what is queued. A Unix socket took
 # 130 KB of 1.4 KB writes here (the hub's 1 ms batches at 20k changes/s) before it was
 # full, 28 KB of 100 B ones (at most ~50 of those come in a pause).
@@ -704,20 +703,14 @@ class SyncClient:
         return joined
 
     def _merge(self, peers: Sequence[PeerChange], start: int, stop: int, state: bool) -> None:
-        """One slice of a frame's records, merged in bulk (``SwarmStore.merge_many``).
-        Deltas are stashed instead, to be applied per torrent when it is next read
-        (``SwarmStore.stash``; docs/SYNC.md, "Applying lazily"): all of them while the
-        process is idle (``IDLE_AFTER``), and with ``lazy_apply`` those of torrents it
-        does not hold while it serves."""
+        """One slice of a frame's records, merged in bulk (``SwarmStore.merge_many``); with
+        ``lazy_apply``, deltas are stashed instead, to be applied per torrent when it is
+        next read (``SwarmStore.stash``; docs/SYNC.md, "Applying lazily")."""
         with self.core.lock.raw:
-            if state:
+            if state or not self.lazy_apply:
                 merge(self.core.store, peers, state, start, stop)
-            elif time.monotonic() - self._last_read >= IDLE_AFTER:
-                stash(self.core.store, peers, start, stop, held_too=True)
-            elif self.lazy_apply:
-                stash(self.core.store, peers, start, stop)
             else:
-                merge(self.core.store, peers, state, start, stop)
+                stash(self.core.store, peers, start, stop)
 
     def _run_later(self) -> None:
         """Callbacks that may block (a WebSocket relay's send), run outside ``_read_lock``."""

@@ -119,21 +119,17 @@ def merge(
     return store.merge_many(rows, start, stop, state, news)
 
 
-def stash(
-    store: SwarmStore, peers: Sequence[PeerChange], start: int, stop: int, held_too: bool = False
-) -> None:
+def stash(store: SwarmStore, peers: Sequence[PeerChange], start: int, stop: int) -> None:
     """Take ``peers[start:stop]`` (a Deltas frame's records) to be applied lazily, each
-    torrent's when it is next read (``SwarmStore.stash``, ``held_too`` as there); past
-    the store's ``max_pending``, fold as many of the oldest as came in, so the bound holds."""
+    torrent's when it is next read (``SwarmStore.stash``); past the store's
+    ``max_pending``, fold as many of the oldest as came in, so the bound holds."""
     if isinstance(peers, frames.PeerRecords):
         items = peers.pending(start, stop, int(store.clock()))
-        store.stash(items, frames.pending_row, held_too)
+        store.stash(items, frames.pending_row)
     else:
         second = (int(store.clock()),)
         store.stash(
-            [row + second for row in frames.peer_rows(peers[start:stop])],
-            frames.pending_row,
-            held_too,
+            [row + second for row in frames.peer_rows(peers[start:stop])], frames.pending_row
         )
     if store.pending.records > store.max_pending:
         store.fold_some(stop - start)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import ManualClock
 from tests.unit.core.test_swarm import MERGE_ENDPOINTS, pid, v4
-from wsgi_tracker.core.pending import GENERATION
+from wsgi_tracker.core.pending import GENERATION, MAX_PER_TORRENT
 from wsgi_tracker.core.swarm import PENDING_SKEW, PeerRefused, SwarmStore
 from wsgi_tracker.core.types import (
     EVENT_COMPLETED,
@@ -240,3 +240,16 @@ def run_bounded(script: list) -> tuple[SwarmStore, SwarmStore]:
             for store in stores:
                 store.peek(TORRENTS[arg])
     return eager, lazy
+
+
+def test_a_torrent_that_reaches_max_per_torrent_stashed_is_folded_at_once():
+    """So the read that folds a torrent never pays for more than that many."""
+    clock = ManualClock()
+    store = SwarmStore(peer_ttl=100, sweep_every=60, clock=clock, max_peers_per_address=10**6)
+    ih = TORRENTS[0]
+    batch = [PeerChange(ih, pid(n), v4(n), False, 0, clock()) for n in range(MAX_PER_TORRENT)]
+    stash(store, wire_records(batch[:-1]), 0, MAX_PER_TORRENT - 1)
+    assert store.pending.records == MAX_PER_TORRENT - 1 and store.peers_held == 0
+    stash(store, wire_records(batch[-1:]), 0, 1)
+    assert store.pending.records == 0 and store.peers_held == MAX_PER_TORRENT
+    assert len(store.peek(ih).v4.ids) == MAX_PER_TORRENT
