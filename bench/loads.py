@@ -171,10 +171,14 @@ def udp_load(
     prefill: bool = False,
     numwant: int = 50,
     rate: float = 0,
+    stable_keys: bool = False,
 ) -> LoadRun:
     """udp_load for ``seconds`` (prefill: every (client, torrent) pair once, in order).
 
     ``rate`` > 0 paces the requests (open loop) instead of keeping the window full.
+    ``stable_keys``: every run sends the same key per client (udp_load ``-K``), so a
+    run after a pre-fill re-announces as real clients do (pure refreshes); without it
+    each run draws new keys and every announce is a change other processes must see.
     """
     cmd = [
         str(udp_load_binary()), "-H", "127.0.0.1", "-p", str(port), "-f", str(workload.pool),
@@ -184,4 +188,6 @@ def udp_load(
     ]  # fmt: skip
     if prefill:
         cmd += ["-q", "-x", str(workload.peers)]
+    if stable_keys:
+        cmd.append("-K")
     return _run(pinned(cmd, cpus), {}, seconds + 30, "UDP_RESULT")

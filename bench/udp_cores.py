@@ -1,6 +1,6 @@
 """UDP on more cores (issue 16 t5): ``udp-sidecar`` with 1 process on 1 core against 2 on 2.
 
-    python -m bench.udp_cores [--dur 10] [--reps 3] [--nice -10]
+    python -m bench.udp_cores [--dur 10] [--reps 3] [--nice -10] [--stable-keys] [--lazy-apply]
 
 The load generator needs a core too, and this machine has two, so three
 setups, each measured ``--reps`` times in turn:
@@ -83,7 +83,7 @@ def run(
         [server],
         lambda: loads.udp_load(
             port, wl, args.dur, cpus=load_cpu or None, inflight=args.inflight,
-            socks=args.socks,
+            socks=args.socks, stable_keys=args.stable_keys,
         ),
     )  # fmt: skip
     after = [procs.cpu_seconds(pid) for pid in server.pids]
@@ -110,8 +110,18 @@ def main() -> None:
     p.add_argument("--inflight", type=int, default=64)
     p.add_argument("--socks", type=int, default=64, help="source ports: the kernel's hash")
     p.add_argument("--nice", type=int, default=0)
+    p.add_argument("--lazy-apply", action="store_true", help="the lazy_apply setting on")
+    p.add_argument(
+        "--stable-keys",
+        action="store_true",
+        help="each client keeps its key across runs (udp_load -K): after the pre-fill "
+        "every announce is a pure refresh, as real clients on their interval send; "
+        "default: new keys, so every announce is a change the other processes must see",
+    )
     args = p.parse_args()
     procs.NICE = args.nice
+    if args.lazy_apply:
+        os.environ["WSGI_TRACKER_LAZY_APPLY"] = "true"  # the UDP processes' (the hub is eager)
     procs.prioritise_session()
     outdir = Path(tempfile.mkdtemp(prefix="udp-cores-"))
     wl = make_workload(outdir, args.k, args.clients, args.tpc)
@@ -121,6 +131,7 @@ def main() -> None:
         "2 processes on cpu1+cpu0": (2, [1, 0], ""),
     }
     print(f"machine: {os.uname().release}, {sys.executable} {sys.version.split()[0]}")
+    print(f"stable keys: {args.stable_keys}, lazy_apply: {args.lazy_apply}")
     print(f"load average before: {os.getloadavg()}", flush=True)
     with ExitStack() as stack:
         running = []
@@ -130,7 +141,7 @@ def main() -> None:
             stack.callback(server.stop)
             fill = loads.udp_load(
                 port, wl, 120, cpus=load_cpu or None, prefill=True, inflight=args.inflight,
-                socks=args.socks,
+                socks=args.socks, stable_keys=args.stable_keys,
             )  # fmt: skip
             print(f"{name}: pids {server.pids}, prefill {fill.result.get('responses', 0):.0f}")
             running.append((server, port, load_cpu))

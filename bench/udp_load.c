@@ -135,17 +135,20 @@ static void usage(const char *a) {
     "  -i           print per-second progress\n"
     "  -R rate      send at most this many announces/scrapes per second (open-loop pacing,\n"
     "               connects not counted; 0 = as fast as the in-flight window allows)\n"
-    "  -A           allow a non-loopback destination\n", a, MAX_SCRAPE);
+    "  -A           allow a non-loopback destination\n"
+    "  -K           each client's key made from its number, as its peer_id is, so every run\n"
+    "               sends the keys a pre-fill stored (a real client keeps its key; without -K\n"
+    "               a run's keys are new, and no announce is a pure refresh)\n", a, MAX_SCRAPE);
   exit(2);
 }
 
 int main(int argc, char **argv) {
   const char *host = "127.0.0.1", *poolfile = NULL, *mode = "announce";
-  int port = 6969, N = 5000, K = 1000, G = 20, seq_mode = 0, W = 64, nsock = 8, spp = 1, numwant = 50, progress = 0, allow_any = 0;
+  int port = 6969, N = 5000, K = 1000, G = 20, seq_mode = 0, W = 64, nsock = 8, spp = 1, numwant = 50, progress = 0, allow_any = 0, stable_keys = 0;
   double T = 10, conn_age = 60, timeout_ms = 1000, rate = 0;
   uint64_t seed = 0, maxresp = 0;
   int o;
-  while ((o = getopt(argc, argv, "H:p:n:k:f:w:t:m:s:N:P:c:T:r:x:g:R:qiA")) != -1) {
+  while ((o = getopt(argc, argv, "H:p:n:k:f:w:t:m:s:N:P:c:T:r:x:g:R:qiAK")) != -1) {
     switch (o) {
       case 'H': host = optarg; break;
       case 'p': port = atoi(optarg); break;
@@ -166,6 +169,7 @@ int main(int argc, char **argv) {
       case 'x': maxresp = strtoull(optarg, 0, 0); break;
       case 'i': progress = 1; break;
       case 'A': allow_any = 1; break;
+      case 'K': stable_keys = 1; break;
       case 'R': rate = atof(optarg); break;
       default: usage(argv[0]);
     }
@@ -226,7 +230,7 @@ int main(int argc, char **argv) {
     uint32_t x = (uint32_t)((uint64_t)(i + 1) * 2654435761u);
     for (int j = 8; j < 20; j++) { x = x * 69069u + 1u; cl[i].peer_id[j] = (uint8_t)(x >> 24); }
     cl[i].port = (uint16_t)(1025 + i % 60000);
-    cl[i].key = (uint32_t)rnd();
+    cl[i].key = stable_keys ? x * 2246822519u + 1u : (uint32_t)rnd();
     cl[i].conn_time = -1;
     cl[i].sock = i % nsock;
   }
