@@ -123,8 +123,8 @@ class DatagramHandler:
             return self._announce(req, packed_ip)
         try:
             entries = self.core.scrape(req.info_hashes, protocol="udp")
-        except TrackerError as exc:
-            return build_error(req.transaction_id, str(exc))
+        except TrackerError as refused:  # not ``exc``: mypyc types a name once per function
+            return build_error(req.transaction_id, str(refused))
         return build_scrape(req.transaction_id, entries)
 
     def _announce(self, req: AnnounceRequest, packed_ip: bytes) -> bytes:

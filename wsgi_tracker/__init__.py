@@ -13,6 +13,11 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from wsgi_tracker import compiled
+
+# Before any compiled module loads: refuse a stale build, or go pure (WSGI_TRACKER_PURE=1).
+compiled.check()
+
 _PUBLIC = {
     "ConfigError": "wsgi_tracker.config",
     "TrackerConfig": "wsgi_tracker.config",

@@ -75,6 +75,7 @@ PROCESS_ENV = {
     "WSGI_TRACKER_BIND": "The HTTP address of the project's gunicorn config.",
     "WSGI_TRACKER_WORKERS": "The worker count of the project's gunicorn config (default: cores).",
     "WSGI_TRACKER_APP": "The WSGI app `deploy/gunicorn.conf.py` serves.",
+    "WSGI_TRACKER_PURE": "`1`: build, or run, the pure Python modules, not the compiled ones.",
 }
 
 

@@ -357,5 +357,5 @@ def _watch(path: str, setting: str, parse: Callable[[str, str], Any]) -> Watched
         return WatchedFile(path, parse)
     except OSError as exc:
         raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{setting}: {exc}") from None
+    except (ValueError, UnicodeDecodeError) as bad:  # not ``exc``: mypyc types a name once
+        raise ConfigError(f"{setting}: {bad}") from None

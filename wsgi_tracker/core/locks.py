@@ -84,6 +84,33 @@ class ReadGate:
         return self.raw.locked()  # type: ignore[no-any-return]
 
 
+class OwnLock:
+    """One object's lock, made on first use in each process.
+
+    Held in an attribute and read through ``get()`` (a property of the owner's):
+    the form for a class without a ``__dict__``, such as one mypyc compiles to a
+    native class, where the ``ProcessLock`` descriptor cannot keep its lock.
+    ``OwnLock(gate=True)`` makes a ``ReadGate`` around the lock instead.
+    """
+
+    __slots__ = ("_gate", "_held")
+
+    def __init__(self, *, gate: bool = False) -> None:
+        self._gate = gate
+        self._held: tuple[int, Any] | None = None
+
+    def get(self) -> Any:
+        held = self._held
+        if held is not None and held[0] == _generation:
+            return held[1]
+        with _making:
+            held = self._held
+            if held is None or held[0] != _generation:
+                made = ReadGate(new_lock()) if self._gate else new_lock()
+                held = self._held = (_generation, made)
+        return held[1]
+
+
 class ProcessLock:
     """A per-instance lock attribute, made on first use in each process.
 
@@ -100,12 +127,8 @@ class ProcessLock:
     def __get__(self, obj: object, owner: type | None = None) -> Any:
         if obj is None:
             return self
-        held = obj.__dict__.get(self._slot)
-        if held is not None and held[0] == _generation:
-            return held[1]
-        with _making:
-            held = obj.__dict__.get(self._slot)
-            if held is None or held[0] != _generation:
-                made = ReadGate(new_lock()) if self._gate else new_lock()
-                held = obj.__dict__[self._slot] = (_generation, made)
-        return held[1]
+        own = obj.__dict__.get(self._slot)
+        if own is None:
+            with _making:
+                own = obj.__dict__.setdefault(self._slot, OwnLock(gate=self._gate))
+        return own.get()

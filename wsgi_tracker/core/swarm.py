@@ -31,6 +31,9 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
+from typing import ClassVar
+
+from mypy_extensions import mypyc_attr
 
 from wsgi_tracker.core.pending import Item, PendingChanges
 from wsgi_tracker.core.types import (
@@ -53,31 +56,31 @@ class PeerRefused(Exception):
     the error counters.
     """
 
-    kind = "refused"
+    kind: ClassVar[str] = "refused"
 
 
 class SwarmFull(PeerRefused):
     """A new peer was refused because its torrent already holds the maximum."""
 
-    kind = "swarm_full"
+    kind: ClassVar[str] = "swarm_full"
 
 
 class AddressFull(PeerRefused):
     """A new (or moving) peer was refused: its address already has the most peers allowed."""
 
-    kind = "address_full"
+    kind: ClassVar[str] = "address_full"
 
 
 class StoreFull(PeerRefused):
     """A new peer was refused: this process holds the most peers allowed in all."""
 
-    kind = "store_full"
+    kind: ClassVar[str] = "store_full"
 
 
 class NotYourPeer(PeerRefused):
     """The peer_id is held from another address, and the announce does not carry its key."""
 
-    kind = "peer_identity"
+    kind: ClassVar[str] = "peer_identity"
 
 
 STOP_MEMORY = 30.0  # seconds a stop outranks older announces (sync lag is milliseconds)
@@ -360,6 +363,8 @@ _ONE = struct.Struct("<20sdIBq")
 _ONE_HEAD = _ONE.size
 
 
+# mypyc compiles no subclass of bytes into a native class: this one stays a Python class.
+@mypyc_attr(native_class=False)
 class OnePeer(bytes):
     """A list of exactly one peer, packed in one bytes object, read like a ``PeerList``.
 

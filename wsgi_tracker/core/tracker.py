@@ -21,7 +21,7 @@ from wsgi_tracker.core.accounting import Accounting
 from wsgi_tracker.core.addresses import endpoint, pack_ip
 from wsgi_tracker.core.counters import Counters
 from wsgi_tracker.core.errors import TrackerError
-from wsgi_tracker.core.locks import ProcessLock
+from wsgi_tracker.core.locks import OwnLock, ReadGate
 from wsgi_tracker.core.swarm import AnyList, PeerRefused, SwarmStore
 from wsgi_tracker.core.types import (
     EVENT_NONE,
@@ -68,8 +68,17 @@ class TrackerCore:
     ws: WsSwarms = field(init=False)
     # Serialises the store for threaded WSGI servers; uncontended under gevent. Made
     # in the process that uses it, so it is gevent's where gevent runs (locks.py). A
-    # ReadGate: with sync on, taking it first applies what the hub has already sent.
-    lock = ProcessLock(gate=True)
+    # ReadGate: with sync on, taking it first applies what the hub has already sent. An
+    # attribute read through ``lock``, not a ProcessLock descriptor: the compiled build
+    # makes this a native class, which has no __dict__ for a descriptor to keep it in.
+    _lock: OwnLock = field(
+        default_factory=lambda: OwnLock(gate=True), init=False, repr=False, compare=False
+    )
+
+    @property
+    def lock(self) -> ReadGate:
+        """This process's lock of the store (a ``ReadGate``)."""
+        return self._lock.get()
 
     def __post_init__(self) -> None:
         # None when public and hookless: the hot path then pays one ``is None`` test each.
@@ -154,9 +163,9 @@ class TrackerCore:
         )
         try:
             swarm, slot, counted = store.apply(change)
-        except PeerRefused as exc:
-            self.counters.error(protocol, exc.kind)
-            raise TrackerError(str(exc)) from None
+        except PeerRefused as refused:  # not ``exc``: mypyc gives one name one type per function
+            self.counters.error(protocol, refused.kind)
+            raise TrackerError(str(refused)) from None
         self.counters.announces[protocol] += 1
         refreshed = store.refreshed
         for listener in self.listeners:

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
+from mypy_extensions import mypyc_attr
+
 # The environ key of an Upgrade request's socket hand-over, offered by TrackerWorker:
 # the app calls ``environ[UPGRADE_KEY](handler)`` instead of answering, and once it
 # returns the worker runs ``handler(socket, bytes_already_read, done)``; the connection
@@ -65,6 +67,7 @@ STRICTER_THAN_H11 = (
 )
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # chunked.BodyError, worker's errors
 class HttpError(Exception):
     """A request the server refuses (or a response it will not send); ``status`` is the reply."""
 

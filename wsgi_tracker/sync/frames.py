@@ -179,17 +179,17 @@ class PeerRecords(Sequence[PeerChange]):
 
     __slots__ = ("_body", "_rec", "_rows")
 
-    def __init__(self, rows: list[PeerRow]) -> None:
-        self._rows: list[PeerRow] | None = rows
-        self._body = b""
-        self._rec: struct.Struct | None = None
+    def __init__(
+        self, rows: list[PeerRow] | None, body: bytes = b"", rec: struct.Struct | None = None
+    ) -> None:
+        self._rows = rows
+        self._body = body
+        self._rec = rec
 
     @classmethod
     def packed(cls, body: bytes, rec: struct.Struct) -> PeerRecords:
         """The records of a checked body whose every record is of shape ``rec``."""
-        records = cls.__new__(cls)
-        records._rows, records._body, records._rec = None, body, rec
-        return records
+        return cls(None, body, rec)
 
     def joinable(self, other: PeerRecords) -> bool:
         """Whether ``joined`` can put ``other`` behind these: both packed, one shape."""
@@ -449,9 +449,12 @@ _PACK_V4, _PACK_V4_KEY, _PACK_V6, _PACK_V6_KEY = (
 # A row's fields in a PeerChange's order: rows (a store walk's, a decoded frame's) are
 # packed by the same loop, in C, with no PeerChange made per record.
 _AS_CHANGE = itemgetter(0, 1, 5, 3, 4, 2, 6)
+# What ``_peer_body`` reads: a PeerChange, or a row in a PeerChange's order, whose seeder
+# field is then the row's flags (an int; the compiled build checks what it is told).
+_ChangeFields = tuple[bytes, bytes, bytes, int, int, float, int]
 
 
-def _peer_body(peers: Iterable[PeerChange]) -> bytes:
+def _peer_body(peers: Iterable[_ChangeFields]) -> bytes:
     """The records of ``peers``, or of rows given as ``map(_AS_CHANGE, rows)``: the
     seeder field may then be a row's flags, of which only the seeder bit is read."""
     parts: list[bytes] = []
