@@ -170,7 +170,7 @@ class SyncClient:
         self._wake = threading.Event()
         self._unpause = threading.Event()  # ends the reader's READ_PAUSE early
         # When anything last drained (monotonic), and when the reader last paused: whether
-        # the process is serving, idle, or in between (``_pause``, ``_merge``).
+        # the process is serving, idle, or in between (``_pause``).
         self._last_read = time.monotonic()
         self._paused_at = self._last_read
         self._bytes_read = 0  # from the hub, all told; and as of the last pause
