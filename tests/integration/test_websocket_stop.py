@@ -80,6 +80,9 @@ def test_a_reload_closes_the_old_workers_connections_with_1001(stack: Serve) -> 
     for ws in held:
         assert_going_away(ws)
     assert wait_until(lambda: len(stack.worker_pids() - old) == 2)
+    # An old worker accepts until gunicorn tells it to stop, and then closes what
+    # it accepted with 1001 too; only once they are gone is every accept a new one's.
+    assert wait_until(lambda: not stack.worker_pids() & old)
     fresh = ws_connect(stack.http)  # the new workers serve WebSocket announces
     assert ws_announce(fresh, "-GA0001-after-reload", IH)["incomplete"] >= 1
     fresh.close()
