@@ -1,50 +1,105 @@
-"""Remote changes a replica has received and not yet applied, kept per torrent.
+"""Remote changes a replica has received and not yet applied, kept as they came.
 
 An idle process would otherwise pay to apply every other process's announce
 (issue 16 target 1: at most 1.5 us each), most of them to torrents it is never
-asked about. ``SwarmStore.stash`` puts them here instead, each as the opaque
-item the sync layer made of it (an info_hash first, the second it arrived in
-last), and the store folds a torrent's items in, in order, the moment anything
-reads or changes that torrent (docs/SYNC.md, "Applying lazily").
+asked about. ``SwarmStore.stash`` hands each batch here whole, as the sync
+layer decoded it (``Records``: a frame's body, cut into rows only when one is
+read), and the store folds a torrent's records in, in order, the moment
+anything reads or changes that torrent (docs/SYNC.md, "Applying lazily").
 
-What it costs per change is a dict lookup and a store of the item: a
-torrent's first pending change is kept bare, its later ones in a list. The
-items of a torrent nobody reads go without ever being applied: they are
-grouped by arrival into generations of ``GENERATION`` seconds, and a
-generation whose last second is past every peer's TTL drops the torrents whose
-every pending change is in it (what they announced has expired everywhere;
-see ``drop_expired``).
+What a record costs on arrival is one dict probe and one list append: no
+object is made per record but the int that numbers it. Each torrent's entry in
+``by_torrent`` is its last record's number with its record count in the low
+bits, and ``_chain`` holds, per record, the entry its torrent had before it
+(0 for none): a torrent's records are a backward chain through the batches.
+Per-record containers apiece (the items of session 6) cost 2-3 us a record
+here, most of it freeing and probing objects gone cold while the process slept.
+
+Records of a torrent nobody reads go without ever being applied: a batch
+older than every peer's TTL drops the torrents whose every record is in it or
+before it (what they announced has expired everywhere; see ``drop_expired``).
+A batch leaves memory once none of its records waits (``live``): the bound
+the store keeps (``max_pending``) is on ``retained``, the records of the
+batches still kept, waiting or not.
 """
 
 from __future__ import annotations
 
-import collections
-from collections.abc import Iterator, Sequence
-from operator import itemgetter
-from typing import Any
+from array import array
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
-Item = tuple[Any, ...]  # (info_hash, ..., arrival second); only the sync layer reads the middle
-GENERATION = 60  # seconds of arrivals per generation
-# A torrent with this many items stashed is folded at once (``add`` names it): the read
-# that folds a torrent pays for all its items (~2.5 ms at most, then), and a torrent
+from wsgi_tracker.core.types import PeerRow
+
+# A torrent with this many records stashed is folded at once (``add`` names it): the read
+# that folds a torrent pays for all its records (~2.5 ms at most, then), and a torrent
 # that busy is read soon anyway. A flood on a few torrents nobody read for a while
 # would otherwise leave thousands each for the next read to fold, on its reply's path.
 MAX_PER_TORRENT = 256
+_COUNT_BITS = 9  # an entry's low bits: its torrent's record count, up to MAX_PER_TORRENT
+_COUNT = (1 << _COUNT_BITS) - 1
+# Dead batches at the front are cut off the lists once this many (and half) have gathered.
+_COMPACT_AFTER = 64
 
-_first = itemgetter(0)
+
+class Records(Protocol):
+    """A batch of remote changes as the sync layer decoded it (``frames.PeerRecords``)."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def rows(self) -> list[PeerRow]: ...
+
+    def info_hashes(self) -> list[bytes | None]: ...
+
+    def row(self, index: int) -> PeerRow: ...
+
+
+class _Batch:
+    """One stashed batch: its first record's number, the second it arrived in, and how
+    many of its records still wait to be folded."""
+
+    __slots__ = ("base", "live", "records", "row", "second")
+
+    def __init__(self, base: int, records: Records, second: int) -> None:
+        self.base = base
+        self.records = records
+        self.row: Callable[[int], PeerRow] = records.row  # bound once: a fold calls it often
+        self.second = second
+        self.live = 0
 
 
 class PendingChanges:
-    """Per torrent, the stashed items in arrival order; bounded in time by generations."""
+    """Per torrent, its stashed records in arrival order, kept in the batches they came in."""
 
-    __slots__ = ("_generations", "by_torrent", "records")
+    __slots__ = (
+        "_batches",
+        "_chain",
+        "_chain_base",
+        "_front",
+        "_next",
+        "_owners",
+        "_scanned",
+        "by_torrent",
+        "records",
+        "retained",
+    )
 
     def __init__(self) -> None:
-        # A torrent's one item, or its list of them (a list apiece cost ~0.3 us a torrent).
-        self.by_torrent: dict[bytes, Any] = {}
-        self.records = 0
-        # (first second, the torrents with items that arrived from then on, for GENERATION s)
-        self._generations: collections.deque[tuple[int, set[bytes]]] = collections.deque()
+        # torrent -> its last record's number << _COUNT_BITS | its record count
+        self.by_torrent: dict[bytes, int] = {}
+        self.records = 0  # waiting to be folded
+        self.retained = 0  # in the batches kept, waiting or not
+        self._batches: list[_Batch] = []  # from _front on, the kept ones
+        self._front = 0
+        self._scanned = 0  # the batches before this one were expired and dropped from
+        # record number _chain_base + i -> its torrent's entry before it (0: none), kept
+        # as machine words: an int object apiece was a cold read per record in a fold ...
+        self._chain: array[int] = array("q")
+        # ... and the batch it is in (a pointer apiece: a fold finds each record's at once)
+        self._owners: list[_Batch] = []
+        self._chain_base = 1
+        self._next = 1  # the next record's number (0 means none)
 
     def __bool__(self) -> bool:
         return bool(self.by_torrent)
@@ -55,78 +110,137 @@ class PendingChanges:
     def __contains__(self, info_hash: object) -> bool:
         return info_hash in self.by_torrent
 
-    def add(self, items: Sequence[Item], second: int) -> list[bytes]:
-        """Stash ``items`` (each ending with ``second``) behind each torrent's earlier ones;
-        the torrents that now hold ``MAX_PER_TORRENT`` items, for the caller to fold."""
+    def add(self, records: Records, hashes: list[bytes | None], second: int) -> list[bytes]:
+        """Stash ``records`` (``hashes``: each one's info_hash, None for one already
+        applied), arrived in ``second``; the torrents that now hold ``MAX_PER_TORRENT``
+        records, for the caller to fold."""
         pending = self.by_torrent
         get = pending.get
+        chain = self._chain
+        append = chain.append
+        number = first = self._next
+        batch = _Batch(first, records, second)
+        self._owners.extend([batch] * len(hashes))
         full: list[bytes] = []
-        for item in items:
-            ih = item[0]
-            had = get(ih)
-            if had is None:
-                pending[ih] = item
-            elif type(had) is list:
-                had.append(item)
-                if len(had) == MAX_PER_TORRENT:
-                    full.append(ih)
+        live = 0
+        for ih in hashes:
+            if ih is None:
+                append(0)
             else:
-                pending[ih] = [had, item]
-        self.records += len(items)
-        generations = self._generations
-        if not generations or second >= generations[-1][0] + GENERATION:
-            generations.append((second, set()))
-        generations[-1][1].update(map(_first, items))
+                had = get(ih)
+                if had is None:
+                    pending[ih] = number << _COUNT_BITS | 1
+                    append(0)
+                else:
+                    count = (had & _COUNT) + 1
+                    pending[ih] = number << _COUNT_BITS | count
+                    append(had)
+                    if count == MAX_PER_TORRENT:
+                        full.append(ih)
+                live += 1
+            number += 1
+        self._next = number
+        batch.live = live
+        self._batches.append(batch)
+        self.records += live
+        self.retained += len(hashes)
         return full
 
-    def take(self, info_hash: bytes) -> list[Item] | None:
-        """The torrent's items in arrival order, which leave; None when it has none."""
+    def take(self, info_hash: bytes) -> list[tuple[int, list[PeerRow]]] | None:
+        """The torrent's records, which leave, in arrival order and grouped by the second
+        they arrived in; None when it has none."""
         had = self.by_torrent.pop(info_hash, None)
         if had is None:
             return None
-        if type(had) is not list:
-            had = [had]
-        self.records -= len(had)
-        return had
+        groups: list[tuple[int, list[PeerRow]]] = []
+        self._unlink(had, groups)
+        self._release()
+        return groups
+
+    def _unlink(self, entry: int, groups: list[tuple[int, list[PeerRow]]] | None) -> None:
+        """Take a torrent's records out of the batches that hold them, oldest first, from
+        its last ``entry``; their rows go to ``groups`` (by arrival second) unless None."""
+        chain, base = self._chain, self._chain_base
+        numbers: list[int] = []
+        while entry:
+            number = entry >> _COUNT_BITS
+            numbers.append(number)
+            entry = chain[number - base]
+        self.records -= len(numbers)
+        owners = self._owners
+        rows: list[PeerRow] = []
+        second = -1
+        for number in reversed(numbers):
+            batch = owners[number - base]
+            batch.live -= 1
+            if groups is not None:
+                if batch.second != second:
+                    second = batch.second
+                    rows = []
+                    groups.append((second, rows))
+                rows.append(batch.row(number - batch.base))
+
+    def _release(self) -> None:
+        """Let go of the batches at the front with nothing left waiting."""
+        batches, front = self._batches, self._front
+        while front < len(batches) and not batches[front].live:
+            self.retained -= len(batches[front].records)
+            front += 1
+        self._front = front
+        if front >= _COMPACT_AFTER and 2 * front >= len(batches):
+            base = batches[front].base if front < len(batches) else self._next
+            del self._chain[: base - self._chain_base]
+            del self._owners[: base - self._chain_base]
+            self._chain_base = base
+            del batches[:front]
+            self._scanned = max(0, self._scanned - front)
+            self._front = 0
 
     def oldest(self) -> Iterator[bytes]:
-        """Torrents with items, those with the oldest first (for folding under a bound)."""
-        generations = self._generations
-        pending = self.by_torrent
-        while generations:
-            torrents = generations[0][1]
-            while torrents:
-                ih = torrents.pop()
-                if ih in pending:
+        """Torrents with records waiting, those with the oldest first (for folding under a
+        bound): each is taken (``take``) before the next is asked for."""
+        batches, pending = self._batches, self.by_torrent
+        while self._front < len(batches):
+            batch = batches[self._front]
+            for ih in batch.records.info_hashes():
+                if ih is not None and ih in pending:
                     yield ih
-            generations.popleft()
+            if self._front < len(batches) and batches[self._front] is batch:
+                return  # its waiting records are of torrents no longer here: cannot be
 
     def drop_expired(self, second: int, horizon: int) -> int:
-        """Forget, unapplied, the torrents whose every item arrived over ``horizon``
-        seconds before ``second``; how many items went.
+        """Forget, unapplied, the torrents whose every record arrived over ``horizon``
+        seconds before ``second``; how many records went.
 
-        The store passes a horizon past its torrent TTL: by then every peer such an
-        item announced has expired, and so has the torrent itself unless something
-        newer refreshed it, which would have folded the items first. A torrent with
-        a newer item keeps all of them, to be folded in order.
+        The store passes a horizon past its torrent TTL: by then every peer such a
+        record announced has expired, and so has the torrent itself unless something
+        newer refreshed it, which would have folded its records first. A torrent with
+        a newer record keeps all of them, to be folded in order.
         """
-        generations, pending = self._generations, self.by_torrent
-        dropped = 0
-        while generations and generations[0][0] + GENERATION + horizon <= second:
-            start, torrents = generations.popleft()
-            end = start + GENERATION
-            for ih in torrents:
-                had = pending.get(ih)
-                if had is None:
-                    continue
-                last = had[-1][-1] if type(had) is list else had[-1]
-                if last < end:
-                    del pending[ih]
-                    dropped += len(had) if type(had) is list else 1
-        self.records -= dropped
-        return dropped
+        batches, pending = self._batches, self.by_torrent
+        at = max(self._scanned, self._front)
+        before = self.records
+        while at < len(batches) and batches[at].second + horizon <= second:
+            batch = batches[at]
+            end = batch.base + len(batch.records)
+            if batch.live:
+                for ih in batch.records.info_hashes():
+                    if ih is None:
+                        continue
+                    had = pending.get(ih)
+                    if had is not None and had >> _COUNT_BITS < end:
+                        del pending[ih]
+                        self._unlink(had, None)
+            at += 1
+        self._scanned = at
+        self._release()
+        return before - self.records
 
     def clear(self) -> None:
         self.by_torrent.clear()
-        self._generations.clear()
-        self.records = 0
+        self._batches.clear()
+        del self._chain[:]
+        self._owners.clear()
+        self._chain_base = self._next
+        self._front = self._scanned = 0
+        self.records = self.retained = 0

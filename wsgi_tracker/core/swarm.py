@@ -35,7 +35,7 @@ from typing import ClassVar
 
 from mypy_extensions import mypyc_attr
 
-from wsgi_tracker.core.pending import Item, PendingChanges
+from wsgi_tracker.core.pending import PendingChanges, Records
 from wsgi_tracker.core.types import (
     EVENT_COMPLETED,
     EVENT_NONE,
@@ -353,11 +353,6 @@ def _window(
 PENDING_SKEW = 600
 
 
-def _row_of(item: Item) -> PeerRow:
-    """A stashed item that is a row with its arrival second appended, as a row."""
-    return item[:7]  # type: ignore[return-value]
-
-
 # OnePeer's record: peer_id, expiry, key, seeder, next sweep; then the endpoint.
 _ONE = struct.Struct("<20sdIBq")
 _ONE_HEAD = _ONE.size
@@ -584,7 +579,6 @@ class SwarmStore:
         # a torrent folds its own in first, so nothing outside the store can tell.
         self.pending = PendingChanges()
         self.max_pending = max_pending
-        self._unpack: Callable[[Item], PeerRow] = _row_of
         # The oldest torrents, (info_hash, swarm, touched) in order, as of when they were
         # lined up; one that has moved since (refreshed or dropped) is skipped.
         self._front: collections.deque[tuple[bytes, Swarm, int, float]] = collections.deque()
@@ -1184,10 +1178,10 @@ class SwarmStore:
 
     # --- lazy application (docs/SYNC.md, "Applying lazily") ------------------------------
 
-    def stash(self, items: Sequence[Item], unpack: Callable[[Item], PeerRow]) -> None:
-        """Take remote changes (deltas, in order) to be applied when their torrent is next
-        read or changed, with exactly ``merge_many``'s rules and as of the second each
-        arrived in (each item's last element; ``unpack`` makes an item its row).
+    def stash(self, records: Records, second: int) -> None:
+        """Take remote changes (deltas, in order, arrived in ``second``) to be applied when
+        their torrent is next read or changed, with exactly ``merge_many``'s rules and as
+        of that second.
 
         Every read of a torrent folds its stashed changes in first (``_fold``), so
         answers are the ones applying each change at once would give. Near a global
@@ -1204,39 +1198,33 @@ class SwarmStore:
         twice what the batch's merge does (``bench full``: HTTP beside a UDP flood
         fell to 0.13-0.32x of its solo rate when every change was stashed).
         """
-        if not items:
+        n = len(records)
+        if not n:
             return
         pending = self.pending
-        n = len(items)
-        second = items[-1][-1]
         held = self._held
         if (
             self.peers_held + pending.records + n >= self.max_peers
             or len(held) + len(pending) + n >= self.max_torrents
         ):
             self.fold_all()
-            self.merge_many([unpack(item) for item in items])
+            self.merge_many(records.rows)
             return
+        hashes = records.info_hashes()
         if held:
             stashed = pending.by_torrent
             hot: list[PeerRow] = []
-            cold: list[Item] = []
-            for item in items:
-                ih = item[0]
+            for i, ih in enumerate(hashes):
                 if ih in held and ih not in stashed:
-                    hot.append(unpack(item))
-                else:
-                    cold.append(item)
+                    hot.append(records.row(i))
+                    hashes[i] = None
             if hot:
                 self.merge_many(hot)
-                if not cold:
+                if len(hot) == n:
                     return
-                items, n = cold, len(cold)
-        self._unpack = unpack
-        for full in pending.add(items, second):
+        for full in pending.add(records, hashes, second):
             self._fold(full)
-        if pending.records > n:
-            pending.drop_expired(second, self.torrent_ttl + PENDING_SKEW)
+        pending.drop_expired(second, self.torrent_ttl + PENDING_SKEW)
 
     def fold_some(self, budget: int) -> int:
         """Fold the torrents whose stashed changes are oldest, about ``budget`` changes
@@ -1260,23 +1248,19 @@ class SwarmStore:
         """Apply the torrent's stashed changes in order, each second's with the clock
         read as that second (what ``merge_many`` would have done on arrival: the same
         sweeps, refreshes and expiries); how many there were."""
-        items = self.pending.take(info_hash)
-        if not items:
+        groups = self.pending.take(info_hash)
+        if not groups:
             return 0
-        unpack, clock = self._unpack, self.clock
-        start, n = 0, len(items)
+        clock = self.clock
+        done = 0
         try:
-            while start < n:
-                second = items[start][-1]
-                end = start + 1
-                while end < n and items[end][-1] == second:
-                    end += 1
+            for second, rows in groups:
                 self.clock = float(second).__float__  # read as that second, for this group
-                self.merge_many([unpack(item) for item in items[start:end]])
-                start = end
+                self.merge_many(rows)
+                done += len(rows)
         finally:
             self.clock = clock
-        return n
+        return done
 
     def _admit(self, swarm: Swarm, pl: PeerList, change: PeerChange) -> None:
         """Raise unless a new peer may join: the bounds, and the peer's other family.

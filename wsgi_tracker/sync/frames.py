@@ -118,13 +118,6 @@ _FLAGS_AT = _PEER.size - 2
 _EVENT_AT = _PEER.size - 1
 _NO_KEY = (0,)
 _NO_KEY_SIZES = {rec.size for flags, (rec, _) in _SHAPES.items() if not flags & _KEY}
-# Per record size: the info_hash and the rest as one bytes object (a pending item) ...
-_SPLIT = {rec.size: struct.Struct(f">20s{rec.size - 20}s") for rec, _ in _SHAPES.values()}
-# ... and per length of that rest, how to read it back (and whether it lacks the key).
-_REST = {
-    rec.size - 20: (struct.Struct(">" + rec.format[4:]).unpack, not flags & _KEY)
-    for flags, (rec, _) in _SHAPES.items()
-}
 # A timestamp is checked by its big-endian bytes: for doubles of one sign the bit patterns
 # order as the values do, and every pattern below this one's (sign bit clear, so no
 # negative, NaN or infinity) is a time in [0, MAX_TIMESTAMP). A body checks its records'
@@ -172,9 +165,8 @@ class PeerRecords(Sequence[PeerChange]):
     A PeerChange apiece cost ~0.4 us a record, a third of what merging one may
     cost in all; most records are only merged. A body of one record shape is
     kept as it came (``packed``) and cut into rows only when they are asked for:
-    a replica that applies lazily stashes ``pending`` items instead (an
-    info_hash and the record's other bytes), half the work of a row and a
-    third of its memory.
+    a replica that applies lazily keeps it so (``pending``), filed by each
+    record's ``info_hashes``, and cuts a record's ``row`` when its torrent is read.
     """
 
     __slots__ = ("_body", "_rec", "_rows")
@@ -215,25 +207,41 @@ class PeerRecords(Sequence[PeerChange]):
             self._rows = rows
         return rows
 
-    def pending(self, start: int, stop: int, second: int) -> list[tuple]:  # type: ignore[type-arg]
-        """Records ``start`` to ``stop`` as items for ``SwarmStore.stash``, stamped with
-        the ``second`` they arrived in: ``(info_hash, the record's other bytes, second)``
-        for a packed body, ``row + (second,)`` otherwise; ``pending_row`` reads either."""
-        stamp = (second,)
+    def pending(self, start: int, stop: int) -> PeerRecords:
+        """Records ``start`` to ``stop``, for ``SwarmStore.stash`` to keep as they are: a
+        packed body's bytes (the store reads a record's row, ``row``, when it folds it)."""
         rows = self._rows
         if rows is not None:
-            return list(map(tuple.__add__, rows[start:stop], repeat(stamp)))
+            return PeerRecords(rows[start:stop])
         rec = self._rec
         assert rec is not None
         size = rec.size
-        split = _SPLIT[size]
-        return list(
-            map(
-                tuple.__add__,
-                split.iter_unpack(self._body[start * size : stop * size]),
-                repeat(stamp),
-            )
-        )
+        if start == 0 and stop * size == len(self._body):
+            return self
+        return PeerRecords.packed(self._body[start * size : stop * size], rec)
+
+    def info_hashes(self) -> list[bytes | None]:
+        """Each record's info_hash (a stash files the records by them; it marks the ones
+        it applied at once None)."""
+        rows = self._rows
+        if rows is not None:
+            return [row[0] for row in rows]
+        rec = self._rec
+        assert rec is not None
+        body = self._body
+        return [body[at : at + 20] for at in range(0, len(body), rec.size)]
+
+    def row(self, index: int) -> PeerRow:
+        """Record ``index``'s row, cut from a packed body without cutting the others."""
+        rows = self._rows
+        if rows is not None:
+            return rows[index]
+        rec = self._rec
+        assert rec is not None
+        row = rec.unpack_from(self._body, index * rec.size)
+        if rec.size in _NO_KEY_SIZES:
+            return row + _NO_KEY  # type: ignore[no-any-return]
+        return row  # type: ignore[no-any-return]
 
     def last_timestamp(self) -> float:
         """The last record's timestamp, without cutting a packed body into rows."""
@@ -272,16 +280,6 @@ class PeerRecords(Sequence[PeerChange]):
 
     def __repr__(self) -> str:
         return f"PeerRecords({list(self)!r})"
-
-
-def pending_row(item: tuple) -> PeerRow:  # type: ignore[type-arg]
-    """The row a ``PeerRecords.pending`` item stands for (``SwarmStore.stash``'s unpack)."""
-    if len(item) == 3:
-        ih, rest, _ = item
-        unpack, keyless = _REST[len(rest)]
-        fields = unpack(rest)
-        return (ih, *fields, 0) if keyless else (ih, *fields)  # type: ignore[return-value]
-    return item[:7]  # type: ignore[no-any-return]
 
 
 def peer_rows(peers: Sequence[PeerChange]) -> Sequence[PeerRow]:

@@ -122,17 +122,16 @@ def merge(
 def stash(store: SwarmStore, peers: Sequence[PeerChange], start: int, stop: int) -> None:
     """Take ``peers[start:stop]`` (a Deltas frame's records) to be applied lazily, each
     torrent's when it is next read (``SwarmStore.stash``); past the store's
-    ``max_pending``, fold as many of the oldest as came in, so the bound holds."""
+    ``max_pending``, fold the oldest until the bound holds again, in slices of as many
+    as came in."""
     if isinstance(peers, frames.PeerRecords):
-        items = peers.pending(start, stop, int(store.clock()))
-        store.stash(items, frames.pending_row)
+        records = peers.pending(start, stop)
     else:
-        second = (int(store.clock()),)
-        store.stash(
-            [row + second for row in frames.peer_rows(peers[start:stop])], frames.pending_row
-        )
-    if store.pending.records > store.max_pending:
-        store.fold_some(stop - start)
+        records = frames.PeerRecords(list(frames.peer_rows(peers[start:stop])))
+    store.stash(records, int(store.clock()))
+    pending = store.pending
+    while pending.retained > store.max_pending and store.fold_some(stop - start):
+        pass
 
 
 class ChangeBuffer:

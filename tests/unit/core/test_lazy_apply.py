@@ -4,13 +4,16 @@ each torrent's in when it is read answers every read as one that applies them at
 from __future__ import annotations
 
 import contextlib
+import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import ManualClock
 from tests.unit.core.test_swarm import MERGE_ENDPOINTS, pid, v4
-from wsgi_tracker.core.pending import GENERATION, MAX_PER_TORRENT
+from wsgi_tracker.core import pending
+from wsgi_tracker.core.pending import MAX_PER_TORRENT
 from wsgi_tracker.core.swarm import PENDING_SKEW, PeerRefused, SwarmStore
 from wsgi_tracker.core.types import (
     EVENT_COMPLETED,
@@ -157,7 +160,7 @@ def test_stashed_changes_nobody_reads_expire_unapplied():
     batch = [PeerChange(ih, pid(1), v4(1), False, EVENT_NONE, clock()) for ih in TORRENTS]
     stash(store, wire_records(batch), 0, len(batch))
     assert store.pending.records == 3
-    clock.advance(store.torrent_ttl + PENDING_SKEW + GENERATION)
+    clock.advance(store.torrent_ttl + PENDING_SKEW)
     other = b"%020d" % 99
     stash(store, wire_records([PeerChange(other, pid(2), v4(2), False, 0, clock())]), 0, 1)
     # The first three went without being applied; the new one waits for its read.
@@ -171,7 +174,7 @@ def test_a_torrent_still_receiving_keeps_its_old_changes_to_fold_in_order():
     store = SwarmStore(peer_ttl=100, sweep_every=60, clock=clock)
     ih = TORRENTS[0]
     stash(store, wire_records([PeerChange(ih, pid(1), v4(1), False, 0, clock())]), 0, 1)
-    clock.advance(store.torrent_ttl + PENDING_SKEW + GENERATION)
+    clock.advance(store.torrent_ttl + PENDING_SKEW)
     stop = PeerChange(ih, pid(1), v4(1), False, EVENT_STOPPED, clock())
     stash(store, wire_records([stop]), 0, 1)
     assert store.pending.records == 2
@@ -253,3 +256,35 @@ def test_a_torrent_that_reaches_max_per_torrent_stashed_is_folded_at_once():
     stash(store, wire_records(batch[-1:]), 0, 1)
     assert store.pending.records == 0 and store.peers_held == MAX_PER_TORRENT
     assert len(store.peek(ih).v4.ids) == MAX_PER_TORRENT
+
+
+@pytest.mark.parametrize("compact_after", [2, pending._COMPACT_AFTER])
+@pytest.mark.parametrize("bound", [10**9, 40])
+@pytest.mark.parametrize("seed", range(8))
+def test_long_runs_of_batches_fold_expire_and_let_go_as_an_eager_replica_would(
+    seed, bound, compact_after, monkeypatch
+):
+    """Hundreds of batches, so a torrent's records chain through many of them, the
+    store lets go of the dead ones at the front (and cuts its lists, after as few as
+    two), and some expire unread while others still receive; with a small
+    ``max_pending`` the oldest fold."""
+    monkeypatch.setattr(pending, "_COMPACT_AFTER", compact_after)
+    rnd = random.Random(seed)
+    script: list = []
+    for _ in range(600):
+        roll = rnd.random()
+        if roll < 0.7:
+            batch = [
+                (rnd.randrange(3), rnd.randrange(5), MERGE_ENDPOINTS[0], rnd.random() < 0.3,
+                 rnd.choice([EVENT_NONE, EVENT_NONE, EVENT_STOPPED]), 0.0, 0)
+                for _ in range(rnd.randrange(1, 6))
+            ]  # fmt: skip
+            script.append(("deltas", batch))
+        elif roll < 0.8:
+            script.append(("read", rnd.randrange(3)))
+        elif roll < 0.97:
+            script.append(("advance", rnd.choice([1.0, 7.0, 61.0])))
+        else:
+            script.append(("advance", 2000.0))  # past every TTL: stashes expire unread
+    _, lazy = run(script, max_pending=bound)
+    assert lazy.pending.retained <= bound
