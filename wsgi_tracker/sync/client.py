@@ -58,6 +58,7 @@ from wsgi_tracker.sync.replica import (
     HEARTBEAT,
     JOIN_WAIT,
     RECV_BYTES,
+    SEND_BUFFER,
     ChangeBuffer,
     ReportBuffer,
     batch_wait,
@@ -83,7 +84,9 @@ SLICE = 512
 # Remote changes a request applies itself before answering (a few ms at most); past it
 # the answer may miss the newest remote changes (counted as stale_reads). A backlog
 # this large means the process is overloaded, and the reader catches up in slices.
+# Stashing one (``lazy_apply``) costs about a fifth of merging it: four times as many.
 DRAIN_MAX = 1024
+DRAIN_MAX_LAZY = 8 * DRAIN_MAX
 # How long the reader leaves the hub's frames in the socket once it has caught up, while
 # no reply of this process waits for an ack: the 1 ms batches gather there and are read,
 # decoded and applied together, not one wake-up each. Every reader of the replica takes
@@ -91,14 +94,16 @@ DRAIN_MAX = 1024
 # the pause left there (docs/SYNC.md, "Read-your-writes").
 READ_PAUSE = 0.01
 # A process that read nothing of its replica for IDLE_AFTER seconds is idle: its reader's
-# pause grows to IDLE_PAUSE, or to as long as the hub took to send PAUSE_BYTES at the
-# rate it sent before, so it takes the hub's batches fifty at a time: the hub's writes
-# to a full socket would queue, and acks wait for what is queued. A Unix socket took
-# 130 KB of 1.4 KB writes here (the hub's 1 ms batches at 20k changes/s) before it was
-# full, 28 KB of 100 B ones (at most ~50 of those come in a pause).
+# pause grows to IDLE_PAUSE, or to as long as the hub took to send what one drain
+# applies (the drain's budget at RECORD_BYTES a change) at the rate it sent before,
+# so it takes the hub's 1 ms batches by the hundred and a request still finds at most
+# one drain's worth waiting (read-your-writes holds). Never more than a quarter of the
+# socket's send buffer: an ack waits for its bytes to be in every socket, so a full
+# one would hold other processes' replies up until the pause ended (a Unix socket took
+# 130 KB of the hub's 1.4 KB writes into a 208 KB buffer, 28 KB of 100 B ones).
 IDLE_AFTER = 1.0
-IDLE_PAUSE = 0.05
-PAUSE_BYTES = 64 << 10
+IDLE_PAUSE = 0.2
+RECORD_BYTES = 64
 # Decoded changes held ahead of being applied; the rest stay in the socket, so a hub
 # sending a large snapshot still meets the kernel's flow control.
 INBOX_MAX = 2 * f.RECORDS_PER_FRAME
@@ -222,6 +227,8 @@ class SyncClient:
         # Off (the read_your_writes setting): no reply waits for an ack.
         self.read_your_writes = core.config.read_your_writes
         self.lazy_apply = core.config.lazy_apply  # deltas stashed, not merged (_merge)
+        self._drain_max = DRAIN_MAX_LAZY if self.lazy_apply else DRAIN_MAX
+        self._pause_bytes = self._drain_max * RECORD_BYTES  # cut to the socket's (_session)
         self._threads: list[threading.Thread] = []
         # Where WebSocket relays for this process's sockets go: (info_hash, peer_id, text).
         self.on_relay: Callable[[bytes, bytes, str], object] | None = None
@@ -382,10 +389,13 @@ class SyncClient:
         # the hub has it (as an HTTP completion is), and one wait covers the whole batch.
         return lambda: self.wait_for(token, timeout, patient=True)
 
-    def drain(self, budget: int = DRAIN_MAX) -> bool:
+    def drain(self, budget: int | None = None) -> bool:
         """Apply what the hub has already sent, without waiting for more: call before
         answering a read. Costs one ioctl when there is nothing; applies at most
-        ``budget`` changes. Returns whether everything sent so far is applied."""
+        ``budget`` changes (``DRAIN_MAX``, or ``DRAIN_MAX_LAZY`` with ``lazy_apply``).
+        Returns whether everything sent so far is applied."""
+        if budget is None:
+            budget = self._drain_max
         self._last_read = time.monotonic()  # the process is serving: see ``_pause``
         sock = self._sock
         if sock is None or (not self._inbox and not _unread(sock.fileno())):
@@ -500,6 +510,10 @@ class SyncClient:
             sock.close()
 
     def _session(self, sock: socket.socket) -> None:
+        # The hub asks the same of its end; what the kernel grants here it grants there.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        self._pause_bytes = min(self._drain_max * RECORD_BYTES, granted // 4)
         core = self.core
         store = core.store
         # Under the send lock: no batch is between taken and sent or put back while the
@@ -576,7 +590,7 @@ class SyncClient:
         reader applies what comes at once, between its requests, as without the pause,
         rather than leave it to the next request's drain, on that reply's path. An idle
         process (``IDLE_AFTER``) pauses up to ``IDLE_PAUSE``, less if the hub's last
-        rate would fill ``PAUSE_BYTES`` sooner. One wait: a timer that expires costs a
+        rate would fill ``_pause_bytes`` sooner. One wait: a timer that expires costs a
         gevent ``Timeout`` (its exception thrown into the reader), and polling the socket
         every 10 ms was 13% of an idle worker's time."""
         self._unpause.clear()
@@ -589,7 +603,7 @@ class SyncClient:
         if began - last_read >= IDLE_AFTER:
             pause = IDLE_PAUSE
             if taken:
-                pause = min(pause, PAUSE_BYTES * (began - paused_at) / taken)
+                pause = min(pause, self._pause_bytes * (began - paused_at) / taken)
         self._unpause.wait(pause)
 
     def _catch_up(self, budget: int | None, reads: int | None = None) -> bool:

@@ -1,5 +1,5 @@
 """An idle process (nothing read its replica for ``IDLE_AFTER``) pauses its reader longer,
-but no longer than the hub's last rate takes to fill ``PAUSE_BYTES``; a serving one's
+but no longer than the hub's last rate takes to send one drain's worth; a serving one's
 reader applies what comes at once.
 
 A real ``SyncClient`` against this test playing the hub over a real Unix socket. The
@@ -74,14 +74,14 @@ def test_a_serving_process_reader_applies_what_comes_at_once(
     assert swarm is not None and swarm.incomplete == 3
 
 
-def test_an_idle_readers_long_pause_is_cut_to_what_the_hubs_rate_fills_pause_bytes_in(
+def test_an_idle_readers_long_pause_is_cut_to_what_the_hubs_rate_fills_a_drain_in(
     joined: tuple[SyncClient, socket.socket], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client, conn = joined
     monkeypatch.setattr(client_module, "IDLE_AFTER", 0.0)
     monkeypatch.setattr(client_module, "READ_PAUSE", 0.01)
     monkeypatch.setattr(client_module, "IDLE_PAUSE", 600.0)  # only the bytes can cut it
-    monkeypatch.setattr(client_module, "PAUSE_BYTES", 1)
+    monkeypatch.setattr(client, "_pause_bytes", 1)
     client._unpause.set()  # the pause under way started before the patch
     time.sleep(0.2)  # the client's re-send of its replica after the join (a read) is done
     for p in (2, 3):  # a pause follows each; the second's, nothing read since the first
