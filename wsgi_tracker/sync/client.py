@@ -84,9 +84,12 @@ SLICE = 512
 # Remote changes a request applies itself before answering (a few ms at most); past it
 # the answer may miss the newest remote changes (counted as stale_reads). A backlog
 # this large means the process is overloaded, and the reader catches up in slices.
-# Stashing one (``lazy_apply``) costs about a fifth of merging it: four times as many.
 DRAIN_MAX = 1024
-DRAIN_MAX_LAZY = 8 * DRAIN_MAX
+# ... except the first request to a process whose reader is in an idle pause: it may
+# apply what the pause left, at most this many. A lazy replica stashes them (about a
+# fifth of a merge each): 8x as many, in ~5 ms. Not for a busy process: most of what
+# it gets it holds, and merges, and 8,192 merges on a reply's path cost ~25 ms.
+IDLE_DRAIN_LAZY = 8 * DRAIN_MAX
 # How long the reader leaves the hub's frames in the socket once it has caught up, while
 # no reply of this process waits for an ack: the 1 ms batches gather there and are read,
 # decoded and applied together, not one wake-up each. Every reader of the replica takes
@@ -227,8 +230,9 @@ class SyncClient:
         # Off (the read_your_writes setting): no reply waits for an ack.
         self.read_your_writes = core.config.read_your_writes
         self.lazy_apply = core.config.lazy_apply  # deltas stashed, not merged (_merge)
-        self._drain_max = DRAIN_MAX_LAZY if self.lazy_apply else DRAIN_MAX
-        self._pause_bytes = self._drain_max * RECORD_BYTES  # cut to the socket's (_session)
+        self._idle_drain = IDLE_DRAIN_LAZY if self.lazy_apply else DRAIN_MAX
+        self._drain_budget = DRAIN_MAX  # the idle drain's during an idle pause (_pause)
+        self._pause_bytes = self._idle_drain * RECORD_BYTES  # cut to the socket's (_session)
         self._threads: list[threading.Thread] = []
         # Where WebSocket relays for this process's sockets go: (info_hash, peer_id, text).
         self.on_relay: Callable[[bytes, bytes, str], object] | None = None
@@ -392,10 +396,10 @@ class SyncClient:
     def drain(self, budget: int | None = None) -> bool:
         """Apply what the hub has already sent, without waiting for more: call before
         answering a read. Costs one ioctl when there is nothing; applies at most
-        ``budget`` changes (``DRAIN_MAX``, or ``DRAIN_MAX_LAZY`` with ``lazy_apply``).
+        ``budget`` changes (``DRAIN_MAX``; the first drain in an idle pause more).
         Returns whether everything sent so far is applied."""
         if budget is None:
-            budget = self._drain_max
+            budget, self._drain_budget = self._drain_budget, DRAIN_MAX
         self._last_read = time.monotonic()  # the process is serving: see ``_pause``
         sock = self._sock
         if sock is None or (not self._inbox and not _unread(sock.fileno())):
@@ -513,7 +517,7 @@ class SyncClient:
         # The hub asks the same of its end; what the kernel grants here it grants there.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-        self._pause_bytes = min(self._drain_max * RECORD_BYTES, granted // 4)
+        self._pause_bytes = min(self._idle_drain * RECORD_BYTES, granted // 4)
         core = self.core
         store = core.store
         # Under the send lock: no batch is between taken and sent or put back while the
@@ -604,7 +608,9 @@ class SyncClient:
             pause = IDLE_PAUSE
             if taken:
                 pause = min(pause, self._pause_bytes * (began - paused_at) / taken)
+            self._drain_budget = self._idle_drain
         self._unpause.wait(pause)
+        self._drain_budget = DRAIN_MAX
 
     def _catch_up(self, budget: int | None, reads: int | None = None) -> bool:
         """Read what the socket holds and apply it in order, at most ``budget`` changes
