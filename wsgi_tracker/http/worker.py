@@ -36,6 +36,7 @@ from email.utils import formatdate
 from typing import Any
 
 import gevent
+import gevent.event
 from gevent.hub import Hub
 from gunicorn.http.wsgi import base_environ
 from gunicorn.workers.ggevent import GeventWorker
@@ -464,9 +465,23 @@ def _nothing() -> None:
 class TrackerWorker(GeventWorker):
     """Use with ``gunicorn -k wsgi_tracker.http.worker.TrackerWorker``."""
 
-    alive: bool  # gunicorn's Worker sets it; declared for the type checker
     # Set by the project's gunicorn config (post_worker_init), which joins the sync hub.
     hub_hooks = False
+    _alive = True
+    _stopping: gevent.event.Event | None = None  # made in run(), in the patched worker
+
+    @property
+    def alive(self) -> bool:
+        return self._alive
+
+    @alive.setter
+    def alive(self, value: bool) -> None:
+        """gunicorn ends ``alive`` in several places (its signal handlers among them):
+        each of them wakes ``_websockets_go_away`` at once. Polling the flag every
+        0.1 s was a tenth of an idle worker's time under a UDP load."""
+        self._alive = value
+        if not value and self._stopping is not None:
+            self._stopping.set()
 
     def init_process(self) -> None:
         for name in settings_not_applied(self.cfg):
@@ -509,6 +524,9 @@ class TrackerWorker(GeventWorker):
             warn_without_hub_hooks(
                 self.cfg.workers, tracker is not None and tracker.config.sync_explicit
             )
+        self._stopping = gevent.event.Event()
+        if not self.alive:
+            self._stopping.set()
         going = gevent.spawn(self._websockets_go_away)
         super().run()
         # Handed-over sockets are not in gunicorn's pool, so run() did not wait for them.
@@ -519,13 +537,11 @@ class TrackerWorker(GeventWorker):
 
         Every graceful stop ends ``alive``: SIGTERM (``serve``'s stop reaches the
         workers so), the old workers of a SIGHUP reload, max_requests, a dead
-        master. Polled (0.1 s) because those paths set the flag in different
-        places, signal handlers among them. Held connections never end on their
-        own, so gunicorn would wait ``graceful_timeout`` and then kill them
-        without a close frame.
+        master. Held connections never end on their own, so gunicorn would wait
+        ``graceful_timeout`` and then kill them without a close frame.
         """
-        while self.alive:
-            gevent.sleep(0.1)
+        assert self._stopping is not None
+        self._stopping.wait()
         # Imported here, in the patched worker: the master imports this module first.
         from wsgi_tracker.websocket.server import going_away
 
