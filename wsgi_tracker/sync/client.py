@@ -651,7 +651,7 @@ class SyncClient:
             if not data:
                 return  # the end: the reader's peek sees it
             self._bytes_read += len(data)
-            for frame in self._decoder.feed(data):
+            for frame in self._decoder.feed_joined(data):
                 self._talk.receive(frame)  # SyncStateError if it has no place now
                 if isinstance(frame, f.Ack):
                     self._acknowledged(frame.seq)  # about our own writes: no order to keep

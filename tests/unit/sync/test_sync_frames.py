@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import struct
 
 import pytest
@@ -328,3 +329,54 @@ def test_rows_encode_to_the_bytes_of_their_changes(peers: list[PeerChange], othe
     rows = [(*r[:3], r[3] | other, *r[4:]) for r in f.peer_rows(peers)]
     for kind in (f.Snapshot, f.Deltas):
         assert f.encode(kind(f.PeerRecords(rows))) == f.encode(kind(peers))
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.lists(
+                st.builds(
+                    peer,
+                    st.integers(1, 10**6),
+                    st.sampled_from([V4, V6]),
+                    st.booleans(),
+                    st.integers(0, 3),
+                    st.sampled_from([0, 0, 7]),
+                ),
+                max_size=6,
+            ).map(f.Deltas),
+            st.sampled_from([f.Heartbeat(), f.Mark(3), f.Counts([(b"c" * 20, 1)])]),
+        ),
+        max_size=12,
+    ),
+    st.integers(1, 64),
+)
+def test_a_joined_run_of_deltas_holds_every_record_of_the_run_in_order(
+    sent: list[f.Frame], chunk: int
+) -> None:
+    """``feed_joined`` against ``feed``: the same frames, any read sizes, but each run of
+    Deltas of one record shape as one frame; the records and the other frames in order."""
+    wire = b"".join(f.encode(fr) for fr in sent)
+
+    def tokens(frames: list[f.Frame]) -> list[object]:
+        out: list[object] = []
+        for fr in frames:
+            out.extend(fr.peers if isinstance(fr, f.Deltas) else [fr])
+        return out
+
+    plain, joined = f.FrameDecoder(), f.FrameDecoder()
+    got: list[f.Frame] = []
+    for at in range(0, len(wire), chunk):
+        got.extend(joined.feed_joined(wire[at : at + chunk]))
+    expected = plain.feed(wire)
+    assert tokens(got) == tokens(expected)
+    assert len(got) <= len(expected)
+    # Read whole, a run is cut only where the kind or the shape of a frame's first
+    # record changes (a frame of mixed shapes is walked, joined or not).
+    whole = f.FrameDecoder().feed_joined(wire)
+    assert tokens(whole) == tokens(expected)
+    for a, b in itertools.pairwise(whole):
+        if isinstance(a, f.Deltas) and isinstance(b, f.Deltas):
+            assert a.peers and b.peers
+            one, other = a.peers[0], b.peers[0]
+            assert (len(one.endpoint), bool(one.key)) != (len(other.endpoint), bool(other.key))
