@@ -7,8 +7,9 @@ layer decoded it (``Records``: a frame's body, cut into rows only when one is
 read), and the store folds a torrent's records in, in order, the moment
 anything reads or changes that torrent (docs/SYNC.md, "Applying lazily").
 
-What a record costs on arrival is one dict probe and one list append: no
-object is made per record but the int that numbers it. Each torrent's entry in
+What a record costs on arrival is one dict probe and an entry in each of two
+flat lists (``_chain``, ``_owners``): no object is made per record but the int
+of its torrent's entry. Each torrent's entry in
 ``by_torrent`` is its last record's number with its record count in the low
 bits, and ``_chain`` holds, per record, the entry its torrent had before it
 (0 for none): a torrent's records are a backward chain through the batches.

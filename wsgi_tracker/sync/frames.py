@@ -862,18 +862,16 @@ class FrameDecoder:
         head = _HEADER.size
         for raw in self.feed_raw(data):
             wire = raw.wire
-            if raw.kind == KIND_DELTAS and len(wire) > head + _FLAGS_AT:
-                flags = wire[head + _FLAGS_AT] & ~_SEEDER
-                if run and flags != shape:
-                    out.append(Deltas(_decode_peers(b"".join(run))))
-                    run = []
-                run.append(wire[head:])
-                shape = flags
-                continue
-            if run:
+            joins = raw.kind == KIND_DELTAS and len(wire) > head + _FLAGS_AT
+            flags = wire[head + _FLAGS_AT] & ~_SEEDER if joins else -1
+            if run and flags != shape:  # another shape, or no Deltas: the run ends
                 out.append(Deltas(_decode_peers(b"".join(run))))
                 run = []
-            out.append(raw.decode())
+            if joins:
+                run.append(wire[head:])
+                shape = flags
+            else:
+                out.append(raw.decode())
         if run:
             out.append(Deltas(_decode_peers(b"".join(run))))
         return out
