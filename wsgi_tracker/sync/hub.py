@@ -60,7 +60,6 @@ from wsgi_tracker.sync.replica import (
     JOIN_WAIT,
     RECV_BYTES,
     REFRESH_WINDOW,
-    SEND_BUFFER,
     WRITE_CHUNK,
     ChangeBuffer,
     batch_wait,
@@ -611,7 +610,6 @@ class SyncHub:
             # Our hello goes out first and whatever happens next, so even a peer we
             # refuse learns which version we speak (a new socket's buffer is empty).
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
                 sock.sendall(f.encode(f.Hello(f.ROLE_HUB, os.getpid())))
             except OSError:
                 sock.close()

@@ -33,10 +33,6 @@ REFRESH_WINDOW = 0.95  # plus at most one of the hub's REFRESH_TICK: out within 
 HEARTBEAT = 1.0
 DEAD_AFTER = 10.0
 RECV_BYTES = 256 << 10  # one read from a sync socket
-# What both ends ask of a sync socket's send buffer (the kernel caps it at
-# net.core.wmem_max): what the hub sends a process waits there while that process's
-# reader pauses (client.py, ``_pause``), and an ack waits until it is there.
-SEND_BUFFER = 2 << 20
 # A join of a million torrents takes seconds on both ends: the joining client is
 # silent while it applies (its reader always has data waiting), and the hub may
 # be slow to send while it walks its store. Until the join is done, silence
