@@ -665,6 +665,24 @@ def ws_holder(server: Server, ws: Any, workers: set[int]) -> int:
     raise AssertionError(f"no worker holds the server end of {want}")
 
 
+def ws_connect_in(server: Server, worker: int, workers: set[int]) -> Any:
+    """A connection held by ``worker``: the other workers are stopped (SIGSTOP) while it
+    is made, so ``worker`` is the only one that can accept it. Connecting until the
+    right worker happened to accept missed 40 times in a row on a 6.18 kernel, where one
+    worker's accept won every race."""
+    others = [w for w in workers if w != worker]
+    for other in others:
+        os.kill(other, signal.SIGSTOP)
+    try:
+        ws = ws_connect(server)
+    finally:
+        for other in others:
+            os.kill(other, signal.SIGCONT)
+    held = ws_holder(server, ws, workers)
+    assert held == worker, f"worker {held} holds a connection made while only {worker} ran"
+    return ws
+
+
 def ws_send(ws: Any, **msg: object) -> None:
     ws.send(json.dumps(msg))
 

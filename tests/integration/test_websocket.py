@@ -21,6 +21,7 @@ from servers import ws_announce as announce
 from servers import ws_answer as answer_to
 from servers import ws_closed_with as closed_with
 from servers import ws_connect as connect
+from servers import ws_connect_in as connect_in
 from servers import ws_eventually_scrape as eventually_scrape
 from servers import ws_holder as holder
 from servers import ws_offer as offer
@@ -64,23 +65,9 @@ def workers(stack: Serve) -> set[int]:
 def in_each_worker(
     server: Server, workers: set[int]
 ) -> tuple[websocket.WebSocket, websocket.WebSocket]:
-    """Two connections held by different workers (bounded tries; extras are closed)."""
-    held: dict[int, websocket.WebSocket] = {}
-    spare = []
-    for _ in range(40):
-        ws = connect(server)
-        w = holder(server, ws, workers)
-        if w in held:
-            spare.append(ws)
-        else:
-            held[w] = ws
-        if len(held) == 2:
-            break
-    for ws in spare:
-        ws.close()
-    assert len(held) == 2, "40 connections all landed in one worker"
-    a, b = held.values()
-    return a, b
+    """Two connections held by different workers."""
+    a, b = sorted(workers)
+    return connect_in(server, a, workers), connect_in(server, b, workers)
 
 
 # --- relaying ----------------------------------------------------------------------------
@@ -94,13 +81,7 @@ def test_an_offer_reaches_a_peer_and_its_answer_comes_back(
     a, b = in_each_worker(server, workers)
     if not across:
         b.close()
-        b = connect(server)
-        for _ in range(40):
-            if holder(server, b, workers) == holder(server, a, workers):
-                break
-            b.close()
-            b = connect(server)
-        assert holder(server, b, workers) == holder(server, a, workers)
+        b = connect_in(server, holder(server, a, workers), workers)
     try:
         announce(a, pid(1), ih)
         # The seeder's worker must know the leecher before it picks offer targets.

@@ -15,7 +15,6 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from servers import (
@@ -24,9 +23,8 @@ from servers import (
     serve,
     wait_until,
     ws_announce,
-    ws_connect,
+    ws_connect_in,
     ws_eventually_scrape,
-    ws_holder,
     ws_offer,
     ws_recv,
 )
@@ -44,25 +42,12 @@ def stack(tmp_path: Path) -> Iterator[Serve]:
         yield s
 
 
-def in_worker(stack: Serve, worker: int, spare: list[Any]) -> Any:
-    """A connection held by ``worker`` (bounded tries; the others go to ``spare``)."""
-    workers = stack.worker_pids()
-    for _ in range(40):
-        ws = ws_connect(stack.http)
-        if ws_holder(stack.http, ws, workers) == worker:
-            return ws
-        spare.append(ws)
-    raise AssertionError(f"40 connections and none in worker {worker}")
-
-
 def test_peers_announced_and_gone_during_a_hub_outage_reach_the_other_worker(
     stack: Serve,
 ) -> None:
-    a, b = sorted(stack.worker_pids())
-    spare: list[Any] = []
-    ws_b, ws_a, ws_gone = (in_worker(stack, w, spare) for w in (b, a, a))
-    for ws in spare:
-        ws.close()
+    workers = stack.worker_pids()
+    a, b = sorted(workers)
+    ws_b, ws_a, ws_gone = (ws_connect_in(stack.http, w, workers) for w in (b, a, a))
     ws_announce(ws_gone, LEAVES, IH)
     before = {"complete": 0, "incomplete": 1, "downloaded": 0}
     assert ws_eventually_scrape(ws_b, IH, before, WITHIN) == before
