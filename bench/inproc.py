@@ -1,8 +1,8 @@
 """In-process figures of the tracker core, without any server: memory, swarm-size cost,
-merging remote changes, stashing them lazily, and a join.
+merging remote changes, stashing them lazily (and how long one stash can take), and a join.
 
 Run in a fresh interpreter (``python -m bench.inproc
-memory|pending|huge|merge|stream|join ...``, pinned by the runner) so RSS growth is the
+memory|pending|huge|merge|stream|slices|join ...``, pinned by the runner) so RSS growth is the
 store's alone; prints one JSON line.
 Every peer id and info_hash is a fresh bytes object, as a parsed request
 would give, so the store is charged for the objects it keeps. Times are this
@@ -325,6 +325,47 @@ def stream_cost(
     }
 
 
+def stash_slices(torrents: int, records: int, batch: int) -> dict[str, float]:
+    """How long one slice of a lazy replica's stashing takes (CPU ms per ``stash`` call of
+    ``batch`` records) under an even flood: ``records`` announces, each a new peer of the
+    next of ``torrents`` torrents in turn, past ``max_pending`` (250,000) and each
+    torrent's ``MAX_PER_TORRENT``, as ``bench full``'s flood reaches a lazy worker. A
+    request waits behind the longest (target 2: slices bounded)."""
+    from wsgi_tracker.core.swarm import SwarmStore
+    from wsgi_tracker.core.types import PeerChange
+    from wsgi_tracker.sync import frames
+    from wsgi_tracker.sync.replica import stash
+
+    now = time.time()
+    hashes = [info_hash(t) for t in range(torrents)]
+    wire = []
+    for first in range(0, records, batch):
+        rows = [
+            PeerChange(hashes[n % torrents], peer_id(n), address(n) + b"\x1a\xe1", False, 0, now)
+            for n in range(first, min(records, first + batch))
+        ]
+        wire.append(frames.encode(frames.Deltas(rows)))
+    decoded = [frame for data in wire for frame in frames.decode_all(data)]
+    store = SwarmStore(max_peers_per_address=100_000_000, clock=lambda: now)
+    gc.collect()
+    times = []
+    for frame in decoded:
+        peers = frame.peers  # type: ignore[union-attr]
+        start = time.process_time()
+        stash(store, peers, 0, len(peers))
+        times.append(time.process_time() - start)
+    times.sort()
+    return {
+        "torrents": torrents,
+        "records": records,
+        "calls": len(times),
+        "median_ms": statistics.median(times) * 1e3,
+        "p999_ms": times[int(len(times) * 0.999)] * 1e3,
+        "max_ms": times[-1] * 1e3,
+        "total_s": sum(times),
+    }
+
+
 def join_cost(torrents: int) -> dict[str, float]:
     """CPU us per torrent of a join, in process: the hub's walk and encoding of
     ``torrents`` single-peer torrents (a quarter with a completed count), then a
@@ -399,6 +440,10 @@ def main() -> None:
         default="lazy",
         help="stash (the client's way) or merge",
     )
+    cut = sub.add_parser("slices", help="the longest stash call under an even flood (CPU ms)")
+    cut.add_argument("--torrents", type=int, default=1000)
+    cut.add_argument("--records", type=int, default=600_000)
+    cut.add_argument("--batch", type=int, default=500)
     join = sub.add_parser("join", help="a joining replica's CPU us per torrent, both ends")
     join.add_argument("--torrents", type=int, default=200_000)
     args = parser.parse_args()
@@ -411,6 +456,8 @@ def main() -> None:
         out = merge_cost(args.reps)
     elif args.what == "stream":
         out = stream_cost(args.mix, args.announces, args.rate, args.warmup, args.reps, args.apply)
+    elif args.what == "slices":
+        out = stash_slices(args.torrents, args.records, args.batch)
     elif args.what == "join":
         out = join_cost(args.torrents)
     else:

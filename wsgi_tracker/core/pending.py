@@ -27,17 +27,24 @@ batches still kept, waiting or not.
 from __future__ import annotations
 
 from array import array
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from wsgi_tracker.core.types import PeerRow
 
-# A torrent with this many records stashed is folded at once (``add`` names it): the read
-# that folds a torrent pays for all its records (~2.5 ms at most, then), and a torrent
-# that busy is read soon anyway. A flood on a few torrents nobody read for a while
-# would otherwise leave thousands each for the next read to fold, on its reply's path.
+# A torrent with this many records stashed is due to be folded (``add`` queues it on
+# ``due``), and the store folds due torrents a bounded amount per batch stashed: a flood
+# on a few torrents nobody read for a while would otherwise leave thousands each for the
+# next read to fold, on its reply's path. Not at once: under an even flood every stash
+# reaches the limit within a fraction of a second, and folding them all in the batch
+# that tipped them stalled a worker's requests for tens of ms (docs/BENCHMARKS.md,
+# "Session 13").
 MAX_PER_TORRENT = 256
-_COUNT_BITS = 9  # an entry's low bits: its torrent's record count, up to MAX_PER_TORRENT
+# ... and one with this many is folded at once (``add`` names it), so that no read of one
+# torrent pays for more than this many (~5 ms) however far the due folds fall behind.
+HARD_PER_TORRENT = 2 * MAX_PER_TORRENT
+_COUNT_BITS = 10  # an entry's low bits: its torrent's record count, up to HARD_PER_TORRENT
 _COUNT = (1 << _COUNT_BITS) - 1
 # Dead batches at the front are cut off the lists once this many (and half) have gathered.
 _COMPACT_AFTER = 64
@@ -82,6 +89,7 @@ class PendingChanges:
         "_owners",
         "_scanned",
         "by_torrent",
+        "due",
         "records",
         "retained",
     )
@@ -89,6 +97,9 @@ class PendingChanges:
     def __init__(self) -> None:
         # torrent -> its last record's number << _COUNT_BITS | its record count
         self.by_torrent: dict[bytes, int] = {}
+        # torrents whose stash reached MAX_PER_TORRENT, in that order (one may have been
+        # folded since, by a read: ``is_due`` tells)
+        self.due: deque[bytes] = deque()
         self.records = 0  # waiting to be folded
         self.retained = 0  # in the batches kept, waiting or not
         self._batches: list[_Batch] = []  # from _front on, the kept ones
@@ -113,8 +124,9 @@ class PendingChanges:
 
     def add(self, records: Records, hashes: list[bytes | None], second: int) -> list[bytes]:
         """Stash ``records`` (``hashes``: each one's info_hash, None for one already
-        applied), arrived in ``second``; the torrents that now hold ``MAX_PER_TORRENT``
-        records, for the caller to fold."""
+        applied), arrived in ``second``; the torrents that now hold ``HARD_PER_TORRENT``
+        records, for the caller to fold at once. Those reaching ``MAX_PER_TORRENT`` go on
+        ``due``."""
         pending = self.by_torrent
         get = pending.get
         chain = self._chain
@@ -137,6 +149,8 @@ class PendingChanges:
                     pending[ih] = number << _COUNT_BITS | count
                     append(had)
                     if count == MAX_PER_TORRENT:
+                        self.due.append(ih)
+                    elif count == HARD_PER_TORRENT:
                         full.append(ih)
                 live += 1
             number += 1
@@ -146,6 +160,10 @@ class PendingChanges:
         self.records += live
         self.retained += len(hashes)
         return full
+
+    def is_due(self, info_hash: bytes) -> bool:
+        """Whether the torrent holds ``MAX_PER_TORRENT`` records or more."""
+        return (self.by_torrent.get(info_hash, 0) & _COUNT) >= MAX_PER_TORRENT
 
     def take(self, info_hash: bytes) -> list[tuple[int, list[PeerRow]]] | None:
         """The torrent's records, which leave, in arrival order and grouped by the second
@@ -239,6 +257,7 @@ class PendingChanges:
 
     def clear(self) -> None:
         self.by_torrent.clear()
+        self.due.clear()
         self._batches.clear()
         del self._chain[:]
         self._owners.clear()

@@ -1189,8 +1189,11 @@ class SwarmStore:
         torrent evicted would depend on when each change was applied, it applies
         everything at once instead. Stashed changes of a torrent nobody reads go
         unapplied once they have expired (``PendingChanges.drop_expired``); past
-        ``max_pending`` the caller folds the oldest in slices (``fold_some``), and a
-        torrent whose stash reaches ``MAX_PER_TORRENT`` is folded at once.
+        ``max_pending`` the caller folds the oldest a slice at a time (``fold_some``,
+        ``replica.stash``). Torrents
+        whose stash reached ``MAX_PER_TORRENT`` are folded here, in the order they
+        reached it, at most about twice this batch's records each call (``_fold_due``),
+        and one that reaches ``HARD_PER_TORRENT`` at once.
 
         A torrent already held with nothing stashed (this process has read it, or
         announced to it) is applied at once, in one ``merge_many`` for the batch: it
@@ -1224,7 +1227,21 @@ class SwarmStore:
                     return
         for full in pending.add(records, hashes, second):
             self._fold(full)
+        if pending.due:
+            self._fold_due(2 * n)
         pending.drop_expired(second, self.torrent_ttl + PENDING_SKEW)
+
+    def _fold_due(self, budget: int) -> None:
+        """Fold the torrents due (``PendingChanges.due``), oldest first, until about
+        ``budget`` records are folded: twice what a batch adds, so the queue drains
+        faster than stashes fill however many came due together."""
+        pending = self.pending
+        due = pending.due
+        done = 0
+        while due and done < budget:
+            ih = due.popleft()
+            if pending.is_due(ih):
+                done += self._fold(ih)
 
     def fold_some(self, budget: int) -> int:
         """Fold the torrents whose stashed changes are oldest, about ``budget`` changes

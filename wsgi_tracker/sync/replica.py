@@ -122,16 +122,24 @@ def merge(
 def stash(store: SwarmStore, peers: Sequence[PeerChange], start: int, stop: int) -> None:
     """Take ``peers[start:stop]`` (a Deltas frame's records) to be applied lazily, each
     torrent's when it is next read (``SwarmStore.stash``); past the store's
-    ``max_pending``, fold the oldest until the bound holds again, in slices of as many
-    as came in."""
+    ``max_pending``, fold the oldest, about twice as many as came in, and past twice
+    ``max_pending`` until the bound holds again.
+
+    Not all at once at the bound: under an even flood every torrent has records in the
+    oldest batch, so freeing it means folding nearly everything stashed, and doing that
+    in the one call that crossed the bound held a worker for ~95 ms (250,000 records;
+    docs/BENCHMARKS.md, "Session 13"). Folding twice the inflow per call frees the old
+    batches within about one more ``max_pending`` of arrivals."""
     if isinstance(peers, frames.PeerRecords):
         records = peers.pending(start, stop)
     else:
         records = frames.PeerRecords(list(frames.peer_rows(peers[start:stop])))
     store.stash(records, int(store.clock()))
     pending = store.pending
-    while pending.retained > store.max_pending and store.fold_some(stop - start):
-        pass
+    if pending.retained > store.max_pending:
+        store.fold_some(2 * (stop - start))
+        while pending.retained > 2 * store.max_pending and store.fold_some(stop - start):
+            pass
 
 
 class ChangeBuffer:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tests.conftest import ManualClock
 from tests.unit.core.test_swarm import MERGE_ENDPOINTS, pid, v4
 from wsgi_tracker.core import pending
-from wsgi_tracker.core.pending import MAX_PER_TORRENT
+from wsgi_tracker.core.pending import HARD_PER_TORRENT, MAX_PER_TORRENT
 from wsgi_tracker.core.swarm import PENDING_SKEW, PeerRefused, SwarmStore
 from wsgi_tracker.core.types import (
     EVENT_COMPLETED,
@@ -192,6 +192,25 @@ def test_past_max_pending_the_oldest_torrents_are_folded_in_slices():
     assert len(store.torrents) == 30 and store.pending.records == 0
 
 
+def test_an_even_flood_past_max_pending_is_folded_a_slice_per_batch():
+    """Every torrent has records in the oldest batch, so freeing it folds nearly all:
+    spread over the batches that follow (about twice each one's records), within twice
+    the bound, not in the one batch that crossed it."""
+    clock = ManualClock()
+    bound = 2000
+    store = SwarmStore(peer_ttl=100, sweep_every=60, clock=clock, max_pending=bound)
+    hashes = [b"%020d" % t for t in range(100)]
+    most = 0
+    for round_ in range(60):
+        before = store.pending.records
+        stash_each(store, hashes, 1, first=round_)
+        most = max(most, before + len(hashes) - store.pending.records)
+        assert store.pending.retained <= 2 * bound
+    assert store.pending.records < bound  # the old batches went
+    assert most <= 2 * len(hashes) + MAX_PER_TORRENT  # a torrent may run past the budget
+    assert store.peers_held + store.pending.records == 60 * len(hashes)
+
+
 def test_near_a_global_bound_changes_are_applied_at_once():
     clock = ManualClock()
     store = SwarmStore(peer_ttl=100, sweep_every=60, clock=clock, max_torrents=3)
@@ -245,17 +264,49 @@ def run_bounded(script: list) -> tuple[SwarmStore, SwarmStore]:
     return eager, lazy
 
 
-def test_a_torrent_that_reaches_max_per_torrent_stashed_is_folded_at_once():
-    """So the read that folds a torrent never pays for more than that many."""
+def stash_each(store: SwarmStore, hashes: list[bytes], per: int, first: int = 0) -> None:
+    """``per`` records of new peers for each torrent, in one batch (one frame's worth)."""
+    now = store.clock()
+    batch = [
+        PeerChange(ih, pid(first + n), v4(first + n), False, 0, now)
+        for ih in hashes
+        for n in range(per)
+    ]
+    stash(store, wire_records(batch), 0, len(batch))
+
+
+def test_a_torrent_that_reaches_max_per_torrent_stashed_is_folded_with_the_next_batch():
+    """So the read that folds a torrent seldom pays for more than that many."""
     clock = ManualClock()
     store = SwarmStore(peer_ttl=100, sweep_every=60, clock=clock, max_peers_per_address=10**6)
     ih = TORRENTS[0]
-    batch = [PeerChange(ih, pid(n), v4(n), False, 0, clock()) for n in range(MAX_PER_TORRENT)]
-    stash(store, wire_records(batch[:-1]), 0, MAX_PER_TORRENT - 1)
+    stash_each(store, [ih], MAX_PER_TORRENT - 1)
     assert store.pending.records == MAX_PER_TORRENT - 1 and store.peers_held == 0
-    stash(store, wire_records(batch[-1:]), 0, 1)
+    stash_each(store, [ih], 1, first=MAX_PER_TORRENT - 1)
     assert store.pending.records == 0 and store.peers_held == MAX_PER_TORRENT
     assert len(store.peek(ih).v4.ids) == MAX_PER_TORRENT
+
+
+def test_torrents_that_come_due_together_are_folded_a_few_per_batch_oldest_first():
+    """An even flood brings every stash to the limit at once: folding them all in the
+    batch that tipped them would hold up every request behind it."""
+    clock = ManualClock()
+    store = SwarmStore(peer_ttl=100, sweep_every=60, clock=clock, max_peers_per_address=10**6)
+    hashes = [b"%020d" % t for t in range(20)]
+    for ih in hashes:
+        stash_each(store, [ih], MAX_PER_TORRENT - 1)
+    stash_each(store, hashes, 1, first=MAX_PER_TORRENT)  # all 20 due; room for one fold
+    assert hashes[0] not in store.pending and all(ih in store.pending for ih in hashes[1:])
+    # 256 more for the last one: it reaches the hard limit and is folded at once, ahead of
+    # the queue, which this batch's budget (twice its records) then takes two more from.
+    stash_each(store, hashes[-1:], HARD_PER_TORRENT - MAX_PER_TORRENT, first=1000)
+    assert [ih in store.pending for ih in hashes] == [False] * 3 + [True] * 16 + [False]
+    assert store.pending.records == 16 * MAX_PER_TORRENT
+    while store.pending.due:  # a record apiece for a torrent nobody holds
+        stash_each(store, [b"x" * 20], 1, first=store.peers_held)
+    assert store.pending.by_torrent.keys() == {b"x" * 20}
+    assert all(len(store.peek(ih).v4.ids) == MAX_PER_TORRENT for ih in hashes[:-1])
+    assert len(store.peek(hashes[-1]).v4.ids) == HARD_PER_TORRENT
 
 
 @pytest.mark.parametrize("compact_after", [2, pending._COMPACT_AFTER])
@@ -287,4 +338,4 @@ def test_long_runs_of_batches_fold_expire_and_let_go_as_an_eager_replica_would(
         else:
             script.append(("advance", 2000.0))  # past every TTL: stashes expire unread
     _, lazy = run(script, max_pending=bound)
-    assert lazy.pending.retained <= bound
+    assert lazy.pending.retained <= 2 * bound
