@@ -1190,10 +1190,9 @@ class SwarmStore:
         everything at once instead. Stashed changes of a torrent nobody reads go
         unapplied once they have expired (``PendingChanges.drop_expired``); past
         ``max_pending`` the caller folds the oldest a slice at a time (``fold_some``,
-        ``replica.stash``). Torrents
-        whose stash reached ``MAX_PER_TORRENT`` are folded here, in the order they
-        reached it, at most about twice this batch's records each call (``_fold_due``),
-        and one that reaches ``HARD_PER_TORRENT`` at once.
+        ``replica.stash``). Torrents whose stash reached ``MAX_PER_TORRENT`` are folded
+        here, in the order they reached it, about twice this batch's records each call
+        (``_fold_due``), and one that reaches ``HARD_PER_TORRENT`` at once.
 
         A torrent already held with nothing stashed (this process has read it, or
         announced to it) is applied at once, in one ``merge_many`` for the batch: it
