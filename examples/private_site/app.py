@@ -15,8 +15,7 @@ from __future__ import annotations
 import sys
 from urllib.parse import urlsplit
 
-from flask import Flask, abort, render_template_string, request
-from markupsafe import Markup
+from flask import Flask, abort, render_template, request
 
 from examples.private_site import accounts
 from wsgi_tracker.flask import Tracker, current_tracker
@@ -25,33 +24,10 @@ app = Flask(__name__)
 tracker = Tracker(app)  # settings from tracker.toml (serve passes WSGI_TRACKER_CONFIG)
 accounts.create()
 
-LAYOUT = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title></head>
-<body><nav><a href="/">Ratios</a></nav><h1>{{ title }}</h1>
-{{ body }}
-</body></html>"""
-
-RATIOS = """<table>
-<tr><th>Member</th><th>Uploaded</th><th>Downloaded</th><th>Ratio</th><th>Seeding</th></tr>
-{% for a in members %}<tr data-member="{{ a.name }}">
-<td><a href="/members/{{ a.name }}">{{ a.name }}</a></td>
-<td data-field="uploaded">{{ a.uploaded }}</td><td data-field="downloaded">{{ a.downloaded }}</td>
-<td data-field="ratio">{{ "%.2f"|format(a.ratio) if a.ratio is not none else "-" }}</td>
-<td data-field="seeding">{{ a.seeding_seconds|round|int }} s</td></tr>
-{% endfor %}</table>"""
-
-MEMBER = """<p>Your announce URLs (keep them private: the passkey is your login):</p>
-<ul><li><code>{{ http_url }}</code></li><li><code>{{ udp_url }}</code></li></ul>"""
-
-
-def page(title: str, template: str, **values: object) -> str:
-    body = Markup(render_template_string(template, **values))  # already escaped
-    return render_template_string(LAYOUT, title=title, body=body)
-
 
 @app.get("/")
 def ratios() -> str:
-    return page("Ratios", RATIOS, members=accounts.accounts())
+    return render_template("ratios.html", title="Ratios", members=accounts.accounts())
 
 
 @app.get("/members/<name>")
@@ -62,9 +38,9 @@ def member(name: str) -> str:
     config = current_tracker.config
     host = urlsplit(request.host_url).hostname or "localhost"
     host = f"[{host}]" if ":" in host else host
-    return page(
-        name,
-        MEMBER,
+    return render_template(
+        "member.html",
+        title=name,
         http_url=f"{request.host_url.rstrip('/')}{config.announce_path}/{account.passkey}",
         udp_url=f"udp://{host}:{config.udp_port}/announce/{account.passkey}",
     )
