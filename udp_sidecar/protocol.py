@@ -88,6 +88,12 @@ class PacketError(ValueError):
 class ConnectRequest:
     transaction_id: int
 
+    def __init__(
+        self,
+        transaction_id: int,
+    ) -> None:  # compiled, unlike the one @dataclass writes (core/types.py)
+        self.transaction_id = transaction_id
+
 
 @dataclass(slots=True)
 class AnnounceRequest:
@@ -107,6 +113,36 @@ class AnnounceRequest:
     port: int
     url_data: bytes = b""
 
+    def __init__(
+        self,
+        connection_id: bytes,
+        transaction_id: int,
+        info_hash: bytes,
+        peer_id: bytes,
+        downloaded: int,
+        left: int,
+        uploaded: int,
+        event: int,
+        ip: int,
+        key: int,
+        num_want: int,
+        port: int,
+        url_data: bytes = b"",
+    ) -> None:  # compiled, unlike the one @dataclass writes (core/types.py)
+        self.connection_id = connection_id
+        self.transaction_id = transaction_id
+        self.info_hash = info_hash
+        self.peer_id = peer_id
+        self.downloaded = downloaded
+        self.left = left
+        self.uploaded = uploaded
+        self.event = event
+        self.ip = ip
+        self.key = key
+        self.num_want = num_want
+        self.port = port
+        self.url_data = url_data
+
     @property
     def path(self) -> bytes:
         return self.url_data.partition(b"?")[0]
@@ -121,6 +157,16 @@ class ScrapeRequest:
     connection_id: bytes
     transaction_id: int
     info_hashes: list[bytes]
+
+    def __init__(
+        self,
+        connection_id: bytes,
+        transaction_id: int,
+        info_hashes: list[bytes],
+    ) -> None:  # compiled, unlike the one @dataclass writes (core/types.py)
+        self.connection_id = connection_id
+        self.transaction_id = transaction_id
+        self.info_hashes = info_hashes
 
 
 Request = ConnectRequest | AnnounceRequest | ScrapeRequest

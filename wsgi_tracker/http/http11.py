@@ -108,6 +108,26 @@ class RequestHead:
     keep_alive: bool
     expect_continue: bool
 
+    def __init__(
+        self,
+        method: str,
+        target: str,
+        version: str,
+        headers: list[tuple[str, str]],
+        content_length: int | None,
+        chunked: bool,
+        keep_alive: bool,
+        expect_continue: bool,
+    ) -> None:  # compiled, unlike the one @dataclass writes (core/types.py)
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.content_length = content_length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+
 
 def parse_request_line(line: bytes, max_line: int) -> tuple[bytes, bytes, bytes]:
     """(method, target, version) of a request line, or HttpError.
@@ -394,6 +414,20 @@ class ResponseHead:
     length: int | None  # the declared Content-Length: never more body bytes, nor fewer
     chunked: bool  # the body goes out in chunks (no length declared, HTTP/1.1)
     keep_alive: bool  # False: the connection closes after this response
+
+    def __init__(
+        self,
+        data: bytes,
+        body: bool,
+        length: int | None,
+        chunked: bool,
+        keep_alive: bool,
+    ) -> None:  # compiled, unlike the one @dataclass writes (core/types.py)
+        self.data = data
+        self.body = body
+        self.length = length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
 
 
 # Statuses and header names already found valid: apps reuse a handful, so each is checked once.
