@@ -42,6 +42,8 @@ MODULES = (
     "wsgi_tracker.http.http11",
     "udp_sidecar.protocol",
     "udp_sidecar.server",
+    "udp_sidecar.connection_ids",
+    "wsgi_tracker.core.addresses",
 )
 
 MANIFEST = "_compiled.json"
