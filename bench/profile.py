@@ -6,8 +6,9 @@ inclusive time as percentages of all samples, plus a flame graph (SVG).
 ``--stack``: the whole stack as ``wsgi-tracker serve`` runs it (the bench's
 ``stack`` scenario, sync on), every serving process (the worker and the
 sidecar) sampled at once, so what the protocol's load costs the process that
-does not answer it shows too. py-spy must be installed (``pip install py-spy``);
-it runs on the load's core.
+does not answer it shows too. ``--native``: C frames too, so the compiled
+modules' functions show by name (without it their time is one empty frame).
+py-spy must be installed (``pip install py-spy``); it runs on the load's core.
 """
 
 from __future__ import annotations
@@ -27,9 +28,13 @@ from .procs import Server, free_port, pinned
 from .workload import Workload, make_workload
 
 
-def record(pid: int, seconds: float, out: Path, cpus: str | None, fmt: str) -> None:
+def record(
+    pid: int, seconds: float, out: Path, cpus: str | None, fmt: str, native: bool = False
+) -> None:
     cmd = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds))]
     cmd += ["--rate", "250", "--format", fmt, "--output", str(out), "--nonblocking"]
+    if native:  # the compiled modules' C frames too (else they show as one empty frame)
+        cmd.append("--native")
     subprocess.run(pinned(cmd, cpus), check=True, capture_output=True, timeout=seconds + 60)
 
 
@@ -74,6 +79,9 @@ def main() -> None:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--nice", type=int, default=0, help="priority of server and load")
     p.add_argument("--stack", action="store_true", help="wsgi-tracker serve, sync on (1 worker)")
+    p.add_argument(
+        "--native", action="store_true", help="C frames too: what the compiled modules do"
+    )
     a = p.parse_args()
     procs.NICE = a.nice
     procs.prioritise_session()
@@ -127,7 +135,8 @@ def _profile(a: argparse.Namespace, server: Server, wl: Workload, port: int, fil
             for pid, name in targets.items():
                 out = a.out / f"{a.protocol}{'-stack' if a.stack else ''}-{name}-{stamp}.{ext}"
                 files.setdefault(pid, []).append(out)
-                jobs.append(pool.submit(record, pid, a.seconds, out, a.load_cpu, fmt))
+                job = pool.submit(record, pid, a.seconds, out, a.load_cpu, fmt, a.native)
+                jobs.append(job)
             for job in jobs:
                 job.result()
     load.join()
