@@ -32,9 +32,10 @@ def record(
     pid: int, seconds: float, out: Path, cpus: str | None, fmt: str, native: bool = False
 ) -> None:
     cmd = ["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds))]
-    cmd += ["--rate", "250", "--format", fmt, "--output", str(out), "--nonblocking"]
-    if native:  # the compiled modules' C frames too (else they show as one empty frame)
-        cmd.append("--native")
+    cmd += ["--rate", "250", "--format", fmt, "--output", str(out)]
+    # --native: the compiled modules' C frames too (else they show as one empty frame);
+    # py-spy must pause the process for those, so not --nonblocking then.
+    cmd.append("--native" if native else "--nonblocking")
     subprocess.run(pinned(cmd, cpus), check=True, capture_output=True, timeout=seconds + 60)
 
 
