@@ -44,6 +44,9 @@ MAX_PER_TORRENT = 256
 # ... and one with this many is folded at once (``add`` names it), so that no read of one
 # torrent pays for more than this many (~5 ms) however far the due folds fall behind.
 HARD_PER_TORRENT = 2 * MAX_PER_TORRENT
+# What a stash folds per call once folds are owed (torrents due, or past ``max_pending``):
+# this many times the records it brought, so the owed folds shrink faster than stashes fill.
+FOLD_PER_RECORD = 2
 _COUNT_BITS = 10  # an entry's low bits: its torrent's record count, up to HARD_PER_TORRENT
 _COUNT = (1 << _COUNT_BITS) - 1
 # Dead batches at the front are cut off the lists once this many (and half) have gathered.

@@ -35,7 +35,7 @@ from typing import ClassVar
 
 from mypy_extensions import mypyc_attr
 
-from wsgi_tracker.core.pending import PendingChanges, Records
+from wsgi_tracker.core.pending import FOLD_PER_RECORD, PendingChanges, Records
 from wsgi_tracker.core.types import (
     EVENT_COMPLETED,
     EVENT_NONE,
@@ -1227,13 +1227,12 @@ class SwarmStore:
         for full in pending.add(records, hashes, second):
             self._fold(full)
         if pending.due:
-            self._fold_due(2 * n)
+            self._fold_due(FOLD_PER_RECORD * n)
         pending.drop_expired(second, self.torrent_ttl + PENDING_SKEW)
 
     def _fold_due(self, budget: int) -> None:
         """Fold the torrents due (``PendingChanges.due``), oldest first, until about
-        ``budget`` records are folded: twice what a batch adds, so the queue drains
-        faster than stashes fill however many came due together."""
+        ``budget`` records are folded (``FOLD_PER_RECORD`` times what the batch added)."""
         pending = self.pending
         due = pending.due
         done = 0

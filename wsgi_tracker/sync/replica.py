@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from wsgi_tracker.core.pending import FOLD_PER_RECORD
 from wsgi_tracker.core.swarm import SwarmStore
 from wsgi_tracker.core.types import AnnounceReport, PeerChange, PeerRow
 from wsgi_tracker.sync import frames
@@ -137,7 +138,7 @@ def stash(store: SwarmStore, peers: Sequence[PeerChange], start: int, stop: int)
     store.stash(records, int(store.clock()))
     pending = store.pending
     if pending.retained > store.max_pending:
-        store.fold_some(2 * (stop - start))
+        store.fold_some(FOLD_PER_RECORD * (stop - start))
         while pending.retained > 2 * store.max_pending and store.fold_some(stop - start):
             pass
 
