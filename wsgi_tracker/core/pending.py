@@ -44,6 +44,11 @@ MAX_PER_TORRENT = 256
 # ... and one with this many is folded at once (``add`` names it), so that no read of one
 # torrent pays for more than this many (~5 ms) however far the due folds fall behind.
 HARD_PER_TORRENT = 2 * MAX_PER_TORRENT
+# Records a lazy replica keeps stashed (``SwarmStore.max_pending``; ~110-225 B each): past
+# it the oldest are folded as fast as records come in, so under a sustained flood every
+# record is merged after all, about this many arrivals later (docs/SYNC.md, "Applying
+# lazily"; ``bench.apply_cost`` warms up past it).
+MAX_PENDING = 250_000
 # What a stash folds per call once folds are owed (torrents due, or past ``max_pending``):
 # this many times the records it brought, so the owed folds shrink faster than stashes fill.
 FOLD_PER_RECORD = 2

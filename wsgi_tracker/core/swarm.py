@@ -35,7 +35,7 @@ from typing import ClassVar
 
 from mypy_extensions import mypyc_attr
 
-from wsgi_tracker.core.pending import FOLD_PER_RECORD, PendingChanges, Records
+from wsgi_tracker.core.pending import FOLD_PER_RECORD, MAX_PENDING, PendingChanges, Records
 from wsgi_tracker.core.types import (
     EVENT_COMPLETED,
     EVENT_NONE,
@@ -553,7 +553,7 @@ class SwarmStore:
         max_peers_per_address: int = 16,
         max_peers: int = 5_000_000,
         sweep_every: int = 60,
-        max_pending: int = 250_000,
+        max_pending: int = MAX_PENDING,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.peer_ttl = peer_ttl
