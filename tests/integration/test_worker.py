@@ -60,6 +60,35 @@ def test_pipelined_requests_on_one_connection_all_answered(server: Server) -> No
     assert [b"site /p%d " % n in data for n in range(5)] == [True] * 5
 
 
+def test_a_client_streaming_pipelined_requests_lets_other_connections_in_between(
+    server: Server,
+) -> None:
+    """The next pipelined request waits for every other connection's turn: one client
+    sending requests as fast as it reads the replies must not hold the worker (an attack
+    pass held it 1.1 s with 256 KB of announces). A bystander asking once the stream is
+    being answered is answered while most of the stream is still to come."""
+    n = 800  # ~100 KB of replies: the kernel's buffers take them all, so no write waits
+    raw = b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n" * (n - 1)
+    raw += b"GET /hello HTTP/1.1\r\n" + CLOSE + b"\r\n"
+    with socket.create_connection((server.host, server.port), timeout=10) as sock:
+        sock.sendall(raw)
+        data = sock.recv(65536)  # the stream is being answered
+        assert data.startswith(b"HTTP/1.1 200")
+        assert http_get(server.url + "/bystander") == (200, b"site /bystander ")
+        sock.setblocking(False)
+        try:
+            while chunk := sock.recv(1 << 20):
+                data += chunk
+        except BlockingIOError:
+            pass
+        answered_before = data.count(b"HTTP/1.1 200")
+        sock.setblocking(True)
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    assert data.count(b"site /hello ") == n  # all of it, in the end
+    assert answered_before < n // 2
+
+
 def test_a_reply_larger_than_the_socket_buffer_arrives_whole_and_in_order(server: Server) -> None:
     """The worker's end-of-turn write takes part of it; the rest follows, then the next
     reply, while other connections are answered meanwhile."""
