@@ -178,7 +178,10 @@ class TrackerConfig:
     )
     full_scrape: bool = _setting(False, "Answer a scrape without info_hash with every torrent.")
     max_query_bytes: int = _setting(
-        2048, "Longest HTTP query string accepted.", check=between(1, MOST_PER_REQUEST)
+        5120,
+        "Longest HTTP query string accepted (the default takes a scrape of 64 info_hashes, "
+        "each percent-encoded: 4,543 bytes).",
+        check=between(1, MOST_PER_REQUEST),
     )
     # --- WebSocket (WebTorrent) peers, docs/WEBTORRENT.md; aquatic_ws's defaults ----------
     ws_interval: int = _setting(

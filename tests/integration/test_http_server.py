@@ -118,6 +118,19 @@ def test_scrape_of_two_torrents_returns_both(server: Server) -> None:
     }
 
 
+def test_a_scrape_of_the_most_hashes_fully_percent_encoded_is_answered(server: Server) -> None:
+    """``max_scrape_hashes`` (64) hashes whose every byte needs %XX fit every bound on
+    the way (the query's, the request line's); one more is a bencoded refusal naming the
+    bound, not the HTTP server's bare 414."""
+    hashes = [bytes([0x80 + n] * 20) for n in range(65)]
+    status, body = http_get(scrape_url(server.url + "/scrape", *hashes[:64]))
+    assert status == 200
+    assert sorted(bencodepy.decode(body)[b"files"]) == hashes[:64]
+    status, body = http_get(scrape_url(server.url + "/scrape", *hashes))
+    assert status == 200
+    assert b"at most 64" in bencodepy.decode(body)[b"failure reason"]
+
+
 @pytest.mark.parametrize(
     ("path", "reason"),
     [
@@ -137,7 +150,7 @@ def test_scrape_of_two_torrents_returns_both(server: Server) -> None:
         ("/announce", b"missing parameter: info_hash"),
         ("/scrape?info_hash=short", b"invalid info_hash: expected 20 bytes, got 5"),
         ("/scrape", b"full scrape is disabled"),
-        ("/announce?" + "x=1&" * 1000, b"request too long"),
+        ("/announce?" + "x=1&" * 1500, b"request too long"),
     ],
 )
 def test_bad_request_gets_failure_reason_with_http_200(server: Server, path, reason) -> None:

@@ -26,8 +26,11 @@ workers = int(os.environ.get("WSGI_TRACKER_WORKERS", multiprocessing.cpu_count()
 worker_class = "wsgi_tracker.http.worker.TrackerWorker"
 worker_connections = 2000
 keepalive = 30
-# Announces are tiny: refuse oversized request lines and headers early.
-limit_request_line = 4094
+# Announces are tiny: refuse oversized request lines and headers early. The line is
+# gunicorn's ceiling (its default is 4094), above what max_query_bytes lets through (a
+# scrape of 64 hashes), so the tracker's bencoded "request too long" comes first, not a
+# bare 414.
+limit_request_line = 8190
 limit_request_fields = 50
 graceful_timeout = 10
 accesslog = None

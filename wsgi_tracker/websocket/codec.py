@@ -119,6 +119,8 @@ def parse_message(text: str, limits: Limits) -> Message:
         raise WsError(f"message is not JSON ({exc.msg} at {exc.pos})", CLOSE_INVALID) from None
     except RecursionError:
         raise WsError("message is JSON nested too deeply", CLOSE_INVALID) from None
+    except ValueError:  # the one left: an integer past sys.get_int_max_str_digits()
+        raise WsError("message holds a JSON number too long to read", CLOSE_INVALID) from None
     if not isinstance(obj, dict):
         raise WsError(f"message is a JSON {type(obj).__name__}, not an object", CLOSE_INVALID)
     action = obj.get("action")

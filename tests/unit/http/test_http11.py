@@ -155,6 +155,20 @@ def test_a_head_over_64_kib_is_refused_before_it_ends() -> None:
             head.feed(b"X-A: " + b"a" * 1017 + b"\r\n")
 
 
+def test_the_parsed_field_cache_keeps_no_long_block() -> None:
+    """A client sending a different long head each time (54 KB, an attack pass) must not
+    fill the cache: 512 such blocks held ~55 MB in a worker. Short ones are kept."""
+    from wsgi_tracker.http import http11
+
+    for n in range(20):
+        filler = b"X-Pad: " + b"%05d" % n + b"p" * 3000
+        parse_request_head(b"GET / HTTP/1.1\r\nHost: t\r\n" + filler, LIMITS)
+    short = b"Host: t\r\nUser-Agent: ok"
+    parse_request_head(b"GET / HTTP/1.1\r\n" + short, LIMITS)
+    assert short in http11._FIELDS
+    assert max(len(b or b"") for b in http11._FIELDS) <= http11.FIELDS_CACHE_BLOCK
+
+
 def pure_module(name: str) -> ModuleType:
     """A fresh copy of module ``name`` run from its ``.py``, whether or not it is compiled."""
     spec = importlib.util.spec_from_file_location(f"{name}__pure", compiled.source_path(name))

@@ -85,6 +85,7 @@ def test_scrape_of_one_several_or_all() -> None:
         ("[1, 2]", c.CLOSE_INVALID, "JSON list, not an object"),
         ('"announce"', c.CLOSE_INVALID, "JSON str, not an object"),
         ("[" * 60_000, c.CLOSE_INVALID, "nested too deeply"),
+        ('{"action": "announce", "numwant": ' + "9" * 5000 + "}", c.CLOSE_INVALID, "too long"),
     ],
 )
 def test_what_is_not_a_message_closes(raw: str, code: int, reason: str) -> None:
