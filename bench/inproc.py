@@ -60,7 +60,7 @@ def memory(torrents: int, peers: int) -> dict[str, float]:
         t, c = i % torrents, i // torrents
         core.announce(
             Announce(info_hash(t), peer_id(c), 1025 + c % 60000, left=(i % 5) * 1000),
-            address(c),
+            address(i),  # each peer its own address: one in every torrent is past its bound
         )
     elapsed = time.process_time() - start
     gc.collect()
@@ -72,7 +72,7 @@ def memory(torrents: int, peers: int) -> dict[str, float]:
         (
             Announce(info_hash(i % torrents), peer_id(i // torrents), 1025 + i // torrents % 60000,
                      left=(i % 5) * 1000),
-            address(i // torrents),
+            address(i),
         )
         for i in range(min(peers, REANNOUNCES))
     ]  # fmt: skip

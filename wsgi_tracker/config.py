@@ -167,6 +167,14 @@ class TrackerConfig:
         "NAT (docs/HARDENING.md).",
         check=between(1, MOST_HELD),
     )
+    max_peers_per_host: int = _setting(
+        100_000,
+        "Most peers from one address (an IPv4 address or an IPv6 /64) over all torrents, "
+        "in each process; past it that address's new peers are refused, so no one address "
+        "fills max_peers. Counted in 262,144 buckets by a hash of the address, so an "
+        "address may share its count with a few others (docs/HARDENING.md).",
+        check=between(1, MOST_HELD),
+    )
     max_peers: int = _setting(
         5_000_000,
         "Most peers one process holds over all torrents (~200 bytes each); past it new "

@@ -90,6 +90,33 @@ SMALL_LIST = 16  # up to this many peers a list is searched instead of indexed
 # IPv4 address, or an IPv6 /64 (one host's or household's prefix: privacy addresses rotate
 # inside it, and anyone can pick any of its 2^64 addresses).
 HOST_WIDTH = {IPV4_WIDTH: 4, IPV6_WIDTH: 8}
+# Each address's peers over all torrents (``max_peers_per_host``) are counted in one of
+# this many buckets, by a hash of the address: the same in every process, so every replica
+# refuses alike, and a fixed 512 KB that mostly stays in cache (2**18 of them missed it:
+# 2% more per newcomer), where a dict of every address seen costs ~100 B each (a third of
+# a single-peer torrent's budget). At a million addresses ~15 share a bucket's count.
+HOST_BUCKETS = 1 << 16
+_HOST_MASK = HOST_BUCKETS - 1
+
+
+def host_bucket(endpoint: bytes) -> int:
+    """The bucket of the address in a packed ``endpoint``: an IPv4 address, or an IPv6
+    /64. Native ints throughout (bytes indexing and products below 2**62): every
+    newcomer pays it in every process."""
+    e = endpoint
+    x = e[0] << 24 | e[1] << 16 | e[2] << 8 | e[3]
+    if len(e) != IPV4_WIDTH:
+        x = _mix(x) ^ (e[4] << 24 | e[5] << 16 | e[6] << 8 | e[7])
+    return _mix(x) & _HOST_MASK
+
+
+def _mix(x: int) -> int:
+    """A 32-bit integer hash whose products stay below 2**62 (mypyc's native ints)."""
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
 # How many of the oldest torrents the store lines up at a time for expiry and eviction: a
 # plain dict finds its oldest entry by walking past the holes earlier deletions left, so
 # one walk serves this many.
@@ -266,14 +293,15 @@ class PeerList:
     def is_seeder(self, peer_id: bytes) -> bool:
         return 0 <= self.slot(peer_id) < self.seeders
 
-    def sweep(self, now: float) -> int:
-        """Drop expired peers; walking backwards keeps every swapped-in peer checked."""
-        exp = self.expires
-        dropped = 0
+    def sweep(self, now: float) -> list[bytes]:
+        """Drop expired peers; their endpoints. Walking backwards keeps every swapped-in
+        peer checked."""
+        exp, w = self.expires, self.width
+        dropped: list[bytes] = []
         for slot in range(len(exp) - 1, -1, -1):
             if exp[slot] <= now:
+                dropped.append(bytes(self.addrs[slot * w : slot * w + w]))
                 self.remove_slot(slot)
-                dropped += 1
         return dropped
 
     def sample(
@@ -552,6 +580,7 @@ class SwarmStore:
         max_peers_per_torrent: int = 200_000,
         max_peers_per_address: int = 16,
         max_peers: int = 5_000_000,
+        max_peers_per_host: int = 100_000,
         sweep_every: int = 60,
         max_pending: int = MAX_PENDING,
         clock: Callable[[], float] = time.time,
@@ -561,6 +590,15 @@ class SwarmStore:
         self.max_peers_per_address = max_peers_per_address
         self.max_peers = max_peers
         self.peers_held = 0  # every peer entry in the replica, expired but unswept included
+        self.max_peers_per_host = max_peers_per_host
+        # The peers held per address bucket (``host_bucket``), counted with ``peers_held``.
+        # A list, whose items mypyc reads and writes natively (an array's go through the
+        # generic protocol: a newcomer's two were ~0.2 us); small counts are shared ints.
+        # Made by repetition, not from a 1 MB bytes: freeing that raised glibc's mmap
+        # threshold, and the heap it then kept cost ~1 B a torrent at a million.
+        self.host_peers: list[int] = [0] * HOST_BUCKETS
+        # The most any bucket has held (never lowered): what a stash checks the bound by.
+        self.host_peak = 0
         self.sweep_every = sweep_every
         self.clock = clock
         self.max_torrents = max_torrents
@@ -665,7 +703,7 @@ class SwarmStore:
         now = self.clock() - self.torrent_ttl  # a torrent placed at or before this is expired
         old = held.pop(info_hash, None)
         if old is not None and old is not swarm:
-            self.peers_held -= len(old)  # an expired torrent made anew
+            self._leave_all(old)  # an expired torrent made anew
         known = old is not None
         pending = self.pending.by_torrent
         moved: set[bytes] | None = None
@@ -731,7 +769,31 @@ class SwarmStore:
 
     def _drop(self, info_hash: bytes, swarm: Swarm) -> None:
         del self._held[info_hash]
+        self._leave_all(swarm)
+
+    def _leave_all(self, swarm: Swarm) -> None:
+        """Every peer of a torrent leaves the store (it expired or was evicted)."""
         self.peers_held -= len(swarm)
+        counts = self.host_peers
+        for pl in swarm.lists():
+            addrs, w = pl.addrs, pl.width
+            for at in range(0, len(addrs), w):
+                counts[host_bucket(bytes(addrs[at : at + w]))] -= 1
+
+    def _leave(self, endpoint: bytes) -> None:
+        self.peers_held -= 1
+        self.host_peers[host_bucket(endpoint)] -= 1
+
+    def _enter(self, bucket: int) -> None:
+        """A newcomer joins (``bucket``: its address's, as ``_admit`` returned it)."""
+        self.peers_held += 1
+        self._host_enter(bucket)
+
+    def _host_enter(self, bucket: int) -> None:
+        held = self.host_peers[bucket] + 1
+        self.host_peers[bucket] = held
+        if held > self.host_peak:
+            self.host_peak = held
 
     # Long on purpose: every announce and every synced change runs it; split into calls it costs
     # more per announce (see docs/BENCHMARKS.md, 'Where the time goes').
@@ -770,7 +832,7 @@ class SwarmStore:
         if change.event == EVENT_STOPPED:
             self._stop(swarm, change)
             return swarm, -1, False
-        stops = self._stops
+        stops = self._stops  # ``stopped_since``, inlined: every announce asks it
         if stops and stops.get(ih + change.peer_id, -1.0) > change.timestamp:
             return swarm, -1, False  # a late copy of an announce the peer has since stopped
         if swarm is None:
@@ -791,10 +853,10 @@ class SwarmStore:
         one = v4 if type(v4) is OnePeer else v6 if type(v6) is OnePeer else None
         if v4 is None and v6 is None and len(peer_id) == 20:
             # A torrent's first peer is a OnePeer (whose record holds a 20-byte id).
-            self._admit(swarm, _NO_PEERS[width], change)
+            bucket = self._admit(swarm, _NO_PEERS[width], change)
             counted = count_download and change.event == EVENT_COMPLETED
             swarm.downloaded += counted
-            self.peers_held += 1
+            self._enter(bucket)
             swarm.put(
                 width,
                 OnePeer.of(
@@ -833,8 +895,9 @@ class SwarmStore:
             assert type(pl) is PeerList
             index = pl.index  # slot() inlined for the common, indexed case
             slot = index.get(peer_id, -1) if index is not None else pl.slot(peer_id)
+            bucket = -1
             if slot < 0:
-                self._admit(swarm, pl, change)
+                bucket = self._admit(swarm, pl, change)
             else:
                 w = pl.width
                 at = slot * w
@@ -857,7 +920,7 @@ class SwarmStore:
                 swarm.downloaded += 1
                 counted = True
             if slot < 0:
-                self.peers_held += 1
+                self._enter(bucket)
             slot = pl.upsert(slot, peer_id, endpoint, change.seeder, expires, change.key)
         if now - swarm.touched >= self.sweep_every:
             # Refreshes the torrent's TTL and its place in the order.
@@ -880,15 +943,22 @@ class SwarmStore:
         if type(pl) is OnePeer:
             if pl.expires[0] <= now:
                 swarm.put(pl.width, None)
-                self.peers_held -= 1
+                self._leave(pl.addrs)
             else:
                 swarm.put(pl.width, pl.changed(sweep_at=now + self.sweep_every))
             return
         assert type(pl) is PeerList
         pl.sweep_at = now + self.sweep_every
-        self.peers_held -= pl.sweep(now)
+        for endpoint in pl.sweep(now):
+            self._leave(endpoint)
         if not pl.ids:
             swarm.put(pl.width, None)
+
+    def stopped_since(self, change: PeerChange) -> bool:
+        """Whether the peer stopped after ``change`` was made: then it is a late copy,
+        which ``apply`` leaves unapplied (``STOP_MEMORY``)."""
+        stops = self._stops
+        return bool(stops) and stops.get(change.info_hash + change.peer_id, -1.0) > change.timestamp
 
     def newer(self, change: PeerChange) -> int:
         """1 if ``change`` is newer than what the store holds for the peer (or the peer is
@@ -959,7 +1029,7 @@ class SwarmStore:
         torrent due for its TTL refresh) takes ``merge``. One clock reading
         serves the whole slice: callers bound the slice, so it is milliseconds.
         """
-        held, stops = self._held, self._stops
+        held, stops, hosts = self._held, self._stops, self.host_peers
         pending = self.pending.by_torrent  # a dict: a record's check is C, no method call
         ttl, every = self.peer_ttl, self.sweep_every
         now = int(self.clock())
@@ -987,6 +1057,7 @@ class SwarmStore:
                         # holds mere refreshes back). ``apply``'s rules for it, inlined:
                         # no sweep due, not stopped, room in every bound, no other family
                         # whose key would have to be checked.
+                        bucket = host_bucket(endpoint)
                         if (
                             event != EVENT_STOPPED
                             and (v6 if pl is v4 else v4) is None
@@ -998,6 +1069,7 @@ class SwarmStore:
                                 or pl.host_count(endpoint[: pl.host_width])
                                 < self.max_peers_per_address
                             )
+                            and hosts[bucket] < self.max_peers_per_host
                         ):
                             if not stops or stops.get(ih + pid, -1.0) <= ts:
                                 if type(pl) is OnePeer:
@@ -1008,7 +1080,7 @@ class SwarmStore:
                                     grown = pl
                                 seeder = bool(flags & ROW_SEEDER)
                                 grown.upsert(-1, pid, endpoint, seeder, ts + ttl, key)
-                                self.peers_held += 1
+                                self._enter(bucket)
                                 self._use(ih, swarm)
                             applied += 1
                             if news is not None:
@@ -1059,6 +1131,7 @@ class SwarmStore:
                 and len(pid) == 20
                 and self.peers_held < self.max_peers
                 and roomy
+                and hosts[bucket := host_bucket(endpoint)] < self.max_peers_per_host
             ):
                 # A torrent's first peer (a joining replica's every torrent): a OnePeer.
                 if not stops or stops.get(ih + pid, -1.0) <= ts:
@@ -1070,7 +1143,7 @@ class SwarmStore:
                             pid, endpoint, bool(flags & ROW_SEEDER), ts + ttl, key, now + every
                         ),
                     )
-                    self.peers_held += 1
+                    self._enter(bucket)
                     if now - swarm.touched >= every:
                         swarm.touched = self._second(now)
                         self._place(ih, swarm)
@@ -1100,9 +1173,9 @@ class SwarmStore:
         (tests/unit/core/test_load_state.py checks it on random snapshots). Returns
         how many rows were applied, as ``merge_many`` counts them.
         """
-        held, stops, lined = self._held, self._stops, self._lined
+        held, stops, lined, hosts = self._held, self._stops, self._lined, self.host_peers
         pending = self.pending.by_torrent
-        ttl, every = self.peer_ttl, self.sweep_every
+        ttl, every, per_host = self.peer_ttl, self.sweep_every, self.max_peers_per_host
         stop = len(rows) if stop is None else stop
         now = int(self.clock())
         sweep_at = now + every
@@ -1123,6 +1196,7 @@ class SwarmStore:
                 or len(pid) != 20
                 or (stashed and ih in pending)
                 or (stops and stops.get(ih + pid, -1.0) > ts)
+                or hosts[bucket := host_bucket(endpoint)] >= per_host
             ):
                 last = ih
                 i += 1
@@ -1153,6 +1227,7 @@ class SwarmStore:
             if lined:
                 lined.discard(ih)
             held[ih] = swarm
+            self._host_enter(bucket)
             made += 1
             i += 1
             run = i
@@ -1185,7 +1260,8 @@ class SwarmStore:
 
         Every read of a torrent folds its stashed changes in first (``_fold``), so
         answers are the ones applying each change at once would give. Near a global
-        bound (``max_peers``, ``max_torrents``), where which newcomer is refused or which
+        bound (``max_peers``, ``max_torrents``, or ``max_peers_per_host`` for the fullest
+        bucket there has been, ``host_peak``), where which newcomer is refused or which
         torrent evicted would depend on when each change was applied, it applies
         everything at once instead. Stashed changes of a torrent nobody reads go
         unapplied once they have expired (``PendingChanges.drop_expired``); past
@@ -1208,6 +1284,7 @@ class SwarmStore:
         if (
             self.peers_held + pending.records + n >= self.max_peers
             or len(held) + len(pending) + n >= self.max_torrents
+            or self.host_peak + pending.records + n >= self.max_peers_per_host
         ):
             self.fold_all()
             self.merge_many(records.rows)
@@ -1277,8 +1354,9 @@ class SwarmStore:
             self.clock = clock
         return done
 
-    def _admit(self, swarm: Swarm, pl: PeerList, change: PeerChange) -> None:
-        """Raise unless a new peer may join: the bounds, and the peer's other family.
+    def _admit(self, swarm: Swarm, pl: PeerList, change: PeerChange) -> int:
+        """Raise unless a new peer may join: the bounds, and the peer's other family;
+        its address's bucket (``host_bucket``) if it may.
 
         A dual-stack client is one peer_id in both families' lists. When the
         other family holds it with a key, only that key may add this family's
@@ -1291,6 +1369,7 @@ class SwarmStore:
             )
         if len(swarm) >= self.max_peers_per_torrent:
             raise SwarmFull("swarm is full: this torrent has the most peers allowed")
+        bucket = self._host_room(change.endpoint)
         host = change.endpoint[: pl.host_width]
         # A list shorter than the bound cannot hold that many from one address.
         if (
@@ -1309,6 +1388,19 @@ class SwarmStore:
                     "peer_id is in use by another client in this torrent: send the key "
                     "it announced with, or use a peer_id of your own"
                 )
+        return bucket
+
+    def _host_room(self, endpoint: bytes) -> int:
+        """The address's bucket; raise unless it may hold one more peer over all torrents:
+        else one address could fill ``max_peers`` (16 peers in each of 312,500 made-up
+        torrents) and every other client's newcomer would be refused until they expired."""
+        bucket = host_bucket(endpoint)
+        if self.host_peers[bucket] >= self.max_peers_per_host:
+            raise AddressFull(
+                f"too many peers from your address: it holds the most allowed over all "
+                f"torrents ({self.max_peers_per_host})"
+            )
+        return bucket
 
     def _move(self, pl: PeerList, slot: int, change: PeerChange) -> None:
         """A known peer announces another endpoint: a new port, or (with its key) a new address.
@@ -1334,6 +1426,9 @@ class SwarmStore:
                 f"too many peers from your address: this torrent already has "
                 f"{self.max_peers_per_address} from it"
             )
+        bucket = self._host_room(change.endpoint)
+        self.host_peers[host_bucket(bytes(pl.addrs[at : at + pl.width]))] -= 1
+        self._host_enter(bucket)
         pl.rehost(slot, change.endpoint)
 
     def learn_key(self, change: PeerChange) -> None:
@@ -1387,12 +1482,12 @@ class SwarmStore:
                         "peer_id is in use from another address: only the peer itself "
                         "may stop it (from its address, or with the key it announced with)"
                     )
+                self._leave(bytes(pl.addrs[at : at + width]))
                 if type(pl) is OnePeer or len(pl) == 1:
                     swarm.put(width, None)
                 else:
                     assert type(pl) is PeerList
                     pl.remove_slot(slot)
-                self.peers_held -= 1
         stops = self._stops
         key = change.info_hash + change.peer_id
         stops.pop(key, None)  # re-inserted at the young end: the dict stays in time order

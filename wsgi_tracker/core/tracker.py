@@ -90,6 +90,7 @@ class TrackerCore:
             max_torrents=self.config.max_torrents,
             max_peers_per_torrent=self.config.max_peers_per_torrent,
             max_peers_per_address=self.config.max_peers_per_address,
+            max_peers_per_host=self.config.max_peers_per_host,
             max_peers=self.config.max_peers,
             clock=self.clock,
         )

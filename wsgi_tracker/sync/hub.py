@@ -188,10 +188,11 @@ def is_refresh(store: SwarmStore, change: PeerChange, window: float) -> bool:
     well ahead (more than twice ``window`` plus a second), so a receiver that
     gets the refresh up to ``window`` late never lets the peer lapse meanwhile.
     Anything else (a new peer, a stop, a completion, a seeder flip, a move, a
-    key learnt) changes what readers see or what the identity rule checks.
+    key learnt) changes what readers see or what the identity rule checks, and a
+    late copy of an announce the peer has since stopped changes nothing at all.
     Call before the change is applied.
     """
-    if change.event != EVENT_NONE:
+    if change.event != EVENT_NONE or store.stopped_since(change):
         return False
     swarm = store.peek(change.info_hash)
     if swarm is None:

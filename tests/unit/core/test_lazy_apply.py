@@ -139,6 +139,15 @@ def test_a_lazy_replica_answers_every_read_as_an_eager_one(script):
     run(script, max_peers_per_torrent=3, max_peers_per_address=2)
 
 
+@settings(max_examples=200, deadline=None)
+@given(steps)
+def test_a_lazy_replica_answers_as_an_eager_one_at_the_per_host_bound(script):
+    """The same with ``max_peers_per_host`` small enough to refuse: which newcomer of a
+    host at its bound is refused would depend on the order of folds, so near it the
+    lazy store applies at once (``host_peak``)."""
+    run(script, max_peers_per_torrent=3, max_peers_per_address=2, max_peers_per_host=3)
+
+
 def test_reads_fold_a_torrents_changes_as_of_the_second_they_arrived():
     clock = ManualClock()
     store = SwarmStore(peer_ttl=100, sweep_every=60, clock=clock)

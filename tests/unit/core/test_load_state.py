@@ -124,7 +124,14 @@ def test_a_bulk_loaded_store_equals_a_merged_one(script):
 @given(steps)
 def test_a_bulk_loaded_store_equals_a_merged_one_at_every_bound(script):
     """Bounds small enough that snapshots evict torrents and refuse peers midway."""
-    run(script, max_torrents=4, max_peers=6, max_peers_per_torrent=3, max_peers_per_address=2)
+    run(
+        script,
+        max_torrents=4,
+        max_peers=6,
+        max_peers_per_torrent=3,
+        max_peers_per_address=2,
+        max_peers_per_host=3,
+    )
 
 
 def test_a_joining_replica_gets_one_peer_torrents_in_one_step():

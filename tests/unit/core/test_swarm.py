@@ -479,6 +479,7 @@ HASHES = [bytes([n]) * 20 for n in range(3)]
 SWEEP = SwarmStore().sweep_every
 MAX_PEERS = 6
 MAX_PER_ADDRESS = 3
+MAX_PER_HOST = 5  # over all torrents: reached with two torrents of three from one host
 MAX_HELD = 14
 
 operation = st.one_of(
@@ -526,6 +527,11 @@ class Model:
     def held(self) -> int:
         return sum(len(fam) for fam in self.peers.values())
 
+    def at_host(self, host: int, width: int) -> int:
+        """The peers from ``host`` of one family (an address, or a /64) in every torrent."""
+        families = [fam for (_, w), fam in self.peers.items() if w == width]
+        return sum(1 for fam in families for m in fam.values() if m[4] == host)
+
     def counts(self, ih: bytes) -> tuple[int, int, int]:
         members = [p for w in (IPV4_WIDTH, IPV6_WIDTH) for p in self.family(ih, w).values()]
         seeders = sum(1 for m in members if m[1])
@@ -550,13 +556,17 @@ class Model:
             if stop:
                 return None
             at_host = sum(1 for m in fam.values() if m[4] == host)
-            return AddressFull if at_host >= MAX_PER_ADDRESS else None
+            if at_host >= MAX_PER_ADDRESS or self.at_host(host, width) >= MAX_PER_HOST:
+                return AddressFull
+            return None
         if stop:
             return None
         if self.held() >= MAX_HELD:
             return StoreFull
         if self.size(ih) >= MAX_PEERS:
             return SwarmFull
+        if self.at_host(host, width) >= MAX_PER_HOST:
+            return AddressFull
         if sum(1 for m in fam.values() if m[4] == host) >= MAX_PER_ADDRESS:
             return AddressFull
         twin = self.family(ih, IPV6_WIDTH if width == IPV4_WIDTH else IPV4_WIDTH).get(pid(peer))
@@ -583,8 +593,12 @@ def _check_random_operations(ops):
         max_peers_per_torrent=MAX_PEERS,
         max_peers_per_address=MAX_PER_ADDRESS,
         max_peers=MAX_HELD,
+        max_peers_per_host=MAX_PER_HOST,
         clock=lambda: clock_now[0],
     )
+    widths = (IPV4_WIDTH, IPV6_WIDTH)
+    hosts = {swarm_module.host_bucket(endpoint_of(w, h, 0)) for w in widths for h in range(4)}
+    assert len(hosts) == 8  # no two of the model's hosts share a bucket
     model = Model()
     for op in ops:
         _compare(store, model)  # the state the previous operation left
@@ -639,8 +653,22 @@ def _check_random_operations(ops):
     _compare(store, model)
 
 
+def host_counts(store: SwarmStore) -> dict[int, int]:
+    """The store's per-address counts (``host_peers``), and what its peers add up to."""
+    counted = {b: n for b, n in enumerate(store.host_peers) if n}
+    recount: dict[int, int] = {}
+    for swarm in store.torrents.values():
+        for pl in swarm.lists():
+            for at in range(0, len(pl.addrs), pl.width):
+                b = swarm_module.host_bucket(bytes(pl.addrs[at : at + pl.width]))
+                recount[b] = recount.get(b, 0) + 1
+    assert counted == recount
+    return counted
+
+
 def _compare(store: SwarmStore, model: Model) -> None:
     assert store.peers_held == model.held()
+    host_counts(store)
     for ih in HASHES:
         assert store.scrape(ih) == model.counts(ih)
         swarm = store.peek(ih)  # ``get`` would refresh it, as only announces do in the model
@@ -760,7 +788,7 @@ def store_state(store: SwarmStore) -> tuple:
         ]
         sweeps = [pl.sweep_at for pl in swarm.lists()]
         torrents.append((ih, swarm.downloaded, swarm.touched, lists, sweeps))
-    return store.peers_held, dict(store._stops), torrents
+    return store.peers_held, host_counts(store), dict(store._stops), torrents
 
 
 def bulk_against_one_by_one(steps: list, **bounds: int) -> None:
@@ -808,7 +836,12 @@ def test_merging_in_bulk_gives_the_store_merging_one_by_one_gives(steps):
     against the general ``merge`` of each change, with bounds small enough to refuse and
     evict."""
     bulk_against_one_by_one(
-        steps, max_torrents=2, max_peers_per_torrent=3, max_peers_per_address=2, max_peers=5
+        steps,
+        max_torrents=2,
+        max_peers_per_torrent=3,
+        max_peers_per_address=2,
+        max_peers=5,
+        max_peers_per_host=3,
     )
 
 
@@ -822,8 +855,41 @@ CROWD_ENDPOINTS = st.builds(v4, st.integers(1, 3), st.sampled_from([6881, 7000])
 def test_merging_in_bulk_into_large_lists_gives_what_one_by_one_gives(steps):
     """The same, through lists that grow past ``SMALL_LIST`` and up to the bounds."""
     bulk_against_one_by_one(
-        steps, max_torrents=3, max_peers_per_torrent=30, max_peers_per_address=20, max_peers=70
+        steps,
+        max_torrents=3,
+        max_peers_per_torrent=30,
+        max_peers_per_address=20,
+        max_peers=70,
+        max_peers_per_host=30,
     )
+
+
+def test_one_address_cannot_fill_the_store(clock):
+    """16 peers in each of many made-up torrents from one address filled ``max_peers``
+    and every other client's newcomer was refused (an attack pass): the address's peers
+    over all torrents are bounded (``max_peers_per_host``), by announce and by sync."""
+    from wsgi_tracker.sync.frames import peer_rows
+
+    store = SwarmStore(max_peers=100, max_peers_per_host=20, clock=clock)
+    torrents = [bytes([n]) * 20 for n in range(5)]
+    for ih in torrents[:4]:
+        for n in range(5):
+            store.apply(PeerChange(ih, pid(n), v4(9, 1000 + n), False, EVENT_NONE, clock()))
+    with pytest.raises(AddressFull, match="over all torrents"):
+        store.apply(PeerChange(torrents[4], pid(0), v4(9, 2000), False, EVENT_NONE, clock()))
+    # ... nor by sync: a remote change past the bound is refused as a local one is
+    late = PeerChange(torrents[4], pid(1), v4(9, 2001), False, EVENT_NONE, clock())
+    assert store.merge_many(peer_rows([late])) == 0
+    # ... nor by moving there with its key: the address it leaves gets the place back
+    store.apply(PeerChange(torrents[4], pid(7), v4(8), False, EVENT_NONE, clock(), key=5))
+    with pytest.raises(AddressFull, match="over all torrents"):
+        store.apply(PeerChange(torrents[4], pid(7), v4(9, 3000), False, EVENT_NONE, clock(), 5))
+    # Everyone else is served; a stop frees the address a place.
+    store.apply(PeerChange(torrents[4], pid(8), v4(10), False, EVENT_NONE, clock()))
+    store.apply(PeerChange(torrents[0], pid(0), v4(9, 1000), False, EVENT_STOPPED, clock()))
+    store.apply(PeerChange(torrents[4], pid(0), v4(9, 2000), False, EVENT_NONE, clock()))
+    assert host_counts(store)[swarm_module.host_bucket(v4(9))] == 20
+    assert store.peers_held == 22
 
 
 def test_merge_many_takes_a_slice(store, clock):
