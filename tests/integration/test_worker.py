@@ -250,7 +250,7 @@ def test_app_error_gets_500_and_the_worker_lives_on(server: Server) -> None:
             b"3\r\nabc\r\nzz\r\n",
             b"400",
         ),
-        (b"GET /" + b"a" * 5000 + b" HTTP/1.1\r\n\r\n", b"414"),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", b"414"),  # over limit_request_line
     ],
 )
 def test_malformed_requests_get_a_status_and_a_close(
