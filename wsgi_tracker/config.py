@@ -306,9 +306,9 @@ class TrackerConfig:
         False,
         "With the sync hub, a worker (or a second UDP process) files other processes' changes "
         "under their torrents and applies them when that torrent is next read, instead of "
-        "at once (docs/SYNC.md, 'Applying lazily'). It defers the work more than it saves "
-        "it: past 250,000 stashed records every record is merged after all, so under a "
-        "sustained load an idle process pays as much as eagerly, and a busy worker's tail "
+        "at once (docs/SYNC.md, 'Applying lazily'). It defers the work: past 250,000 "
+        "stashed records every record is merged after all, so under a sustained load an "
+        "idle process pays about twice what it pays eagerly, and a busy worker's tail "
         "latency under a UDP flood was worse in bench full. For remote changes that come "
         "slower than ~64/s or in bursts.",
     )
