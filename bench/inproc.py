@@ -20,6 +20,7 @@ import statistics
 import time
 from pathlib import Path
 
+from bench.procs import STORE_CROWD
 from wsgi_tracker.config import TrackerConfig
 from wsgi_tracker.core.gc_tuning import tune_gc
 from wsgi_tracker.core.tracker import TrackerCore
@@ -229,7 +230,7 @@ def stream_frames(
     window = 0.95  # the hub's REFRESH_WINDOW
     rng = random.Random(seed)
     clock = [time.time()]
-    hub = SwarmStore(max_peers_per_address=100_000_000, clock=lambda: clock[0])
+    hub = SwarmStore(**STORE_CROWD, clock=lambda: clock[0])
     loopback = bytes((127, 0, 0, 1))
     warm: list[bytes] = []
     out: list[bytes] = []
@@ -292,7 +293,7 @@ def stream_cost(
     warm, wire, kinds = stream_frames(mix, announces, rate, warmup)
     best = best_read = float("inf")
     for _ in range(reps):
-        store = SwarmStore(max_peers_per_address=100_000_000, max_pending=10**9)
+        store = SwarmStore(**STORE_CROWD, max_pending=10**9)
         for data in warm:  # the warm-up, as the worker got it (not timed)
             for frame in frames.decode_all(data):
                 take(store, frame.peers)  # type: ignore[union-attr]
@@ -346,7 +347,7 @@ def stash_slices(torrents: int, records: int, batch: int) -> dict[str, float]:
         ]
         wire.append(frames.encode(frames.Deltas(rows)))
     decoded = [frame for data in wire for frame in frames.decode_all(data)]
-    store = SwarmStore(max_peers_per_address=100_000_000, clock=lambda: now)
+    store = SwarmStore(**STORE_CROWD, clock=lambda: now)
     gc.collect()
     times = []
     for frame in decoded:

@@ -143,10 +143,10 @@ class Server:
 # The load generators play every client from 127.0.0.1: lift the tracker's per-address caps
 # (16 peers of one address per torrent, 100,000 over all), or the runs would measure their
 # refusals (the bench workloads hold 100,000 peers; the distinct mix grows past it).
-LOOPBACK_CROWD = {
-    "WSGI_TRACKER_MAX_PEERS_PER_ADDRESS": "100000000",
-    "WSGI_TRACKER_MAX_PEERS_PER_HOST": "100000000",
-}
+CROWD_BOUND = 100_000_000
+# The same bounds for a store made in the bench's own process (``SwarmStore(**STORE_CROWD)``).
+STORE_CROWD = {"max_peers_per_address": CROWD_BOUND, "max_peers_per_host": CROWD_BOUND}
+LOOPBACK_CROWD = {f"WSGI_TRACKER_{k.upper()}": str(v) for k, v in STORE_CROWD.items()}
 
 
 def start(

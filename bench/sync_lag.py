@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a file: python bench/sync_lag.py
     sys.path.insert(0, str(REPO))
 
-from bench.procs import LOOPBACK_CROWD  # noqa: E402
+from bench.procs import LOOPBACK_CROWD, STORE_CROWD  # noqa: E402
 from wsgi_tracker.sync import frames  # noqa: E402
 
 UDP_PROTOCOL_ID = 0x41727101980
@@ -332,7 +332,7 @@ def observer(
     from wsgi_tracker.sync.replica import apply_remote
 
     lags: dict[str, list[float]] = {name: [] for name in (*origins.values(), "http", "refresh")}
-    store = SwarmStore(max_peers_per_address=1_000_000_000)
+    store = SwarmStore(**STORE_CROWD)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
     sock.sendall(frames.encode(frames.Hello(frames.ROLE_TOOL, os.getpid())))
