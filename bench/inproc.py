@@ -217,7 +217,8 @@ def stream_frames(
 
     The hub is simulated as it ships (docs/SYNC.md, "Shipping"): what a reader sees (a
     new peer, a seeder flip) goes with the next batch, one per ``FLUSH_DELAY``; a mere
-    refresh of a peer the hub holds waits ``REFRESH_WINDOW``, coalesced per peer. Time
+    refresh of a peer the hub holds waits ``REFRESH_WINDOW``, coalesced per peer, and one
+    inside the store's ``refresh_grain`` is not shipped at all (TrackerCore's rule). Time
     is simulated, so the stream is the real one's without the machine's noise: every
     peer from 127.0.0.1 (as on loopback), 5000 clients over 20 torrents each in 1000
     (``bench``), or every announce a new peer in one of 100,000 torrents (``distinct``).
@@ -251,8 +252,10 @@ def stream_frames(
         swarm = hub.peek(ih)
         pl = None if swarm is None else swarm.v4
         refresh = pl is not None and pl.slot(pid) >= 0 and pl.is_seeder(pid) == seeder
-        hub.apply(change, count_download=False)
-        if refresh:
+        hub.apply(change, count_download=False, grain=hub.refresh_grain)
+        if hub.unchanged:
+            pass  # nothing to ship (TrackerCore tells no listener)
+        elif refresh:
             held[(ih, pid)] = (held.get((ih, pid), (clock[0],))[0], change)
         else:
             held.pop((ih, pid), None)

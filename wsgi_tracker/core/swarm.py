@@ -84,6 +84,12 @@ class NotYourPeer(PeerRefused):
 
 
 STOP_MEMORY = 30.0  # seconds a stop outranks older announces (sync lag is milliseconds)
+# A local re-announce that would move a known peer's expiry by less than this (or a
+# hundredth of ``peer_ttl``, if less) changes nothing: no write, and nothing for sync to
+# ship, so a client re-announcing faster than it is asked to costs the one process it
+# reached, not every replica. Its expiry is then at most this early, inside the minute
+# ``peer_ttl`` keeps past two intervals. Clients on their interval are never this fast.
+REFRESH_GRAIN = 30.0
 MAX_STOPS_REMEMBERED = 100_000  # bounds that memory under a flood of stops
 SMALL_LIST = 16  # up to this many peers a list is searched instead of indexed
 # The part of an endpoint that is "the address" for identity and per-address limits: an
@@ -586,6 +592,7 @@ class SwarmStore:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.peer_ttl = peer_ttl
+        self.refresh_grain = min(REFRESH_GRAIN, peer_ttl / 100)
         self.max_peers_per_torrent = max_peers_per_torrent
         self.max_peers_per_address = max_peers_per_address
         self.max_peers = max_peers
@@ -625,8 +632,10 @@ class SwarmStore:
         self._stamps: dict[int, int] = {}
         # What the last ``apply`` did, for the core's listeners (sync sorts by it): the
         # peer's expiry before it, when the change only refreshed a known peer (no event;
-        # same endpoint, seeder flag and key), else 0.0.
+        # same endpoint, seeder flag and key), else 0.0; and whether it changed nothing (a
+        # re-announce inside ``apply``'s ``grain``).
         self.refreshed = 0.0
+        self.unchanged = False
 
     def __len__(self) -> int:
         return len(self.torrents)
@@ -798,7 +807,7 @@ class SwarmStore:
     # Long on purpose: every announce and every synced change runs it; split into calls it costs
     # more per announce (see docs/BENCHMARKS.md, 'Where the time goes').
     def apply(
-        self, change: PeerChange, count_download: bool = True
+        self, change: PeerChange, count_download: bool = True, grain: float = 0.0
     ) -> tuple[Swarm | None, int, bool]:
         """Apply one announce (local or replicated).
 
@@ -811,7 +820,10 @@ class SwarmStore:
         past a bound (``SwarmFull``, ``AddressFull``, ``StoreFull``). The same
         rules run for local announces and replicated ones, so every replica
         refuses what one refuses. ``refreshed`` says afterwards whether the
-        change only moved a known peer's expiry (and from when).
+        change only moved a known peer's expiry (and from when). With ``grain`` (a
+        local announce: ``refresh_grain``), such a change that would move the expiry
+        by less than ``grain`` is not written, and ``unchanged`` says so: the torrent
+        still counts it as a use.
         """
         ih = change.info_hash
         pending = self.pending.by_torrent
@@ -829,6 +841,7 @@ class SwarmStore:
             self._drop(ih, swarm)
             swarm = None
         self.refreshed = 0.0  # set again below for a refresh, once the rules have passed
+        self.unchanged = False
         if change.event == EVENT_STOPPED:
             self._stop(swarm, change)
             return swarm, -1, False
@@ -880,10 +893,14 @@ class SwarmStore:
                 and (not change.key or change.key == key)
             ):
                 self.refreshed = held_until
-            swarm.put(
-                width,
-                OnePeer.of(peer_id, endpoint, change.seeder, expires, key or change.key, sweep_at),
-            )
+                self.unchanged = grain > 0 and expires < held_until + grain
+            if not self.unchanged:
+                swarm.put(
+                    width,
+                    OnePeer.of(
+                        peer_id, endpoint, change.seeder, expires, key or change.key, sweep_at
+                    ),
+                )
             slot = 0
         else:
             if one is not None:
@@ -910,7 +927,9 @@ class SwarmStore:
                     and (slot < pl.seeders) == change.seeder
                     and (not change.key or change.key == pl.keys[slot])
                 ):
-                    self.refreshed = pl.expires[slot]
+                    held_at = pl.expires[slot]
+                    self.refreshed = held_at
+                    self.unchanged = grain > 0 and expires < held_at + grain
             counted = False
             if (
                 count_download
@@ -921,7 +940,8 @@ class SwarmStore:
                 counted = True
             if slot < 0:
                 self._enter(bucket)
-            slot = pl.upsert(slot, peer_id, endpoint, change.seeder, expires, change.key)
+            if not self.unchanged:
+                slot = pl.upsert(slot, peer_id, endpoint, change.seeder, expires, change.key)
         if now - swarm.touched >= self.sweep_every:
             # Refreshes the torrent's TTL and its place in the order.
             swarm.touched = self._second(now)
@@ -1119,6 +1139,8 @@ class SwarmStore:
                                     pl.expires[slot] = expires
                                     if key and not pl.keys[slot]:
                                         pl.keys[slot] = key
+                            else:
+                                quiet = False  # a late copy of a peer since stopped: news
                             applied += 1
                             if quiet:
                                 refreshes.append(row)  # type: ignore[union-attr]

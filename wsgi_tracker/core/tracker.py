@@ -40,7 +40,8 @@ from wsgi_tracker.core.ws_swarm import WsSwarms
 # (tests/unit/core/test_tracker.py checks the listeners get a true PeerChange).
 _new_change = tuple.__new__
 
-# Told every change this process makes, whether it counted a download, and the peer's
+# Told every change this process makes (a re-announce inside the store's
+# ``refresh_grain`` makes none), whether it counted a download, and the peer's
 # expiry before the change when it only refreshed a known peer (no event; same endpoint,
 # seeder flag and key: nothing a reply or scrape shows moved), else 0.0: sync holds such
 # a refresh back (docs/SYNC.md, "Shipping").
@@ -163,14 +164,15 @@ class TrackerCore:
             PeerChange, (req.info_hash, req.peer_id, ep, seeder, req.event, now, req.key)
         )
         try:
-            swarm, slot, counted = store.apply(change)
+            swarm, slot, counted = store.apply(change, grain=store.refresh_grain)
         except PeerRefused as refused:  # not ``exc``: mypyc gives one name one type per function
             self.counters.error(protocol, refused.kind)
             raise TrackerError(str(refused)) from None
         self.counters.announces[protocol] += 1
-        refreshed = store.refreshed
-        for listener in self.listeners:
-            listener(change, counted, refreshed)
+        if not store.unchanged:  # a re-announce inside the grain: nothing to tell anyone
+            refreshed = store.refreshed
+            for listener in self.listeners:
+                listener(change, counted, refreshed)
         if self.accounting is not None:
             self.accounting.record(
                 AnnounceReport(

@@ -171,6 +171,60 @@ def test_completed_counts_once_and_listeners_hear_it(core):
     ]
 
 
+@pytest.mark.parametrize("crowd", [0, 20], ids=["one peer", "a listed torrent"])
+def test_a_re_announce_inside_the_grain_changes_nothing_and_tells_nobody(clock, crowd):
+    """A peer re-announcing sooner than ``refresh_grain`` after its expiry was last written
+    is answered, and counted, but its expiry stays and no listener (sync) hears of it:
+    what it would ship moves nothing a reader can see. Past the grain it is a refresh
+    again; an event, a seeder flip or a new port inside it are changes as ever."""
+    core = TrackerCore(TrackerConfig(), clock=clock, rng=random.Random(7))
+    grain = core.store.refresh_grain
+    assert grain == 30.0  # min(30 s, peer_ttl / 100) at the default peer_ttl
+    for n in range(crowd):
+        join(core, 100 + n)
+    join(core, 1, event=EVENT_STARTED)
+    heard: list[tuple[PeerChange, float]] = []
+    core.listeners.append(lambda change, counted, refreshed: heard.append((change, refreshed)))
+
+    def expiry() -> float:
+        pl = core.store.peek(IH).v4
+        return pl.expires[pl.slot(pid(1))]
+
+    written = expiry()
+    clock.advance(grain - 1)
+    before = core.counters.announces["http"]
+    result = join(core, 1)
+    assert core.counters.announces["http"] == before + 1
+    assert (result.complete, result.incomplete) == (0, crowd + 1)
+    assert expiry() == written and core.store.unchanged
+    assert not heard
+    join(core, 1, left=0)  # a seeder flip inside the grain: a change
+    assert core.store.peek(IH).complete == 1
+    assert [c.seeder for c, _ in heard] == [True]
+    written = expiry()
+    clock.advance(grain)
+    join(core, 1, left=0)  # a grain after the last write: a refresh, told
+    assert expiry() == written + grain
+    assert [r for _, r in heard] == [0.0, written]
+    join(core, 1, left=0, event=EVENT_COMPLETED)  # an event inside the grain: told
+    join(core, 1, left=0, event=EVENT_STOPPED)
+    assert [c.event for c, _ in heard[2:]] == [EVENT_COMPLETED, EVENT_STOPPED]
+
+
+def test_the_grain_is_a_hundredth_of_a_short_peer_ttl(clock):
+    """A short ``peer_ttl`` (a test's, a private tracker's) keeps its slack: the grain is
+    at most a hundredth of it, so re-announcing on the interval always refreshes."""
+    core = TrackerCore(TrackerConfig(interval=10, min_interval=5, peer_ttl=20), clock=clock)
+    assert core.store.refresh_grain == 0.2
+    join(core, 1)
+    for _ in range(5):
+        clock.advance(10)
+        join(core, 1)
+    clock.advance(19)
+    core.store.expire()
+    assert ports_of(join(core, 2).peers, 6) == {v4ip(1)}
+
+
 def test_listeners_get_a_peer_change_with_every_field_in_place(clock):
     """The core makes its PeerChange without the NamedTuple's __new__ (speed): it must
     still be a PeerChange whose fields read by name what the announce said."""
