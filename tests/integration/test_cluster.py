@@ -297,6 +297,41 @@ def test_a_malformed_entry_is_skipped_with_a_warning_and_nothing_else_stops(
         assert "lacks field b'n'" in log, log
 
 
+def test_garbage_statistics_and_totals_in_redis_stop_no_node(cluster: Cluster) -> None:
+    """A stats field nested past the JSON parser's depth, and totals that are no download
+    count (text, past a Counts frame's u32): each is skipped with a WARNING. The nodes go
+    on sharing statistics, a completion of such a torrent is counted from 0, and every
+    node rejoins (its join reads every total) and replicates after."""
+    stats_key, totals_key = b"{wsgi-tracker}:stats", b"{wsgi-tracker}:downloaded"
+    ih, text, huge = torrent("badtotal"), torrent("texttotal"), torrent("hugetotal")
+    client = redis.Redis.from_url(cluster.redis.url)
+    joins = [stack.log().count(" joined at ") for stack in cluster.nodes]
+    try:
+        client.hset(stats_key, b"evil#2", b"[" * 100_000)
+        client.hset(totals_key, mapping={ih: b"not-a-number", text: b"xyz", huge: 2**32 + 5})
+        http_announce(cluster.nodes[0], ih, peer("b", 0), 25_000, 0, "completed")
+        every_node_scrapes(cluster, ih, (1, 1, 0))
+        assert cluster.totals(ih) == 1
+        time.sleep(3)  # a few rounds of every node's statistics with the bad field in
+        got = json.loads(http_get(cluster.nodes[2].http.url + "/stats")[1])["cluster"]
+        assert len(got["nodes"]) == NODES, got
+        assert all(n["stats_age_seconds"] < 3 for n in got["nodes"]), got
+        client.client_kill_filter(_type="normal")  # every node's link: each joins again
+        for stack, before in zip(cluster.nodes, joins, strict=True):
+            eventually(stack.log, lambda log, n=before: log.count(" joined at ") > n)
+        http_announce(cluster.nodes[1], ih, peer("b", 1), 25_001, 1000)
+        every_node_scrapes(cluster, ih, (1, 1, 1))
+    finally:
+        client.hdel(stats_key, b"evil#2")
+        client.hdel(totals_key, text, huge)
+        client.close()
+    for stack in cluster.nodes:
+        log = stack.log()
+        assert "RecursionError" not in log and "housekeeping failed" not in log, log
+        assert "statistics of node 'evil#2'" in log, log
+        assert "not a download count" in log, log
+
+
 def test_redis_url_without_the_sync_hub_is_a_one_line_error(tmp_path: Path) -> None:
     env = {"WSGI_TRACKER_REDIS_URL": "redis://127.0.0.1:1/0", "PATH": "/usr/bin:/bin"}
     done = subprocess.run(

@@ -94,6 +94,18 @@ def format_id(sid: StreamId) -> bytes:
     return f"{sid[0]}-{sid[1]}".encode()
 
 
+MAX_TOTAL = 2**32 - 1  # what a Counts frame carries (u32)
+
+
+def total_of(raw: bytes) -> int | None:
+    """A download total as read from the totals hash, or None for one no node wrote: the
+    same rule as the scripts' ``total_of`` (decimal digits, at most ``MAX_TOTAL``)."""
+    if not 0 < len(raw) <= 10 or not raw.isdigit():
+        return None
+    total = int(raw)
+    return total if total <= MAX_TOTAL else None
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One batch from the stream, its frames not yet decoded."""

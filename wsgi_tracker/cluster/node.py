@@ -31,6 +31,7 @@ guarantees.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import logging
@@ -59,6 +60,7 @@ from wsgi_tracker.cluster.entries import (
     format_id,
     parse_id,
     split_frames,
+    total_of,
 )
 from wsgi_tracker.cluster.routing import ALIAS_BASE, HolderAliases
 from wsgi_tracker.core.types import EVENT_STOPPED, PeerChange, WsChange
@@ -77,33 +79,68 @@ BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 2.0
 STATS_EVERY = 1.0
 NODE_GONE_AFTER = 10.0  # a node whose statistics are this old is no longer listed
+MAX_BAD_STATS = 1024  # unreadable statistics fields remembered (each is warned about once)
 SEQUENCE_TTL = 86_400  # a node's last batch number outlives any retry
 MAX_RELAYS = 10_000  # offers and answers waiting to go to other nodes' inboxes
 INBOX_MAXLEN = 10_000  # relays kept in a node's inbox (it reads them within a second)
 INBOX_TTL = 3_600  # a stopped node's inbox goes after an hour
 
+# A total as the scripts read it: a count a Counts frame can carry (u32), else nil. A
+# field someone else wrote that is not one is garbage: the scripts start it again from 0
+# (the nodes' claims raise it back at their next join) rather than fail on it.
+TOTAL_OF = """
+local function total_of(v)
+  if not v then return 0 end
+  if #v > 10 or not string.match(v, '^%d+$') or tonumber(v) > 4294967295 then return nil end
+  return tonumber(v)
+end
+"""
+
 # Adds one batch: skipped if this node's batch number is not new (a retry of a batch
 # whose reply was lost), else the completed downloads go into the totals and the
-# batch into the stream, in one step, so no reader sees one without the other.
+# batch into the stream, in one step, so no reader sees one without the other. Every
+# check comes before the first write, and the batch number is written last: Redis keeps
+# a script's writes made before an error, so a batch that failed halfway would have
+# been taken for sent and its retry dropped.
 # KEYS: stream, totals, the node's sequence. ARGV: node, batch number, sent at,
-# frames, maxlen, then info_hash/count pairs.
-PUBLISH = """
+# frames, maxlen, sequence TTL, then info_hash/count pairs.
+PUBLISH = (
+    TOTAL_OF
+    + """
 local seq = tonumber(ARGV[2])
 if seq <= tonumber(redis.call('GET', KEYS[3]) or '-1') then return false end
-redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[6])
+for k, want in pairs({[KEYS[1]] = 'stream', [KEYS[2]] = 'hash'}) do
+  local t = redis.call('TYPE', k)['ok']
+  if t ~= 'none' and t ~= want then return redis.error_reply(k .. ' is a ' .. t) end
+end
+for i = 7, #ARGV, 2 do
+  if not total_of(redis.call('HGET', KEYS[2], ARGV[i])) then
+    redis.call('HDEL', KEYS[2], ARGV[i])
+  end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*',
+                      'n', ARGV[1], 't', ARGV[3], 'f', ARGV[4])
 for i = 7, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
-return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], '*',
-                  'n', ARGV[1], 't', ARGV[3], 'f', ARGV[4])
+redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[6])
+return id
 """
+)
 
 # A (re)joining node's totals and where the stream ends, read in one step. Its claims
 # (the totals it last knew) above Redis's are added, and announced to the others as a
 # Counts entry: that happens only when Redis lost its data. KEYS: stream, totals.
 # ARGV: node, sent at, maxlen, then info_hash/claim pairs.
-JOIN = """
+JOIN = (
+    TOTAL_OF
+    + """
 local raised = {}
 for i = 4, #ARGV, 2 do
-  local more = tonumber(ARGV[i + 1]) - tonumber(redis.call('HGET', KEYS[2], ARGV[i]) or '0')
+  local held = total_of(redis.call('HGET', KEYS[2], ARGV[i]))
+  if not held then
+    redis.call('HDEL', KEYS[2], ARGV[i])
+    held = 0
+  end
+  local more = tonumber(ARGV[i + 1]) - held
   if more > 0 then
     redis.call('HINCRBY', KEYS[2], ARGV[i], more)
     raised[#raised + 1] = ARGV[i] .. struct.pack('>I4', more)
@@ -117,6 +154,7 @@ end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 return {redis.call('HGETALL', KEYS[2]), last[1] and last[1][1] or '0-0'}
 """
+)
 
 
 def redacted(url: str) -> str:
@@ -177,6 +215,7 @@ class ClusterNode:
         self._inflight: list[Any] | None = None  # a batch sent but not known to be added
         self._wake = Event()
         self._lag: dict[str, tuple[float, float]] = {}  # node -> (lag, when seen)
+        self._bad_stats: set[str] = set()  # fields of the stats hash warned about once
         self.nodes: dict[str, dict[str, Any]] = {}
         self._down_since: float | None = None
         self._greenlets: list[gevent.Greenlet] = []
@@ -463,7 +502,15 @@ class ClusterNode:
         totals, last = self._join_script(keys=[self.keys.stream, self.keys.downloaded], args=args)
         more = []
         for i in range(0, len(totals), 2):
-            ih, total = totals[i], int(totals[i + 1])
+            ih, total = totals[i], total_of(totals[i + 1])
+            if total is None or len(ih) != 20:
+                log.warning(
+                    "cluster: total %r of %r in %s skipped: not a download count",
+                    totals[i + 1][:40],
+                    ih[:40],
+                    self.url,
+                )
+                continue
             if total > claims.get(ih, 0):
                 more.append((ih, total - claims.get(ih, 0)))
         self._counted_to = parse_id(last)
@@ -567,6 +614,8 @@ class ClusterNode:
                         self.write_snapshot()
             except redis.RedisError as exc:
                 log.debug("cluster: housekeeping: %s", exc)
+            except Exception:  # one bad input must not end the statistics and snapshots
+                log.exception("cluster: housekeeping failed; trying again")
 
     def write_snapshot(self) -> int:
         """Every live peer of the replica, with the position it covers; returns its size."""
@@ -606,7 +655,16 @@ class ClusterNode:
                 got = json.loads(raw)
                 age = now - float(got["time"])
                 reports = list(got["reports"])
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
+                if node not in self._bad_stats:
+                    if len(self._bad_stats) >= MAX_BAD_STATS:
+                        self._bad_stats.clear()
+                    self._bad_stats.add(node)
+                    log.warning(
+                        "cluster: statistics of node %r in %s skipped: not a node's report",
+                        node[:64],
+                        self.url,
+                    )
                 continue
             if age > NODE_GONE_AFTER:
                 gone.append(raw_node)
@@ -625,7 +683,8 @@ class ClusterNode:
                     report["id"] = f"{node}/{report['id']}"
                     report.pop("cluster", None)  # this node's own hub says these two
                     report.pop("hub", None)
-                    entries.append(f.StatsEntry(0, f.ROLE_HUB, json.dumps(report).encode()))
+                    with contextlib.suppress(ValueError, TypeError, RecursionError):
+                        entries.append(f.StatsEntry(0, f.ROLE_HUB, json.dumps(report).encode()))
         if gone:
             self.redis.hdel(self.keys.stats, *gone)
         for node in self.aliases.departed(set(nodes), time.monotonic(), NODE_GONE_AFTER):
