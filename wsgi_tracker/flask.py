@@ -134,13 +134,19 @@ def _blueprint(middleware: TrackerMiddleware) -> Blueprint:
     """The tracker's paths as Flask routes, for ``flask routes`` and ``url_for``.
 
     The middleware answers these paths before Flask dispatches, so the view runs
-    only if something calls Flask's own dispatch directly; it then answers the
-    same way, through the middleware.
+    only if something calls Flask's own dispatch directly, or for a path Flask's
+    router matched to a rule and the middleware did not take (``//announce``:
+    werkzeug merges slashes). It then answers through the middleware, at the
+    rule's own path: handed the path as it came, the middleware passed it back to
+    Flask, whose router chose this view again, until Python's recursion limit.
     """
     bp = Blueprint(EXTENSION, __name__)
 
-    def view(**_: str) -> Response:
-        return Response.from_app(middleware, request.environ)
+    def view(**args: str) -> Response:
+        rule = request.url_rule
+        assert rule is not None  # a view runs for a matched rule
+        path = rule.rule.replace("<passkey>", args.get("passkey", ""))
+        return Response.from_app(middleware, {**request.environ, "PATH_INFO": path})
 
     for endpoint, rule in middleware.routes().items():
         bp.add_url_rule(rule, endpoint, view)

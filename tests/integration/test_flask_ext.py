@@ -19,6 +19,7 @@ import bencodepy
 import pytest
 from flask import Flask, url_for
 from servers import REPO_ROOT, announce_url, gunicorn, scrape_url, wait_until
+from werkzeug.test import EnvironBuilder
 
 from wsgi_tracker import ConfigError, TrackerConfig
 from wsgi_tracker.flask import Tracker, current_tracker
@@ -156,6 +157,23 @@ def test_tracker_routes_are_flask_routes_and_build_with_url_for():
     with app.test_request_context():
         assert url_for("wsgi_tracker.announce_passkey", passkey="k1") == "/announce/k1"
         assert url_for("wsgi_tracker.announce", _external=True) == "http://localhost/announce"
+
+
+@pytest.mark.parametrize("path", ["//announce", "///announce", "//announce/key1", "//scrape"])
+def test_a_doubled_slash_before_a_tracker_path_is_answered_by_the_tracker(path):
+    """werkzeug's router merges slashes, so Flask matched ``//announce`` to the tracker's
+    rule: its view handed the path back to the middleware, which handed it to Flask
+    again, until Python's recursion limit (a 500 and a 10 KB traceback per request)."""
+    app = make_app("slashes")
+    Tracker(app)
+    env = EnvironBuilder(path="/", query_string=announce_url("", IH, b"%020d" % 1, 7001, 5)[1:])
+    environ = env.get_environ()
+    environ["PATH_INFO"] = path
+    status: list[str] = []
+    body = b"".join(app(environ, lambda s, headers, exc=None: status.append(s)))
+    assert status == ["200 OK"], body[:200]
+    reply = bencodepy.decode(body)
+    assert b"files" in reply if "scrape" in path else b"interval" in reply, reply
 
 
 def test_explicit_config_and_moved_paths_leave_the_sites_own_announce_page():
