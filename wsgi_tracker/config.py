@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from wsgi_tracker.settings import (
     ENV_PREFIX,
@@ -501,11 +502,31 @@ def _list_mode_has_list(c: TrackerConfig) -> str | None:
     return None
 
 
+def _paths_apart(c: TrackerConfig) -> str | None:
+    """No endpoint's path is another's, or under it (``/announce/x`` is a passkey)."""
+    paths = {"announce_path": c.announce_path, "scrape_path": c.scrape_path}
+    if c.stats_path:
+        paths["stats_path"] = c.stats_path
+        paths["stats_path + '.html'"] = c.stats_path + ".html"
+    if c.metrics_path:
+        paths["metrics_path"] = c.metrics_path
+    for name, path in paths.items():
+        for other, under in paths.items():
+            if other != name and (path == under or path.startswith(under + "/")):
+                return f"{name} ({path!r}) is {other} ({under!r}) or under it: one hides the other"
+    return None
+
+
 def _redis_url_scheme(c: TrackerConfig) -> str | None:
     # Not a Check: its error would show the value, and the URL holds the password.
     scheme = c.redis_url.split("://", 1)[0]
     if c.redis_url and scheme not in ("redis", "rediss", "unix"):
         return f"redis_url must start with redis://, rediss:// or unix://, got {scheme!r}"
+    if c.redis_url and scheme != "unix":
+        try:
+            urlsplit(c.redis_url).port  # noqa: B018 (parsing checks the port)
+        except ValueError:
+            return "redis_url has a port that is not a number from 0 to 65535"
     return None
 
 
@@ -516,6 +537,7 @@ CONSTRAINTS: tuple[Callable[[TrackerConfig], str | None], ...] = (
     _numwant_default_within_max,
     _list_mode_has_list,
     _redis_url_scheme,
+    _paths_apart,
 )
 
 # --- loading -------------------------------------------------------------------------------
@@ -566,6 +588,10 @@ def read_toml(path: Path) -> dict[str, tuple[Any, str]]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start}), so not TOML"
+        ) from None
     section = data.pop("tracker", {})
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: 'tracker' must be a table ([tracker]), got {section!r}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, request
@@ -105,7 +106,12 @@ class Tracker:
 def app_config(app: Flask) -> TrackerConfig:
     """The app's ``TRACKER`` dict and ``TRACKER_*`` keys over the file and environment."""
     given: dict[str, tuple[Any, str]] = {}
-    for name, value in (app.config.get("TRACKER") or {}).items():
+    nested = app.config.get("TRACKER") or {}
+    if not isinstance(nested, Mapping):
+        raise ConfigError(
+            f"app.config['TRACKER'] must be a dict of settings, got {type(nested).__name__}"
+        )
+    for name, value in nested.items():
         given[name] = _value(name, value, f"app.config['TRACKER'][{name!r}]")
     for key, value in app.config.items():
         if key.startswith(PREFIX):

@@ -41,14 +41,24 @@ def one_of(*choices: str) -> Check:
     return Check(f"be one of {', '.join(choices)}", lambda v: v.lower() in choices)
 
 
+def _is_url_path(v: str) -> bool:
+    """'/x/y': what a client can send as it is and the middleware matches exactly (a path
+    ending in '/' would make its passkey paths '//...')."""
+    return (
+        len(v) > 1
+        and v.startswith("/")
+        and not v.endswith("/")
+        and "//" not in v
+        and not any(c in v for c in " ?#%") and v.isprintable()
+    )
+
+
 def url_path(optional: bool = False) -> Check:
-    """A path the middleware matches on: '/x/y', never ending in '/' (unless it is '/x/')."""
+    """A path the middleware matches on: '/x/y' (``_is_url_path``), or empty if ``optional``."""
+    rule = "start and not end with '/', with no '//', spaces, '?', '#' or '%'"
     if optional:
-        return Check(
-            "be empty or start and not end with '/'",
-            lambda v: not v or (v.startswith("/") and not v.endswith("/")),
-        )
-    return Check("start with '/'", lambda v: v.startswith("/"))
+        return Check(f"be empty or {rule}", lambda v: not v or _is_url_path(v))
+    return Check(rule, _is_url_path)
 
 
 @dataclass(frozen=True)

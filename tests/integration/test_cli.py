@@ -117,3 +117,31 @@ def test_a_setting_past_its_upper_bound_is_one_line_before_anything_starts(tmp_p
     assert serve("--config", str(conf)) == f"wsgi-tracker: interval must be 1-604800, got {2**40}"
     line = serve(WSGI_TRACKER_MAX_TORRENTS=str(10**12))
     assert line == f"wsgi-tracker: max_torrents must be 1-1000000000, got {10**12}"
+
+
+def test_what_an_attack_pass_found_taking_a_traceback_is_one_line(tmp_path):
+    """A port past 65535, a config file that is not UTF-8, a Redis port past 65535, two
+    endpoints on one path, and --no-udp with a cluster link that runs in udp-sidecar."""
+    assert serve_bind("127.0.0.1:99999") == (
+        "wsgi-tracker: --bind 127.0.0.1:99999: the port must be 0-65535"
+    )
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe")
+    assert serve("--config", str(binary)) == (
+        f"wsgi-tracker: config file {binary} is not UTF-8 text (byte 0), so not TOML"
+    )
+    assert serve(WSGI_TRACKER_REDIS_URL="redis://127.0.0.1:99999999/0") == (
+        "wsgi-tracker: redis_url has a port that is not a number from 0 to 65535"
+    )
+    assert serve(WSGI_TRACKER_ANNOUNCE_PATH="/scrape") == (
+        "wsgi-tracker: announce_path ('/scrape') is scrape_path ('/scrape') or under it: "
+        "one hides the other"
+    )
+    line = serve(WSGI_TRACKER_ANNOUNCE_PATH="/")
+    assert line.startswith("wsgi-tracker: announce_path must start and not end with '/'"), line
+    line = serve("--no-udp", WSGI_TRACKER_REDIS_URL="redis://127.0.0.1:6379/0")
+    assert line.startswith("wsgi-tracker: --no-udp with redis_url set: the cluster link"), line
+
+
+def serve_bind(bind: str) -> str:
+    return one_line(run("wsgi_tracker.running.cli", "serve", "--bind", bind), "wsgi-tracker")

@@ -103,6 +103,10 @@ def test_unknown_tracker_key_is_an_error_with_a_suggestion():
     app = make_app("typo2", TRACKER={"intervl": 5})
     with pytest.raises(ConfigError, match=r"unknown setting 'intervl' .*did you mean interval"):
         Tracker(app)
+    app = make_app("notadict", TRACKER="interval=5")
+    with pytest.raises(ConfigError) as info:
+        Tracker(app)
+    assert str(info.value) == "app.config['TRACKER'] must be a dict of settings, got str"
 
 
 def test_shadowed_site_routes_are_warned_about(caplog):

@@ -93,7 +93,7 @@ def test_environment_text_is_converted_per_type():
         ({"WSGI_TRACKER_PEER_TTL": "100"}, "peer_ttl (100) must be at least interval"),
         ({"WSGI_TRACKER_NUMWANT_DEFAULT": "500"}, "numwant_default (500) exceeds numwant_max"),
         ({"WSGI_TRACKER_UDP_PORT": "70000"}, "udp_port must be 1-65535, got 70000"),
-        ({"WSGI_TRACKER_SCRAPE_PATH": "scrape"}, "scrape_path must start with '/'"),
+        ({"WSGI_TRACKER_SCRAPE_PATH": "scrape"}, "scrape_path must start and not end with '/'"),
     ],
 )
 def test_bad_environment_value_names_the_setting(env, message):

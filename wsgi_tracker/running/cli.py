@@ -123,6 +123,11 @@ def serve_command(
 ) -> int:
     if args.workers is not None and args.workers < 1:
         return _fail(f"--workers must be at least 1, got {args.workers}")
+    if args.no_udp and config.redis_url:
+        return _fail(
+            "--no-udp with redis_url set: the cluster link runs in udp-sidecar, so this "
+            "machine would serve cut off from the others; drop one of the two"
+        )
     try:
         listener = http_listener(args.bind)
         if config.snapshot_path and not args.no_udp:
@@ -186,6 +191,8 @@ def http_listener(bind: str) -> socket.socket | None:
         port = int(port_text)
     except ValueError:
         raise ConfigError(f"--bind {bind}: expected HOST:PORT") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--bind {bind}: the port must be 0-65535")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds

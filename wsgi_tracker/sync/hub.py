@@ -1235,7 +1235,7 @@ def listen_unix(path: str) -> socket.socket:
         sock.bind(path)
     except OSError as exc:
         sock.close()
-        raise HubError(f"cannot bind sync socket {path}: {exc.strerror}") from None
+        raise HubError(f"cannot bind sync socket {path}: {exc.strerror or exc}") from None
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)
