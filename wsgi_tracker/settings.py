@@ -49,7 +49,8 @@ def _is_url_path(v: str) -> bool:
         and v.startswith("/")
         and not v.endswith("/")
         and "//" not in v
-        and not any(c in v for c in " ?#%") and v.isprintable()
+        and not any(c in v for c in " ?#%")
+        and v.isprintable()
     )
 
 
