@@ -313,9 +313,14 @@ def test_garbage_statistics_and_totals_in_redis_stop_no_node(cluster: Cluster) -
         every_node_scrapes(cluster, ih, (1, 1, 0))
         assert cluster.totals(ih) == 1
         time.sleep(3)  # a few rounds of every node's statistics with the bad field in
-        got = json.loads(http_get(cluster.nodes[2].http.url + "/stats")[1])["cluster"]
-        assert len(got["nodes"]) == NODES, got
-        assert all(n["stats_age_seconds"] < 3 for n in got["nodes"]), got
+
+        def fresh(c: dict) -> bool:
+            return len(c["nodes"]) == NODES and all(n["stats_age_seconds"] < 3 for n in c["nodes"])
+
+        got = eventually(
+            lambda: json.loads(http_get(cluster.nodes[2].http.url + "/stats")[1])["cluster"], fresh
+        )
+        assert fresh(got), got
         client.client_kill_filter(_type="normal")  # every node's link: each joins again
         for stack, before in zip(cluster.nodes, joins, strict=True):
             eventually(stack.log, lambda log, n=before: log.count(" joined at ") > n)
@@ -330,6 +335,30 @@ def test_garbage_statistics_and_totals_in_redis_stop_no_node(cluster: Cluster) -
         assert "RecursionError" not in log and "housekeeping failed" not in log, log
         assert "statistics of node 'evil#2'" in log, log
         assert "not a download count" in log, log
+
+
+def test_a_node_whose_clock_runs_behind_is_listed_while_it_reports(cluster: Cluster) -> None:
+    """A report's age is judged by the reading node's clock (when it first read that
+    report), not by the time the report says: a node 30 s behind was never listed, its
+    statistics were deleted every second, and its WebSocket peers dropped as departed."""
+    client = redis.Redis.from_url(cluster.redis.url)
+    key, name = b"{wsgi-tracker}:stats", "skewed#1"
+    listed = []
+    try:
+        for i in range(16):  # a live node's reports, one every 0.5 s, 30 s behind
+            doc = {"node": name, "time": time.time() - 30 + i / 2, "reports": []}
+            client.hset(key, name, json.dumps(doc))
+            time.sleep(0.5)
+            got = json.loads(http_get(cluster.nodes[0].http.url + "/stats")[1])["cluster"]
+            listed.append(any(n["node"] == name for n in got["nodes"]))
+    finally:
+        client.hdel(key, name)
+        client.close()
+    assert all(listed[-6:]), listed  # listed once its reports were read, and on
+    assert eventually(
+        lambda: json.loads(http_get(cluster.nodes[0].http.url + "/stats")[1])["cluster"],
+        lambda c: all(n["node"] != name for n in c["nodes"]),
+    )
 
 
 def test_redis_url_without_the_sync_hub_is_a_one_line_error(tmp_path: Path) -> None:

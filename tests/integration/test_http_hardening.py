@@ -257,14 +257,14 @@ def raise_nofile(need: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
-def open_flood(srv: Server, count: int) -> list[socket.socket]:
-    """``count`` connections from ATTACKER, each with half a request head, none finished."""
+def open_flood(srv: Server, count: int, source: str = ATTACKER) -> list[socket.socket]:
+    """``count`` connections from ``source``, each with half a request head, none finished."""
     socks = []
     with selectors.DefaultSelector() as sel:
         for _ in range(count):
             sock = socket.socket()
             sock.setblocking(False)
-            sock.bind((ATTACKER, 0))
+            sock.bind((source, 0))
             sock.connect_ex((srv.host, srv.port))
             socks.append(sock)
             sel.register(sock, selectors.EVENT_WRITE)
@@ -374,3 +374,32 @@ def test_no_access_lines_without_access_logfile(site: Server) -> None:
     assert status(talk(site, get(b"/unlogged", b"Connection: close\r\n"))) == 200
     assert http_get(site.url + "/after-unlogged")[0] == 200
     assert "/unlogged" not in site.stderr()  # the project's log config leaves access lines off
+
+
+SHED_SLOTS = 200  # worker_connections of the shedding test's one worker
+
+
+def test_half_sent_heads_from_many_addresses_cannot_hold_every_slot() -> None:
+    """Half-sent heads from several addresses, each under the per-address bound and
+    together past worker_connections. Before, they held every slot until the head
+    deadline (FLOOD_HEAD_TIMEOUT, four times the probe's bound), and a bystander waited
+    for it. Now each new connection past 90% of the slots closes the one waiting
+    longest for its head: every probe is answered, and the oldest flood connections
+    are the ones closed."""
+    cap = TrackerConfig().http_connections_per_address
+    sources = [f"127.0.3.{n}" for n in range(1, 4)]  # 3 x 100: past the 200 slots
+    env = {"WSGI_TRACKER_HTTP_HEAD_TIMEOUT": str(FLOOD_HEAD_TIMEOUT)}
+    extra = ("--worker-connections", str(SHED_SLOTS))
+    with gunicorn(workers=1, env=env, extra_args=extra) as srv:
+        flood: list[socket.socket] = []
+        try:
+            for source in sources:
+                flood += open_flood(srv, min(100, cap - 1), source)
+            answered = sum(probe(srv) for _ in range(PROBES))
+            first = flood[:50]
+            closed = len(first) - held_open(first, 0, PROBE_WITHIN)
+        finally:
+            for sock in flood:
+                sock.close()
+    assert answered == PROBES, f"{answered} of {PROBES} bystanders answered"
+    assert closed == len(first), f"{closed} of the {len(first)} oldest flood connections closed"

@@ -216,6 +216,10 @@ class ClusterNode:
         self._wake = Event()
         self._lag: dict[str, tuple[float, float]] = {}  # node -> (lag, when seen)
         self._bad_stats: set[str] = set()  # fields of the stats hash warned about once
+        # node -> (the "time" its last report said, when this node first read that report
+        # here): a report's age is judged by this machine's clock, so a node whose clock
+        # runs behind (or ahead) is neither taken for gone nor kept when it has stopped.
+        self._reports_seen: dict[str, tuple[float, float]] = {}
         self.nodes: dict[str, dict[str, Any]] = {}
         self._down_since: float | None = None
         self._greenlets: list[gevent.Greenlet] = []
@@ -633,6 +637,7 @@ class ClusterNode:
 
     def _share_stats(self) -> None:
         now = time.time()
+        here = time.monotonic()
         local = [e.payload for e in self.hub.local_stats]
         doc = b"".join(
             [
@@ -653,7 +658,7 @@ class ClusterNode:
             node = raw_node.decode(errors="replace")
             try:
                 got = json.loads(raw)
-                age = now - float(got["time"])
+                sent = float(got["time"])
                 reports = list(got["reports"])
             except (ValueError, KeyError, TypeError, RecursionError):
                 if node not in self._bad_stats:
@@ -666,6 +671,10 @@ class ClusterNode:
                         self.url,
                     )
                 continue
+            seen = self._reports_seen.get(node)
+            if seen is None or seen[0] != sent:
+                seen = self._reports_seen[node] = (sent, here)
+            age = here - seen[1]
             if age > NODE_GONE_AFTER:
                 gone.append(raw_node)
                 continue
@@ -691,6 +700,7 @@ class ClusterNode:
             self._forget(node)
         self.nodes = nodes
         self._lag = {node: lag for node, lag in self._lag.items() if node in nodes}
+        self._reports_seen = {n: s for n, s in self._reports_seen.items() if n in nodes}
         self.hub.set_remote_stats(entries)
 
     def status(self) -> dict[str, Any]:

@@ -77,6 +77,13 @@ SWEEP_SECONDS = 0.25  # how often idle connections' deadlines are checked (Deadl
 # fires and gevent's sleep(0) lets none be polled. Without it one client streaming
 # requests held the worker for as long as it sent (1.1 s for 256 KB of announces).
 PIPELINE_YIELD = 1e-6
+# Past this share of worker_connections in use, each new connection closes the one that
+# has waited longest for a request head (``TrackerWorker._shed``). Without it half-sent
+# heads from a few dozen addresses, each under the per-address bound, held every slot:
+# the head deadline freed them, and the flood took them again before a bystander could
+# (the session 15 attack pass: 61 of 77 bystander announces answered in 140 s, the
+# slowest after 4.25 s). A connection mid-request is never closed so.
+SHED_AT = 0.9
 
 
 class _Clock:
@@ -513,6 +520,11 @@ class TrackerWorker(GeventWorker):
         self._outbox: Outbox | None = None
         self._deadlines: Deadlines | None = None
         self._handed_over = 0  # upgraded sockets held by their handlers, not by the pool
+        self._live = 0  # connections in gunicorn's pool now
+        self._shed_at = max(1, int(self.worker_connections * SHED_AT))
+        # The connections waiting for a request head (a first one, a keep-alive one, or
+        # the rest of one), oldest wait first: a dict keeps insertion order.
+        self._heads: dict[socket.socket, None] = {}
         super().init_process()
 
     def run(self) -> None:
@@ -629,6 +641,9 @@ class TrackerWorker(GeventWorker):
     ) -> bool:
         """Serve one connection; True if an upgrade handler kept the socket (and calls
         ``release`` once it is done with it)."""
+        self._live += 1
+        if self._live > self._shed_at:
+            self._shed()
         if client.family in (socket.AF_INET, socket.AF_INET6):
             # Without it a keep-alive reply waits ~40 ms for the client's delayed ACK.
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -648,7 +663,21 @@ class TrackerWorker(GeventWorker):
                 watcher.close()
             if not kept:
                 client.close()
+            self._heads.pop(client, None)
+            self._live -= 1
         return kept
+
+    def _shed(self) -> None:
+        """Close the connection waiting longest for a request head, to keep slots free
+        (``SHED_AT``): a client that sends its request at once is then never the one,
+        and one idle longest on keep-alive reconnects when it has something to ask.
+        A shutdown, not a close: its reader, in another greenlet, sees the stream end."""
+        heads = self._heads
+        if heads:
+            oldest = next(iter(heads))
+            del heads[oldest]
+            with contextlib.suppress(OSError):
+                oldest.shutdown(socket.SHUT_RDWR)
 
     def _hand_over(
         self, handler: Handler, sock: socket.socket, after: bytes, release: Release
@@ -693,7 +722,9 @@ class TrackerWorker(GeventWorker):
         deadline = time.monotonic() + self._head_timeout  # the first head's, from the connect
         # A connection accepted just as a graceful stop or reload began still gets its
         # answer (with Connection: close); only a kept-alive one is closed unanswered.
+        heads = self._heads
         while first or self.alive:
+            heads[sock] = None  # waiting for a head, the newest to: the last one shed
             if not pending:  # idle between requests: keepalive (the first: the head deadline)
                 if watcher is None:
                     pending = sock.recv(RECV_BYTES)
@@ -717,6 +748,7 @@ class TrackerWorker(GeventWorker):
             elif first:
                 sock.settimeout(self._idle_timeout)
             first = False
+            heads.pop(sock, None)  # (gone already if it was shed just as its head came)
             head, pending = pending[:end], pending[end + 4 :]
             try:
                 req = parse_request_head(head, self._limits)
