@@ -29,6 +29,11 @@ SNAPSHOT_VERSION = 1
 # inflated body length, CRC-32 of the compressed body
 _SNAPSHOT_HEADER = struct.Struct(">4sBdBBQI")
 MAX_SNAPSHOT_INFLATED = 4 << 30  # a header claiming more is damage, not a tracker
+# The most one peer takes in a snapshot's frames (a keyed IPv6 record is 72 bytes; each
+# frame's header is shared by thousands): a snapshot claiming more than this per peer a
+# replica may hold is refused before it is inflated (whoever can write Redis could
+# otherwise make every joining node inflate and merge gigabytes).
+SNAPSHOT_BYTES_PER_PEER = 80
 
 StreamId = tuple[int, int]
 ORIGIN: StreamId = (0, 0)  # before the first entry
@@ -192,8 +197,10 @@ def encode_snapshot(snap: ClusterSnapshot) -> bytes:
     return header + position + node + body
 
 
-def decode_snapshot(data: bytes) -> ClusterSnapshot:
-    """The blob's snapshot; EntryError for anything damaged, never a partial state."""
+def decode_snapshot(data: bytes, max_peers: int | None = None) -> ClusterSnapshot:
+    """The blob's snapshot; EntryError for anything damaged, never a partial state. With
+    ``max_peers`` (the reader's bound), one claiming more bytes than that many peers take
+    is refused unread."""
     size = _SNAPSHOT_HEADER.size
     if len(data) < size:
         raise EntryError(f"cluster snapshot truncated: {len(data)} of {size} header bytes")
@@ -202,8 +209,11 @@ def decode_snapshot(data: bytes) -> ClusterSnapshot:
         raise EntryError(f"not a cluster snapshot (magic {magic!r})")
     if version != SNAPSHOT_VERSION:
         raise EntryError(f"cluster snapshot version {version}; this build reads {SNAPSHOT_VERSION}")
-    if inflated > MAX_SNAPSHOT_INFLATED:
-        raise EntryError(f"cluster snapshot claims {inflated} bytes inflated")
+    bound = MAX_SNAPSHOT_INFLATED
+    if max_peers is not None:
+        bound = min(bound, max(1 << 20, max_peers * SNAPSHOT_BYTES_PER_PEER))
+    if inflated > bound:
+        raise EntryError(f"cluster snapshot claims {inflated} bytes inflated, past {bound}")
     pos = size + id_len + node_len
     if len(data) < pos:
         raise EntryError("cluster snapshot truncated inside its header")

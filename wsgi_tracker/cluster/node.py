@@ -448,7 +448,7 @@ class ClusterNode:
         snap = None
         if blob is not None:
             try:
-                snap = decode_snapshot(blob)
+                snap = decode_snapshot(blob, self.hub.core.store.max_peers)
             except EntryError as exc:
                 log.warning("cluster: snapshot in %s ignored: %s", self.url, exc)
         if snap is None:

@@ -130,6 +130,17 @@ def test_a_damaged_snapshot_is_one_error_never_a_partial_state(
     assert got.peers == peers
 
 
+def test_a_snapshot_claiming_more_than_the_reader_may_hold_is_refused_unread() -> None:
+    """A few MB of zlib can claim gigabytes of repeated records: past what ``max_peers``
+    peers take, the reader refuses before inflating anything."""
+    ep = bytes([10, 0, 0, 1, 0x1A, 0xE1])
+    peers = [PeerChange(b"%020d" % i, b"%020d" % i, ep, False, 0, 1.0) for i in range(20_000)]
+    blob = encode_snapshot(ClusterSnapshot((5, 1), 1.0, "n", peers))
+    assert len(decode_snapshot(blob, max_peers=20_000).peers) == 20_000
+    with pytest.raises(EntryError, match=r"claims \d+ bytes inflated, past 1048576"):
+        decode_snapshot(blob, max_peers=10)
+
+
 def test_keys_share_one_hash_tag_so_redis_cluster_keeps_them_in_one_slot() -> None:
     keys = Keys("site")
     names = [keys.stream, keys.downloaded, keys.snapshot, keys.stats, keys.sequence("n#1")]
