@@ -9,8 +9,9 @@ O(numwant) replies):
   for ``peer_ttl`` (plus a sweep period) disappears, and past ``max_torrents``
   the stalest one is evicted, both from the front of that order.
 * Inside a torrent, each address family has a ``PeerList``: the peers' compact
-  endpoints (6 or 18 bytes) packed back to back in one ``bytearray``, with the
-  peer ids and expiry times in parallel arrays and a dict peer_id -> slot.
+  endpoints (6 or 18 bytes) packed back to back in one ``bytearray``, the peer
+  ids likewise in another, expiry times and keys in parallel arrays, and for
+  a large list a dict peer_id -> slot.
   Seeders occupy the slots before ``seeders``, leechers the rest, so the counts
   are read, never recomputed, and a reply is one or two slices of the packed
   bytes: the compact peer string is built without touching each peer.
@@ -33,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import islice
 from typing import ClassVar
 
-from mypy_extensions import mypyc_attr
+from mypy_extensions import i64, mypyc_attr
 
 from wsgi_tracker.core.pending import FOLD_PER_RECORD, MAX_PENDING, PendingChanges, Records
 from wsgi_tracker.core.types import (
@@ -92,6 +93,10 @@ STOP_MEMORY = 30.0  # seconds a stop outranks older announces (sync lag is milli
 REFRESH_GRAIN = 30.0
 MAX_STOPS_REMEMBERED = 100_000  # bounds that memory under a flood of stops
 SMALL_LIST = 16  # up to this many peers a list is searched instead of indexed
+# Every peer id the store holds is this long (BEP 3): the HTTP and UDP parsers, the sync
+# frames and the snapshot all check it, ``apply`` refuses others, and ``PeerList.pids``
+# packs them at this width.
+PEER_ID = 20
 # The part of an endpoint that is "the address" for identity and per-address limits: an
 # IPv4 address, or an IPv6 /64 (one host's or household's prefix: privacy addresses rotate
 # inside it, and anyone can pick any of its 2^64 addresses).
@@ -107,17 +112,18 @@ _HOST_MASK = HOST_BUCKETS - 1
 
 def host_bucket(endpoint: bytes) -> int:
     """The bucket of the address in a packed ``endpoint``: an IPv4 address, or an IPv6
-    /64. Native ints throughout (bytes indexing and products below 2**62): every
-    newcomer pays it in every process."""
+    /64. Machine integers (``i64``: the products stay below 2**59, so nothing wraps):
+    every newcomer pays it in every process, and with mypyc's arbitrary-precision ints
+    each product checked for overflow (5% of an idle worker's merge of new peers)."""
     e = endpoint
-    x = e[0] << 24 | e[1] << 16 | e[2] << 8 | e[3]
+    x: i64 = i64(e[0]) << 24 | i64(e[1]) << 16 | i64(e[2]) << 8 | i64(e[3])
     if len(e) != IPV4_WIDTH:
-        x = _mix(x) ^ (e[4] << 24 | e[5] << 16 | e[6] << 8 | e[7])
-    return _mix(x) & _HOST_MASK
+        x = _mix(x) ^ (i64(e[4]) << 24 | i64(e[5]) << 16 | i64(e[6]) << 8 | i64(e[7]))
+    return int(_mix(x) & _HOST_MASK)
 
 
-def _mix(x: int) -> int:
-    """A 32-bit integer hash whose products stay below 2**62 (mypyc's native ints)."""
+def _mix(x: i64) -> i64:
+    """A 32-bit integer hash (in 64-bit arithmetic)."""
     x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
     x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
     return x ^ (x >> 16)
@@ -134,10 +140,13 @@ class PeerList:
 
     Most torrents are small, and a dict costs ~350 bytes even for ten peers
     (35 B/peer at 100k torrents x 10 peers, against a 200 B/peer budget), so a
-    list of up to ``SMALL_LIST`` peers finds a peer id by a linear search of
-    ``ids`` (C-speed, a few hundred ns) and only a larger one keeps ``index``,
-    and ``hosts`` (peers per address, for the per-address cap) likewise: a small
-    list counts an address by searching ``addrs``.
+    list of up to ``SMALL_LIST`` peers finds a peer id by searching ``pids``
+    and only a larger one keeps ``index``, and ``hosts`` (peers per address, for
+    the per-address cap) likewise: a small list counts an address by searching
+    ``addrs``. The ids are packed back to back in one ``bytearray``, not a list
+    of bytes objects: a search is one ``find`` over a cache line or two, where
+    the list compared an object per peer, each a cache miss of its own (12% of
+    an idle worker's merge of new peers), and a peer costs 20 bytes, not 61.
     """
 
     __slots__ = (
@@ -145,9 +154,9 @@ class PeerList:
         "expires",
         "host_width",
         "hosts",
-        "ids",
         "index",
         "keys",
+        "pids",
         "seeders",
         "sweep_at",
         "width",
@@ -157,7 +166,7 @@ class PeerList:
         self.width = width
         self.host_width = HOST_WIDTH[width]
         self.addrs = bytearray()
-        self.ids: list[bytes] = []
+        self.pids = bytearray()  # PEER_ID bytes a peer, in slot order
         # Absolute expiry to the microsecond, so two announces of one peer in the same
         # second still order (sync keeps the newer); 8 bytes a peer.
         self.expires = array("d")
@@ -168,18 +177,31 @@ class PeerList:
         self.sweep_at = 0
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.expires)
 
     def __contains__(self, peer_id: bytes) -> bool:
         return self.slot(peer_id) >= 0
+
+    @property
+    def ids(self) -> list[bytes]:
+        """The peer ids in slot order, as objects: for readers that walk the list."""
+        p = self.pids
+        return [bytes(p[at : at + PEER_ID]) for at in range(0, len(p), PEER_ID)]
+
+    def peer_id(self, slot: int) -> bytes:
+        return bytes(self.pids[slot * PEER_ID : (slot + 1) * PEER_ID])
 
     def slot(self, peer_id: bytes) -> int:
         """The peer's slot, or -1."""
         if self.index is not None:
             return self.index.get(peer_id, -1)
-        ids = self.ids
-        # ``in`` first: a miss (every newcomer) raising ValueError cost ~1 us.
-        return ids.index(peer_id) if peer_id in ids else -1
+        pids = self.pids
+        pos = pids.find(peer_id)
+        while pos % PEER_ID:  # a match straddling two ids (-1 % PEER_ID is not 0 either)
+            if pos < 0:
+                return -1
+            pos = pids.find(peer_id, pos + 1)
+        return pos // PEER_ID
 
     def host_count(self, host: bytes) -> int:
         """How many peers of this list announce from ``host`` (``host_width`` bytes).
@@ -218,15 +240,15 @@ class PeerList:
     def _swap(self, i: int, j: int) -> None:
         if i == j:
             return
-        w = self.width
-        a, ids, exp, keys = self.addrs, self.ids, self.expires, self.keys
+        w, n = self.width, PEER_ID
+        a, p, exp, keys = self.addrs, self.pids, self.expires, self.keys
         a[i * w : i * w + w], a[j * w : j * w + w] = a[j * w : j * w + w], a[i * w : i * w + w]
-        ids[i], ids[j] = ids[j], ids[i]
+        p[i * n : i * n + n], p[j * n : j * n + n] = p[j * n : j * n + n], p[i * n : i * n + n]
         exp[i], exp[j] = exp[j], exp[i]
         keys[i], keys[j] = keys[j], keys[i]
         if self.index is not None:
-            self.index[ids[i]] = i
-            self.index[ids[j]] = j
+            self.index[self.peer_id(i)] = i
+            self.index[self.peer_id(j)] = j
 
     def upsert(
         self, slot: int, peer_id: bytes, endpoint: bytes, seeder: bool, expires: float, key: int
@@ -238,8 +260,8 @@ class PeerList:
         """
         w = self.width
         if slot < 0:
-            slot = len(self.ids)
-            self.ids.append(peer_id)
+            slot = len(self.expires)
+            self.pids += peer_id
             self.addrs += endpoint
             self.expires.append(expires)
             self.keys.append(key)
@@ -279,10 +301,10 @@ class PeerList:
             self.seeders -= 1
             self._swap(slot, self.seeders)
             slot = self.seeders
-        last = len(self.ids) - 1
+        last = len(self.expires) - 1
         self._swap(slot, last)
         if self.index is not None:
-            del self.index[self.ids[last]]
+            del self.index[self.peer_id(last)]
             hosts = self.hosts
             assert hosts is not None
             at = last * self.width
@@ -291,7 +313,7 @@ class PeerList:
                 del hosts[host]
             else:
                 hosts[host] -= 1
-        self.ids.pop()
+        del self.pids[last * PEER_ID :]
         self.expires.pop()
         self.keys.pop()
         del self.addrs[last * self.width :]
@@ -326,7 +348,7 @@ class PeerList:
         seeders = self.seeders
         if not for_seeder and seeders:
             want -= _window(runs, 0, seeders, want, exclude, rng)
-        n = len(self.ids)
+        n = len(self.expires)
         if want > 0 and n > seeders:
             _window(runs, seeders, n, want, exclude, rng)
         return runs
@@ -343,10 +365,8 @@ class PeerList:
         return b"".join([addrs[a * w : b * w] for a, b in runs])
 
     def peer_ids(self, runs: list[tuple[int, int]]) -> list[bytes]:
-        out: list[bytes] = []
-        for a, b in runs:
-            out.extend(self.ids[a:b])
-        return out
+        p = self.pids
+        return [bytes(p[s * PEER_ID : (s + 1) * PEER_ID]) for a, b in runs for s in range(a, b)]
 
 
 def _window(
@@ -408,12 +428,6 @@ class OnePeer(bytes):
     index = None  # type: ignore[assignment]
     hosts = None
 
-    @classmethod
-    def of(
-        cls, peer_id: bytes, endpoint: bytes, seeder: bool, expires: float, key: int, sweep_at: int
-    ) -> OnePeer:
-        return cls(_ONE.pack(peer_id, expires, key, seeder, sweep_at) + endpoint)
-
     def __len__(self) -> int:
         return 1
 
@@ -431,7 +445,7 @@ class OnePeer(bytes):
         self, *, expires: float | None = None, key: int | None = None, sweep_at: int | None = None
     ) -> OnePeer:
         pid, exp, k, seeder, sweep = _ONE.unpack_from(self)
-        return OnePeer.of(
+        return one_peer(
             pid,
             self.addrs,
             bool(seeder),
@@ -439,14 +453,6 @@ class OnePeer(bytes):
             k if key is None else key,
             sweep if sweep_at is None else sweep_at,
         )
-
-    def promote(self) -> PeerList:
-        """The same peer in a PeerList, for the rules that change lists in place."""
-        pid, expires, key, seeder, sweep_at = _ONE.unpack_from(self)
-        pl = PeerList(self.width)
-        pl.upsert(-1, pid, self.addrs, bool(seeder), expires, key)
-        pl.sweep_at = sweep_at
-        return pl
 
     @property
     def width(self) -> int:
@@ -481,7 +487,7 @@ class OnePeer(bytes):
         return _ONE.unpack_from(self)[4]  # type: ignore[no-any-return]
 
     def slot(self, peer_id: bytes) -> int:
-        return 0 if self[:20] == peer_id else -1
+        return one_slot(self, peer_id)
 
     def host_count(self, host: bytes) -> int:
         return 1 if self[_ONE_HEAD : _ONE_HEAD + len(host)] == host else 0
@@ -502,6 +508,31 @@ class OnePeer(bytes):
 
     def peer_ids(self, runs: list[tuple[int, int]]) -> list[bytes]:
         return [self[:20]] if runs else []
+
+
+# What makes and reads a OnePeer on the paths every newcomer takes are module functions, not
+# methods: mypyc calls those directly, where a method of this Python class is looked up by
+# name and called through the interpreter's protocol (``promote`` and ``of`` as methods were
+# 12% of an idle worker's merge of new peers).
+def one_peer(
+    peer_id: bytes, endpoint: bytes, seeder: bool, expires: float, key: int, sweep_at: int
+) -> OnePeer:
+    return OnePeer(_ONE.pack(peer_id, expires, key, seeder, sweep_at) + endpoint)
+
+
+def one_slot(one: bytes, peer_id: bytes) -> int:
+    """``OnePeer.slot``."""
+    return 0 if one[:PEER_ID] == peer_id else -1
+
+
+def promoted(one: OnePeer) -> PeerList:
+    """The same peer in a PeerList, for the rules that change lists in place."""
+    pid, expires, key, seeder, sweep_at = _ONE.unpack_from(one)
+    endpoint = one[_ONE_HEAD:]
+    pl = PeerList(len(endpoint))
+    pl.upsert(-1, pid, endpoint, bool(seeder), expires, key)
+    pl.sweep_at = sweep_at
+    return pl
 
 
 # Lists that are never written: what ``_admit`` checks a torrent's first peer against.
@@ -542,7 +573,7 @@ class Swarm:
 
     def __len__(self) -> int:
         v4, v6 = self.v4, self.v6
-        return (0 if v4 is None else len(v4.ids)) + (0 if v6 is None else len(v6.ids))
+        return (0 if v4 is None else len(v4)) + (0 if v6 is None else len(v6))
 
     def family(self, width: int, create: bool) -> AnyList | None:
         if width == IPV4_WIDTH:
@@ -564,9 +595,9 @@ class Swarm:
         """Turn a OnePeer into a PeerList, before a rule that changes lists in place."""
         v4, v6 = self.v4, self.v6
         if type(v4) is OnePeer:
-            self.v4 = v4.promote()
+            self.v4 = promoted(v4)
         elif type(v6) is OnePeer:
-            self.v6 = v6.promote()
+            self.v6 = promoted(v6)
 
 
 class SwarmStore:
@@ -819,13 +850,16 @@ class SwarmStore:
         another address without its key (``NotYourPeer``), and for a newcomer
         past a bound (``SwarmFull``, ``AddressFull``, ``StoreFull``). The same
         rules run for local announces and replicated ones, so every replica
-        refuses what one refuses. ``refreshed`` says afterwards whether the
-        change only moved a known peer's expiry (and from when). With ``grain`` (a
-        local announce: ``refresh_grain``), such a change that would move the expiry
-        by less than ``grain`` is not written, and ``unchanged`` says so: the torrent
-        still counts it as a use.
+        refuses what one refuses. A peer id that is not ``PEER_ID`` bytes raises
+        ``ValueError``: every parser checks it, so only a caller's bug gets here.
+        ``refreshed`` says afterwards whether the change only moved a known peer's
+        expiry (and from when). With ``grain`` (a local announce: ``refresh_grain``),
+        such a change that would move the expiry by less than ``grain`` is not
+        written, and ``unchanged`` says so: the torrent still counts it as a use.
         """
         ih = change.info_hash
+        if len(change.peer_id) != PEER_ID:
+            raise ValueError(f"a peer id is {PEER_ID} bytes, not {len(change.peer_id)}")
         pending = self.pending.by_torrent
         if pending and ih in pending:
             self._fold(ih)
@@ -864,15 +898,14 @@ class SwarmStore:
         peer_id = change.peer_id
         expires = change.timestamp + self.peer_ttl
         one = v4 if type(v4) is OnePeer else v6 if type(v6) is OnePeer else None
-        if v4 is None and v6 is None and len(peer_id) == 20:
-            # A torrent's first peer is a OnePeer (whose record holds a 20-byte id).
+        if v4 is None and v6 is None:  # a torrent's first peer is a OnePeer
             bucket = self._admit(swarm, _NO_PEERS[width], change)
             counted = count_download and change.event == EVENT_COMPLETED
             swarm.downloaded += counted
             self._enter(bucket)
             swarm.put(
                 width,
-                OnePeer.of(
+                one_peer(
                     peer_id,
                     endpoint,
                     change.seeder,
@@ -897,7 +930,7 @@ class SwarmStore:
             if not self.unchanged:
                 swarm.put(
                     width,
-                    OnePeer.of(
+                    one_peer(
                         peer_id, endpoint, change.seeder, expires, key or change.key, sweep_at
                     ),
                 )
@@ -971,7 +1004,7 @@ class SwarmStore:
         pl.sweep_at = now + self.sweep_every
         for endpoint in pl.sweep(now):
             self._leave(endpoint)
-        if not pl.ids:
+        if not pl.expires:
             swarm.put(pl.width, None)
 
     def stopped_since(self, change: PeerChange) -> bool:
@@ -1070,34 +1103,40 @@ class SwarmStore:
                 v4, v6 = swarm.v4, swarm.v6
                 pl = v4 if len(endpoint) == IPV4_WIDTH else v6
                 if pl is not None:
-                    index = pl.index
-                    slot = index.get(pid, -1) if index is not None else pl.slot(pid)
+                    if type(pl) is OnePeer:
+                        slot = one_slot(pl, pid)
+                    else:
+                        index = pl.index
+                        slot = index.get(pid, -1) if index is not None else pl.slot(pid)
                     if slot < 0:
                         # A newcomer to a list (what most of a live stream is: the hub
                         # holds mere refreshes back). ``apply``'s rules for it, inlined:
                         # no sweep due, not stopped, room in every bound, no other family
-                        # whose key would have to be checked.
+                        # whose key would have to be checked. A OnePeer is promoted
+                        # first, so the checks read a native list (if one fails, the
+                        # copy is dropped and ``merge`` takes the row).
+                        if type(pl) is OnePeer:
+                            grown = promoted(pl)
+                        else:
+                            assert type(pl) is PeerList
+                            grown = pl
                         bucket = host_bucket(endpoint)
                         if (
                             event != EVENT_STOPPED
                             and (v6 if pl is v4 else v4) is None
-                            and now < pl.sweep_at
+                            and now < grown.sweep_at
                             and self.peers_held < self.max_peers
-                            and len(pl.ids) < self.max_peers_per_torrent
+                            and len(grown) < self.max_peers_per_torrent
                             and (
-                                len(pl.ids) < self.max_peers_per_address
-                                or pl.host_count(endpoint[: pl.host_width])
+                                len(grown) < self.max_peers_per_address
+                                or grown.host_count(endpoint[: grown.host_width])
                                 < self.max_peers_per_address
                             )
                             and hosts[bucket] < self.max_peers_per_host
                         ):
                             if not stops or stops.get(ih + pid, -1.0) <= ts:
-                                if type(pl) is OnePeer:
-                                    grown = pl.promote()
+                                if grown is not pl:
                                     swarm.put(len(endpoint), grown)
-                                else:
-                                    assert type(pl) is PeerList
-                                    grown = pl
                                 seeder = bool(flags & ROW_SEEDER)
                                 grown.upsert(-1, pid, endpoint, seeder, ts + ttl, key)
                                 self._enter(bucket)
@@ -1150,7 +1189,7 @@ class SwarmStore:
             elif (
                 (swarm is None or (swarm.v4 is None and swarm.v6 is None))
                 and event != EVENT_STOPPED
-                and len(pid) == 20
+                and len(pid) == PEER_ID
                 and self.peers_held < self.max_peers
                 and roomy
                 and hosts[bucket := host_bucket(endpoint)] < self.max_peers_per_host
@@ -1161,7 +1200,7 @@ class SwarmStore:
                         swarm = Swarm()
                     swarm.put(
                         len(endpoint),
-                        OnePeer.of(
+                        one_peer(
                             pid, endpoint, bool(flags & ROW_SEEDER), ts + ttl, key, now + every
                         ),
                     )
@@ -1215,7 +1254,7 @@ class SwarmStore:
                 ih == last
                 or ih in held
                 or event == EVENT_STOPPED
-                or len(pid) != 20
+                or len(pid) != PEER_ID
                 or (stashed and ih in pending)
                 or (stops and stops.get(ih + pid, -1.0) > ts)
                 or hosts[bucket := host_bucket(endpoint)] >= per_host
@@ -1395,7 +1434,7 @@ class SwarmStore:
         host = change.endpoint[: pl.host_width]
         # A list shorter than the bound cannot hold that many from one address.
         if (
-            len(pl.ids) >= self.max_peers_per_address
+            len(pl) >= self.max_peers_per_address
             and pl.host_count(host) >= self.max_peers_per_address
         ):
             raise AddressFull(

@@ -473,6 +473,28 @@ def test_max_peers_bounds_the_whole_replica(clock):
     assert (store.peers_held, len(store)) == (0, 0)
 
 
+def test_a_peer_id_that_is_not_20_bytes_is_refused_and_changes_nothing(store):
+    announce(store, 1)
+    with pytest.raises(ValueError, match="a peer id is 20 bytes, not 19"):
+        store.apply(PeerChange(IH, pid(2)[:19], v4(2), False, EVENT_STARTED, store.clock()))
+    assert store.scrape(IH) == (0, 0, 1)  # (complete, downloaded, incomplete)
+
+
+@given(st.lists(st.binary(min_size=20, max_size=20), min_size=1, max_size=12, unique=True))
+def test_a_small_list_finds_ids_only_where_they_start(ids):
+    """The packed ids are searched with ``find``: a match straddling two ids (the end of
+    one and the start of the next) is no slot, so every id whose bytes also occur across
+    a boundary is still found at its own slot, and such an id that is not held is not."""
+    pl = PeerList(IPV4_WIDTH)
+    for n, p in enumerate(ids):
+        pl.upsert(-1, p, v4(n), False, 1.0, 0)
+    packed = b"".join(ids)
+    for at in range(1, len(packed) - 20):
+        probe = packed[at : at + 20]
+        assert pl.slot(probe) == (ids.index(probe) if probe in ids else -1)
+    assert [pl.slot(p) for p in ids] == list(range(len(ids)))
+
+
 # --- random operation sequences against a plain model ------------------------------------
 
 HASHES = [bytes([n]) * 20 for n in range(3)]

@@ -281,8 +281,8 @@ def test_failed_save_keeps_the_previous_snapshot(tmp_path):
     snapshot.save(populated_store(), path, now=NOW)
     before = path.read_bytes()
     bad = make_store()
-    # A peer id too long for its record: encoding fails before any file is touched.
-    bad.apply(PeerChange(ih(1), b"x" * 21, v4(1), False, EVENT_STARTED, NOW))
+    # An info_hash too long for its record: encoding fails before any file is touched.
+    bad.apply(PeerChange(b"x" * 21, pid(1), v4(1), False, EVENT_STARTED, NOW))
     with pytest.raises(SnapshotError):
         snapshot.save(bad, path, now=NOW)
     assert path.read_bytes() == before
