@@ -1,6 +1,7 @@
 """UDP on more cores (issue 16 t5): ``udp-sidecar`` with 1 process on 1 core against 2 on 2.
 
     python -m bench.udp_cores [--dur 10] [--reps 3] [--nice -10] [--stable-keys] [--lazy-apply]
+        [--peer-ttl 100]
 
 The load generator needs a core too, and this machine has two, so three
 setups, each measured ``--reps`` times in turn:
@@ -118,8 +119,22 @@ def main() -> None:
         "every announce is a pure refresh, as real clients on their interval send; "
         "default: new keys, so every announce is a change the other processes must see",
     )
+    p.add_argument(
+        "--peer-ttl",
+        type=int,
+        default=None,
+        help="the processes' peer_ttl (interval set below it): at 100 the store's "
+        "refresh_grain is 1 s, so nearly every re-announce of the load (each pair every "
+        "~1.4 s) is written and shipped as a refresh, as every announce of a real client "
+        "on its interval is; default: the tracker's (a 30 s grain, inside which the "
+        "load's re-announces ship nothing)",
+    )
     args = p.parse_args()
     procs.NICE = args.nice
+    if args.peer_ttl:
+        os.environ["WSGI_TRACKER_PEER_TTL"] = str(args.peer_ttl)
+        os.environ["WSGI_TRACKER_INTERVAL"] = str(max(1, (args.peer_ttl - 60) // 2))
+        os.environ["WSGI_TRACKER_MIN_INTERVAL"] = "1"
     if args.lazy_apply:
         os.environ["WSGI_TRACKER_LAZY_APPLY"] = "true"  # the UDP processes' (the hub is eager)
     procs.prioritise_session()
@@ -131,7 +146,10 @@ def main() -> None:
         "2 processes on cpu1+cpu0": (2, [1, 0], ""),
     }
     print(f"machine: {os.uname().release}, {sys.executable} {sys.version.split()[0]}")
-    print(f"stable keys: {args.stable_keys}, lazy_apply: {args.lazy_apply}")
+    print(
+        f"stable keys: {args.stable_keys}, lazy_apply: {args.lazy_apply}, "
+        f"peer_ttl: {args.peer_ttl or 'default'}"
+    )
     print(f"load average before: {os.getloadavg()}", flush=True)
     with ExitStack() as stack:
         running = []
