@@ -92,7 +92,10 @@ STOP_MEMORY = 30.0  # seconds a stop outranks older announces (sync lag is milli
 # ``peer_ttl`` keeps past two intervals. Clients on their interval are never this fast.
 REFRESH_GRAIN = 30.0
 MAX_STOPS_REMEMBERED = 100_000  # bounds that memory under a flood of stops
-SMALL_LIST = 16  # up to this many peers a list is searched instead of indexed
+# Up to this many peers a list is searched instead of indexed: a ``find`` over 128 packed ids
+# (2.5 KB) is a few hundred ns, and the index and the per-address dict cost ~190 B a peer
+# (a torrent of 100 peers: 255 B a peer indexed at 16, 50 B searched; docs/BENCHMARKS.md).
+SMALL_LIST = 128
 # Every peer id the store holds is this long (BEP 3): the HTTP and UDP parsers, the sync
 # frames and the snapshot all check it, ``apply`` refuses others, and ``PeerList.pids``
 # packs them at this width.
