@@ -11,7 +11,7 @@ O(numwant) replies):
 * Inside a torrent, each address family has a ``PeerList``: the peers' compact
   endpoints (6 or 18 bytes) packed back to back in one ``bytearray``, the peer
   ids likewise in another, expiry times and keys in parallel arrays, and for
-  a large list a dict peer_id -> slot.
+  a large list an open-addressing table of slots over those packed ids.
   Seeders occupy the slots before ``seeders``, leechers the rest, so the counts
   are read, never recomputed, and a reply is one or two slices of the packed
   bytes: the compact peer string is built without touching each peer.
@@ -96,6 +96,8 @@ MAX_STOPS_REMEMBERED = 100_000  # bounds that memory under a flood of stops
 # (2.5 KB) is a few hundred ns, and the index and the per-address dict cost ~190 B a peer
 # (a torrent of 100 peers: 255 B a peer indexed at 16, 50 B searched; docs/BENCHMARKS.md).
 SMALL_LIST = 128
+_EMPTY = -1  # an empty position of a large list's index
+_EMPTY_TABLE = (_EMPTY,) * 64
 # Every peer id the store holds is this long (BEP 3): the HTTP and UDP parsers, the sync
 # frames and the snapshot all check it, ``apply`` refuses others, and ``PeerList.pids``
 # packs them at this width.
@@ -144,7 +146,8 @@ class PeerList:
     Most torrents are small, and a dict costs ~350 bytes even for ten peers
     (35 B/peer at 100k torrents x 10 peers, against a 200 B/peer budget), so a
     list of up to ``SMALL_LIST`` peers finds a peer id by searching ``pids``
-    and only a larger one keeps ``index``, and ``hosts`` (peers per address, for
+    and only a larger one keeps ``index`` (a table of slots, 8-16 B a peer, where a
+    dict and its key objects were ~120), and ``hosts`` (peers per address, for
     the per-address cap) likewise: a small list counts an address by searching
     ``addrs``. The ids are packed back to back in one ``bytearray``, not a list
     of bytes objects: a search is one ``find`` over a cache line or two, where
@@ -174,7 +177,11 @@ class PeerList:
         # second still order (sync keeps the newer); 8 bytes a peer.
         self.expires = array("d")
         self.keys = array("I")  # each peer's BEP 3 key as 32 bits, 0 for none; 4 bytes a peer
-        self.index: dict[bytes, int] | None = None
+        # A large list's index: an open-addressing table of slots (``_EMPTY`` where none),
+        # placed by ``hash(peer_id)`` and probed linearly, at most half full. A dict cost
+        # ~120 B a peer (its entry and a bytes object for each key); this is 8-16 B, its
+        # keys being the packed ids themselves.
+        self.index: array[int] | None = None
         self.hosts: dict[bytes, int] | None = None
         self.seeders = 0
         self.sweep_at = 0
@@ -196,8 +203,10 @@ class PeerList:
 
     def slot(self, peer_id: bytes) -> int:
         """The peer's slot, or -1."""
-        if self.index is not None:
-            return self.index.get(peer_id, -1)
+        index = self.index
+        if index is not None:
+            at = self._probe(index, peer_id)
+            return index[at] if at >= 0 else -1
         pids = self.pids
         pos = pids.find(peer_id)
         while pos % PEER_ID:  # a match straddling two ids (-1 % PEER_ID is not 0 either)
@@ -205,6 +214,47 @@ class PeerList:
                 return -1
             pos = pids.find(peer_id, pos + 1)
         return pos // PEER_ID
+
+    def _probe(self, index: array[int], peer_id: bytes) -> int:
+        """The table position holding ``peer_id``'s slot, or -1 - the empty position
+        where it would go. Python's ``hash`` is seeded per process, so nobody outside
+        can aim ids at one run of the table."""
+        mask = len(index) - 1
+        at = hash(peer_id) & mask
+        pids = self.pids
+        while True:
+            slot = index[at]
+            if slot == _EMPTY:
+                return -1 - at
+            start = slot * PEER_ID
+            if pids[start : start + PEER_ID] == peer_id:  # a slice: startswith's args cost more
+                return at
+            at = (at + 1) & mask
+
+    def _index_all(self) -> None:
+        """(Re)build the table for every peer, at most a third full (it grows again at half)."""
+        n = len(self.expires)
+        size = len(_EMPTY_TABLE)
+        while size <= 3 * n:
+            size *= 2
+        index = array("i", _EMPTY_TABLE) * (size // len(_EMPTY_TABLE))
+        self.index = index
+        for slot in range(n):
+            index[-1 - self._probe(index, self.peer_id(slot))] = slot
+
+    def _unindex(self, index: array[int], at: int) -> None:
+        """Empty position ``at``, then move back each later entry of its run that may
+        no longer be found past the gap (backward-shift deletion: no tombstones)."""
+        mask = len(index) - 1
+        index[at] = _EMPTY
+        gap, at = at, (at + 1) & mask
+        while (slot := index[at]) != _EMPTY:
+            home = hash(self.peer_id(slot)) & mask
+            if ((at - home) & mask) >= ((at - gap) & mask):
+                index[gap] = slot
+                index[at] = _EMPTY
+                gap = at
+            at = (at + 1) & mask
 
     def host_count(self, host: bytes) -> int:
         """How many peers of this list announce from ``host`` (``host_width`` bytes).
@@ -243,15 +293,16 @@ class PeerList:
     def _swap(self, i: int, j: int) -> None:
         if i == j:
             return
+        index = self.index
+        if index is not None:  # found by the ids where they are now, before they move
+            at_i, at_j = self._probe(index, self.peer_id(i)), self._probe(index, self.peer_id(j))
+            index[at_i], index[at_j] = j, i
         w, n = self.width, PEER_ID
         a, p, exp, keys = self.addrs, self.pids, self.expires, self.keys
         a[i * w : i * w + w], a[j * w : j * w + w] = a[j * w : j * w + w], a[i * w : i * w + w]
         p[i * n : i * n + n], p[j * n : j * n + n] = p[j * n : j * n + n], p[i * n : i * n + n]
         exp[i], exp[j] = exp[j], exp[i]
         keys[i], keys[j] = keys[j], keys[i]
-        if self.index is not None:
-            self.index[self.peer_id(i)] = i
-            self.index[self.peer_id(j)] = j
 
     def upsert(
         self, slot: int, peer_id: bytes, endpoint: bytes, seeder: bool, expires: float, key: int
@@ -268,14 +319,18 @@ class PeerList:
             self.addrs += endpoint
             self.expires.append(expires)
             self.keys.append(key)
-            if self.index is not None:
-                self.index[peer_id] = slot
+            index = self.index
+            if index is not None:
+                if 2 * len(self.expires) > len(index):
+                    self._index_all()
+                else:
+                    index[-1 - self._probe(index, peer_id)] = slot
                 counts = self.hosts
                 assert counts is not None  # kept whenever the index is
                 host = endpoint[: self.host_width]
                 counts[host] = counts.get(host, 0) + 1
             elif slot >= SMALL_LIST:
-                self.index = {pid: n for n, pid in enumerate(self.ids)}
+                self._index_all()
                 hw = self.host_width
                 hosts: dict[bytes, int] = {}
                 for at in range(0, len(self.addrs), w):
@@ -306,8 +361,9 @@ class PeerList:
             slot = self.seeders
         last = len(self.expires) - 1
         self._swap(slot, last)
-        if self.index is not None:
-            del self.index[self.peer_id(last)]
+        index = self.index
+        if index is not None:
+            self._unindex(index, self._probe(index, self.peer_id(last)))
             hosts = self.hosts
             assert hosts is not None
             at = last * self.width
@@ -946,8 +1002,7 @@ class SwarmStore:
             if pl is None:
                 pl = swarm.family(width, create=True)
             assert type(pl) is PeerList
-            index = pl.index  # slot() inlined for the common, indexed case
-            slot = index.get(peer_id, -1) if index is not None else pl.slot(peer_id)
+            slot = pl.slot(peer_id)
             bucket = -1
             if slot < 0:
                 bucket = self._admit(swarm, pl, change)
@@ -1109,8 +1164,8 @@ class SwarmStore:
                     if type(pl) is OnePeer:
                         slot = one_slot(pl, pid)
                     else:
-                        index = pl.index
-                        slot = index.get(pid, -1) if index is not None else pl.slot(pid)
+                        assert type(pl) is PeerList
+                        slot = pl.slot(pid)
                     if slot < 0:
                         # A newcomer to a list (what most of a live stream is: the hub
                         # holds mere refreshes back). ``apply``'s rules for it, inlined:
