@@ -195,8 +195,7 @@ class PeerList:
     @property
     def ids(self) -> list[bytes]:
         """The peer ids in slot order, as objects: for readers that walk the list."""
-        p = self.pids
-        return [bytes(p[at : at + PEER_ID]) for at in range(0, len(p), PEER_ID)]
+        return [self.peer_id(slot) for slot in range(len(self.expires))]
 
     def peer_id(self, slot: int) -> bytes:
         return bytes(self.pids[slot * PEER_ID : (slot + 1) * PEER_ID])
@@ -424,8 +423,7 @@ class PeerList:
         return b"".join([addrs[a * w : b * w] for a, b in runs])
 
     def peer_ids(self, runs: list[tuple[int, int]]) -> list[bytes]:
-        p = self.pids
-        return [bytes(p[s * PEER_ID : (s + 1) * PEER_ID]) for a, b in runs for s in range(a, b)]
+        return [self.peer_id(slot) for a, b in runs for slot in range(a, b)]
 
 
 def _window(
