@@ -1297,7 +1297,6 @@ class SwarmStore:
         now = int(self.clock())
         sweep_at = now + every
         roomy = self.max_peers_per_torrent > 0 and self.max_peers_per_address > 0
-        pack = _ONE.pack
         applied = room = made = 0
         stamp = now
         stashed = True  # whether ``pending`` may hold anything (it only shrinks here)
@@ -1335,7 +1334,7 @@ class SwarmStore:
                 continue  # held may have ih now
             last = ih
             swarm = Swarm()
-            one = OnePeer(pack(pid, ts + ttl, key, flags & ROW_SEEDER, sweep_at) + endpoint)
+            one = one_peer(pid, endpoint, bool(flags & ROW_SEEDER), ts + ttl, key, sweep_at)
             if len(endpoint) == IPV4_WIDTH:
                 swarm.v4 = one
             else:
